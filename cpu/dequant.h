@@ -21,5 +21,7 @@ size_t sp_type_row_bytes(uint32_t type, int64_t n);
 /* Dequantize n elements (a multiple of the block size) from src into dst.
  * Returns 0, or -EINVAL for an unsupported type / bad n (sp_last_error() says which). */
 int sp_dequant(uint32_t type, const void *src, float *dst, int64_t n);
+/* Same, always through the scalar reference code (no SIMD paths); for tests and benchmarks. */
+int sp_dequant_ref(uint32_t type, const void *src, float *dst, int64_t n);
 
 #endif

@@ -58,6 +58,8 @@ const char *sp_gguf_path(const sp_gguf_t *g);
 uint32_t sp_gguf_version(const sp_gguf_t *g);
 uint64_t sp_gguf_alignment(const sp_gguf_t *g);
 size_t sp_gguf_file_size(const sp_gguf_t *g);
+/* Absolute file offset of the data section (tensor offsets are relative to it). */
+uint64_t sp_gguf_data_offset(const sp_gguf_t *g);
 
 /* Metadata: key lookup returns the key index or -1. */
 int64_t sp_gguf_n_kv(const sp_gguf_t *g);
@@ -75,7 +77,15 @@ int sp_gguf_get_str(const sp_gguf_t *g, const char *key, sp_gguf_str *out);
 int sp_gguf_get_arr(const sp_gguf_t *g, const char *key, sp_gguf_vtype *elem_type, uint64_t *n);
 int sp_gguf_arr_str(const sp_gguf_t *g, const char *key, uint64_t i, sp_gguf_str *out);
 const void *sp_gguf_arr_data(const sp_gguf_t *g, const char *key);  /* NULL for string arrays */
-/* Value of any scalar key as text (for `spindle inspect`); arrays print as "[type; n]". */
+/* The pointer above points into the file and is generally NOT aligned for its element type: copy
+ * elements out with memcpy, or use these per-element getters. They return 0, -ENOENT (missing key),
+ * -EINVAL (not an array of that kind; arr_i64 takes any integer element type, arr_f32 f32 or f64)
+ * or -ERANGE (index out of range). Arrays of arrays are walked at open but not exposed (-EINVAL). */
+int sp_gguf_arr_i64(const sp_gguf_t *g, const char *key, uint64_t i, int64_t *out);
+int sp_gguf_arr_f32(const sp_gguf_t *g, const char *key, uint64_t i, float *out);
+/* Value of any scalar key as text (for `spindle inspect`); arrays print as "[type; n]", e.g.
+ * "[string; 49152]". Returns 0, -EINVAL (bad index or empty buffer) or -ERANGE when the text did not
+ * fit (buf then holds the truncated, NUL-terminated text). */
 int sp_gguf_kv_to_string(const sp_gguf_t *g, int64_t i, char *buf, size_t size);
 
 /* Tensors. */
@@ -83,6 +93,9 @@ int64_t sp_gguf_n_tensors(const sp_gguf_t *g);
 const sp_gguf_tensor *sp_gguf_tensor_at(const sp_gguf_t *g, int64_t i);
 const sp_gguf_tensor *sp_gguf_find_tensor(const sp_gguf_t *g, const char *name);  /* NULL if absent */
 
+/* Tensor types: a type dequant does not support (Q2_K, IQ*, F64, ...) still opens when ggml defines
+ * its block size (nbytes is exact and the data range validated; the loader rejects it when it
+ * dequantizes). An id ggml does not define is rejected at open, naming the tensor and the type. */
 const char *sp_ggml_type_name(uint32_t type);   /* "Q4_1", ..., "unknown" */
 
 #endif
