@@ -1,7 +1,46 @@
-/* main.c - the `spindle` command line (placeholder until the CLI lands). */
+/* main.c - the `spindle` command: dispatch to the subcommands in runtime/cli/. */
 #include <stdio.h>
-int main(void)
+#include <string.h>
+
+#include "cli.h"
+
+static void usage(FILE *out)
 {
-    fprintf(stderr, "spindle: no commands yet\n");
-    return 2;
+    fputs("usage: spindle <command> [options]\n"
+          "\n"
+          "commands:\n"
+          "  run       generate text from a prompt (-p TEXT | -f FILE | stdin), streaming tokens\n"
+          "  inspect   show model metadata, tensor types and KV-cache footprint\n"
+          "  bench     prefill/decode tokens per second at several context depths\n"
+          "\n"
+          "common options: -m MODEL  -t THREADS  -c CTX  --config FILE  --set section.key=value\n"
+          "                --print-config  --help-config\n"
+          "`spindle <command> --help` shows the options of one command.\n",
+          out);
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return SP_EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "run"))
+        return sp_cmd_run(argc - 1, argv + 1);
+    if (!strcmp(cmd, "inspect"))
+        return sp_cmd_inspect(argc - 1, argv + 1);
+    if (!strcmp(cmd, "bench"))
+        return sp_cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "--help-config")) {
+        sp_config_help(stdout);
+        return SP_EXIT_OK;
+    }
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return SP_EXIT_OK;
+    }
+    sp_cli_error("unknown command '%s'", cmd);
+    usage(stderr);
+    return SP_EXIT_USAGE;
 }
