@@ -1,0 +1,779 @@
+/* uring_store.c - NVMe spill store: segments in one spill file, io_uring with O_DIRECT and
+ * registered buffers, xxHash64 per segment, fault injection, signal-safe cleanup.
+ *
+ * DESIGN
+ * - Space: segments occupy 4 KiB-aligned extents of the file (first fit over a sorted free list,
+ *   else appended). Freed extents are merged and reused; the file never shrinks while open.
+ * - I/O: one request = one block_size piece of a segment, staged through bounce buffer slot i
+ *   (registered buffer index i). Up to n_slots requests are in flight; the loop fills free slots,
+ *   submits once per round (batching), then reaps every available completion. A request's
+ *   sp_req pointer travels in user_data, so completions may arrive in any order.
+ * - Errors: -EAGAIN resubmits as is; a short transfer advances the request and requeues the
+ *   remainder; -EIO is retried SP_STORE_RETRIES times; anything else stops issuing, drains what is
+ *   in flight (the slots are ours until their completion arrives), and fails the call.
+ * - Signals: spill paths sit in a fixed table that the SIGINT/SIGTERM handler walks with unlink()
+ *   only (async-signal-safe); the handler then restores the previous action and re-raises.
+ */
+#define _GNU_SOURCE /* O_DIRECT */
+#include "uring_store.h"
+
+#include "sp_error.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <liburing.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#define ALIGN 4096u
+#define MAX_BOUNCE_BYTES (256u << 20) /* cap on bounce memory: queue_depth x block_size */
+
+/* ---- signal-safe registry of spill paths ---- */
+
+#define MAX_PATHS 64
+static char reg_paths[MAX_PATHS][PATH_MAX];
+static volatile sig_atomic_t reg_used[MAX_PATHS];
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool handlers_installed;
+static struct sigaction old_int, old_term;
+
+static void on_signal(int sig)
+{
+    for (int i = 0; i < MAX_PATHS; i++)
+        if (reg_used[i])
+            unlink(reg_paths[i]);
+    sigaction(sig, sig == SIGINT ? &old_int : &old_term, NULL);
+    raise(sig);
+}
+
+static int register_path(const char *path)
+{
+    int slot = -1;
+    pthread_mutex_lock(&reg_lock);
+    if (!handlers_installed) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        sigaction(SIGINT, &sa, &old_int);
+        sigaction(SIGTERM, &sa, &old_term);
+        handlers_installed = true;
+    }
+    for (int i = 0; i < MAX_PATHS; i++) {
+        if (!reg_used[i]) {
+            snprintf(reg_paths[i], PATH_MAX, "%s", path);
+            atomic_signal_fence(memory_order_seq_cst); /* path complete before it is visible */
+            reg_used[i] = 1;
+            slot = i;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&reg_lock);
+    return slot;
+}
+
+static void unregister_path(int slot)
+{
+    if (slot < 0)
+        return;
+    pthread_mutex_lock(&reg_lock);
+    reg_used[slot] = 0;
+    pthread_mutex_unlock(&reg_lock);
+}
+
+int sp_uring_store_registered_paths(void)
+{
+    int n = 0;
+    pthread_mutex_lock(&reg_lock);
+    for (int i = 0; i < MAX_PATHS; i++)
+        n += reg_used[i] != 0;
+    pthread_mutex_unlock(&reg_lock);
+    return n;
+}
+
+/* ---- one-time notices ---- */
+
+static atomic_flag notice_no_direct = ATOMIC_FLAG_INIT, notice_no_uring = ATOMIC_FLAG_INIT,
+                   notice_no_register = ATOMIC_FLAG_INIT;
+
+/* ---- store ---- */
+
+typedef struct {
+    uint64_t off, alloc; /* extent in the file (4 KiB multiples) */
+    size_t size;         /* payload bytes */
+    uint64_t hash;       /* XXH64(payload, seed 0) */
+    bool used;
+} seg_rec;
+
+typedef struct {
+    uint64_t off, len;
+} extent;
+
+typedef struct sp_req {
+    int slot;            /* bounce buffer / registered buffer index */
+    uint64_t off;        /* file offset of the piece */
+    size_t len, done;    /* piece length (I/O bytes), bytes transferred so far */
+    size_t user_off;     /* offset of the piece inside the caller's buffer */
+    int retries;
+    bool active;
+} sp_req;
+
+struct sp_uring_store {
+    pthread_mutex_t lock;
+    char path[PATH_MAX];
+    int reg_slot;
+    int fd;
+    sp_store_mode mode;
+    bool ring_ok, fixed_bufs, fixed_file;
+    struct io_uring ring;
+    unsigned n_slots;
+    size_t block_size;
+    uint8_t *bounce;     /* n_slots x block_size, 4 KiB aligned */
+    sp_req *reqs;        /* n_slots */
+    bool verify;
+    seg_rec *segs;
+    size_t n_segs, cap_segs;
+    extent *free_ext;
+    size_t n_free, cap_free;
+    uint64_t file_end;
+    sp_uring_store_stats st;
+    unsigned fault_mask;
+    int fault_nth;
+    bool fault_persistent;
+    int fault_seen;
+};
+
+const char *sp_uring_store_mode_name(sp_store_mode m)
+{
+    switch (m) {
+    case SP_STORE_MODE_URING_DIRECT: return "io_uring+O_DIRECT";
+    case SP_STORE_MODE_URING_BUFFERED: return "io_uring buffered";
+    case SP_STORE_MODE_PSYNC: return "pread/pwrite";
+    }
+    return "?";
+}
+
+static uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
+
+/* Try an aligned O_DIRECT write: the only reliable probe (tmpfs and some FUSE file systems accept
+ * the open flag on some kernels, then fail the I/O). Returns the O_DIRECT fd or -errno. */
+static int probe_direct(const char *path, unsigned faults)
+{
+    if (faults & SP_FAULT_NO_ODIRECT)
+        return -EINVAL;
+    int fd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    void *buf = NULL;
+    if (posix_memalign(&buf, ALIGN, ALIGN) != 0) {
+        close(fd);
+        return -ENOMEM;
+    }
+    memset(buf, 0, ALIGN);
+    ssize_t w = pwrite(fd, buf, ALIGN, 0);
+    int err = w == (ssize_t)ALIGN ? 0 : (w < 0 ? errno : EIO);
+    free(buf);
+    if (err) {
+        close(fd);
+        return -err;
+    }
+    if (ftruncate(fd, 0) != 0) {
+        err = errno;
+        close(fd);
+        return -err;
+    }
+    return fd;
+}
+
+sp_uring_store_t *sp_uring_store_open(const sp_uring_store_opts *o)
+{
+    if (!o || !o->dir || !o->dir[0] || o->queue_depth < 1 || o->queue_depth > 256 ||
+        o->block_size < ALIGN || o->block_size % ALIGN) {
+        sp_error(EINVAL, "spill store: bad options (dir, queue_depth 1..256, block_size multiple "
+                         "of 4KiB)");
+        return NULL;
+    }
+    struct stat stt;
+    if (stat(o->dir, &stt) != 0) {
+        sp_error(errno, "spill dir '%s': %s (set [spill] dir to an existing writable directory)",
+                 o->dir, strerror(errno));
+        return NULL;
+    }
+    if (!S_ISDIR(stt.st_mode)) {
+        sp_error(ENOTDIR, "spill dir '%s' is not a directory (set [spill] dir)", o->dir);
+        return NULL;
+    }
+    sp_uring_store_t *s = calloc(1, sizeof *s);
+    if (!s) {
+        sp_error(ENOMEM, "spill store: out of memory");
+        return NULL;
+    }
+    pthread_mutex_init(&s->lock, NULL);
+    s->fd = -1;
+    s->reg_slot = -1;
+    s->verify = o->verify_checksums;
+    s->block_size = o->block_size;
+
+    /* Create the spill file with a name nobody else can have. */
+    for (int attempt = 0; attempt < 16 && s->fd < 0; attempt++) {
+        uint32_t r = 0;
+        if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+            r = (uint32_t)rand() ^ (uint32_t)attempt;
+        snprintf(s->path, sizeof s->path, "%s/spindle-%d-%08x.seg", o->dir, (int)getpid(), r);
+        if (o->open_faults & SP_FAULT_DIR_RO) {
+            errno = EROFS;
+            break;
+        }
+        s->fd = open(s->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (s->fd < 0 && errno != EEXIST)
+            break;
+    }
+    if (s->fd < 0) {
+        sp_error(errno, "cannot create a spill file in '%s': %s (set [spill] dir to a writable "
+                        "directory)", o->dir, strerror(errno));
+        s->path[0] = '\0';
+        goto fail;
+    }
+    s->reg_slot = register_path(s->path);
+    if (s->reg_slot < 0) {
+        sp_error(EMFILE, "spill store: more than %d spill files open", MAX_PATHS);
+        goto fail;
+    }
+
+    /* Direct I/O probe. */
+    s->mode = SP_STORE_MODE_URING_BUFFERED;
+    if (o->direct_io != 2) {
+        int dfd = probe_direct(s->path, o->open_faults);
+        if (dfd >= 0) {
+            close(s->fd);
+            s->fd = dfd;
+            s->mode = SP_STORE_MODE_URING_DIRECT;
+        } else if (o->direct_io == 1) {
+            sp_error(-dfd, "spill dir '%s' does not support O_DIRECT (%s) and [spill] direct_io = "
+                           "on; use direct_io = auto or another directory", o->dir, strerror(-dfd));
+            goto fail;
+        } else if (!atomic_flag_test_and_set(&notice_no_direct)) {
+            sp_notice("spill dir '%s' refuses O_DIRECT (%s): using buffered I/O", o->dir,
+                      strerror(-dfd));
+        }
+    }
+
+    s->n_slots = o->queue_depth;
+    if ((size_t)s->n_slots * s->block_size > MAX_BOUNCE_BYTES)
+        s->n_slots = (unsigned)(MAX_BOUNCE_BYTES / s->block_size);
+    if (s->n_slots < 1)
+        s->n_slots = 1;
+
+    int rc = (o->open_faults & SP_FAULT_NO_URING) ? -ENOSYS
+                                                    : io_uring_queue_init(s->n_slots, &s->ring, 0);
+    if (rc < 0) {
+        if (!atomic_flag_test_and_set(&notice_no_uring))
+            sp_notice("io_uring unavailable (%s): spill I/O falls back to pread/pwrite",
+                      strerror(-rc));
+        s->mode = SP_STORE_MODE_PSYNC;
+        s->n_slots = 1;
+    } else {
+        s->ring_ok = true;
+    }
+
+    void *bounce = NULL;
+    if (posix_memalign(&bounce, ALIGN, (size_t)s->n_slots * s->block_size) != 0) {
+        sp_error(ENOMEM, "spill store: cannot allocate %u x %zu bytes of bounce buffers",
+                 s->n_slots, s->block_size);
+        goto fail;
+    }
+    s->bounce = bounce;
+    s->reqs = calloc(s->n_slots, sizeof *s->reqs);
+    if (!s->reqs) {
+        sp_error(ENOMEM, "spill store: out of memory");
+        goto fail;
+    }
+    if (s->ring_ok && o->register_buffers) {
+        struct iovec *iov = calloc(s->n_slots, sizeof *iov);
+        if (!iov) {
+            sp_error(ENOMEM, "spill store: out of memory");
+            goto fail;
+        }
+        for (unsigned i = 0; i < s->n_slots; i++) {
+            iov[i].iov_base = s->bounce + (size_t)i * s->block_size;
+            iov[i].iov_len = s->block_size;
+        }
+        int rb = io_uring_register_buffers(&s->ring, iov, s->n_slots);
+        free(iov);
+        int rf = io_uring_register_files(&s->ring, &s->fd, 1);
+        s->fixed_bufs = rb == 0;
+        s->fixed_file = rf == 0;
+        if ((rb < 0 || rf < 0) && !atomic_flag_test_and_set(&notice_no_register))
+            sp_notice("io_uring buffer/file registration failed (%s): using plain reads/writes",
+                      strerror(-(rb < 0 ? rb : rf)));
+    }
+    return s;
+
+fail:
+    sp_uring_store_close(s);
+    return NULL;
+}
+
+void sp_uring_store_close(sp_uring_store_t *s)
+{
+    if (!s)
+        return;
+    if (s->ring_ok)
+        io_uring_queue_exit(&s->ring); /* also unregisters buffers and files */
+    if (s->fd >= 0)
+        close(s->fd);
+    if (s->path[0])
+        unlink(s->path);
+    unregister_path(s->reg_slot);
+    free(s->bounce);
+    free(s->reqs);
+    free(s->segs);
+    free(s->free_ext);
+    pthread_mutex_destroy(&s->lock);
+    free(s);
+}
+
+/* ---- extents ---- */
+
+static uint64_t extent_alloc(sp_uring_store_t *s, uint64_t len)
+{
+    for (size_t i = 0; i < s->n_free; i++) {
+        if (s->free_ext[i].len >= len) {
+            uint64_t off = s->free_ext[i].off;
+            s->free_ext[i].off += len;
+            s->free_ext[i].len -= len;
+            if (s->free_ext[i].len == 0) {
+                memmove(&s->free_ext[i], &s->free_ext[i + 1], (s->n_free - i - 1) * sizeof(extent));
+                s->n_free--;
+            }
+            return off;
+        }
+    }
+    uint64_t off = s->file_end;
+    s->file_end += len;
+    return off;
+}
+
+static int extent_free(sp_uring_store_t *s, uint64_t off, uint64_t len)
+{
+    if (off + len == s->file_end) {
+        s->file_end = off;
+        /* Absorb a free extent that now touches the end. */
+        if (s->n_free && s->free_ext[s->n_free - 1].off + s->free_ext[s->n_free - 1].len == s->file_end) {
+            s->file_end = s->free_ext[s->n_free - 1].off;
+            s->n_free--;
+        }
+        return 0;
+    }
+    if (s->n_free == s->cap_free) {
+        size_t nc = s->cap_free ? 2 * s->cap_free : 16;
+        extent *ne = realloc(s->free_ext, nc * sizeof *ne);
+        if (!ne)
+            return -ENOMEM; /* the space is leaked inside the file, never reused: harmless */
+        s->free_ext = ne;
+        s->cap_free = nc;
+    }
+    size_t i = 0;
+    while (i < s->n_free && s->free_ext[i].off < off)
+        i++;
+    memmove(&s->free_ext[i + 1], &s->free_ext[i], (s->n_free - i) * sizeof(extent));
+    s->free_ext[i] = (extent){off, len};
+    s->n_free++;
+    if (i + 1 < s->n_free && s->free_ext[i].off + s->free_ext[i].len == s->free_ext[i + 1].off) {
+        s->free_ext[i].len += s->free_ext[i + 1].len;
+        memmove(&s->free_ext[i + 1], &s->free_ext[i + 2], (s->n_free - i - 2) * sizeof(extent));
+        s->n_free--;
+    }
+    if (i > 0 && s->free_ext[i - 1].off + s->free_ext[i - 1].len == s->free_ext[i].off) {
+        s->free_ext[i - 1].len += s->free_ext[i].len;
+        memmove(&s->free_ext[i], &s->free_ext[i + 1], (s->n_free - i - 1) * sizeof(extent));
+        s->n_free--;
+    }
+    return 0;
+}
+
+/* ---- fault injection ---- */
+
+static unsigned fault_for(sp_uring_store_t *s, bool write)
+{
+    unsigned applicable = write ? (SP_FAULT_EIO | SP_FAULT_ENOSPC | SP_FAULT_SHORT_WRITE | SP_FAULT_EAGAIN)
+                                : (SP_FAULT_EIO | SP_FAULT_SHORT_READ | SP_FAULT_CSUM | SP_FAULT_EAGAIN);
+    unsigned m = s->fault_mask & applicable;
+    if (!m)
+        return 0;
+    s->fault_seen++;
+    if (s->fault_persistent ? s->fault_seen >= s->fault_nth : s->fault_seen == s->fault_nth)
+        return m;
+    return 0;
+}
+
+void sp_uring_store_inject(sp_uring_store_t *s, unsigned faults, int nth)
+{
+    pthread_mutex_lock(&s->lock);
+    s->fault_mask = faults;
+    s->fault_persistent = nth < 0;
+    s->fault_nth = nth < 0 ? -nth : nth;
+    s->fault_seen = 0;
+    pthread_mutex_unlock(&s->lock);
+}
+
+/* Apply an injected fault to a completed transfer of `res` bytes (of `rem` requested). */
+static int apply_fault(sp_uring_store_t *s, bool write, int res, size_t rem, uint8_t *buf)
+{
+    unsigned f = fault_for(s, write);
+    if (!f || res < 0)
+        return res;
+    if (f & SP_FAULT_ENOSPC)
+        return -ENOSPC;
+    if (f & SP_FAULT_EIO)
+        return -EIO;
+    if (f & SP_FAULT_EAGAIN)
+        return -EAGAIN;
+    if ((f & (SP_FAULT_SHORT_READ | SP_FAULT_SHORT_WRITE)) && rem >= 2 * ALIGN && (size_t)res == rem)
+        return (int)((rem / 2) & ~(size_t)(ALIGN - 1)); /* aligned, so O_DIRECT can continue */
+    if ((f & SP_FAULT_CSUM) && res > 0)
+        buf[res / 2] ^= 0x5a;
+    return res;
+}
+
+/* ---- the I/O engine ---- */
+
+static uint8_t *slot_buf(sp_uring_store_t *s, int slot) { return s->bounce + (size_t)slot * s->block_size; }
+
+static int queue_req(sp_uring_store_t *s, sp_req *r, bool write)
+{
+    struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+    if (!sqe)
+        return sp_error(EBUSY, "io_uring submission queue full"); /* cannot happen: SQ >= slots */
+    uint8_t *buf = slot_buf(s, r->slot) + r->done;
+    unsigned len = (unsigned)(r->len - r->done);
+    uint64_t off = r->off + r->done;
+    int fd = s->fixed_file ? 0 : s->fd;
+    if (s->fixed_bufs) {
+        if (write)
+            io_uring_prep_write_fixed(sqe, fd, buf, len, off, r->slot);
+        else
+            io_uring_prep_read_fixed(sqe, fd, buf, len, off, r->slot);
+        s->st.fixed_ops++;
+    } else if (write) {
+        io_uring_prep_write(sqe, fd, buf, len, off);
+    } else {
+        io_uring_prep_read(sqe, fd, buf, len, off);
+    }
+    if (s->fixed_file)
+        sqe->flags |= IOSQE_FIXED_FILE;
+    io_uring_sqe_set_data(sqe, r);
+    return 0;
+}
+
+/* Move `len_io` bytes between file offset `off` and user buffer `ubuf` (payload `len_payload`
+ * bytes; the rest of the last piece is zero padding on writes and discarded on reads). */
+static int do_io(sp_uring_store_t *s, bool write, uint64_t off, uint8_t *ubuf, size_t len_payload,
+                 size_t len_io)
+{
+    const size_t bs = s->block_size;
+    const size_t n_pieces = (len_io + bs - 1) / bs;
+    size_t next = 0, inflight = 0;
+    int err = 0;
+    bool *slot_busy = calloc(s->n_slots, sizeof *slot_busy);
+    if (!slot_busy)
+        return sp_error(ENOMEM, "spill I/O: out of memory");
+
+    while ((next < n_pieces && !err) || inflight > 0) {
+        /* Fill free slots with new pieces. */
+        unsigned queued = 0;
+        for (unsigned sl = 0; sl < s->n_slots && next < n_pieces && !err; sl++) {
+            if (slot_busy[sl])
+                continue;
+            sp_req *r = &s->reqs[sl];
+            *r = (sp_req){.slot = (int)sl, .off = off + next * bs, .user_off = next * bs,
+                          .len = (next + 1) * bs <= len_io ? bs : len_io - next * bs, .active = true};
+            if (write) {
+                size_t pay = r->user_off < len_payload ? len_payload - r->user_off : 0;
+                if (pay > r->len)
+                    pay = r->len;
+                memcpy(slot_buf(s, (int)sl), ubuf + r->user_off, pay);
+                memset(slot_buf(s, (int)sl) + pay, 0, r->len - pay);
+            }
+            if (s->mode == SP_STORE_MODE_PSYNC) {
+                slot_busy[sl] = true;
+                inflight++;
+                next++;
+                break; /* psync: one piece at a time, handled below */
+            }
+            int q = queue_req(s, r, write);
+            if (q < 0) {
+                err = q;
+                break;
+            }
+            slot_busy[sl] = true;
+            inflight++;
+            queued++;
+            next++;
+        }
+        if (s->mode == SP_STORE_MODE_PSYNC) {
+            /* Synchronous path with the same retry/short/fault rules. */
+            for (unsigned sl = 0; sl < s->n_slots; sl++) {
+                if (!slot_busy[sl])
+                    continue;
+                sp_req *r = &s->reqs[sl];
+                while (r->done < r->len) {
+                    uint8_t *b = slot_buf(s, r->slot) + r->done;
+                    size_t rem = r->len - r->done;
+                    ssize_t n = write ? pwrite(s->fd, b, rem, (off_t)(r->off + r->done))
+                                      : pread(s->fd, b, rem, (off_t)(r->off + r->done));
+                    int res = n < 0 ? -errno : (int)n;
+                    res = apply_fault(s, write, res, rem, b);
+                    if (res == -EAGAIN || res == -EINTR) {
+                        s->st.eagain_resubmits++;
+                        continue;
+                    }
+                    if (res == -EIO && r->retries < SP_STORE_RETRIES) {
+                        r->retries++;
+                        s->st.eio_retries++;
+                        continue;
+                    }
+                    if (res < 0) {
+                        err = sp_error(-res, "spill file %s: %s at offset %" PRIu64 ": %s", s->path,
+                                       write ? "write" : "read", r->off + r->done, strerror(-res));
+                        break;
+                    }
+                    if (res == 0) {
+                        err = sp_error(EIO, "spill file %s: unexpected end of file at offset %" PRIu64,
+                                       s->path, r->off + r->done);
+                        break;
+                    }
+                    if ((size_t)res < rem)
+                        s->st.short_requeues++;
+                    r->done += (size_t)res;
+                }
+                if (!err && !write) {
+                    size_t pay = r->user_off < len_payload ? len_payload - r->user_off : 0;
+                    memcpy(ubuf + r->user_off, slot_buf(s, r->slot), pay < r->len ? pay : r->len);
+                }
+                slot_busy[sl] = false;
+                inflight--;
+            }
+            continue;
+        }
+        if (queued || inflight) {
+            int sr = io_uring_submit(&s->ring);
+            if (sr < 0 && !err)
+                err = sp_error(-sr, "io_uring_submit: %s", strerror(-sr));
+            if (sr < 0)
+                break; /* nothing new reached the kernel; what is in flight is reaped below */
+        }
+        if (inflight == 0)
+            continue;
+        struct io_uring_cqe *cqe;
+        int wr = io_uring_wait_cqe(&s->ring, &cqe);
+        if (wr == -EINTR)
+            continue;
+        if (wr < 0) {
+            err = sp_error(-wr, "io_uring_wait_cqe: %s", strerror(-wr));
+            break;
+        }
+        unsigned head, seen = 0;
+        bool requeued = false;
+        io_uring_for_each_cqe(&s->ring, head, cqe) {
+            seen++;
+            sp_req *r = io_uring_cqe_get_data(cqe);
+            size_t rem = r->len - r->done;
+            int res = apply_fault(s, write, cqe->res, rem, slot_buf(s, r->slot) + r->done);
+            bool finished = false;
+            if (res == -EAGAIN) {
+                s->st.eagain_resubmits++;
+            } else if (res == -EIO && r->retries < SP_STORE_RETRIES && !err) {
+                r->retries++;
+                s->st.eio_retries++;
+            } else if (res < 0) {
+                if (!err)
+                    err = sp_error(-res, "spill file %s: %s of %zu bytes at offset %" PRIu64 ": %s",
+                                   s->path, write ? "write" : "read", rem, r->off + r->done,
+                                   strerror(-res));
+                finished = true;
+            } else if (res == 0) {
+                if (!err)
+                    err = sp_error(EIO, "spill file %s: unexpected end of file at offset %" PRIu64,
+                                   s->path, r->off + r->done);
+                finished = true;
+            } else {
+                if ((size_t)res < rem)
+                    s->st.short_requeues++;
+                r->done += (size_t)res;
+                if (r->done >= r->len) {
+                    if (!write) {
+                        size_t pay = r->user_off < len_payload ? len_payload - r->user_off : 0;
+                        memcpy(ubuf + r->user_off, slot_buf(s, r->slot), pay < r->len ? pay : r->len);
+                    }
+                    finished = true;
+                }
+            }
+            if (!finished && err)
+                finished = true; /* failing: do not requeue, just drain */
+            if (finished) {
+                slot_busy[r->slot] = false;
+                inflight--;
+            } else {
+                int q = queue_req(s, r, write);
+                if (q < 0) {
+                    if (!err)
+                        err = q;
+                    slot_busy[r->slot] = false;
+                    inflight--;
+                } else {
+                    requeued = true;
+                }
+            }
+        }
+        io_uring_cq_advance(&s->ring, seen);
+        if (requeued) {
+            int sr = io_uring_submit(&s->ring);
+            if (sr < 0) {
+                if (!err)
+                    err = sp_error(-sr, "io_uring_submit: %s", strerror(-sr));
+                break;
+            }
+        }
+    }
+    if (err && inflight > 0) {
+        /* Drain so no completion can land in a bounce buffer after we return. */
+        while (inflight > 0) {
+            struct io_uring_cqe *cqe;
+            if (io_uring_wait_cqe(&s->ring, &cqe) < 0)
+                break;
+            io_uring_cqe_seen(&s->ring, cqe);
+            inflight--;
+        }
+    }
+    free(slot_busy);
+    return err;
+}
+
+int64_t sp_uring_store_put(sp_uring_store_t *s, const void *bytes, size_t size)
+{
+    if (!s || (!bytes && size))
+        return sp_error(EINVAL, "spill put: bad arguments");
+    pthread_mutex_lock(&s->lock);
+    int64_t id = -1;
+    int rc = 0;
+    for (size_t i = 0; i < s->n_segs; i++)
+        if (!s->segs[i].used) {
+            id = (int64_t)i;
+            break;
+        }
+    if (id < 0) {
+        if (s->n_segs == s->cap_segs) {
+            size_t nc = s->cap_segs ? 2 * s->cap_segs : 64;
+            seg_rec *ns = realloc(s->segs, nc * sizeof *ns);
+            if (!ns) {
+                rc = sp_error(ENOMEM, "spill put: out of memory");
+                goto out;
+            }
+            s->segs = ns;
+            s->cap_segs = nc;
+        }
+        id = (int64_t)s->n_segs++;
+        s->segs[id].used = false;
+    }
+    seg_rec *g = &s->segs[id];
+    uint64_t alloc = round_up(size ? size : 1, ALIGN);
+    uint64_t off = extent_alloc(s, alloc);
+    uint64_t hash = XXH64(bytes, size, 0);
+    rc = do_io(s, true, off, (uint8_t *)bytes, size, alloc);
+    if (rc < 0) {
+        extent_free(s, off, alloc);
+        goto out;
+    }
+    *g = (seg_rec){.off = off, .alloc = alloc, .size = size, .hash = hash, .used = true};
+    s->st.bytes_written += size;
+    s->st.segments++;
+    if (s->file_end > s->st.file_bytes)
+        s->st.file_bytes = s->file_end;
+out:
+    pthread_mutex_unlock(&s->lock);
+    return rc < 0 ? rc : id;
+}
+
+int sp_uring_store_get(sp_uring_store_t *s, int64_t id, void *dst, size_t cap)
+{
+    if (!s || !dst)
+        return sp_error(EINVAL, "spill get: bad arguments");
+    pthread_mutex_lock(&s->lock);
+    int rc = 0;
+    if (id < 0 || (size_t)id >= s->n_segs || !s->segs[id].used) {
+        rc = sp_error(ENOENT, "spill get: no segment %" PRId64 " in %s", id, s->path);
+        goto out;
+    }
+    seg_rec g = s->segs[id];
+    if (cap < g.size) {
+        rc = sp_error(ENOBUFS, "spill get: segment %" PRId64 " has %zu bytes, buffer %zu", id,
+                      g.size, cap);
+        goto out;
+    }
+    for (int attempt = 0; attempt < 2; attempt++) {
+        rc = do_io(s, false, g.off, dst, g.size, g.alloc);
+        if (rc < 0 || !s->verify)
+            break;
+        uint64_t h = XXH64(dst, g.size, 0);
+        if (h == g.hash)
+            break;
+        if (attempt == 0) {
+            s->st.csum_retries++; /* a torn or flipped read may be transient: read once more */
+            continue;
+        }
+        rc = sp_error(EBADMSG, "spill file %s: segment %" PRId64 " (%zu bytes at offset %" PRIu64
+                               ") fails its checksum (stored xxh64 %016" PRIx64 ", read %016" PRIx64
+                               "); refusing to use it", s->path, id, g.size, g.off, g.hash, h);
+    }
+    if (rc < 0)
+        memset(dst, 0, g.size);
+    else
+        s->st.bytes_read += g.size;
+out:
+    pthread_mutex_unlock(&s->lock);
+    return rc;
+}
+
+size_t sp_uring_store_size(sp_uring_store_t *s, int64_t id)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&s->lock);
+    if (id >= 0 && (size_t)id < s->n_segs && s->segs[id].used)
+        n = s->segs[id].size;
+    pthread_mutex_unlock(&s->lock);
+    return n;
+}
+
+void sp_uring_store_del(sp_uring_store_t *s, int64_t id)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    if (id >= 0 && (size_t)id < s->n_segs && s->segs[id].used) {
+        extent_free(s, s->segs[id].off, s->segs[id].alloc);
+        s->segs[id].used = false;
+        s->st.segments--;
+    }
+    pthread_mutex_unlock(&s->lock);
+}
+
+sp_store_mode sp_uring_store_mode(const sp_uring_store_t *s) { return s->mode; }
+const char *sp_uring_store_path(const sp_uring_store_t *s) { return s->path; }
+
+void sp_uring_store_get_stats(sp_uring_store_t *s, sp_uring_store_stats *out)
+{
+    pthread_mutex_lock(&s->lock);
+    *out = s->st;
+    pthread_mutex_unlock(&s->lock);
+}

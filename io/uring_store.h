@@ -1,0 +1,103 @@
+/* uring_store.h - the NVMe tier's spill store: opaque byte segments in one spill file, moved with
+ * io_uring (O_DIRECT when the file system allows), each segment guarded by an xxHash64.
+ *
+ * A store owns one file `<dir>/spindle-<pid>-<rand>.seg`, created O_EXCL and removed on close, on
+ * a failed open, and on SIGINT/SIGTERM (an async-signal-safe handler unlinks every registered spill
+ * path, then re-raises the signal with the previous disposition).
+ *
+ * I/O modes, probed at open and each fallback announced once with sp_notice():
+ *   io_uring + O_DIRECT  ->  io_uring buffered  ->  pread/pwrite.
+ * Requests are split into block_size pieces, up to queue_depth in flight, submitted in batches;
+ * each completion carries its request in user_data; -EAGAIN is resubmitted; short transfers
+ * advance and requeue; EIO is retried (SP_STORE_RETRIES times) before the request fails.
+ * Data passes through page-aligned bounce buffers registered with the ring (fixed reads/writes),
+ * so callers may hand in any pointer and size.
+ *
+ * Thread-safety: every function on one store is serialized by an internal mutex; different stores
+ * are independent.
+ */
+#ifndef SP_URING_STORE_H
+#define SP_URING_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+typedef struct sp_uring_store sp_uring_store_t;
+
+#define SP_STORE_RETRIES 3
+
+typedef enum {
+    SP_STORE_MODE_URING_DIRECT,   /* io_uring on an O_DIRECT file */
+    SP_STORE_MODE_URING_BUFFERED, /* io_uring through the page cache */
+    SP_STORE_MODE_PSYNC,          /* pread/pwrite */
+} sp_store_mode;
+
+/* Test-only fault injection (SQLite-style: the Nth matching call fails). */
+enum {
+    SP_FAULT_EIO = 1u << 0,        /* a read or write completes with -EIO */
+    SP_FAULT_ENOSPC = 1u << 1,     /* a write completes with -ENOSPC */
+    SP_FAULT_SHORT_READ = 1u << 2, /* a read transfers only half its bytes */
+    SP_FAULT_SHORT_WRITE = 1u << 3,/* a write transfers only half its bytes */
+    SP_FAULT_CSUM = 1u << 4,       /* a completed read has one byte flipped (checksum mismatch) */
+    SP_FAULT_EAGAIN = 1u << 5,     /* a request completes with -EAGAIN */
+    /* open-time faults, given in sp_uring_store_opts.open_faults: */
+    SP_FAULT_NO_URING = 1u << 8,   /* io_uring_queue_init fails (seccomp, old kernel) */
+    SP_FAULT_NO_ODIRECT = 1u << 9, /* the O_DIRECT probe write fails with EINVAL (tmpfs) */
+    SP_FAULT_DIR_RO = 1u << 10,    /* creating the spill file fails with EROFS */
+};
+
+typedef struct {
+    const char *dir;          /* spill directory (must exist) */
+    int direct_io;            /* sp_direct_io from config.h: 0 auto, 1 on (required), 2 off */
+    unsigned queue_depth;     /* 1..256 */
+    size_t block_size;        /* bytes per request, multiple of 4096 */
+    bool register_buffers;    /* registered buffers + files when the kernel allows */
+    bool verify_checksums;    /* verify xxHash64 on every read */
+    unsigned open_faults;     /* test only: SP_FAULT_NO_URING | SP_FAULT_NO_ODIRECT | SP_FAULT_DIR_RO */
+} sp_uring_store_opts;
+
+typedef struct {
+    uint64_t bytes_written, bytes_read; /* payload bytes of completed puts / gets */
+    uint64_t segments;                  /* segments currently stored */
+    uint64_t file_bytes;                /* current extent of the spill file */
+    uint64_t eagain_resubmits, short_requeues, eio_retries, csum_retries;
+    uint64_t fixed_ops;                 /* requests that used registered buffers */
+} sp_uring_store_stats;
+
+/* Open a store (creates the spill file). NULL on failure with sp_last_error() naming the
+ * directory and the reason; nothing is left on disk then. */
+sp_uring_store_t *sp_uring_store_open(const sp_uring_store_opts *opts);
+
+/* Close: waits for nothing (no I/O outlives a call), removes the file. Accepts NULL. */
+void sp_uring_store_close(sp_uring_store_t *s);
+
+/* Store `size` bytes; returns a segment id >= 0, or a negative errno (-EIO, -ENOSPC, ...) with a
+ * message; a failed put leaves no segment behind. */
+int64_t sp_uring_store_put(sp_uring_store_t *s, const void *bytes, size_t size);
+
+/* Read segment `id` into dst (capacity cap >= its size). Verifies the checksum (a mismatch is
+ * re-read once, then fails with -EBADMSG). On any failure dst is zeroed: wrong bytes are never
+ * returned. Returns 0 or a negative errno. */
+int sp_uring_store_get(sp_uring_store_t *s, int64_t id, void *dst, size_t cap);
+
+/* Size of segment id, or 0 if there is none. */
+size_t sp_uring_store_size(sp_uring_store_t *s, int64_t id);
+
+/* Drop segment id; its file space is reused. Unknown ids are ignored. */
+void sp_uring_store_del(sp_uring_store_t *s, int64_t id);
+
+sp_store_mode sp_uring_store_mode(const sp_uring_store_t *s);
+const char *sp_uring_store_mode_name(sp_store_mode m);
+const char *sp_uring_store_path(const sp_uring_store_t *s);
+void sp_uring_store_get_stats(sp_uring_store_t *s, sp_uring_store_stats *out);
+
+/* Test only: make the nth (1-based, counted from this call) I/O request of a kind in `faults`
+ * fail as described above; nth < 0 makes every request from the |nth|-th on fail (persistent).
+ * faults = 0 clears. */
+void sp_uring_store_inject(sp_uring_store_t *s, unsigned faults, int nth);
+
+/* Number of spill paths currently registered for removal by the signal handler (for tests). */
+int sp_uring_store_registered_paths(void);
+
+#endif

@@ -1,0 +1,307 @@
+/* test_uring_store.c - the NVMe spill store: round trips in every I/O mode, extent reuse, and one
+ * test per injected fault with its defined outcome (retry, fail cleanly, never wrong bytes, never a
+ * leaked file), plus removal of the spill file on SIGTERM. */
+#include <criterion/criterion.h>
+
+#include "sp_error.h"
+#include "uring_store.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char dir[256];
+
+static void make_dir(void)
+{
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, sizeof dir, "%s/sp-store-XXXXXX", base && *base ? base : "/tmp");
+    cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
+}
+
+static int count_files(void)
+{
+    DIR *d = opendir(dir);
+    cr_assert(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static void remove_dir(void)
+{
+    cr_assert_eq(count_files(), 0, "a spill file was left in %s", dir);
+    rmdir(dir);
+}
+
+TestSuite(store, .init = make_dir, .fini = remove_dir);
+
+static sp_uring_store_opts opts(int direct, unsigned qd, size_t bs, unsigned faults)
+{
+    return (sp_uring_store_opts){.dir = dir, .direct_io = direct, .queue_depth = qd, .block_size = bs,
+                                 .register_buffers = true, .verify_checksums = true,
+                                 .open_faults = faults};
+}
+
+static void fill(uint8_t *p, size_t n, unsigned seed)
+{
+    uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+    for (size_t i = 0; i < n; i++) {
+        x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+        p[i] = (uint8_t)x;
+    }
+}
+
+/* Put/get/del a mix of sizes (0, sub-page, unaligned, multi-block) and check every byte. */
+static void round_trip(sp_uring_store_t *s)
+{
+    const size_t sizes[] = {0, 1, 4095, 4096, 4097, 65536 + 17, 3 * 1048576 + 123, 200000};
+    enum { N = sizeof sizes / sizeof sizes[0] };
+    uint8_t *src[N], *dst = malloc(4 << 20);
+    int64_t ids[N];
+    for (int i = 0; i < N; i++) {
+        src[i] = malloc(sizes[i] + 1);
+        fill(src[i], sizes[i], (unsigned)i + 1);
+        ids[i] = sp_uring_store_put(s, src[i], sizes[i]);
+        cr_assert_geq(ids[i], 0, "put %zu: %s", sizes[i], sp_last_error());
+    }
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < N; i++) {
+            memset(dst, 0xee, sizes[i] + 1);
+            cr_assert_eq(sp_uring_store_get(s, ids[i], dst, 4 << 20), 0, "%s", sp_last_error());
+            cr_assert_eq(memcmp(dst, src[i], sizes[i]), 0, "segment %d (%zu bytes) differs", i, sizes[i]);
+            cr_assert_eq(sp_uring_store_size(s, ids[i]), sizes[i]);
+        }
+        /* Free every other segment and store new contents in the freed space. */
+        for (int i = 0; i < N; i += 2) {
+            sp_uring_store_del(s, ids[i]);
+            fill(src[i], sizes[i], (unsigned)(100 + i + round));
+            ids[i] = sp_uring_store_put(s, src[i], sizes[i]);
+            cr_assert_geq(ids[i], 0, "%s", sp_last_error());
+        }
+    }
+    sp_uring_store_stats st;
+    sp_uring_store_get_stats(s, &st);
+    cr_assert_eq(st.segments, N);
+    for (int i = 0; i < N; i++)
+        free(src[i]);
+    free(dst);
+}
+
+Test(store, direct_round_trip_and_file_lifecycle)
+{
+    int before = sp_uring_store_registered_paths();
+    sp_uring_store_opts o = opts(0, 8, 65536, 0);
+    sp_uring_store_t *s = sp_uring_store_open(&o);
+    cr_assert(s, "%s", sp_last_error());
+    char name[64];
+    snprintf(name, sizeof name, "/spindle-%d-", (int)getpid());
+    cr_assert(strstr(sp_uring_store_path(s), name), "path %s", sp_uring_store_path(s));
+    cr_assert_eq(access(sp_uring_store_path(s), F_OK), 0);
+    cr_assert_eq(sp_uring_store_registered_paths(), before + 1);
+    /* ext4/xfs here support O_DIRECT; on tmpfs the store must still work in buffered mode. */
+    cr_assert(sp_uring_store_mode(s) != SP_STORE_MODE_PSYNC);
+    round_trip(s);
+    sp_uring_store_stats st;
+    sp_uring_store_get_stats(s, &st);
+    cr_assert_gt(st.fixed_ops, 0, "registered buffers were not used");
+    sp_uring_store_close(s);
+    cr_assert_eq(sp_uring_store_registered_paths(), before);
+}
+
+Test(store, buffered_mode_round_trip)
+{
+    sp_uring_store_opts o = opts(2, 4, 4096, 0);
+    sp_uring_store_t *s = sp_uring_store_open(&o);
+    cr_assert(s, "%s", sp_last_error());
+    cr_assert_eq(sp_uring_store_mode(s), SP_STORE_MODE_URING_BUFFERED);
+    round_trip(s);
+    sp_uring_store_close(s);
+}
+
+Test(store, no_uring_falls_back_to_pread)
+{
+    sp_uring_store_opts o = opts(0, 32, 1 << 20, SP_FAULT_NO_URING);
+    sp_uring_store_t *s = sp_uring_store_open(&o);
+    cr_assert(s, "%s", sp_last_error());
+    cr_assert_eq(sp_uring_store_mode(s), SP_STORE_MODE_PSYNC);
+    round_trip(s);
+    sp_uring_store_close(s);
+}
+
+Test(store, odirect_refused_falls_back_to_buffered)
+{
+    sp_uring_store_opts o = opts(0, 8, 65536, SP_FAULT_NO_ODIRECT);
+    sp_uring_store_t *s = sp_uring_store_open(&o);
+    cr_assert(s, "%s", sp_last_error());
+    cr_assert_eq(sp_uring_store_mode(s), SP_STORE_MODE_URING_BUFFERED);
+    round_trip(s);
+    sp_uring_store_close(s);
+}
+
+Test(store, odirect_required_but_refused_fails_without_leaking)
+{
+    sp_uring_store_opts o = opts(1, 8, 65536, SP_FAULT_NO_ODIRECT);
+    cr_assert_null(sp_uring_store_open(&o));
+    cr_assert(strstr(sp_last_error(), "O_DIRECT"), "%s", sp_last_error());
+    cr_assert_eq(count_files(), 0);
+}
+
+Test(store, missing_dir_fails_with_message)
+{
+    sp_uring_store_opts o = opts(0, 8, 65536, 0);
+    char missing[300];
+    snprintf(missing, sizeof missing, "%s/does-not-exist", dir);
+    o.dir = missing;
+    cr_assert_null(sp_uring_store_open(&o));
+    cr_assert(strstr(sp_last_error(), missing), "%s", sp_last_error());
+    cr_assert(strstr(sp_last_error(), "[spill] dir"));
+}
+
+Test(store, read_only_dir_fails_without_leaking)
+{
+    sp_uring_store_opts o = opts(0, 8, 65536, SP_FAULT_DIR_RO);
+    cr_assert_null(sp_uring_store_open(&o));
+    cr_assert(strstr(sp_last_error(), "Read-only"), "%s", sp_last_error());
+    cr_assert_eq(count_files(), 0);
+}
+
+/* Open a small-block store so one segment spans many requests. */
+static sp_uring_store_t *small_store(int direct)
+{
+    sp_uring_store_opts o = opts(direct, 4, 65536, 0);
+    sp_uring_store_t *s = sp_uring_store_open(&o);
+    cr_assert(s, "%s", sp_last_error());
+    return s;
+}
+
+static void faults_recoverable(int direct)
+{
+    const size_t n = 1 << 20;
+    uint8_t *src = malloc(n), *dst = malloc(n);
+    fill(src, n, 7);
+    struct { unsigned f; int nth; bool on_read; } cases[] = {
+        {SP_FAULT_EIO, 3, false},        {SP_FAULT_EIO, 2, true},
+        {SP_FAULT_SHORT_WRITE, 1, false}, {SP_FAULT_SHORT_READ, 5, true},
+        {SP_FAULT_EAGAIN, 2, false},     {SP_FAULT_EAGAIN, 4, true},
+        {SP_FAULT_CSUM, 6, true},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        sp_uring_store_t *s = small_store(direct);
+        if (!cases[c].on_read)
+            sp_uring_store_inject(s, cases[c].f, cases[c].nth);
+        int64_t id = sp_uring_store_put(s, src, n);
+        cr_assert_geq(id, 0, "case %zu: %s", c, sp_last_error());
+        if (cases[c].on_read)
+            sp_uring_store_inject(s, cases[c].f, cases[c].nth);
+        memset(dst, 0, n);
+        cr_assert_eq(sp_uring_store_get(s, id, dst, n), 0, "case %zu: %s", c, sp_last_error());
+        cr_assert_eq(memcmp(src, dst, n), 0, "case %zu returned wrong bytes", c);
+        sp_uring_store_stats st;
+        sp_uring_store_get_stats(s, &st);
+        switch (cases[c].f) {
+        case SP_FAULT_EIO: cr_assert_eq(st.eio_retries, 1, "case %zu", c); break;
+        case SP_FAULT_SHORT_READ:
+        case SP_FAULT_SHORT_WRITE: cr_assert_eq(st.short_requeues, 1, "case %zu", c); break;
+        case SP_FAULT_EAGAIN: cr_assert_eq(st.eagain_resubmits, 1, "case %zu", c); break;
+        case SP_FAULT_CSUM: cr_assert_eq(st.csum_retries, 1, "case %zu", c); break;
+        }
+        sp_uring_store_close(s);
+    }
+    free(src);
+    free(dst);
+}
+
+Test(store, transient_faults_are_retried_uring) { faults_recoverable(0); }
+Test(store, transient_faults_are_retried_buffered) { faults_recoverable(2); }
+
+static void faults_persistent(unsigned open_faults)
+{
+    const size_t n = 300000;
+    uint8_t *src = malloc(n), *dst = malloc(n);
+    fill(src, n, 9);
+    sp_uring_store_opts o = opts(0, 4, 65536, open_faults);
+    sp_uring_store_t *s = sp_uring_store_open(&o);
+    cr_assert(s, "%s", sp_last_error());
+
+    /* Write EIO that persists past the retries: the put fails and stores nothing. */
+    sp_uring_store_inject(s, SP_FAULT_EIO, -1);
+    cr_assert_eq(sp_uring_store_put(s, src, n), -EIO);
+    cr_assert(strstr(sp_last_error(), "write"), "%s", sp_last_error());
+    /* ENOSPC: no retry, clear failure. */
+    sp_uring_store_inject(s, SP_FAULT_ENOSPC, 1);
+    cr_assert_eq(sp_uring_store_put(s, src, n), -ENOSPC);
+    cr_assert(strstr(sp_last_error(), "No space"), "%s", sp_last_error());
+    sp_uring_store_stats st;
+    sp_uring_store_get_stats(s, &st);
+    cr_assert_eq(st.segments, 0);
+
+    sp_uring_store_inject(s, 0, 0);
+    int64_t id = sp_uring_store_put(s, src, n);
+    cr_assert_geq(id, 0, "%s", sp_last_error());
+    /* Persistent read EIO: fails, and the buffer holds no stale or partial data. */
+    sp_uring_store_inject(s, SP_FAULT_EIO, -1);
+    memset(dst, 0xab, n);
+    cr_assert_eq(sp_uring_store_get(s, id, dst, n), -EIO);
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(dst[i], 0, "byte %zu survived a failed read", i);
+    /* Persistent corruption: the checksum catches it; never the wrong bytes. */
+    sp_uring_store_inject(s, SP_FAULT_CSUM, -1);
+    memset(dst, 0xab, n);
+    cr_assert_eq(sp_uring_store_get(s, id, dst, n), -EBADMSG);
+    cr_assert(strstr(sp_last_error(), "checksum"), "%s", sp_last_error());
+    for (size_t i = 0; i < n; i++)
+        cr_assert_eq(dst[i], 0);
+    /* After the faults clear, the stored bytes are intact. */
+    sp_uring_store_inject(s, 0, 0);
+    cr_assert_eq(sp_uring_store_get(s, id, dst, n), 0, "%s", sp_last_error());
+    cr_assert_eq(memcmp(src, dst, n), 0);
+    /* Unknown ids and small buffers are refused. */
+    cr_assert_eq(sp_uring_store_get(s, id + 5, dst, n), -ENOENT);
+    cr_assert_eq(sp_uring_store_get(s, id, dst, n - 1), -ENOBUFS);
+    sp_uring_store_close(s);
+    free(src);
+    free(dst);
+}
+
+Test(store, persistent_faults_fail_cleanly_uring) { faults_persistent(0); }
+Test(store, persistent_faults_fail_cleanly_pread) { faults_persistent(SP_FAULT_NO_URING); }
+
+Test(store, sigterm_removes_spill_file)
+{
+    int pfd[2];
+    cr_assert_eq(pipe(pfd), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        sp_uring_store_opts o = opts(0, 4, 65536, 0);
+        sp_uring_store_t *s = sp_uring_store_open(&o);
+        if (!s)
+            _exit(3);
+        char buf[8192];
+        memset(buf, 1, sizeof buf);
+        if (sp_uring_store_put(s, buf, sizeof buf) < 0)
+            _exit(4);
+        char path[512];
+        snprintf(path, sizeof path, "%s", sp_uring_store_path(s));
+        if (write(pfd[1], path, sizeof path) != (ssize_t)sizeof path)
+            _exit(5);
+        raise(SIGTERM);
+        _exit(6); /* not reached: the handler re-raises with the default action */
+    }
+    close(pfd[1]);
+    char path[512];
+    cr_assert_eq(read(pfd[0], path, sizeof path), (ssize_t)sizeof path);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM, "status %d", status);
+    cr_assert_neq(access(path, F_OK), 0, "%s survived SIGTERM", path);
+}
