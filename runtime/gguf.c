@@ -118,7 +118,8 @@ static int rd_str(struct rd *r, sp_gguf_str *s, const char *what)
     if (rc)
         return rc;
     if (len > rd_left(r))
-        return sp_error(EINVAL, "%s: %s: string length %" PRIu64 " at offset %zu exceeds the %zu bytes left in the file",
+        return sp_error(EINVAL, "%s: %s: string length %" PRIu64 " at offset %zu exceeds the %zu bytes left in the file "
+                        "(truncated or corrupt)",
                         r->name, what, len, r->pos - 8, rd_left(r));
     s->ptr = (const char *)r->p + r->pos;
     s->len = len;
