@@ -1,0 +1,36 @@
+/* host_pool.h - pinned host memory for the host tier and staging buffers: page-aligned, mlock()ed
+ * where permitted (a one-time notice when not), bound to the chosen NUMA node when a topology is
+ * given, and allocated with cudaHostAlloc when built with CUDA and a device is present (so
+ * host->device copies are true DMA).
+ *
+ * Thread-safety: the functions are thread-safe; a buffer is owned by whoever allocated it.
+ */
+#ifndef SP_HOST_POOL_H
+#define SP_HOST_POOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "topology.h"
+
+enum {
+    SP_HOST_LOCKED = 1u << 0, /* mlock() succeeded (or cudaHostAlloc pinned it) */
+    SP_HOST_CUDA = 1u << 1,   /* from cudaHostAlloc; freed with cudaFreeHost */
+    SP_HOST_BOUND = 1u << 2,  /* bound to the topology's chosen NUMA node */
+};
+
+typedef struct {
+    void *ptr;      /* page-aligned; NULL for an empty buffer */
+    size_t size;    /* bytes requested */
+    size_t mapped;  /* bytes mapped (size rounded up to pages) */
+    unsigned flags; /* SP_HOST_* */
+} sp_host_buf;
+
+/* Allocate size bytes (zeroed). topo may be NULL (no NUMA binding). Returns 0 or -ENOMEM with a
+ * message naming the size. */
+int sp_host_pool_alloc(sp_host_buf *out, size_t size, const sp_topology_t *topo);
+
+/* Release a buffer (accepts an empty one) and reset it to empty. */
+void sp_host_pool_free(sp_host_buf *b);
+
+#endif

@@ -1,0 +1,113 @@
+/* tier.h - the three storage tiers (device, host, nvme) with hard byte budgets.
+ *
+ * Everything that occupies a tier goes through here and is tagged (weights, scratch, KV segments,
+ * staging), so the budgets cover all of it. A request that does not fit either spills to the next
+ * tier (device -> host -> nvme, when the caller passes SP_TIER_SPILL) or fails with a message that
+ * names the tier, the request and the budget; a tier never silently exceeds its budget.
+ *
+ * Device memory is reached through a small table of operations (sp_tier_device_ops). Without one
+ * (CPU-only runs) the device tier is a capacity-limited arena in host memory with memcpy copies,
+ * so the CPU run exercises the same code path as a GPU run. The nvme tier is an sp_uring_store,
+ * opened lazily on the first spill (so a missing spill dir only matters when something spills).
+ *
+ * Thread-safety: all functions may be called concurrently (one internal mutex for accounting; the
+ * store serializes its own I/O).
+ */
+#ifndef SP_TIER_H
+#define SP_TIER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config.h"
+#include "topology.h"
+#include "uring_store.h"
+
+typedef enum { SP_TIER_DEVICE, SP_TIER_HOST, SP_TIER_NVME, SP_TIER_COUNT } sp_tier_kind;
+typedef enum { SP_TAG_WEIGHTS, SP_TAG_SCRATCH, SP_TAG_KV, SP_TAG_STAGING, SP_TAG_COUNT } sp_tier_tag;
+
+enum { SP_TIER_SPILL = 1u << 0 }; /* allow placing in a later tier when the asked one is full */
+
+/* Device memory backend. All entries required; ctx is passed back unchanged. Copies are
+ * synchronous from the caller's point of view. */
+typedef struct {
+    const char *name;
+    void *(*alloc)(void *ctx, size_t size);                 /* NULL on failure */
+    void (*free)(void *ctx, void *ptr, size_t size);
+    int (*to_device)(void *ctx, void *dst, const void *src_host, size_t n);   /* 0 or -errno */
+    int (*to_host)(void *ctx, void *dst_host, const void *src, size_t n);     /* 0 or -errno */
+    void *ctx;
+} sp_tier_device_ops;
+
+typedef struct {
+    uint64_t budget[SP_TIER_COUNT];       /* bytes; 0 = unlimited */
+    sp_uring_store_opts nvme;             /* spill store options (dir must outlive the tiers) */
+    const sp_topology_t *topo;            /* NUMA binding of host memory; may be NULL */
+    const sp_tier_device_ops *device_ops; /* NULL = CPU arena */
+} sp_tiers_opts;
+
+typedef struct sp_tiers sp_tiers_t;
+
+/* A memory allocation on the device or host tier. */
+typedef struct {
+    sp_tier_kind tier;
+    sp_tier_tag tag;
+    void *ptr;        /* device pointer (device tier) or host pointer; NULL = empty */
+    size_t size;      /* bytes charged to the budget */
+    void *priv;       /* host tier: the sp_host_buf bookkeeping */
+} sp_tier_mem;
+
+/* Where one segment lives. */
+typedef struct {
+    sp_tier_kind tier;
+    size_t size;      /* payload bytes */
+    sp_tier_mem mem;  /* device/host tiers */
+    int64_t nvme_id;  /* nvme tier: the store's segment id; -1 otherwise */
+    size_t charged;   /* bytes charged to the nvme budget (4 KiB-rounded) */
+} sp_seg_loc;
+
+/* Fill opts from a configuration ([tiers] budgets, [spill] store options). cfg must outlive opts
+ * (opts->nvme.dir points into it). */
+void sp_tiers_opts_from_config(sp_tiers_opts *opts, const sp_config *cfg);
+
+sp_tiers_t *sp_tiers_create(const sp_tiers_opts *opts); /* NULL on failure (message set) */
+void sp_tiers_free(sp_tiers_t *ts); /* accepts NULL; frees the arena, closes (removes) spill file */
+
+/* Allocate size bytes on `tier` (device or host) tagged `tag`. With SP_TIER_SPILL a device request
+ * that does not fit goes to the host. Returns 0 (out->tier says where) or a negative errno:
+ * -ENOSPC when over budget, with "tier <name>: cannot allocate N bytes for <tag>: U of B bytes
+ * used (budget ... )". */
+int sp_tiers_alloc(sp_tiers_t *ts, sp_tier_kind tier, sp_tier_tag tag, size_t size, unsigned flags,
+                   sp_tier_mem *out);
+void sp_tiers_release(sp_tiers_t *ts, sp_tier_mem *m); /* accepts an empty one */
+
+/* Place a copy of bytes[0..size) on `want`, spilling onward with SP_TIER_SPILL. If the nvme write
+ * itself fails (EIO, ENOSPC), a copy goes to the host or device tier instead when one has room;
+ * otherwise the call fails and nothing is charged. */
+int sp_tiers_seg_put(sp_tiers_t *ts, sp_tier_kind want, unsigned flags, const void *bytes,
+                     size_t size, sp_seg_loc *out);
+
+/* Copy segment bytes into host memory dst (cap bytes). nvme reads verify the checksum. */
+int sp_tiers_seg_read(sp_tiers_t *ts, const sp_seg_loc *loc, void *dst, size_t cap);
+void sp_tiers_seg_free(sp_tiers_t *ts, sp_seg_loc *loc); /* accepts a freed one */
+
+/* Copies between a host buffer and device memory through the device ops (memcpy on CPU). */
+int sp_tiers_to_device(sp_tiers_t *ts, void *dst_dev, const void *src_host, size_t n);
+int sp_tiers_to_host(sp_tiers_t *ts, void *dst_host, const void *src_dev, size_t n);
+
+/* Bytes in use on a tier: for one tag, or all tags with tag < 0. */
+uint64_t sp_tiers_used(sp_tiers_t *ts, sp_tier_kind tier, int tag);
+uint64_t sp_tiers_budget(const sp_tiers_t *ts, sp_tier_kind tier);
+
+/* The nvme store (opening it now if needed); NULL with a message when the spill dir is unusable. */
+sp_uring_store_t *sp_tiers_nvme_store(sp_tiers_t *ts);
+
+const char *sp_tier_name(sp_tier_kind t);
+const char *sp_tier_tag_name(sp_tier_tag t);
+
+/* One line per tier: used per tag / budget. */
+void sp_tiers_print(sp_tiers_t *ts, FILE *out);
+
+#endif

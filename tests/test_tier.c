@@ -1,0 +1,297 @@
+/* test_tier.c - tier budgets are hard limits (fail with a message or spill, never exceed), segment
+ * placement across device/host/nvme returns the stored bytes, nvme failures fall back or fail
+ * cleanly, plus the host pool and topology helpers. */
+#include <criterion/criterion.h>
+
+#include "config.h"
+#include "host_pool.h"
+#include "sp_error.h"
+#include "tier.h"
+#include "topology.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static char dir[256];
+
+static void make_dir(void)
+{
+    snprintf(dir, sizeof dir, "/tmp/sp-tier-XXXXXX");
+    cr_assert(mkdtemp(dir));
+}
+
+static int count_files(void)
+{
+    DIR *d = opendir(dir);
+    cr_assert(d);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)))
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+static void remove_dir(void)
+{
+    cr_assert_eq(count_files(), 0, "spill file leaked in %s", dir);
+    rmdir(dir);
+}
+
+TestSuite(tier, .init = make_dir, .fini = remove_dir);
+
+static sp_tiers_t *make(uint64_t dev, uint64_t host, uint64_t nvme)
+{
+    sp_tiers_opts o;
+    memset(&o, 0, sizeof o);
+    o.budget[SP_TIER_DEVICE] = dev;
+    o.budget[SP_TIER_HOST] = host;
+    o.budget[SP_TIER_NVME] = nvme;
+    o.nvme = (sp_uring_store_opts){.dir = dir, .queue_depth = 8, .block_size = 65536,
+                                   .register_buffers = true, .verify_checksums = true};
+    sp_tiers_t *ts = sp_tiers_create(&o);
+    cr_assert(ts, "%s", sp_last_error());
+    return ts;
+}
+
+Test(tier, budget_is_hard_and_message_names_everything)
+{
+    sp_tiers_t *ts = make(1000000, 0, 0);
+    sp_tier_mem a, b, c;
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_WEIGHTS, 600000, 0, &a), 0);
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_SCRATCH, 600000, 0, &b), -ENOSPC);
+    const char *m = sp_last_error();
+    cr_assert(strstr(m, "600000 bytes for scratch on tier device"), "%s", m);
+    cr_assert(strstr(m, "600000 of 1000000 bytes used"), "%s", m);
+    cr_assert(strstr(m, "[tiers] device_budget"), "%s", m);
+    cr_assert_null(b.ptr);
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_DEVICE, -1), 600000, "a failed request must not be charged");
+    /* Exactly filling the budget is allowed; one byte more is not. */
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_KV, 400000, 0, &c), 0);
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_KV, 1, 0, &b), -ENOSPC);
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_DEVICE, SP_TAG_KV), 400000);
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_DEVICE, SP_TAG_WEIGHTS), 600000);
+    /* Memory is real and writable. */
+    memset(a.ptr, 1, 600000);
+    memset(c.ptr, 2, 400000);
+    /* With SP_TIER_SPILL the request goes to the host tier. */
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_SCRATCH, 600000, SP_TIER_SPILL, &b), 0);
+    cr_assert_eq(b.tier, SP_TIER_HOST);
+    cr_assert_eq(((uintptr_t)b.ptr) % 4096, 0, "host memory is page-aligned");
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_HOST, SP_TAG_SCRATCH), 600000);
+    sp_tiers_release(ts, &a);
+    sp_tiers_release(ts, &b);
+    sp_tiers_release(ts, &c);
+    sp_tiers_release(ts, &c); /* double release of an emptied handle is harmless */
+    for (int t = 0; t < SP_TIER_COUNT; t++)
+        cr_assert_eq(sp_tiers_used(ts, (sp_tier_kind)t, -1), 0);
+    sp_tiers_free(ts);
+}
+
+Test(tier, nvme_is_not_a_memory_tier)
+{
+    sp_tiers_t *ts = make(0, 0, 0);
+    sp_tier_mem a;
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_NVME, SP_TAG_KV, 10, 0, &a), -EINVAL);
+    sp_tiers_free(ts);
+}
+
+static void fill(uint8_t *p, size_t n, unsigned seed)
+{
+    uint32_t x = seed * 2654435761u + 1;
+    for (size_t i = 0; i < n; i++) {
+        x = x * 1664525u + 1013904223u;
+        p[i] = (uint8_t)(x >> 24);
+    }
+}
+
+Test(tier, segments_spill_down_the_tiers_and_read_back_exactly)
+{
+    enum { N = 12, SZ = 40000 };
+    sp_tiers_t *ts = make(100000, 130000, 0);
+    uint8_t *src = malloc((size_t)N * SZ), *dst = malloc(SZ);
+    sp_seg_loc loc[N];
+    int per_tier[SP_TIER_COUNT] = {0};
+    for (int i = 0; i < N; i++) {
+        fill(src + (size_t)i * SZ, SZ, (unsigned)i);
+        cr_assert_eq(sp_tiers_seg_put(ts, SP_TIER_DEVICE, SP_TIER_SPILL, src + (size_t)i * SZ, SZ, &loc[i]),
+                     0, "%s", sp_last_error());
+        per_tier[loc[i].tier]++;
+        cr_assert_leq(sp_tiers_used(ts, SP_TIER_DEVICE, -1), 100000);
+        cr_assert_leq(sp_tiers_used(ts, SP_TIER_HOST, -1), 130000);
+    }
+    cr_assert_eq(per_tier[SP_TIER_DEVICE], 2);
+    cr_assert_eq(per_tier[SP_TIER_HOST], 3);
+    cr_assert_eq(per_tier[SP_TIER_NVME], N - 5);
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_NVME, SP_TAG_KV), (uint64_t)(N - 5) * 40960);
+    cr_assert_eq(count_files(), 1, "one spill file");
+    for (int i = N - 1; i >= 0; i--) {
+        memset(dst, 0, SZ);
+        cr_assert_eq(sp_tiers_seg_read(ts, &loc[i], dst, SZ), 0, "%s", sp_last_error());
+        cr_assert_eq(memcmp(dst, src + (size_t)i * SZ, SZ), 0, "segment %d on %s differs", i,
+                     sp_tier_name(loc[i].tier));
+    }
+    /* Without SP_TIER_SPILL a full tier fails instead of spilling. */
+    sp_seg_loc x;
+    cr_assert_eq(sp_tiers_seg_put(ts, SP_TIER_DEVICE, 0, src, SZ, &x), -ENOSPC);
+    cr_assert(strstr(sp_last_error(), "tier device"), "%s", sp_last_error());
+    for (int i = 0; i < N; i++)
+        sp_tiers_seg_free(ts, &loc[i]);
+    for (int t = 0; t < SP_TIER_COUNT; t++)
+        cr_assert_eq(sp_tiers_used(ts, (sp_tier_kind)t, -1), 0);
+    sp_tiers_free(ts);
+    cr_assert_eq(count_files(), 0, "spill file removed by sp_tiers_free");
+    free(src);
+    free(dst);
+}
+
+Test(tier, nvme_budget_is_hard)
+{
+    sp_tiers_t *ts = make(0, 0, 3 * 4096);
+    uint8_t buf[5000] = {1};
+    sp_seg_loc a, b;
+    cr_assert_eq(sp_tiers_seg_put(ts, SP_TIER_NVME, 0, buf, sizeof buf, &a), 0, "%s", sp_last_error());
+    cr_assert_eq(sp_tiers_seg_put(ts, SP_TIER_NVME, SP_TIER_SPILL, buf, sizeof buf, &b), -ENOSPC);
+    cr_assert(strstr(sp_last_error(), "tier nvme: 8192 of 12288 bytes used ([tiers] nvme_budget)"),
+              "%s", sp_last_error());
+    sp_tiers_seg_free(ts, &a);
+    sp_tiers_free(ts);
+}
+
+Test(tier, nvme_write_failure_falls_back_to_host_or_fails_cleanly)
+{
+    sp_tiers_t *ts = make(4096, 100000, 0);
+    uint8_t buf[60000];
+    fill(buf, sizeof buf, 3);
+    sp_uring_store_t *s = sp_tiers_nvme_store(ts);
+    cr_assert(s, "%s", sp_last_error());
+    sp_uring_store_inject(s, SP_FAULT_ENOSPC, -1);
+    sp_seg_loc a, b;
+    cr_assert_eq(sp_tiers_seg_put(ts, SP_TIER_NVME, SP_TIER_SPILL, buf, sizeof buf, &a), 0,
+                 "%s", sp_last_error());
+    cr_assert_eq(a.tier, SP_TIER_HOST, "kept in host memory when the disk is full");
+    uint8_t out[60000];
+    cr_assert_eq(sp_tiers_seg_read(ts, &a, out, sizeof out), 0);
+    cr_assert_eq(memcmp(out, buf, sizeof buf), 0);
+    /* Host is now too full for a second copy: the request fails with both reasons. */
+    cr_assert_lt(sp_tiers_seg_put(ts, SP_TIER_NVME, SP_TIER_SPILL, buf, sizeof buf, &b), 0);
+    cr_assert(strstr(sp_last_error(), "No space left"), "%s", sp_last_error());
+    cr_assert(strstr(sp_last_error(), "tier host"), "%s", sp_last_error());
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_NVME, -1), 0, "failed nvme writes are not charged");
+    sp_tiers_seg_free(ts, &a);
+    sp_tiers_free(ts);
+}
+
+Test(tier, missing_spill_dir_fails_the_spill_with_its_name)
+{
+    sp_tiers_opts o;
+    memset(&o, 0, sizeof o);
+    o.budget[SP_TIER_DEVICE] = 4096;
+    o.budget[SP_TIER_HOST] = 4096;
+    char missing[300];
+    snprintf(missing, sizeof missing, "%s/gone", dir);
+    o.nvme = (sp_uring_store_opts){.dir = missing, .queue_depth = 4, .block_size = 65536};
+    sp_tiers_t *ts = sp_tiers_create(&o);
+    uint8_t buf[10000] = {0};
+    sp_seg_loc a;
+    cr_assert_lt(sp_tiers_seg_put(ts, SP_TIER_DEVICE, SP_TIER_SPILL, buf, sizeof buf, &a), 0);
+    cr_assert(strstr(sp_last_error(), missing), "%s", sp_last_error());
+    for (int t = 0; t < SP_TIER_COUNT; t++)
+        cr_assert_eq(sp_tiers_used(ts, (sp_tier_kind)t, -1), 0);
+    sp_tiers_free(ts);
+}
+
+typedef struct {
+    sp_tiers_t *ts;
+    int ok;
+} worker_arg;
+
+static void *hammer(void *p)
+{
+    worker_arg *w = p;
+    sp_tier_mem held[64];
+    int n = 0;
+    for (int i = 0; i < 2000; i++) {
+        if (n < 64 && (i % 3 != 2)) {
+            if (sp_tiers_alloc(w->ts, SP_TIER_DEVICE, SP_TAG_SCRATCH, 4096 + (size_t)(i % 7) * 1000, 0,
+                               &held[n]) == 0) {
+                n++;
+                w->ok++;
+            }
+        } else if (n > 0) {
+            sp_tiers_release(w->ts, &held[--n]);
+        }
+        if (sp_tiers_used(w->ts, SP_TIER_DEVICE, -1) > 100000)
+            return (void *)1;
+    }
+    while (n > 0)
+        sp_tiers_release(w->ts, &held[--n]);
+    return NULL;
+}
+
+Test(tier, concurrent_allocations_never_exceed_budget)
+{
+    sp_tiers_t *ts = make(100000, 0, 0);
+    pthread_t th[4];
+    worker_arg w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (worker_arg){ts, 0};
+        pthread_create(&th[i], NULL, hammer, &w[i]);
+    }
+    for (int i = 0; i < 4; i++) {
+        void *r;
+        pthread_join(th[i], &r);
+        cr_assert_null(r, "budget exceeded under concurrency");
+        cr_assert_gt(w[i].ok, 0);
+    }
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_DEVICE, -1), 0);
+    sp_tiers_free(ts);
+}
+
+Test(tier, opts_from_config)
+{
+    sp_config c;
+    sp_config_defaults(&c);
+    cr_assert_eq(sp_config_set(&c, "tiers.device_budget=2GiB", NULL), 0);
+    cr_assert_eq(sp_config_set(&c, "spill.queue_depth=16", NULL), 0);
+    sp_tiers_opts o;
+    sp_tiers_opts_from_config(&o, &c);
+    cr_assert_eq(o.budget[SP_TIER_DEVICE], 2ull << 30);
+    cr_assert_eq(o.budget[SP_TIER_HOST], 0);
+    cr_assert_eq(o.nvme.queue_depth, 16);
+    cr_assert_eq(o.nvme.block_size, 1 << 20);
+    cr_assert_str_eq(o.nvme.dir, c.spill.dir);
+}
+
+Test(tier, host_pool_and_topology)
+{
+    sp_topology_t *t = sp_topo_create(NULL);
+    cr_assert(t, "%s", sp_last_error());
+    cr_assert_geq(sp_topo_n_numa(t), 1);
+    cr_assert_geq(sp_topo_n_pus(t), 1);
+    cr_assert_geq(sp_topo_n_pus(t), sp_topo_n_cores(t));
+    sp_host_buf b;
+    cr_assert_eq(sp_host_pool_alloc(&b, 100000, t), 0, "%s", sp_last_error());
+    cr_assert_eq((uintptr_t)b.ptr % 4096, 0);
+    cr_assert_geq(b.mapped, 100000);
+    for (size_t i = 0; i < b.size; i++)
+        cr_assert_eq(((uint8_t *)b.ptr)[i], 0);
+    memset(b.ptr, 7, b.size);
+    sp_host_pool_free(&b);
+    cr_assert_null(b.ptr);
+    sp_host_pool_free(&b);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    sp_topo_print(t, f);
+    fclose(f);
+    cr_assert(strstr(text, "<- chosen"), "%s", text);
+    cr_assert(strstr(text, "host memory and workers: node"), "%s", text);
+    free(text);
+    sp_topo_free(t);
+}
