@@ -4,6 +4,11 @@ own dequantizer (gguf.quants.dequantize) produces for them. tests/test_dequant.c
 cpu/dequant.c reproduces these values bit for bit, so the oracle is independent of our C code.
 
 Usage:  python3 scripts/make_dequant_fixtures.py [OUT_DIR]     (default: tests/fixtures/dequant)
+        python3 scripts/make_dequant_fixtures.py --fuzz-corpus DIR
+            writes the seed corpus of tests/fuzz/fuzz_gguf.c instead: small synthetic GGUFs written
+            by gguf-py's GGUFWriter (every value type, nested arrays, the model's tensor types) and
+            near-valid variants (v2, alignment 64, truncated, corrupted counts); each a few KB,
+            named *.seed (not *.gguf, which .gitignore keeps out of git for the models).
 Needs:  pip install gguf numpy   (written against gguf 0.19.0, numpy 2.x)
 
 File format, one file per type, named <TYPE>.bin (e.g. Q4_1.bin), all integers little-endian:
@@ -43,7 +48,7 @@ from gguf import quants
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 SEED = 20251123
-OUT = sys.argv[1] if len(sys.argv) > 1 else os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "dequant")
+OUT = sys.argv[1] if len(sys.argv) == 2 else os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures", "dequant")
 
 # Byte offsets of the fp16 fields (d, m/dmin) inside one block, per ggml-common.h.
 HALF_FIELDS = {
@@ -143,5 +148,84 @@ def model_rows():
     print(f"{out}: {len(MODEL_ROWS)} rows, {len(blob)} bytes")
 
 
+def fuzz_corpus(out):
+    import tempfile
+    from gguf import GGUFWriter, GGUFValueType as V
+
+    rng = np.random.default_rng(SEED + 1)
+    os.makedirs(out, exist_ok=True)
+
+    def write(name, fill):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "x.gguf")
+            w = GGUFWriter(path, "llama")
+            fill(w)
+            w.write_header_to_file()
+            w.write_kv_data_to_file()
+            w.write_tensors_to_file()
+            w.close()
+            with open(path, "rb") as f:
+                return f.read()
+
+    def small_model(w):
+        w.add_block_count(1)
+        w.add_context_length(64)
+        w.add_embedding_length(64)
+        w.add_head_count(2)
+        w.add_head_count_kv(1)
+        w.add_rope_freq_base(100000.0)
+        w.add_layer_norm_rms_eps(1e-5)
+        w.add_tokenizer_model("gpt2")
+        w.add_token_list(["<s>", "a", "b", "ab", " "])
+        w.add_token_types([3, 1, 1, 1, 1])
+        w.add_token_merges(["a b"])
+        w.add_bool("test.bool", True)
+        w.add_int8("test.i8", -5)
+        w.add_uint16("test.u16", 65535)
+        w.add_int16("test.i16", -300)
+        w.add_int64("test.i64", -(1 << 40))
+        w.add_uint64("test.u64", 1 << 40)
+        w.add_float64("test.f64", 0.25)
+        w.add_array("test.f32s", [0.5, -4.0])
+        w.add_array("test.nested", [[1, 2], ["x", "y"], [[3]]])
+        w.add_tensor("token_embd.weight", quants.quantize(rng.standard_normal((5, 64)).astype(np.float32), T.Q8_0),
+                     raw_dtype=T.Q8_0)
+        w.add_tensor("blk.0.attn_q.weight", quants.quantize(rng.standard_normal((64, 64)).astype(np.float32)[:8],
+                                                            T.Q4_1), raw_dtype=T.Q4_1)
+        w.add_tensor("blk.0.attn_norm.weight", rng.standard_normal(64).astype(np.float32))
+        w.add_tensor("blk.0.ffn_up.weight", rng.standard_normal((2, 32)).astype(np.float16))
+        w.add_tensor("blk.0.k6.weight", rng.integers(0, 256, (1, 210), dtype=np.uint8), raw_dtype=T.Q6_K)
+
+    def aligned64(w):
+        w.data_alignment = 64
+        w.add_uint32("general.alignment", 64)
+        w.add_string("general.name", "tiny")
+        w.add_tensor("a", rng.standard_normal((3, 4)).astype(np.float32))
+        w.add_tensor("b", rng.integers(0, 256, (1, 144), dtype=np.uint8), raw_dtype=T.Q4_K)
+        w.add_tensor("c", rng.integers(0, 256, (2, 22), dtype=np.uint8), raw_dtype=T.Q5_0)
+
+    seeds = {}
+    full = write("full", small_model)
+    seeds["valid_small_model.seed"] = full
+    seeds["valid_align64.seed"] = write("a64", aligned64)
+    v2 = bytearray(seeds["valid_align64.seed"])
+    v2[4:8] = struct.pack("<I", 2)
+    seeds["valid_v2.seed"] = bytes(v2)
+    seeds["keys_only.seed"] = write("keys", lambda w: (w.add_string("general.name", "k"), w.add_uint32("x", 1)))
+    seeds["truncated_in_tensor_table.seed"] = full[: len(full) - 700]
+    seeds["truncated_header.seed"] = full[:20]
+    bad = bytearray(full)
+    bad[16:24] = struct.pack("<Q", 1 << 40)  # absurd key count
+    seeds["absurd_key_count.seed"] = bytes(bad)
+    for name, data in seeds.items():
+        assert len(data) <= 8192, (name, len(data))
+        with open(os.path.join(out, name), "wb") as f:
+            f.write(data)
+        print(f"{out}/{name}: {len(data)} bytes")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--fuzz-corpus":
+        fuzz_corpus(sys.argv[2])
+    else:
+        main()
