@@ -212,7 +212,8 @@ def fuzz_corpus(out):
     v2[4:8] = struct.pack("<I", 2)
     seeds["valid_v2.seed"] = bytes(v2)
     seeds["keys_only.seed"] = write("keys", lambda w: (w.add_string("general.name", "k"), w.add_uint32("x", 1)))
-    seeds["truncated_in_tensor_table.seed"] = full[: len(full) - 700]
+    seeds["truncated_in_tensor_table.seed"] = full[: full.index(b"blk.0.attn_q.weight") + 10]
+    seeds["truncated_in_data.seed"] = full[: len(full) - 700]
     seeds["truncated_header.seed"] = full[:20]
     bad = bytearray(full)
     bad[16:24] = struct.pack("<Q", 1 << 40)  # absurd key count
