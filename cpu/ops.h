@@ -1,0 +1,117 @@
+/* ops.h - CPU kernels of the forward pass: RMSNorm, RoPE (both layouts), SwiGLU, matrix products
+ * against GGUF weights kept in their file format (quantized blocks are never re-quantized), and
+ * chunked causal GQA attention over an fp16/fp32 KV cache with optional window scores.
+ *
+ * Threads: the matrix and attention ops run on an sp_cpu_t (a thread pool plus per-thread scratch,
+ * both sized once); the element-wise ops are single-threaded and called per row. No op allocates.
+ * An sp_cpu_t is driven by one caller thread at a time.
+ */
+#ifndef SP_OPS_H
+#define SP_OPS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "threadpool.h"
+
+/* ---- execution context ---------------------------------------------------------------------- */
+
+typedef struct sp_cpu {
+    sp_pool_t *pool;         /* n_threads threads (caller included) */
+    int n_threads;
+    size_t thread_floats;    /* scratch floats per thread */
+    float *thread_scratch;   /* [n_threads][thread_floats], 64-byte aligned rows */
+    size_t shared_floats;
+    float *shared;           /* [shared_floats] scratch shared by one op's threads */
+} sp_cpu;
+
+/* Create the pool and scratch. thread_floats / shared_floats: the maximum over the ops the caller
+ * will run (see sp_op_*_scratch below). Also pins OpenBLAS to one thread per call, because the
+ * pool's threads call sgemm concurrently. Returns NULL on failure (sp_last_error()). */
+sp_cpu *sp_cpu_new(int n_threads, size_t thread_floats, size_t shared_floats);
+void sp_cpu_free(sp_cpu *c);  /* accepts NULL */
+
+/* ---- element-wise ops ----------------------------------------------------------------------- */
+
+/* y = x / sqrt(mean(x^2) + eps) * w over n elements (sum of squares in double). y may alias x. */
+void sp_op_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
+
+typedef enum sp_rope_mode {
+    SP_ROPE_NORM = 0,   /* rotate adjacent pairs (x[2i], x[2i+1]): llama GGUF layout */
+    SP_ROPE_NEOX = 1,   /* rotate (x[i], x[i + d/2]): qwen2 / "neox" layout */
+} sp_rope_mode;
+
+/* Fill table[p][i] = {cos, sin}(p * base^(-2i/head_dim)) for p < n_pos, i < head_dim/2, computed in
+ * double then rounded (table: n_pos * head_dim floats). */
+void sp_rope_table_fill(float *table, int n_pos, int head_dim, double base);
+/* Rotate n_tok rows of n_heads heads in place: x[t*ld + h*head_dim + ...], token t at position
+ * pos[t] (< the table's n_pos; not checked here). head_dim must be even. */
+void sp_op_rope(float *x, int n_tok, int n_heads, int head_dim, int ld, const int32_t *pos,
+                const float *table, sp_rope_mode mode);
+
+/* out[i] = silu(gate[i]) * up[i]; out may alias gate or up. */
+void sp_op_swiglu(float *out, const float *gate, const float *up, int n);
+
+/* Vectorized expf over n elements (relative error < 2e-7 on [-87, 88]; -inf -> 0). */
+void sp_op_exp(float *y, const float *x, int n);
+
+/* ---- matrix products ------------------------------------------------------------------------ */
+
+/* A weight matrix as stored in the GGUF file: rows = output features (ne[1]), cols = input features
+ * (ne[0]), row-major, each row row_bytes long; data may be only byte-aligned. */
+typedef struct sp_wmat {
+    uint32_t type;           /* sp_ggml_type */
+    int64_t rows, cols;
+    size_t row_bytes;
+    const void *data;
+} sp_wmat;
+
+/* Whether matmul supports this type (every type cpu/dequant.h supports). */
+bool sp_op_matmul_supported(uint32_t type);
+/* Scratch floats per thread that sp_op_matmul needs for a matrix of `cols` inputs. */
+size_t sp_op_matmul_scratch(int64_t cols);
+/* y[t][r] = sum_c x[t][c] * W[r][c] for t < n (x row stride ldx, y row stride ldy, in floats).
+ * Small n: threaded dot products straight on the stored blocks (exact dequantized values, factored
+ * as d*sum(q*x) + m*sum(x)); large n: blocks of rows dequantized exactly to fp32 scratch, then
+ * OpenBLAS sgemm. Returns 0 or -EINVAL/-ENOSPC (sp_last_error()). */
+int sp_op_matmul(sp_cpu *c, const sp_wmat *w, const float *x, int n, int ldx, float *y, int ldy);
+/* Dequantize row r of w to fp32 (n = w->cols floats). Returns 0 or -EINVAL. */
+int sp_op_get_row(const sp_wmat *w, int64_t r, float *out);
+
+/* ---- attention ------------------------------------------------------------------------------ */
+
+typedef enum sp_kv_type {
+    SP_KV_F16 = 0,           /* IEEE half (llama.cpp's default cache type) */
+    SP_KV_F32 = 1,
+} sp_kv_type;
+
+/* Causal grouped-query attention of n_q new queries at positions q_pos0 .. q_pos0+n_q-1 against keys
+ * 0 .. q_pos0+n_q-1 already in the cache (RoPE applied to both). Query head h uses KV head
+ * h / (n_head / n_kv_head). Computed in blocks of queries x keys with an online softmax: no
+ * n_q x n_keys matrix is formed.
+ * Window scores (n_window > 0, <= n_q): for each query head h and key j, the fp32 softmax
+ * probabilities of the last n_window queries summed over those queries, written to
+ * win[h * win_ld + j] for j < q_pos0+n_q (keys after a query's position contribute 0). */
+typedef struct sp_attn_args {
+    int n_q, q_pos0;
+    int n_head, n_kv_head, head_dim;
+    const float *q;          /* q[t*ldq + h*head_dim + d] */
+    int ldq;
+    float *out;              /* out[t*ldo + h*head_dim + d] */
+    int ldo;
+    const void *k, *v;       /* element [g][p][d] at (g*kv_head_stride + p*head_dim + d) */
+    sp_kv_type kv_type;
+    size_t kv_head_stride;   /* elements between KV heads (>= n_keys*head_dim) */
+    float scale;             /* usually 1/sqrt(head_dim) */
+    int n_window;            /* 0: no window scores */
+    float *win;              /* [n_head][win_ld] or NULL */
+    int win_ld;              /* >= q_pos0+n_q */
+} sp_attn_args;
+
+size_t sp_op_attention_thread_scratch(int n_head, int n_kv_head, int head_dim);
+size_t sp_op_attention_shared_scratch(int n_threads, int n_head, int head_dim, int max_window);
+/* Returns 0 or -EINVAL/-ENOSPC (sp_last_error()). */
+int sp_op_attention(sp_cpu *c, const sp_attn_args *a);
+
+#endif
