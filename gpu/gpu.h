@@ -1,13 +1,33 @@
-/* gpu.h - the CUDA backend's C interface. Compiled from gpu/*.cu when CUDA is found; without CUDA
- * runtime/gpu_stub.c provides the same functions returning -ENODEV, so callers never #ifdef. */
+/* gpu.h - the CUDA backend's C interface. Compiled from the .cu and .c files of gpu/ when CUDA is found;
+ * without CUDA runtime/gpu_stub.c provides the same functions returning -ENODEV (NULL, false), so
+ * callers never #ifdef.
+ *
+ * Conventions (every op below):
+ * - One launcher per op: a stream (a cudaStream_t passed as void *; NULL = the legacy default
+ *   stream) and a descriptor by value. Launchers validate the descriptor, enqueue work and return
+ *   0 or a negative errno; they never synchronize. -ENOTSUP means "this shape/type is not
+ *   implemented on the GPU" (callers fall back, the backend test reports it as unsupported, not as
+ *   a failure); -EINVAL a bad descriptor; -EIO a CUDA/cuBLAS error. sp_last_error() names the call,
+ *   its expression and file:line.
+ * - Pointers inside descriptors are device pointers unless a field says otherwise.
+ * - Every op has a CPU reference in cpu/ (cpu/dequant.h, cpu/ops.h) with the same contract;
+ *   tests/gpu_test_backend_ops.c compares them op by op.
+ * - Thread-safety: launchers are stateless (sp_gpu_gemm uses its handle; one handle per thread).
+ */
 #ifndef SP_GPU_H
 #define SP_GPU_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+#include "tier.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* ---- devices, memory, streams ---------------------------------------------------------------- */
 
 /* Number of usable CUDA devices: >= 0, or -ENODEV when built without CUDA. Never fails loudly:
  * a driver without devices counts as 0. */
@@ -20,6 +40,189 @@ int sp_gpu_describe(int dev, char *buf, size_t size);
 /* Self-check used by the gpu test: run a small kernel (y = a*x + y over n floats) on device `dev`
  * and compare with the host. Returns 0, -ENODEV, or -EIO with the CUDA error in sp_last_error(). */
 int sp_gpu_selftest(int dev);
+
+/* Make `dev` the calling thread's current device. Returns 0, -ENODEV or -EIO. */
+int sp_gpu_set_device(int dev);
+
+/* Device memory on the current device. sp_gpu_alloc returns NULL on failure (message set); the
+ * caller owns the memory and frees it with sp_gpu_free (accepts NULL). */
+void *sp_gpu_alloc(size_t size);
+void sp_gpu_free(void *p);
+
+/* Pinned (page-locked) host memory, for copies that really overlap compute. NULL on failure. */
+void *sp_gpu_host_alloc(size_t size);
+void sp_gpu_host_free(void *p);
+
+/* Whether p points into device memory (cudaMalloc'ed). false without CUDA. */
+bool sp_gpu_is_device_ptr(const void *p);
+
+/* Streams: a non-blocking stream on the current device. The caller owns *out and destroys it with
+ * sp_gpu_stream_destroy (accepts NULL). sp_gpu_stream_sync waits for the stream's work and returns
+ * the first asynchronous error it reports (a kernel fault shows up here). */
+int sp_gpu_stream_create(void **out);
+void sp_gpu_stream_destroy(void *stream);
+int sp_gpu_stream_sync(void *stream);
+
+/* Asynchronous copies / memset on `stream` (pageable host memory makes them synchronous). */
+int sp_gpu_memcpy_h2d(void *stream, void *dst_dev, const void *src_host, size_t n);
+int sp_gpu_memcpy_d2h(void *stream, void *dst_host, const void *src_dev, size_t n);
+int sp_gpu_memset(void *stream, void *dst_dev, int byte, size_t n);
+
+/* ---- element types of activations ------------------------------------------------------------ */
+
+typedef enum sp_gpu_dtype {
+    SP_GPU_F32 = 0,
+    SP_GPU_F16 = 1,          /* IEEE half */
+} sp_gpu_dtype;
+
+/* ---- dequantization --------------------------------------------------------------------------- */
+
+/* dst[r*dst_ld + c] = value c of row r, for every type cpu/dequant.h supports (F32 F16 BF16 Q8_0
+ * Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q5_K Q6_K). fp32 output is bit-identical to sp_dequant (same float
+ * expression order, no contraction); fp16 output is that value rounded to nearest even. */
+typedef struct sp_gpu_dequant_desc {
+    uint32_t type;           /* sp_ggml_type of the source */
+    int64_t rows, cols;      /* cols: a multiple of the type's block size */
+    const void *src;         /* row r at src + r*src_row_bytes; only byte alignment needed */
+    size_t src_row_bytes;    /* >= sp_type_row_bytes(type, cols) */
+    void *dst;               /* [rows][dst_ld] of dst_type */
+    int64_t dst_ld;          /* elements, >= cols */
+    sp_gpu_dtype dst_type;
+} sp_gpu_dequant_desc;
+
+bool sp_gpu_dequant_supported(uint32_t type);
+int sp_gpu_dequant(void *stream, sp_gpu_dequant_desc d);
+
+/* ---- element-wise ops on fp32 activations ------------------------------------------------------ */
+
+/* y = x / sqrt(mean(x^2) + eps) * w per row (y may alias x). */
+typedef struct sp_gpu_rmsnorm_desc {
+    int n_rows, n;
+    const float *x;
+    int64_t ldx;
+    float *y;
+    int64_t ldy;
+    const float *w;          /* [n] */
+    float eps;
+} sp_gpu_rmsnorm_desc;
+int sp_gpu_rmsnorm(void *stream, sp_gpu_rmsnorm_desc d);
+
+/* RoPE in place, as sp_op_rope: x[t*ld + h*head_dim + ...], token t at position pos[t]. With a
+ * table (sp_rope_table_fill layout: [n_pos][head_dim/2][cos, sin], n_pos > every pos) it is used;
+ * with table == NULL the angles are computed from `base` in double (as the table is), so both
+ * paths agree with the CPU to fp32 rounding. */
+typedef struct sp_gpu_rope_desc {
+    float *x;
+    int n_tok, n_heads, head_dim;   /* head_dim even */
+    int64_t ld;
+    const int32_t *pos;             /* [n_tok], device */
+    const float *table;             /* device, or NULL */
+    double base;                    /* used when table == NULL */
+    int mode;                       /* sp_rope_mode: 0 = adjacent pairs (llama), 1 = half split (neox) */
+} sp_gpu_rope_desc;
+int sp_gpu_rope(void *stream, sp_gpu_rope_desc d);
+
+/* out[i] = silu(gate[i]) * up[i] for i < n (out may alias gate or up). */
+typedef struct sp_gpu_swiglu_desc {
+    int64_t n;
+    const float *gate, *up;
+    float *out;
+} sp_gpu_swiglu_desc;
+int sp_gpu_swiglu(void *stream, sp_gpu_swiglu_desc d);
+
+/* ---- matrix products -------------------------------------------------------------------------- */
+
+/* A cuBLAS handle (one per thread that launches GEMMs). NULL on failure (message set). */
+typedef struct sp_gpu_blas sp_gpu_blas;
+sp_gpu_blas *sp_gpu_blas_create(void);
+void sp_gpu_blas_free(sp_gpu_blas *b);   /* accepts NULL */
+
+/* Prefill GEMM through cuBLAS: y[t][r] (+)= sum_c x[t][c] * W[r][c], W fp16, fp32 accumulation
+ * (CUBLAS_COMPUTE_32F). fp32 activations are first rounded to fp16 into x16 (cuBLAS has no
+ * fp16 x fp32 product); fp16 activations are used directly. */
+typedef struct sp_gpu_gemm_desc {
+    int64_t rows, cols;      /* W: rows = output features, cols = input features */
+    const void *w;           /* fp16 [rows][ldw] */
+    int64_t ldw;
+    int n;                   /* tokens */
+    const void *x;           /* [n][ldx] of x_type */
+    int64_t ldx;
+    sp_gpu_dtype x_type;
+    float *y;                /* fp32 [n][ldy] */
+    int64_t ldy;
+    bool accumulate;         /* y += instead of y = (residual adds) */
+    void *x16;               /* x_type F32: scratch of n*cols halves; else unused */
+} sp_gpu_gemm_desc;
+int sp_gpu_gemm(sp_gpu_blas *b, void *stream, sp_gpu_gemm_desc d);
+
+/* Decode GEMV straight on the stored weights: one warp per output row, fp32 accumulation, for
+ * n (<= SP_GPU_GEMV_MAX_N) vectors. Weight types: F16, F32, Q8_0, Q4_1 (sp_gpu_gemv_supported);
+ * quantized rows are read as blocks, never dequantized to memory. */
+enum { SP_GPU_GEMV_MAX_N = 8 };
+typedef struct sp_gpu_gemv_desc {
+    uint32_t w_type;         /* sp_ggml_type */
+    int64_t rows, cols;
+    const void *w;           /* row r at w + r*w_row_bytes */
+    size_t w_row_bytes;
+    int n;
+    const float *x;          /* [n][ldx] */
+    int64_t ldx;
+    float *y;                /* [n][ldy] */
+    int64_t ldy;
+    bool accumulate;
+} sp_gpu_gemv_desc;
+bool sp_gpu_gemv_supported(uint32_t w_type);
+int sp_gpu_gemv(void *stream, sp_gpu_gemv_desc d);
+
+/* ---- attention -------------------------------------------------------------------------------- */
+
+/* Causal GQA attention over an fp16 KV cache, the contract of sp_attn_args (cpu/ops.h): n_q queries
+ * at positions q_pos0.., keys 0 .. q_pos0+n_q-1, query head h reads KV head h / (n_head/n_kv_head).
+ * n_q > 1 or n_window > 0: tiled prefill kernel with an online softmax (no n_q x n_keys matrix);
+ * window scores win[h*win_ld + j] = sum over the last n_window queries of the fp32 softmax
+ * probabilities (written for every j < q_pos0+n_q). n_q == 1 without window: split-K decode.
+ * head_dim: even and <= 256 (decode: a multiple of 32); else -ENOTSUP. */
+typedef struct sp_gpu_attn_desc {
+    int n_q, q_pos0;
+    int n_head, n_kv_head, head_dim;
+    const float *q;          /* q[t*ldq + h*head_dim + d] */
+    int ldq;
+    float *out;              /* out[t*ldo + h*head_dim + d] */
+    int ldo;
+    const void *k, *v;       /* fp16, element [g][p][d] at g*kv_head_stride + p*head_dim + d */
+    size_t kv_head_stride;   /* elements, >= n_keys*head_dim */
+    float scale;
+    int n_window;            /* 0: no window scores */
+    float *win;              /* [n_head][win_ld] or NULL */
+    int win_ld;
+    float *scratch;          /* device, sp_gpu_attention_scratch_floats() floats */
+    size_t scratch_floats;
+} sp_gpu_attn_desc;
+size_t sp_gpu_attention_scratch_floats(int n_q, int q_pos0, int n_head, int head_dim, int n_window);
+int sp_gpu_attention(void *stream, sp_gpu_attn_desc d);
+
+/* ---- sampling --------------------------------------------------------------------------------- */
+
+/* Greedy: out[r] = index of the largest logits[r*ld + i], i < n (lowest index on ties; NaN never
+ * wins; -1 when the row has no non-NaN value). */
+typedef struct sp_gpu_argmax_desc {
+    const float *logits;
+    int n_rows;
+    int64_t n, ld;
+    int32_t *out;            /* [n_rows], device */
+} sp_gpu_argmax_desc;
+int sp_gpu_argmax(void *stream, sp_gpu_argmax_desc d);
+
+/* ---- the device tier --------------------------------------------------------------------------- */
+
+/* The CUDA implementation of sp_tier_device_ops for device `dev`: alloc/free are cudaMalloc/cudaFree,
+ * to_device/to_host are cudaMemcpyAsync on a dedicated copy stream followed by an event wait (so
+ * they are synchronous for the caller, as tier.h requires, without serializing the compute
+ * streams). Pass pinned host buffers (sp_gpu_host_alloc, the host pool) for full bandwidth.
+ * Returns a table the caller owns (free with sp_gpu_tier_ops_free, accepts NULL), or NULL with a
+ * message (no CUDA: -ENODEV message). The copy entries may be called from several threads. */
+const sp_tier_device_ops *sp_gpu_tier_ops_create(int dev);
+void sp_gpu_tier_ops_free(const sp_tier_device_ops *ops);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,62 @@
+/* gpu_common.cuh - what every CUDA file of the backend shares: the error checks (expression and
+ * file:line into the sp_error channel) and the C headers of the rest of the library, which have no
+ * extern "C" guards of their own. Private to gpu/. */
+#ifndef SP_GPU_COMMON_CUH
+#define SP_GPU_COMMON_CUH
+
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+#include <errno.h>
+#include <stdint.h>
+
+extern "C" {
+#include "dequant.h"
+#include "gguf.h"
+#include "sp_error.h"
+}
+#include "gpu.h"
+
+/* Check a CUDA call where it is made: 0, or -EIO with "file:line: expr failed: reason". */
+static inline int sp_cuda_check(cudaError_t e, const char *expr, const char *file, int line)
+{
+    if (e == cudaSuccess)
+        return 0;
+    return sp_error(EIO, "%s:%d: %s failed: %s (%s)", file, line, expr, cudaGetErrorString(e),
+                    cudaGetErrorName(e));
+}
+#define SP_CUDA_CHECK(expr) sp_cuda_check((expr), #expr, __FILE__, __LINE__)
+
+/* After every kernel launch: a bad configuration (too much shared memory, grid too large) is only
+ * reported by cudaGetLastError. `what` names the kernel. */
+#define SP_CUDA_LAUNCHED(what) sp_cuda_check(cudaGetLastError(), "launch " what, __FILE__, __LINE__)
+
+static inline cudaStream_t sp_stream(void *s) { return (cudaStream_t)s; }
+
+/* Byte-aligned little-endian loads: GGUF blocks are only byte-aligned (20-byte Q4_1, 34-byte Q8_0). */
+static __device__ __forceinline__ uint16_t sp_ld_u16(const uint8_t *p)
+{
+    return (uint16_t)(p[0] | (p[1] << 8));
+}
+static __device__ __forceinline__ uint32_t sp_ld_u32(const uint8_t *p)
+{
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static __device__ __forceinline__ float sp_ld_half(const uint8_t *p)
+{
+    return __half2float(__ushort_as_half(sp_ld_u16(p)));
+}
+
+static __device__ __forceinline__ float sp_warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ __forceinline__ float sp_warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+#endif

@@ -1,0 +1,253 @@
+/* gpu_matmul.cu - matrix products against weight matrices: prefill GEMM through cuBLAS on fp16
+ * weights (fp32 accumulation), and decode GEMV kernels that read the stored rows directly (fp16,
+ * fp32, or the Q8_0 / Q4_1 blocks of the GGUF file, never dequantized to memory).
+ *
+ * DESIGN (GEMV): decode is bound by weight bandwidth, so each weight byte is read once per call:
+ * one warp per output row, lanes stride over the row (16-byte loads for fp16 when aligned; one
+ * block per lane for the quantized types), the n <= SP_GPU_GEMV_MAX_N input vectors are all applied
+ * while the row is in registers, fp32 accumulation, one warp reduction per vector. Quantized
+ * blocks are factored as d*sum(q*x) (+ m*sum(x)), the same algebra as the CPU's block dot. */
+#include <cublas_v2.h>
+
+#include "gpu_common.cuh"
+
+struct sp_gpu_blas {
+    cublasHandle_t h;
+};
+
+static int cublas_check(cublasStatus_t s, const char *expr, const char *file, int line)
+{
+    if (s == CUBLAS_STATUS_SUCCESS)
+        return 0;
+    return sp_error(EIO, "%s:%d: %s failed: %s (%d)", file, line, expr, cublasGetStatusString(s), (int)s);
+}
+#define SP_CUBLAS_CHECK(expr) cublas_check((expr), #expr, __FILE__, __LINE__)
+
+extern "C" sp_gpu_blas *sp_gpu_blas_create(void)
+{
+    sp_gpu_blas *b = (sp_gpu_blas *)calloc(1, sizeof *b);
+    if (!b) {
+        sp_error(ENOMEM, "gpu blas: out of memory");
+        return NULL;
+    }
+    if (SP_CUBLAS_CHECK(cublasCreate(&b->h)))
+        goto free_b;
+    /* fp16 tensor-core paths; the accumulation type stays fp32 (CUBLAS_COMPUTE_32F below) */
+    if (SP_CUBLAS_CHECK(cublasSetMathMode(b->h, CUBLAS_DEFAULT_MATH)))
+        goto destroy;
+    return b;
+destroy:
+    cublasDestroy(b->h);
+free_b:
+    free(b);
+    return NULL;
+}
+
+extern "C" void sp_gpu_blas_free(sp_gpu_blas *b)
+{
+    if (!b)
+        return;
+    cublasDestroy(b->h);
+    free(b);
+}
+
+static __global__ void f32_to_f16_kernel(const float *x, int64_t ldx, int n, int64_t cols, __half *y)
+{
+    const int64_t total = (int64_t)n * cols;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t t = i / cols, c = i % cols;
+        y[i] = __float2half_rn(x[t * ldx + c]);
+    }
+}
+
+extern "C" int sp_gpu_gemm(sp_gpu_blas *b, void *stream, sp_gpu_gemm_desc d)
+{
+    if (!b || d.rows <= 0 || d.cols <= 0 || d.n < 0 || d.ldw < d.cols || d.ldx < d.cols || d.ldy < d.rows ||
+        d.rows > INT32_MAX || d.cols > INT32_MAX || d.ldw > INT32_MAX || d.ldx > INT32_MAX || d.ldy > INT32_MAX ||
+        (d.x_type != SP_GPU_F32 && d.x_type != SP_GPU_F16) || !d.w || !d.x || !d.y ||
+        (d.x_type == SP_GPU_F32 && !d.x16))
+        return sp_error(EINVAL, "gpu gemm: bad descriptor (W %lld x %lld ld %lld, n %d, ldx %lld, ldy %lld, x type %d%s)",
+                        (long long)d.rows, (long long)d.cols, (long long)d.ldw, d.n, (long long)d.ldx,
+                        (long long)d.ldy, (int)d.x_type, d.x_type == SP_GPU_F32 && !d.x16 ? ", no x16 scratch" : "");
+    if (d.n == 0)
+        return 0;
+    cudaStream_t s = sp_stream(stream);
+    int rc;
+    const void *x = d.x;
+    int64_t ldx = d.ldx;
+    if (d.x_type == SP_GPU_F32) {
+        int64_t total = (int64_t)d.n * d.cols, blocks = (total + 255) / 256;
+        if (blocks > (1 << 20))
+            blocks = 1 << 20;
+        f32_to_f16_kernel<<<(unsigned)blocks, 256, 0, s>>>((const float *)d.x, d.ldx, d.n, d.cols, (__half *)d.x16);
+        if ((rc = SP_CUDA_LAUNCHED("f32_to_f16_kernel")))
+            return rc;
+        x = d.x16;
+        ldx = d.cols;
+    }
+    if ((rc = SP_CUBLAS_CHECK(cublasSetStream(b->h, s))))
+        return rc;
+    /* Column-major view: Y^T (rows x n, ld ldy) = op_T(W^T view: cols x rows, ld ldw) * X^T (cols x n). */
+    const float alpha = 1.0f, beta = d.accumulate ? 1.0f : 0.0f;
+    return SP_CUBLAS_CHECK(cublasGemmEx(b->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)d.rows, d.n, (int)d.cols, &alpha,
+                                        d.w, CUDA_R_16F, (int)d.ldw, x, CUDA_R_16F, (int)ldx, &beta, d.y,
+                                        CUDA_R_32F, (int)d.ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+/* ---- GEMV ---- */
+
+enum { GEMV_WARPS = 8 };
+
+/* acc[t] += dot(row segment, x_t segment) for the lane's share of the row. */
+template <uint32_t WT, bool VEC>
+static __device__ __forceinline__ void gemv_row(const uint8_t *row, int64_t cols, int n, const float *x, int64_t ldx,
+                                                int lane, float *acc)
+{
+    if (WT == SP_TYPE_F16 && VEC) {
+        const uint4 *w4 = (const uint4 *)row;
+        for (int64_t k = lane; k < cols / 8; k += 32) {
+            uint4 u = w4[k];
+            const __half2 *h2 = (const __half2 *)&u;
+            float w[8];
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float2 f = __half22float2(h2[e]);
+                w[2 * e] = f.x;
+                w[2 * e + 1] = f.y;
+            }
+#pragma unroll
+            for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++) {
+                if (t >= n)
+                    break;
+                const float4 *x4 = (const float4 *)(x + t * ldx + 8 * k);
+                float4 a = x4[0], b = x4[1];
+                acc[t] += w[0] * a.x + w[1] * a.y + w[2] * a.z + w[3] * a.w + w[4] * b.x + w[5] * b.y + w[6] * b.z +
+                          w[7] * b.w;
+            }
+        }
+    } else if (WT == SP_TYPE_F16 || WT == SP_TYPE_F32) {
+        for (int64_t c = lane; c < cols; c += 32) {
+            float w = WT == SP_TYPE_F16 ? __half2float(((const __half *)row)[c]) : ((const float *)row)[c];
+#pragma unroll
+            for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++) {
+                if (t >= n)
+                    break;
+                acc[t] += w * x[t * ldx + c];
+            }
+        }
+    } else if (WT == SP_TYPE_Q8_0) {
+        for (int64_t b = lane; b < cols / 32; b += 32) {
+            const uint8_t *blk = row + b * 34;
+            const float dd = sp_ld_half(blk);
+            int8_t q[32];
+#pragma unroll
+            for (int j = 0; j < 32; j++)
+                q[j] = (int8_t)blk[2 + j];
+#pragma unroll
+            for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++) {
+                if (t >= n)
+                    break;
+                const float *xb = x + t * ldx + b * 32;
+                float s = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 32; j++)
+                    s += (float)q[j] * xb[j];
+                acc[t] += dd * s;
+            }
+        }
+    } else if (WT == SP_TYPE_Q4_1) {
+        for (int64_t b = lane; b < cols / 32; b += 32) {
+            const uint8_t *blk = row + b * 20;
+            const float dd = sp_ld_half(blk), mm = sp_ld_half(blk + 2);
+            uint8_t qs[16];
+#pragma unroll
+            for (int j = 0; j < 16; j++)
+                qs[j] = blk[4 + j];
+#pragma unroll
+            for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++) {
+                if (t >= n)
+                    break;
+                const float *xb = x + t * ldx + b * 32;
+                float sq = 0.0f, sx = 0.0f;
+#pragma unroll
+                for (int j = 0; j < 16; j++) {
+                    float x0 = xb[j], x1 = xb[j + 16];
+                    sq += (float)(qs[j] & 0xF) * x0 + (float)(qs[j] >> 4) * x1;
+                    sx += x0 + x1;
+                }
+                acc[t] += dd * sq + mm * sx;
+            }
+        }
+    }
+}
+
+template <uint32_t WT, bool VEC>
+static __global__ void gemv_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, int n, const float *x,
+                                   int64_t ldx, float *y, int64_t ldy, bool accumulate)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t r = (int64_t)blockIdx.x * GEMV_WARPS + threadIdx.x / 32;
+    if (r >= rows)
+        return;
+    float acc[SP_GPU_GEMV_MAX_N];
+#pragma unroll
+    for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++)
+        acc[t] = 0.0f;
+    gemv_row<WT, VEC>(w + (size_t)r * row_bytes, cols, n, x, ldx, lane, acc);
+#pragma unroll
+    for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++) {
+        if (t >= n)
+            break;
+        float s = sp_warp_sum(acc[t]);
+        if (lane == 0) {
+            float *dst = y + t * ldy + r;
+            *dst = accumulate ? *dst + s : s;
+        }
+    }
+}
+
+extern "C" bool sp_gpu_gemv_supported(uint32_t w_type)
+{
+    return w_type == SP_TYPE_F16 || w_type == SP_TYPE_F32 || w_type == SP_TYPE_Q8_0 || w_type == SP_TYPE_Q4_1;
+}
+
+template <uint32_t WT, bool VEC>
+static int gemv_launch(cudaStream_t s, const sp_gpu_gemv_desc &d)
+{
+    unsigned blocks = (unsigned)((d.rows + GEMV_WARPS - 1) / GEMV_WARPS);
+    gemv_kernel<WT, VEC><<<blocks, GEMV_WARPS * 32, 0, s>>>((const uint8_t *)d.w, d.w_row_bytes, d.rows, d.cols, d.n,
+                                                            d.x, d.ldx, d.y, d.ldy, d.accumulate);
+    return SP_CUDA_LAUNCHED("gemv_kernel");
+}
+
+extern "C" int sp_gpu_gemv(void *stream, sp_gpu_gemv_desc d)
+{
+    if (!sp_gpu_gemv_supported(d.w_type))
+        return sp_error(ENOTSUP, "gpu gemv: weight type %s not supported (F16, F32, Q8_0, Q4_1 are)",
+                        sp_ggml_type_name(d.w_type));
+    if (d.rows <= 0 || d.cols <= 0 || d.n < 0 || d.n > SP_GPU_GEMV_MAX_N || d.ldx < d.cols || d.ldy < d.rows ||
+        d.cols % sp_type_block_elems(d.w_type) || d.w_row_bytes < sp_type_row_bytes(d.w_type, d.cols) ||
+        (unsigned long long)(d.rows + GEMV_WARPS - 1) / GEMV_WARPS > 0x7fffffffull || !d.w || !d.x || !d.y)
+        return sp_error(EINVAL, "gpu gemv: bad descriptor (%s W %lld x %lld, row %zu bytes, n %d of at most %d, ldx %lld, ldy %lld)",
+                        sp_ggml_type_name(d.w_type), (long long)d.rows, (long long)d.cols, d.w_row_bytes, d.n,
+                        SP_GPU_GEMV_MAX_N, (long long)d.ldx, (long long)d.ldy);
+    if (d.n == 0)
+        return 0;
+    cudaStream_t s = sp_stream(stream);
+    uintptr_t wa = (uintptr_t)d.w, xa = (uintptr_t)d.x;
+    switch (d.w_type) {
+    case SP_TYPE_F16:
+        if (wa % 2 || d.w_row_bytes % 2)
+            return sp_error(ENOTSUP, "gpu gemv: fp16 weights must be 2-byte aligned");
+        if (wa % 16 == 0 && d.w_row_bytes % 16 == 0 && d.cols % 8 == 0 && xa % 16 == 0 && d.ldx % 4 == 0)
+            return gemv_launch<SP_TYPE_F16, true>(s, d);
+        return gemv_launch<SP_TYPE_F16, false>(s, d);
+    case SP_TYPE_F32:
+        if (wa % 4 || d.w_row_bytes % 4)
+            return sp_error(ENOTSUP, "gpu gemv: fp32 weights must be 4-byte aligned");
+        return gemv_launch<SP_TYPE_F32, false>(s, d);
+    case SP_TYPE_Q8_0: return gemv_launch<SP_TYPE_Q8_0, false>(s, d);
+    case SP_TYPE_Q4_1: return gemv_launch<SP_TYPE_Q4_1, false>(s, d);
+    default: return sp_error(ENOTSUP, "gpu gemv: weight type %u not supported", (unsigned)d.w_type);
+    }
+}
