@@ -28,6 +28,7 @@
 enum {
     MM_RB = 128,           /* weight rows dequantized per sgemm call */
     MM_GEMM_MIN_TOK = 8,   /* below this many tokens, dot products beat dequant + sgemm */
+    MM_GEMV_UNIT = 16,     /* rows per unit of work on the dot-product path */
     QK = 32,
     Q4_1_BYTES = 20,
     Q8_0_BYTES = 34,
@@ -184,91 +185,141 @@ static float dot_q8_0(const uint8_t *row, const float *x, int64_t nb)
 
 typedef struct mm_job {
     sp_cpu *c;
-    const sp_wmat *w;
+    int nw;
+    const sp_wmat *const *w;  /* [nw] */
+    float *const *y;          /* [nw] */
+    const int *ldy;           /* [nw] */
     const float *x;
-    int n, ldx, ldy;
-    float *y;
-    int err;                  /* first dequant failure (set by any thread; all report the same) */
+    int n, ldx;
+    bool swiglu;              /* nw == 2: y[0] = silu(y[0]) * y[1] per finished unit */
+    bool gemm;
+    int64_t unit;             /* rows per unit of work */
+    int64_t units[SP_MM_MAX + 1]; /* cumulative unit counts per matrix */
+    int err;                  /* set by any thread whose dequant failed */
 } mm_job;
 
-static void gemv_worker(void *arg, int ith, int nth)
+/* Rows [r0, r0+nr) of one matrix for all n tokens. */
+static int mm_rows(mm_job *j, int ith, int wi, int64_t r0, int64_t nr)
 {
-    mm_job *j = arg;
-    const sp_wmat *w = j->w;
-    int64_t rows = w->rows, cols = w->cols;
-    int64_t r0 = rows * ith / nth, r1 = rows * (ith + 1) / nth;
+    const sp_wmat *w = j->w[wi];
+    float *y = j->y[wi];
+    int ldy = j->ldy[wi];
+    int64_t cols = w->cols, nb = cols / QK;
     float *scr = j->c->thread_scratch + (size_t)ith * j->c->thread_floats;
-    int64_t nb = cols / QK;
+    if (j->gemm) {
+        if (sp_dequant(w->type, (const uint8_t *)w->data + (size_t)r0 * w->row_bytes, scr, nr * cols) != 0)
+            return -EINVAL;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, (int)nr, (int)cols, 1.0f, j->x, j->ldx, scr,
+                    (int)cols, 0.0f, y + r0, ldy);
+        return 0;
+    }
     float *xs = scr, *rowbuf = scr + (size_t)MM_GEMM_MIN_TOK * (size_t)(nb + 1);
-    if (w->type == SP_TYPE_Q4_1)
-        for (int t = 0; t < j->n; t++)
-            block_sums(j->x + (size_t)t * j->ldx, nb, xs + (size_t)t * nb);
-    for (int64_t r = r0; r < r1; r++) {
+    for (int64_t r = r0; r < r0 + nr; r++) {
         const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
         switch (w->type) {
         case SP_TYPE_Q4_1:
             for (int t = 0; t < j->n; t++)
-                j->y[(size_t)t * j->ldy + r] = dot_q4_1(row, j->x + (size_t)t * j->ldx, xs + (size_t)t * nb, nb);
+                y[(size_t)t * ldy + r] = dot_q4_1(row, j->x + (size_t)t * j->ldx, xs + (size_t)t * nb, nb);
             break;
         case SP_TYPE_Q8_0:
             for (int t = 0; t < j->n; t++)
-                j->y[(size_t)t * j->ldy + r] = dot_q8_0(row, j->x + (size_t)t * j->ldx, nb);
+                y[(size_t)t * ldy + r] = dot_q8_0(row, j->x + (size_t)t * j->ldx, nb);
             break;
         case SP_TYPE_F16:
             for (int t = 0; t < j->n; t++)
-                j->y[(size_t)t * j->ldy + r] = dot_f16(row, j->x + (size_t)t * j->ldx, cols);
+                y[(size_t)t * ldy + r] = dot_f16(row, j->x + (size_t)t * j->ldx, cols);
             break;
         case SP_TYPE_F32:
             for (int t = 0; t < j->n; t++)
-                j->y[(size_t)t * j->ldy + r] = dot_f32((const float *)(const void *)row, j->x + (size_t)t * j->ldx, cols);
+                y[(size_t)t * ldy + r] = dot_f32((const float *)(const void *)row, j->x + (size_t)t * j->ldx, cols);
             break;
         default:
-            if (sp_dequant(w->type, row, rowbuf, cols) != 0) {
-                j->err = -EINVAL;
-                return;
-            }
+            if (sp_dequant(w->type, row, rowbuf, cols) != 0)
+                return -EINVAL;
             for (int t = 0; t < j->n; t++)
-                j->y[(size_t)t * j->ldy + r] = dot_f32(rowbuf, j->x + (size_t)t * j->ldx, cols);
+                y[(size_t)t * ldy + r] = dot_f32(rowbuf, j->x + (size_t)t * j->ldx, cols);
             break;
         }
     }
+    return 0;
 }
 
-static void gemm_worker(void *arg, int ith, int nth)
+static void mm_worker(void *arg, int ith, int nth)
 {
     mm_job *j = arg;
-    const sp_wmat *w = j->w;
-    int64_t nblk = (w->rows + MM_RB - 1) / MM_RB;
-    int64_t b0 = nblk * ith / nth, b1 = nblk * (ith + 1) / nth;
-    float *scr = j->c->thread_scratch + (size_t)ith * j->c->thread_floats;
-    for (int64_t b = b0; b < b1; b++) {
-        int64_t r0 = b * MM_RB, nr = w->rows - r0 < MM_RB ? w->rows - r0 : MM_RB;
-        if (sp_dequant(w->type, (const uint8_t *)w->data + (size_t)r0 * w->row_bytes, scr, nr * w->cols) != 0) {
+    int64_t total = j->units[j->nw];
+    /* Paired (swiglu) jobs interleave the two matrices unit by unit, so each thread owns whole pairs. */
+    int64_t step = j->swiglu ? 2 : 1, npart = total / step;
+    int64_t u0 = npart * ith / nth * step, u1 = npart * (ith + 1) / nth * step;
+    if (!j->gemm) {
+        /* Per-block sums of x for Q4_1 (shared by every row this thread computes). */
+        int64_t cols_q41 = 0;
+        for (int wi = 0; wi < j->nw; wi++)
+            if (j->w[wi]->type == SP_TYPE_Q4_1)
+                cols_q41 = j->w[wi]->cols;
+        float *xs = j->c->thread_scratch + (size_t)ith * j->c->thread_floats;
+        for (int t = 0; cols_q41 && t < j->n; t++)
+            block_sums(j->x + (size_t)t * j->ldx, cols_q41 / QK, xs + (size_t)t * (cols_q41 / QK));
+    }
+    for (int64_t u = u0; u < u1; u++) {
+        int wi;
+        int64_t r0;
+        if (j->swiglu) {
+            wi = (int)(u & 1);
+            r0 = (u >> 1) * j->unit;
+        } else {
+            wi = 0;
+            while (u >= j->units[wi + 1])
+                wi++;
+            r0 = (u - j->units[wi]) * j->unit;
+        }
+        int64_t rows = j->w[wi]->rows, nr = rows - r0 < j->unit ? rows - r0 : j->unit;
+        if (mm_rows(j, ith, wi, r0, nr) != 0) {
             j->err = -EINVAL;
             return;
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, (int)nr, (int)w->cols, 1.0f, j->x, j->ldx,
-                    scr, (int)w->cols, 0.0f, j->y + r0, j->ldy);
+        if (j->swiglu && wi == 1)
+            for (int t = 0; t < j->n; t++)
+                sp_op_swiglu(j->y[0] + (size_t)t * j->ldy[0] + r0, j->y[0] + (size_t)t * j->ldy[0] + r0,
+                             j->y[1] + (size_t)t * j->ldy[1] + r0, (int)nr);
     }
+}
+
+int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const *y, const int *ldy, const float *x,
+                       int n, int ldx, bool swiglu)
+{
+    if (nw < 1 || nw > SP_MM_MAX || (swiglu && (nw != 2 || w[0]->rows != w[1]->rows)))
+        return sp_error(EINVAL, "matmul: bad job (%d matrices, swiglu=%d)", nw, (int)swiglu);
+    mm_job j = { .c = c, .nw = nw, .w = w, .y = y, .ldy = ldy, .x = x, .n = n, .ldx = ldx, .swiglu = swiglu };
+    j.gemm = n >= MM_GEMM_MIN_TOK;
+    j.unit = j.gemm ? MM_RB : MM_GEMV_UNIT;
+    int64_t cols_q41 = 0;
+    for (int i = 0; i < nw; i++) {
+        if (!sp_op_matmul_supported(w[i]->type))
+            return sp_error(EINVAL, "matmul: unsupported weight type %s", sp_ggml_type_name(w[i]->type));
+        if (n <= 0 || ldx < w[i]->cols || ldy[i] < w[i]->rows)
+            return sp_error(EINVAL, "matmul: bad shape (n=%d ldx=%d ldy=%d for %lldx%lld)", n, ldx, ldy[i],
+                            (long long)w[i]->rows, (long long)w[i]->cols);
+        if (c->thread_floats < sp_op_matmul_scratch(w[i]->cols))
+            return sp_error(ENOSPC, "matmul: thread scratch %zu floats < %zu needed for %lld columns",
+                            c->thread_floats, sp_op_matmul_scratch(w[i]->cols), (long long)w[i]->cols);
+        if (w[i]->type == SP_TYPE_Q4_1) {
+            if (cols_q41 && cols_q41 != w[i]->cols)
+                return sp_error(EINVAL, "matmul: Q4_1 matrices of one job must share their column count");
+            cols_q41 = w[i]->cols;
+        }
+        if (w[i]->cols != w[0]->cols)
+            return sp_error(EINVAL, "matmul: matrices of one job must share the input (%lld vs %lld columns)",
+                            (long long)w[i]->cols, (long long)w[0]->cols);
+        j.units[i + 1] = j.units[i] + (w[i]->rows + j.unit - 1) / j.unit;
+    }
+    sp_pool_run(c->pool, mm_worker, &j);
+    if (j.err)
+        return sp_error(EINVAL, "matmul: cannot dequantize the weights");
+    return 0;
 }
 
 int sp_op_matmul(sp_cpu *c, const sp_wmat *w, const float *x, int n, int ldx, float *y, int ldy)
 {
-    if (!sp_op_matmul_supported(w->type))
-        return sp_error(EINVAL, "matmul: unsupported weight type %s", sp_ggml_type_name(w->type));
-    if (n <= 0 || ldx < w->cols || ldy < w->rows)
-        return sp_error(EINVAL, "matmul: bad shape (n=%d ldx=%d ldy=%d for %lldx%lld)", n, ldx, ldy,
-                        (long long)w->rows, (long long)w->cols);
-    if (c->thread_floats < sp_op_matmul_scratch(w->cols))
-        return sp_error(ENOSPC, "matmul: thread scratch %zu floats < %zu needed for %lld columns",
-                        c->thread_floats, sp_op_matmul_scratch(w->cols), (long long)w->cols);
-    mm_job j = { .c = c, .w = w, .x = x, .n = n, .ldx = ldx, .ldy = ldy, .y = y, .err = 0 };
-    if (n >= MM_GEMM_MIN_TOK) {
-        sp_pool_run(c->pool, gemm_worker, &j);
-    } else {
-        sp_pool_run(c->pool, gemv_worker, &j);
-    }
-    if (j.err)
-        return sp_error(EINVAL, "matmul: cannot dequantize %s weights", sp_ggml_type_name(w->type));
-    return 0;
+    return sp_op_matmul_multi(c, 1, &w, &y, &ldy, x, n, ldx, false);
 }

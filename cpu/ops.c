@@ -132,3 +132,4 @@ void sp_op_swiglu(float *out, const float *gate, const float *up, int n)
         out[i] = g / (1.0f + expf(-g)) * up[i];
     }
 }
+

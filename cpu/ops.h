@@ -76,6 +76,12 @@ size_t sp_op_matmul_scratch(int64_t cols);
  * as d*sum(q*x) + m*sum(x)); large n: blocks of rows dequantized exactly to fp32 scratch, then
  * OpenBLAS sgemm. Returns 0 or -EINVAL/-ENOSPC (sp_last_error()). */
 int sp_op_matmul(sp_cpu *c, const sp_wmat *w, const float *x, int n, int ldx, float *y, int ldy);
+/* Several matrices sharing the input x in one dispatch (fewer thread wake-ups per token): y[i] gets
+ * x W_i^T with row stride ldy[i]. All must have the same cols. swiglu (nw == 2, equal rows): after
+ * the products, y[0] = silu(y[0]) * y[1] (computed by the thread that owns those rows). */
+#define SP_MM_MAX 4
+int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const *y, const int *ldy, const float *x,
+                       int n, int ldx, bool swiglu);
 /* Dequantize row r of w to fp32 (n = w->cols floats). Returns 0 or -EINVAL. */
 int sp_op_get_row(const sp_wmat *w, int64_t r, float *out);
 

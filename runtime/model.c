@@ -413,6 +413,11 @@ static void add_bias(float *x, const float *b, int n, int width)
             x[(size_t)t * width + i] += b[i];
 }
 
+static int matmul(sp_ctx_t *c, const sp_wmat *w, const float *x, int n, float *y)
+{
+    return sp_op_matmul(c->cpu, w, x, n, (int)w->cols, y, (int)w->rows);
+}
+
 /* One chunk of n tokens at positions n_past.. ; window: produce window scores in this chunk. */
 static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, float *logits_last, float *logits_all)
 {
@@ -431,8 +436,10 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
         const sp_layer *ly = &m->layers[l];
         for (int t = 0; t < n; t++)
             sp_op_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, ly->attn_norm, E, hp->norm_eps);
-        if ((rc = sp_op_matmul(c->cpu, &ly->wq, c->xn, n, E, c->q, Q)) || (rc = sp_op_matmul(c->cpu, &ly->wk, c->xn, n, E, c->k, KV)) ||
-            (rc = sp_op_matmul(c->cpu, &ly->wv, c->xn, n, E, c->v, KV)))
+        const sp_wmat *wqkv[3] = { &ly->wq, &ly->wk, &ly->wv };
+        float *yqkv[3] = { c->q, c->k, c->v };
+        int ldqkv[3] = { Q, KV, KV };
+        if ((rc = sp_op_matmul_multi(c->cpu, 3, wqkv, yqkv, ldqkv, c->xn, n, E, false)) != 0)
             return rc;
         add_bias(c->q, ly->bq, n, Q);
         add_bias(c->k, ly->bk, n, KV);
@@ -452,16 +459,17 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
             return rc;
         if (aa.n_window > 0 && c->p.on_window)
             c->p.on_window(c->p.window_user, l, c->win, hp->n_head, pos0 + n, aa.n_window);
-        if ((rc = sp_op_matmul(c->cpu, &ly->wo, c->att, n, Q, c->xn, E)) != 0)
+        if ((rc = matmul(c, &ly->wo, c->att, n, c->xn)) != 0)
             return rc;
         add_rows(c->x, c->xn, (size_t)n * E);
         for (int t = 0; t < n; t++)
             sp_op_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, ly->ffn_norm, E, hp->norm_eps);
-        if ((rc = sp_op_matmul(c->cpu, &ly->w_gate, c->xn, n, E, c->gate, F)) ||
-            (rc = sp_op_matmul(c->cpu, &ly->w_up, c->xn, n, E, c->up, F)))
+        const sp_wmat *wgu[2] = { &ly->w_gate, &ly->w_up };
+        float *ygu[2] = { c->gate, c->up };
+        int ldgu[2] = { F, F };
+        if ((rc = sp_op_matmul_multi(c->cpu, 2, wgu, ygu, ldgu, c->xn, n, E, true)) != 0)   /* gate = silu(gate) * up */
             return rc;
-        sp_op_swiglu(c->gate, c->gate, c->up, n * F);
-        if ((rc = sp_op_matmul(c->cpu, &ly->w_down, c->gate, n, F, c->xn, E)) != 0)
+        if ((rc = matmul(c, &ly->w_down, c->gate, n, c->xn)) != 0)
             return rc;
         add_rows(c->x, c->xn, (size_t)n * E);
         if (c->p.on_hidden)
@@ -474,12 +482,12 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
         sp_op_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, m->output_norm, E, hp->norm_eps);
     if (c->p.on_hidden)
         c->p.on_hidden(c->p.hidden_user, hp->n_layer + 1, pos0, n, c->xn);
-    if (logits_all && (rc = sp_op_matmul(c->cpu, &m->output, c->xn, n, E, logits_all, hp->n_vocab)) != 0)
+    if (logits_all && (rc = matmul(c, &m->output, c->xn, n, logits_all)) != 0)
         return rc;
     if (logits_last) {
         if (logits_all)
             memcpy(logits_last, logits_all + (size_t)(n - 1) * hp->n_vocab, sizeof(float) * hp->n_vocab);
-        else if ((rc = sp_op_matmul(c->cpu, &m->output, c->xn + (size_t)(n - 1) * E, 1, E, logits_last, hp->n_vocab)) != 0)
+        else if ((rc = matmul(c, &m->output, c->xn + (size_t)(n - 1) * E, 1, logits_last)) != 0)
             return rc;
     }
     c->n_past += n;
