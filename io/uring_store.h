@@ -10,8 +10,14 @@
  * Requests are split into block_size pieces, up to queue_depth in flight, submitted in batches;
  * each completion carries its request in user_data; -EAGAIN is resubmitted; short transfers
  * advance and requeue; EIO is retried (SP_STORE_RETRIES times) before the request fails.
- * Data passes through page-aligned bounce buffers registered with the ring (fixed reads/writes),
- * so callers may hand in any pointer and size.
+ * Callers may hand in any pointer and size. A 4 KiB-aligned caller buffer is read into / written
+ * from directly (zero-copy) for every block_size piece that lies inside the payload; other pieces
+ * (an unaligned buffer, the ragged tail of a segment) pass through bounce buffers that are
+ * registered with the ring (fixed reads/writes) and backed by transparent huge pages where the
+ * kernel allows (fewer DMA segments per request; see bounce_alloc in uring_store.c). Tip: give
+ * get/put huge-page-backed, 4 KiB-aligned buffers for the fastest path.
+ * Ring: COOP_TASKRUN + TASKRUN_FLAG when the kernel has them (no IPI per completion); one
+ * io_uring_submit_and_wait per round submits new pieces and requeues and reaps the completions.
  *
  * Thread-safety: every function on one store is serialized by an internal mutex; different stores
  * are independent.
@@ -54,6 +60,7 @@ typedef struct {
     size_t block_size;        /* bytes per request, multiple of 4096 */
     bool register_buffers;    /* registered buffers + files when the kernel allows */
     bool verify_checksums;    /* verify xxHash64 on every read */
+    bool no_uring;            /* pread/pwrite even where io_uring works (benchmarks), no notice */
     unsigned open_faults;     /* test only: SP_FAULT_NO_URING | SP_FAULT_NO_ODIRECT | SP_FAULT_DIR_RO */
 } sp_uring_store_opts;
 
@@ -63,6 +70,7 @@ typedef struct {
     uint64_t file_bytes;                /* current extent of the spill file */
     uint64_t eagain_resubmits, short_requeues, eio_retries, csum_retries;
     uint64_t fixed_ops;                 /* requests that used registered buffers */
+    uint64_t zero_copy_ops;             /* pieces moved straight from/to the caller's buffer */
 } sp_uring_store_stats;
 
 /* Open a store (creates the spill file). NULL on failure with sp_last_error() naming the
@@ -83,6 +91,13 @@ int sp_uring_store_get(sp_uring_store_t *s, int64_t id, void *dst, size_t cap);
 
 /* Size of segment id, or 0 if there is none. */
 size_t sp_uring_store_size(sp_uring_store_t *s, int64_t id);
+
+/* Benchmark path: move len bytes (a positive multiple of 4 KiB) between [0, len) of the spill file
+ * and the store's bounce buffers through the same engine as put/get (same slots, batching, retry
+ * and fault rules), without a caller buffer, copies or checksums: a write stores a fixed
+ * pseudo-random pattern and extends the file to len; a read (only of what was written) discards
+ * the bytes. For a store that holds no segments (else -EBUSY). Returns 0 or a negative errno. */
+int sp_uring_store_stream(sp_uring_store_t *s, bool write, uint64_t len);
 
 /* Drop segment id; its file space is reused. Unknown ids are ignored. */
 void sp_uring_store_del(sp_uring_store_t *s, int64_t id);

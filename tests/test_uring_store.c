@@ -1,6 +1,9 @@
 /* test_uring_store.c - the NVMe spill store: round trips in every I/O mode, extent reuse, and one
  * test per injected fault with its defined outcome (retry, fail cleanly, never wrong bytes, never a
- * leaked file), plus removal of the spill file on SIGTERM. */
+ * leaked file), plus removal of the spill file on SIGTERM. The fault tests run twice: with
+ * unaligned buffers (every piece through the bounce slots) and with 4 KiB-aligned ones (zero-copy
+ * pieces straight to/from the caller, ragged tails through the slots). The stream (benchmark) path
+ * is checked for its contract. */
 #include <criterion/criterion.h>
 
 #include "sp_error.h"
@@ -12,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -183,10 +187,26 @@ static sp_uring_store_t *small_store(int direct)
     return s;
 }
 
-static void faults_recoverable(int direct)
+/* A test buffer 4 KiB-aligned, or deliberately 16 bytes past alignment (as glibc's large
+ * malloc() blocks are), so both store paths are exercised whatever malloc does. */
+typedef struct {
+    void *base;
+    uint8_t *p;
+} tbuf;
+
+static tbuf buf_alloc(size_t n, bool aligned)
+{
+    tbuf b = {0};
+    cr_assert_eq(posix_memalign(&b.base, 4096, n + 64), 0);
+    b.p = (uint8_t *)b.base + (aligned ? 0 : 16);
+    return b;
+}
+
+static void faults_recoverable(int direct, bool aligned)
 {
     const size_t n = 1 << 20;
-    uint8_t *src = malloc(n), *dst = malloc(n);
+    tbuf sb = buf_alloc(n, aligned), db = buf_alloc(n, aligned);
+    uint8_t *src = sb.p, *dst = db.p;
     fill(src, n, 7);
     struct { unsigned f; int nth; bool on_read; } cases[] = {
         {SP_FAULT_EIO, 3, false},        {SP_FAULT_EIO, 2, true},
@@ -214,19 +234,26 @@ static void faults_recoverable(int direct)
         case SP_FAULT_EAGAIN: cr_assert_eq(st.eagain_resubmits, 1, "case %zu", c); break;
         case SP_FAULT_CSUM: cr_assert_eq(st.csum_retries, 1, "case %zu", c); break;
         }
+        if (aligned)
+            cr_assert_gt(st.zero_copy_ops, 0, "case %zu: aligned buffers were staged", c);
+        else
+            cr_assert_eq(st.zero_copy_ops, 0, "case %zu: unaligned buffer used directly", c);
         sp_uring_store_close(s);
     }
-    free(src);
-    free(dst);
+    free(sb.base);
+    free(db.base);
 }
 
-Test(store, transient_faults_are_retried_uring) { faults_recoverable(0); }
-Test(store, transient_faults_are_retried_buffered) { faults_recoverable(2); }
+Test(store, transient_faults_are_retried_uring) { faults_recoverable(0, false); }
+Test(store, transient_faults_are_retried_buffered) { faults_recoverable(2, false); }
+Test(store, transient_faults_are_retried_uring_zero_copy) { faults_recoverable(0, true); }
+Test(store, transient_faults_are_retried_buffered_zero_copy) { faults_recoverable(2, true); }
 
-static void faults_persistent(unsigned open_faults)
+static void faults_persistent(unsigned open_faults, bool aligned)
 {
-    const size_t n = 300000;
-    uint8_t *src = malloc(n), *dst = malloc(n);
+    const size_t n = 300000; /* 4 x 64 KiB pieces + a ragged 37856-byte tail */
+    tbuf sb = buf_alloc(n, aligned), db = buf_alloc(n, aligned);
+    uint8_t *src = sb.p, *dst = db.p;
     fill(src, n, 9);
     sp_uring_store_opts o = opts(0, 4, 65536, open_faults);
     sp_uring_store_t *s = sp_uring_store_open(&o);
@@ -268,12 +295,92 @@ static void faults_persistent(unsigned open_faults)
     cr_assert_eq(sp_uring_store_get(s, id + 5, dst, n), -ENOENT);
     cr_assert_eq(sp_uring_store_get(s, id, dst, n - 1), -ENOBUFS);
     sp_uring_store_close(s);
-    free(src);
-    free(dst);
+    free(sb.base);
+    free(db.base);
 }
 
-Test(store, persistent_faults_fail_cleanly_uring) { faults_persistent(0); }
-Test(store, persistent_faults_fail_cleanly_pread) { faults_persistent(SP_FAULT_NO_URING); }
+Test(store, persistent_faults_fail_cleanly_uring) { faults_persistent(0, false); }
+Test(store, persistent_faults_fail_cleanly_pread) { faults_persistent(SP_FAULT_NO_URING, false); }
+Test(store, persistent_faults_fail_cleanly_uring_zero_copy) { faults_persistent(0, true); }
+Test(store, persistent_faults_fail_cleanly_pread_zero_copy) { faults_persistent(SP_FAULT_NO_URING, true); }
+
+/* Aligned caller buffers: pieces inside the payload move directly, the ragged tail through a bounce
+ * slot, and nothing past the payload in the caller's buffer is touched. */
+static void zero_copy_round_trip(int direct, bool no_uring)
+{
+    const size_t n = 3 * 1048576 + 123, cap = 4 << 20;
+    sp_uring_store_opts o = opts(direct, 8, 65536, 0);
+    o.no_uring = no_uring;
+    sp_uring_store_t *s = sp_uring_store_open(&o);
+    cr_assert(s, "%s", sp_last_error());
+    if (no_uring)
+        cr_assert_eq(sp_uring_store_mode(s), SP_STORE_MODE_PSYNC);
+    tbuf sb = buf_alloc(n, true), db = buf_alloc(cap, true);
+    uint8_t *src = sb.p, *dst = db.p;
+    fill(src, n, 42);
+    int64_t id = sp_uring_store_put(s, src, n);
+    cr_assert_geq(id, 0, "%s", sp_last_error());
+    memset(dst, 0xee, cap);
+    cr_assert_eq(sp_uring_store_get(s, id, dst, cap), 0, "%s", sp_last_error());
+    cr_assert_eq(memcmp(dst, src, n), 0, "zero-copy get returned wrong bytes");
+    for (size_t i = n; i < cap; i++)
+        cr_assert_eq(dst[i], 0xee, "byte %zu past the payload was overwritten", i);
+    sp_uring_store_stats st;
+    sp_uring_store_get_stats(s, &st);
+    /* 48 full pieces each way moved directly; the last partial piece (123 bytes) was staged. */
+    cr_assert_eq(st.zero_copy_ops, 2 * 48, "zero-copy pieces: %llu", (unsigned long long)st.zero_copy_ops);
+    /* An unaligned view of the same bytes goes through the slots and reads back the same. */
+    uint8_t *odd = malloc(n + 1);
+    memcpy(odd + 1, src, n);
+    int64_t id2 = sp_uring_store_put(s, odd + 1, n);
+    cr_assert_geq(id2, 0, "%s", sp_last_error());
+    memset(odd, 0, n + 1);
+    cr_assert_eq(sp_uring_store_get(s, id2, odd + 1, n), 0, "%s", sp_last_error());
+    cr_assert_eq(memcmp(odd + 1, src, n), 0);
+    sp_uring_store_get_stats(s, &st);
+    cr_assert_eq(st.zero_copy_ops, 2 * 48, "an unaligned buffer was used directly");
+    free(odd);
+    sp_uring_store_close(s);
+    free(sb.base);
+    free(db.base);
+}
+
+Test(store, zero_copy_direct) { zero_copy_round_trip(0, false); }
+Test(store, zero_copy_buffered) { zero_copy_round_trip(2, false); }
+Test(store, zero_copy_pread) { zero_copy_round_trip(0, true); }
+
+/* The benchmark stream: its own store only, whole 4 KiB multiples, reads only of what it wrote,
+ * and segments stored after it still round-trip. */
+Test(store, stream_contract)
+{
+    sp_uring_store_opts o = opts(0, 4, 65536, 0);
+    sp_uring_store_t *s = sp_uring_store_open(&o);
+    cr_assert(s, "%s", sp_last_error());
+    cr_assert_eq(sp_uring_store_stream(s, false, 65536), -EINVAL, "read before any write");
+    cr_assert_eq(sp_uring_store_stream(s, true, 1000), -EINVAL, "unaligned length");
+    const uint64_t len = 1 << 20;
+    cr_assert_eq(sp_uring_store_stream(s, true, len), 0, "%s", sp_last_error());
+    cr_assert_eq(sp_uring_store_stream(s, false, len), 0, "%s", sp_last_error());
+    cr_assert_eq(sp_uring_store_stream(s, false, 2 * len), -EINVAL, "read past the end");
+    struct stat stt;
+    cr_assert_eq(stat(sp_uring_store_path(s), &stt), 0);
+    cr_assert_geq((uint64_t)stt.st_size, len, "the stream write did not reach the file");
+    sp_uring_store_stats st;
+    sp_uring_store_get_stats(s, &st);
+    cr_assert_eq(st.bytes_written, len);
+    cr_assert_eq(st.bytes_read, len);
+    uint8_t src[10000], dst[10000];
+    fill(src, sizeof src, 5);
+    int64_t id = sp_uring_store_put(s, src, sizeof src);
+    cr_assert_geq(id, 0, "%s", sp_last_error());
+    cr_assert_eq(sp_uring_store_get(s, id, dst, sizeof dst), 0, "%s", sp_last_error());
+    cr_assert_eq(memcmp(src, dst, sizeof src), 0);
+    cr_assert_eq(sp_uring_store_stream(s, false, len), -EBUSY, "stream over stored segments");
+    /* The segment was placed after the streamed range, which still reads. */
+    sp_uring_store_del(s, id);
+    cr_assert_eq(sp_uring_store_stream(s, false, len), 0, "%s", sp_last_error());
+    sp_uring_store_close(s);
+}
 
 Test(store, sigterm_removes_spill_file)
 {
