@@ -17,7 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__F16C__) && defined(__AVX2__)
+#if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
@@ -35,19 +35,29 @@ static inline void load_f16(float *dst, const uint16_t *src, int d)
         dst[i] = sp_fp16_to_f32(src[i]);
 }
 
-/* kr = R(pos)·x for one head vector, table row cs = {cos, sin} pairs. */
+/* kr = R(pos)·x for one head vector, table row cs = {cos, sin} pairs. The table's interleaved
+ * (cos, sin) order matches the adjacent-pair layout, so SP_ROPE_NORM is one addsub per 8 floats. */
 static inline void rotate(float *restrict kr, const float *restrict x, const float *restrict cs,
                           int d, sp_rope_mode mode)
 {
-    int half = d / 2;
+    int half = d / 2, i = 0;
     if (mode == SP_ROPE_NORM) {
-        for (int i = 0; i < half; i++) {
+#if defined(__AVX2__)
+        for (; 2 * i + 8 <= d; i += 4) {
+            __m256 xv = _mm256_loadu_ps(x + 2 * i), t = _mm256_loadu_ps(cs + 2 * i);
+            __m256 c = _mm256_moveldup_ps(t), sn = _mm256_movehdup_ps(t);
+            __m256 sw = _mm256_permute_ps(xv, 0xb1); /* (x1, x0, x3, x2, ...) */
+            _mm256_storeu_ps(kr + 2 * i, _mm256_addsub_ps(_mm256_mul_ps(xv, c),
+                                                          _mm256_mul_ps(sw, sn)));
+        }
+#endif
+        for (; i < half; i++) {
             float c = cs[2 * i], s = cs[2 * i + 1], x0 = x[2 * i], x1 = x[2 * i + 1];
             kr[2 * i] = x0 * c - x1 * s;
             kr[2 * i + 1] = x0 * s + x1 * c;
         }
     } else {
-        for (int i = 0; i < half; i++) {
+        for (; i < half; i++) {
             float c = cs[2 * i], s = cs[2 * i + 1], x0 = x[i], x1 = x[i + half];
             kr[i] = x0 * c - x1 * s;
             kr[i + half] = x0 * s + x1 * c;
@@ -57,8 +67,23 @@ static inline void rotate(float *restrict kr, const float *restrict x, const flo
 
 static inline float dot(const float *restrict a, const float *restrict b, int d)
 {
+    int i = 0;
     float acc = 0;
-    for (int i = 0; i < d; i++)
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    for (; i + 16 <= d; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= d; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s0 = _mm256_add_ps(s0, s1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s0), _mm256_extractf128_ps(s0, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    acc = _mm_cvtss_f32(h);
+#endif
+    for (; i < d; i++)
         acc += a[i] * b[i];
     return acc;
 }
@@ -67,6 +92,26 @@ static inline void axpy(float *restrict y, float a, const float *restrict x, int
 {
     for (int i = 0; i < d; i++)
         y[i] += a * x[i];
+}
+
+/* In-place softmax of s[0..n) (-inf entries -> 0), vectorized exp from cpu/ops.h. */
+static void softmax(float *s, int64_t n)
+{
+    float mx = -INFINITY, sum = 0;
+    for (int64_t j = 0; j < n; j++)
+        mx = s[j] > mx ? s[j] : mx;
+    if (mx == -INFINITY) {
+        memset(s, 0, (size_t)n * sizeof *s);
+        return;
+    }
+    for (int64_t j = 0; j < n; j++)
+        s[j] -= mx;
+    sp_op_exp(s, s, (int)n);
+    for (int64_t j = 0; j < n; j++)
+        sum += s[j];
+    float inv = 1.0f / sum;
+    for (int64_t j = 0; j < n; j++)
+        s[j] *= inv;
 }
 
 static uint32_t idx_at(const void *p, uint32_t ib, int64_t j)
@@ -163,18 +208,8 @@ int sp_segattn_decode(const sp_kv_segment *seg, const sp_kv_tail *tail, int kv_h
             s[(size_t)g * N + nk + nw + j] = m * scale * dot(q + (size_t)g * d, kr, d);
     }
     /* Softmax per query head (every head has at least the window unless N == 0). */
-    for (int g = 0; g < G; g++) {
-        float *sg = s + (size_t)g * N, mx = -INFINITY, sum = 0;
-        for (int64_t j = 0; j < N; j++)
-            mx = sg[j] > mx ? sg[j] : mx;
-        for (int64_t j = 0; j < N; j++) {
-            sg[j] = sg[j] == -INFINITY ? 0.0f : expf(sg[j] - mx);
-            sum += sg[j];
-        }
-        float inv = sum > 0 ? 1.0f / sum : 0.0f;
-        for (int64_t j = 0; j < N; j++)
-            sg[j] *= inv;
-    }
+    for (int g = 0; g < G; g++)
+        softmax(s + (size_t)g * N, N);
     /* Values. */
     memset(out, 0, (size_t)G * d * sizeof *out);
     memset(wv, 0, (size_t)G * ent * sizeof *wv);
@@ -305,17 +340,8 @@ void sp_segattn_full_fp16(const uint16_t *k, const uint16_t *v, int64_t n, int d
         for (int g = 0; g < group; g++)
             s[(size_t)g * n + j] = scale * dot(q + (size_t)g * d, buf, d);
     }
-    for (int g = 0; g < group; g++) {
-        float *sg = s + (size_t)g * n, mx = -INFINITY, sum = 0;
-        for (int64_t j = 0; j < n; j++)
-            mx = sg[j] > mx ? sg[j] : mx;
-        for (int64_t j = 0; j < n; j++) {
-            sg[j] = expf(sg[j] - mx);
-            sum += sg[j];
-        }
-        for (int64_t j = 0; j < n; j++)
-            sg[j] /= sum;
-    }
+    for (int g = 0; g < group; g++)
+        softmax(s + (size_t)g * n, n);
     memset(out, 0, (size_t)group * d * sizeof *out);
     for (int64_t j = 0; j < n; j++) {
         load_f16(buf, v + (size_t)j * d, d);

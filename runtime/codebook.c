@@ -14,11 +14,15 @@
  * - Cover: pick the uncovered vertex of maximum degree (lowest index on ties), make it an entry,
  *   cover it and its uncovered neighbours; for each vertex c covered in that round subtract μ(c)
  *   from the degree of each still-uncovered neighbour (one pass over row c, which is visited once
- *   in the whole run): O(n²/64) word operations in total. The max scan is O(n) per entry.
+ *   in the whole run): O(n²/64) word operations in total. The pick uses a lazy max-heap
+ *   (O(log n) per pick and per re-queued stale entry).
  */
 #include "codebook.h"
 
 #include <cblas.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <errno.h>
 #include <math.h>
 #include <stdbool.h>
@@ -55,6 +59,49 @@ void sp_codebook_free(sp_codebook *cb)
     memset(cb, 0, sizeof *cb);
 }
 
+/* Max-heap of (degree, vertex) ordered by degree descending, vertex ascending: the greedy pick
+ * with its tie rule. Entries go stale when a degree falls; they are re-queued lazily on pop, so
+ * the heap never holds more than n entries and a pick costs O(log n) amortized per stale
+ * re-queue instead of an O(n) scan. */
+typedef struct {
+    int64_t deg, v;
+} hnode;
+
+static bool hbefore(hnode a, hnode b)
+{
+    return a.deg > b.deg || (a.deg == b.deg && a.v < b.v);
+}
+
+static void heap_push(hnode *h, int64_t *n, int64_t deg, int64_t v)
+{
+    int64_t i = (*n)++;
+    hnode x = {deg, v};
+    while (i > 0 && hbefore(x, h[(i - 1) / 2])) {
+        h[i] = h[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    h[i] = x;
+}
+
+static hnode heap_pop(hnode *h, int64_t *n)
+{
+    hnode top = h[0], x = h[--(*n)];
+    int64_t i = 0;
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= *n)
+            break;
+        if (c + 1 < *n && hbefore(h[c + 1], h[c]))
+            c++;
+        if (!hbefore(h[c], x))
+            break;
+        h[i] = h[c];
+        i = c;
+    }
+    h[i] = x;
+    return top;
+}
+
 int sp_codebook_build(const float *x, int64_t n, int d, const uint32_t *mu, float theta,
                       sp_codebook *cb)
 {
@@ -67,7 +114,8 @@ int sp_codebook_build(const float *x, int64_t n, int d, const uint32_t *mu, floa
     int rc = 0;
     size_t words = (size_t)(n + 63) / 64;
     uint64_t *adj = NULL, *covered = NULL;
-    int64_t *deg = NULL, *round = NULL;
+    int64_t *deg = NULL, *round = NULL, hn = 0;
+    hnode *heap = NULL;
     float *tile = NULL;
     cb->index = malloc((size_t)(n ? n : 1) * sizeof *cb->index);
     cb->rep = malloc((size_t)(n ? n : 1) * sizeof *cb->rep);
@@ -77,6 +125,8 @@ int sp_codebook_build(const float *x, int64_t n, int d, const uint32_t *mu, floa
     covered = calloc(words + 1, sizeof *covered);
     deg = calloc((size_t)n + 1, sizeof *deg);
     round = malloc(((size_t)n + 1) * sizeof *round);
+    /* a vertex has at most one heap entry at any time (a stale pop removes it before re-queueing) */
+    heap = malloc(((size_t)n + 1) * sizeof *heap);
     int64_t T = n > 0 ? (int64_t)(1 << 20) / n : 1;
     if (T < 1)
         T = 1;
@@ -84,7 +134,7 @@ int sp_codebook_build(const float *x, int64_t n, int d, const uint32_t *mu, floa
         T = n > 0 ? n : 1;
     tile = malloc((size_t)T * (size_t)(n ? n : 1) * sizeof *tile);
     if (!cb->index || !cb->rep || !cb->mag || !cb->unit || !adj || !covered || !deg || !round ||
-        !tile) {
+        !heap || !tile) {
         rc = sp_error(ENOMEM, "codebook: out of memory for %lld vectors (%zu MiB of adjacency)",
                       (long long)n, words * (size_t)n * 8 >> 20);
         goto free_all;
@@ -101,10 +151,30 @@ int sp_codebook_build(const float *x, int64_t n, int d, const uint32_t *mu, floa
         for (int64_t i = 0; i < rows; i++) {
             int64_t a = r0 + i;
             adj[(size_t)a * words + (size_t)a / 64] |= 1ull << (a % 64);
-            const float *t = tile + (size_t)i * cols;
-            for (int64_t b = a + 1; b < n; b++)
-                if (t[b - r0] > theta) {
-                    adj[(size_t)a * words + (size_t)b / 64] |= 1ull << (b % 64);
+            const float *t = tile + (size_t)i * cols - r0; /* t[b]: cos(a, b) */
+            uint64_t *arow = adj + (size_t)a * words;
+            int64_t b = a + 1;
+            for (; b < n && b % 8; b++)
+                if (t[b] > theta) {
+                    arow[b / 64] |= 1ull << (b % 64);
+                    adj[(size_t)b * words + (size_t)a / 64] |= 1ull << (a % 64);
+                }
+#if defined(__AVX2__)
+            /* Most pairs are not edges: compare 8 at a time, touch memory only for edges. */
+            const __m256 th = _mm256_set1_ps(theta);
+            for (; b + 8 <= n; b += 8) {
+                unsigned m = (unsigned)_mm256_movemask_ps(
+                    _mm256_cmp_ps(_mm256_loadu_ps(t + b), th, _CMP_GT_OQ));
+                if (!m)
+                    continue;
+                arow[b / 64] |= (uint64_t)m << (b % 64);
+                for (; m; m &= m - 1)
+                    adj[(size_t)(b + __builtin_ctz(m)) * words + (size_t)a / 64] |= 1ull << (a % 64);
+            }
+#endif
+            for (; b < n; b++)
+                if (t[b] > theta) {
+                    arow[b / 64] |= 1ull << (b % 64);
                     adj[(size_t)b * words + (size_t)a / 64] |= 1ull << (a % 64);
                 }
         }
@@ -121,12 +191,20 @@ int sp_codebook_build(const float *x, int64_t n, int d, const uint32_t *mu, floa
     }
 
     /* Greedy cover with incremental degree updates. */
+    for (int64_t a = 0; a < n; a++)
+        heap_push(heap, &hn, deg[a], a);
     int64_t left = n, ne = 0;
     while (left > 0) {
         int64_t p = -1;
-        for (int64_t a = 0; a < n; a++)
-            if (!(covered[a / 64] >> (a % 64) & 1) && (p < 0 || deg[a] > deg[p]))
-                p = a;
+        while (p < 0) {
+            hnode top = heap_pop(heap, &hn);
+            if (covered[top.v / 64] >> (top.v % 64) & 1)
+                continue;
+            if (top.deg != deg[top.v]) /* stale: degrees only fall, so re-queue at its value */
+                heap_push(heap, &hn, deg[top.v], top.v);
+            else
+                p = top.v;
+        }
         cb->rep[ne] = (uint32_t)p;
         int64_t nr = 0;
         const uint64_t *prow = adj + (size_t)p * words;
@@ -157,6 +235,7 @@ free_all:
     free(covered);
     free(deg);
     free(round);
+    free(heap);
     free(tile);
     if (rc < 0)
         sp_codebook_free(cb);

@@ -33,7 +33,7 @@ void sp_codebook_unit(const float *x, int d, float *u, float *mag);
  * On success cb owns its arrays (free with sp_codebook_free). Returns 0, -EINVAL or -ENOMEM.
  * Memory: O(n²/8) bytes of bitset adjacency + O(n·d) + one sgemm tile of at most 1 Mi floats.
  * Time: O(n²·d) flops for the products (half the matrix), O(n²/64) word operations for the cover
- * with incremental degree updates, plus O(n·n_entries) for the max-degree scans. */
+ * with incremental degree updates, O((n + degree changes)·log n) for the lazy max-heap picks. */
 int sp_codebook_build(const float *x, int64_t n, int d, const uint32_t *mu, float theta,
                       sp_codebook *cb);
 
