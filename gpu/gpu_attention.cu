@@ -320,6 +320,8 @@ extern "C" int sp_gpu_attention(void *stream, sp_gpu_attn_desc a)
                         need);
     if (a.head_dim % 2 || a.head_dim > ATT_MAX_D)
         return sp_error(ENOTSUP, "gpu attention: head_dim %d not supported (even, <= %d)", a.head_dim, ATT_MAX_D);
+    if (a.n_head > 65535)
+        return sp_error(ENOTSUP, "gpu attention: %d heads (at most 65535)", a.n_head);
     cudaStream_t s = sp_stream(stream);
     int rc;
     if (is_decode(a.n_q, a.n_window)) {
@@ -338,8 +340,6 @@ extern "C" int sp_gpu_attention(void *stream, sp_gpu_attn_desc a)
         return SP_CUDA_LAUNCHED("attn_decode_merge_kernel");
     }
     const int n_qt = (a.n_q + ATT_BQ - 1) / ATT_BQ;
-    if (a.n_head > 65535)
-        return sp_error(ENOTSUP, "gpu attention: %d heads (at most 65535)", a.n_head);
     size_t smem = sizeof(float) * prefill_smem_floats(a.head_dim);
     if ((rc = smem_opt_in((const void *)attn_prefill_kernel, smem)))
         return rc;

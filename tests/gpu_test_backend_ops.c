@@ -156,8 +156,12 @@ static void compare(cmp *c, const char *name, const float *got, const float *ref
             if (err / tol > c->max_ratio)
                 c->max_ratio = err / tol;
         }
-        if (bad && c->n_bad++ < MAX_PRINT)
-            printf("    %s[%lld]: gpu %.9g cpu %.9g (err %.3g, tol %.3g)\n", name, (long long)i, g, r, err, tol);
+        if (bad && c->n_bad++ < MAX_PRINT) {
+            if (isfinite(g) && isfinite(r))
+                printf("    %s[%lld]: gpu %.9g cpu %.9g (err %.3g, tol %.3g)\n", name, (long long)i, g, r, err, tol);
+            else
+                printf("    %s[%lld]: gpu %.9g cpu %.9g (NaN/Inf disagree)\n", name, (long long)i, g, r);
+        }
     }
 }
 
@@ -311,8 +315,11 @@ static void case_rmsnorm(int rows, int n, int pad, float eps, bool in_place)
                              .w = dptr(&w), .eps = eps};
     if ((rc = sp_gpu_rmsnorm(g_stream, d)) || (rc = dbuf_download(out, got, "y")))
         goto done;
-    for (int r = 0; r < rows; r++)
-        compare(&c, "y", got + r * ld, ref + r * ld, NULL, NULL, n, EW_ATOL, EW_RTOL);
+    for (int r = 0; r < rows; r++) {
+        char nm[32];
+        snprintf(nm, sizeof nm, "row %d y", r);
+        compare(&c, nm, got + r * ld, ref + r * ld, NULL, NULL, n, EW_ATOL, EW_RTOL);
+    }
 done:
     report(op, shape, rc, &c, EW_TOL);
     dbuf_free(&x);
@@ -544,6 +551,8 @@ static void fill_weights(uint32_t type, uint8_t *w, int64_t rows, int64_t cols, 
 static void case_gemv(uint32_t type, int64_t rows, int64_t cols, int n, int row_pad, bool accumulate)
 {
     char op[32], shape[128];
+    int64_t be = sp_type_block_elems(type);
+    cols = (cols + be - 1) / be * be;   /* K-quants: whole super-blocks */
     snprintf(op, sizeof op, "gemv_%s", sp_ggml_type_name(type));
     snprintf(shape, sizeof shape, "W[%lld x %lld] row+%dB x %d vec%s", (long long)rows, (long long)cols, row_pad, n,
              accumulate ? ", y +=" : "");
