@@ -49,7 +49,8 @@ size_t sp_op_attention_thread_scratch(int n_head, int n_kv_head, int head_dim)
 size_t sp_op_attention_shared_scratch(int n_threads, int n_head, int head_dim, int max_window)
 {
     size_t lse = (size_t)n_head * (size_t)(max_window > 0 ? max_window : 0);
-    size_t part = (size_t)n_threads * (size_t)n_head * ((size_t)head_dim + 2);
+    (void)n_threads;
+    size_t part = (size_t)16 /* DEC_SLICES */ * (size_t)n_head * ((size_t)head_dim + 2);
     return lse > part ? lse : part;
 }
 
@@ -138,7 +139,7 @@ typedef struct att_job {
     sp_cpu *c;
     const sp_attn_args *a;
     int G, BQ, n_qb;
-    atomic_int next;
+    int n_slices;         /* decode: key slices */
     float *lse;           /* [n_head][n_window] */
 } att_job;
 
@@ -155,18 +156,13 @@ static void gather_q(const sp_attn_args *a, int G, int g, int q0, int bq, float 
         }
 }
 
-static void prefill_worker(void *arg, int ith, int nth)
+static void prefill_unit(void *arg, int t, int ith)
 {
-    (void)nth;
     att_job *j = arg;
     const sp_attn_args *a = j->a;
     int G = j->G, D = a->head_dim;
     att_scr sc = carve(j->c, ith, G, D);
-    int n_tasks = a->n_kv_head * j->n_qb;
-    for (;;) {
-        int t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        if (t >= n_tasks)
-            break;
+    {
         int qb = j->n_qb - 1 - t / a->n_kv_head, g = t % a->n_kv_head;
         int q0 = qb * j->BQ, bq = a->n_q - q0 < j->BQ ? a->n_q - q0 : j->BQ, R = G * bq;
         gather_q(a, G, g, q0, bq, sc.qs);
@@ -217,20 +213,15 @@ static void prefill_worker(void *arg, int ith, int nth)
     }
 }
 
-static void window_worker(void *arg, int ith, int nth)
+static void window_unit(void *arg, int t, int ith)
 {
-    (void)nth;
     att_job *j = arg;
     const sp_attn_args *a = j->a;
     int G = j->G, D = a->head_dim, W = a->n_window;
-    int n_keys = a->q_pos0 + a->n_q, n_kb = (n_keys + ATT_BK - 1) / ATT_BK;
+    int n_keys = a->q_pos0 + a->n_q;
     int wq0 = a->n_q - W;                       /* chunk index of the first window query */
     att_scr sc = carve(j->c, ith, G, D);
-    int n_tasks = a->n_kv_head * n_kb;
-    for (;;) {
-        int t = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        if (t >= n_tasks)
-            break;
+    {
         int g = t % a->n_kv_head, kb = (t / a->n_kv_head) * ATT_BK;
         int nk = n_keys - kb < ATT_BK ? n_keys - kb : ATT_BK;
         for (int hh = 0; hh < G; hh++)
@@ -284,16 +275,20 @@ static void axpy(float *y, const float *x, float alpha, int n)
         y[i] += alpha * x[i];
 }
 
-enum { DEC_BK = 64 };
+enum {
+    DEC_BK = 64,        /* keys per block in a decode slice */
+    DEC_SLICES = 16,    /* at most this many key slices (partials) per decode step */
+    DEC_MIN_KEYS = 128, /* keys per slice at least */
+};
 
-static void decode_worker(void *arg, int ith, int nth)
+static void decode_unit(void *arg, int slice, int ith)
 {
     att_job *j = arg;
     const sp_attn_args *a = j->a;
     int G = j->G, D = a->head_dim, n_keys = a->q_pos0 + 1;
-    int k0 = (int)((int64_t)n_keys * ith / nth), k1 = (int)((int64_t)n_keys * (ith + 1) / nth);
+    int k0 = (int)((int64_t)n_keys * slice / j->n_slices), k1 = (int)((int64_t)n_keys * (slice + 1) / j->n_slices);
     att_scr sc = carve(j->c, ith, G, D);
-    float *part = j->c->shared + (size_t)ith * a->n_head * (D + 2);   /* [n_head][m, l, o[D]] */
+    float *part = j->c->shared + (size_t)slice * a->n_head * (D + 2);   /* [n_head][m, l, o[D]] */
     for (int g = 0; g < a->n_kv_head; g++) {
         gather_q(a, G, g, 0, 1, sc.qs);
         for (int hh = 0; hh < G; hh++) {
@@ -351,20 +346,21 @@ int sp_op_attention(sp_cpu *c, const sp_attn_args *a)
     att_job j = { .c = c, .a = a, .G = a->n_head / a->n_kv_head, .lse = c->shared };
     j.BQ = ATT_ROWS / j.G > 0 ? ATT_ROWS / j.G : 1;
     j.n_qb = (a->n_q + j.BQ - 1) / j.BQ;
-    atomic_init(&j.next, 0);
 
     if (a->n_q == 1 && a->n_window == 0) {
-        int D = a->head_dim, nth = c->n_threads;
-        sp_pool_run(c->pool, decode_worker, &j);
+        int D = a->head_dim;
+        int nsl = (a->q_pos0 + 1) / DEC_MIN_KEYS;
+        j.n_slices = nsl < 1 ? 1 : nsl > DEC_SLICES ? DEC_SLICES : nsl;
+        sp_pool_for(c->pool, j.n_slices, decode_unit, &j);
         for (int h = 0; h < a->n_head; h++) {
             float M = -INFINITY, L = 0.0f;
-            for (int t = 0; t < nth; t++) {
+            for (int t = 0; t < j.n_slices; t++) {
                 float m = c->shared[((size_t)t * a->n_head + h) * (D + 2)];
                 M = m > M ? m : M;
             }
             float *dst = a->out + (size_t)h * D;
             memset(dst, 0, sizeof(float) * D);
-            for (int t = 0; t < nth; t++) {
+            for (int t = 0; t < j.n_slices; t++) {
                 const float *p = c->shared + ((size_t)t * a->n_head + h) * (D + 2);
                 if (p[0] == -INFINITY)
                     continue;                 /* empty key slice */
@@ -376,10 +372,8 @@ int sp_op_attention(sp_cpu *c, const sp_attn_args *a)
         }
         return 0;
     }
-    sp_pool_run(c->pool, prefill_worker, &j);
-    if (a->n_window > 0) {
-        atomic_store(&j.next, 0);
-        sp_pool_run(c->pool, window_worker, &j);
-    }
+    sp_pool_for(c->pool, a->n_kv_head * j.n_qb, prefill_unit, &j);
+    if (a->n_window > 0)
+        sp_pool_for(c->pool, a->n_kv_head * ((a->q_pos0 + a->n_q + ATT_BK - 1) / ATT_BK), window_unit, &j);
     return 0;
 }

@@ -42,7 +42,7 @@ bool sp_op_matmul_supported(uint32_t type)
 size_t sp_op_matmul_scratch(int64_t cols)
 {
     size_t gemm = (size_t)MM_RB * (size_t)cols;
-    size_t gemv = (size_t)MM_GEMM_MIN_TOK * (size_t)(cols / QK + 1) + (size_t)cols;
+    size_t gemv = (size_t)cols;
     return gemm > gemv ? gemm : gemv;
 }
 
@@ -213,7 +213,8 @@ static int mm_rows(mm_job *j, int ith, int wi, int64_t r0, int64_t nr)
                     (int)cols, 0.0f, y + r0, ldy);
         return 0;
     }
-    float *xs = scr, *rowbuf = scr + (size_t)MM_GEMM_MIN_TOK * (size_t)(nb + 1);
+    const float *xs = j->c->xs;
+    float *rowbuf = scr;
     for (int64_t r = r0; r < r0 + nr; r++) {
         const uint8_t *row = (const uint8_t *)w->data + (size_t)r * w->row_bytes;
         switch (w->type) {
@@ -244,45 +245,30 @@ static int mm_rows(mm_job *j, int ith, int wi, int64_t r0, int64_t nr)
     return 0;
 }
 
-static void mm_worker(void *arg, int ith, int nth)
+static void mm_unit(void *arg, int u, int ith)
 {
     mm_job *j = arg;
-    int64_t total = j->units[j->nw];
-    /* Paired (swiglu) jobs interleave the two matrices unit by unit, so each thread owns whole pairs. */
-    int64_t step = j->swiglu ? 2 : 1, npart = total / step;
-    int64_t u0 = npart * ith / nth * step, u1 = npart * (ith + 1) / nth * step;
-    if (!j->gemm) {
-        /* Per-block sums of x for Q4_1 (shared by every row this thread computes). */
-        int64_t cols_q41 = 0;
-        for (int wi = 0; wi < j->nw; wi++)
-            if (j->w[wi]->type == SP_TYPE_Q4_1)
-                cols_q41 = j->w[wi]->cols;
-        float *xs = j->c->thread_scratch + (size_t)ith * j->c->thread_floats;
-        for (int t = 0; cols_q41 && t < j->n; t++)
-            block_sums(j->x + (size_t)t * j->ldx, cols_q41 / QK, xs + (size_t)t * (cols_q41 / QK));
+    int wi, nmat = j->swiglu ? 2 : 1;
+    int64_t r0;
+    if (j->swiglu) {
+        wi = 0;
+        r0 = (int64_t)u * j->unit;
+    } else {
+        wi = 0;
+        while (u >= j->units[wi + 1])
+            wi++;
+        r0 = (u - j->units[wi]) * j->unit;
     }
-    for (int64_t u = u0; u < u1; u++) {
-        int wi;
-        int64_t r0;
-        if (j->swiglu) {
-            wi = (int)(u & 1);
-            r0 = (u >> 1) * j->unit;
-        } else {
-            wi = 0;
-            while (u >= j->units[wi + 1])
-                wi++;
-            r0 = (u - j->units[wi]) * j->unit;
-        }
-        int64_t rows = j->w[wi]->rows, nr = rows - r0 < j->unit ? rows - r0 : j->unit;
-        if (mm_rows(j, ith, wi, r0, nr) != 0) {
+    int64_t rows = j->w[wi]->rows, nr = rows - r0 < j->unit ? rows - r0 : j->unit;
+    for (int k = 0; k < nmat; k++)
+        if (mm_rows(j, ith, wi + k, r0, nr) != 0) {
             j->err = -EINVAL;
             return;
         }
-        if (j->swiglu && wi == 1)
-            for (int t = 0; t < j->n; t++)
-                sp_op_swiglu(j->y[0] + (size_t)t * j->ldy[0] + r0, j->y[0] + (size_t)t * j->ldy[0] + r0,
-                             j->y[1] + (size_t)t * j->ldy[1] + r0, (int)nr);
-    }
+    if (j->swiglu)
+        for (int t = 0; t < j->n; t++)
+            sp_op_swiglu(j->y[0] + (size_t)t * j->ldy[0] + r0, j->y[0] + (size_t)t * j->ldy[0] + r0,
+                         j->y[1] + (size_t)t * j->ldy[1] + r0, (int)nr);
 }
 
 int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const *y, const int *ldy, const float *x,
@@ -292,28 +278,35 @@ int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const 
         return sp_error(EINVAL, "matmul: bad job (%d matrices, swiglu=%d)", nw, (int)swiglu);
     mm_job j = { .c = c, .nw = nw, .w = w, .y = y, .ldy = ldy, .x = x, .n = n, .ldx = ldx, .swiglu = swiglu };
     j.gemm = n >= MM_GEMM_MIN_TOK;
-    j.unit = j.gemm ? MM_RB : MM_GEMV_UNIT;
-    int64_t cols_q41 = 0;
+    int64_t cols_q41 = 0, total_rows = 0;
     for (int i = 0; i < nw; i++) {
         if (!sp_op_matmul_supported(w[i]->type))
             return sp_error(EINVAL, "matmul: unsupported weight type %s", sp_ggml_type_name(w[i]->type));
         if (n <= 0 || ldx < w[i]->cols || ldy[i] < w[i]->rows)
             return sp_error(EINVAL, "matmul: bad shape (n=%d ldx=%d ldy=%d for %lldx%lld)", n, ldx, ldy[i],
                             (long long)w[i]->rows, (long long)w[i]->cols);
-        if (c->thread_floats < sp_op_matmul_scratch(w[i]->cols))
-            return sp_error(ENOSPC, "matmul: thread scratch %zu floats < %zu needed for %lld columns",
-                            c->thread_floats, sp_op_matmul_scratch(w[i]->cols), (long long)w[i]->cols);
-        if (w[i]->type == SP_TYPE_Q4_1) {
-            if (cols_q41 && cols_q41 != w[i]->cols)
-                return sp_error(EINVAL, "matmul: Q4_1 matrices of one job must share their column count");
-            cols_q41 = w[i]->cols;
-        }
         if (w[i]->cols != w[0]->cols)
             return sp_error(EINVAL, "matmul: matrices of one job must share the input (%lld vs %lld columns)",
                             (long long)w[i]->cols, (long long)w[0]->cols);
-        j.units[i + 1] = j.units[i] + (w[i]->rows + j.unit - 1) / j.unit;
+        if (c->thread_floats < sp_op_matmul_scratch(w[i]->cols) || c->xs_floats < (size_t)(w[i]->cols / QK) * MM_GEMM_MIN_TOK)
+            return sp_error(ENOSPC, "matmul: thread scratch %zu floats < %zu needed for %lld columns",
+                            c->thread_floats, sp_op_matmul_scratch(w[i]->cols), (long long)w[i]->cols);
+        if (w[i]->type == SP_TYPE_Q4_1)
+            cols_q41 = w[i]->cols;
+        total_rows += w[i]->rows;
     }
-    sp_pool_run(c->pool, mm_worker, &j);
+    /* Units: MM_RB-row blocks for sgemm; for dot products ~64 units per job (>= 16 rows) so that the
+     * threads balance without paying a claim per handful of rows. */
+    j.unit = j.gemm ? MM_RB : (((total_rows / 64) + 15) & ~(int64_t)15);
+    if (j.unit < MM_GEMV_UNIT)
+        j.unit = MM_GEMV_UNIT;
+    for (int i = 0; i < nw; i++)
+        j.units[i + 1] = j.units[i] + (w[i]->rows + j.unit - 1) / j.unit;
+    if (!j.gemm && cols_q41)      /* per-block sums of x: the m term of every Q4_1 row */
+        for (int t = 0; t < n; t++)
+            block_sums(x + (size_t)t * ldx, cols_q41 / QK, c->xs + (size_t)t * (cols_q41 / QK));
+    int n_units = (int)(swiglu ? j.units[1] : j.units[nw]);
+    sp_pool_for(c->pool, n_units, mm_unit, &j);
     if (j.err)
         return sp_error(EINVAL, "matmul: cannot dequantize the weights");
     return 0;

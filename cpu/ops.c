@@ -39,6 +39,11 @@ sp_cpu *sp_cpu_new(int n_threads, size_t thread_floats, size_t shared_floats)
         sp_error(ENOMEM, "cpu context: cannot allocate %zu bytes of shared scratch", sbytes);
         goto fail;
     }
+    c->xs_floats = thread_floats / 16 + 64;
+    if (!(c->xs = malloc(c->xs_floats * sizeof(float)))) {
+        sp_error(ENOMEM, "cpu context: out of memory");
+        goto fail;
+    }
     /* Our own threads call sgemm concurrently on disjoint blocks; letting OpenBLAS start its own
      * threads on top would oversubscribe the cores. */
     openblas_set_num_threads(1);
@@ -56,6 +61,7 @@ void sp_cpu_free(sp_cpu *c)
     sp_pool_free(c->pool);
     free(c->thread_scratch);
     free(c->shared);
+    free(c->xs);
     free(c);
 }
 

@@ -24,6 +24,8 @@ typedef struct sp_cpu {
     float *thread_scratch;   /* [n_threads][thread_floats], 64-byte aligned rows */
     size_t shared_floats;
     float *shared;           /* [shared_floats] scratch shared by one op's threads */
+    size_t xs_floats;
+    float *xs;               /* [xs_floats] per-block input sums for the Q4_1 dot products */
 } sp_cpu;
 
 /* Create the pool and scratch. thread_floats / shared_floats: the maximum over the ops the caller

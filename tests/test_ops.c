@@ -35,25 +35,36 @@ static void fill(float *x, size_t n, float amp)
 
 /* ---- thread pool ---------------------------------------------------------------------------- */
 
-typedef struct { atomic_int hits[8]; atomic_int total; } pool_probe;
-static void probe_fn(void *arg, int ith, int nth)
+typedef struct { atomic_int hits[1000]; atomic_int by_thread[8]; } pool_probe;
+static void probe_fn(void *arg, int unit, int ith)
 {
     pool_probe *p = arg;
-    atomic_fetch_add(&p->hits[ith], 1);
-    atomic_fetch_add(&p->total, nth);
+    atomic_fetch_add(&p->hits[unit], 1);
+    atomic_fetch_add(&p->by_thread[ith], 1);
 }
 
-Test(pool, every_thread_runs_each_job_once)
+Test(pool, every_unit_runs_exactly_once)
 {
     sp_pool_t *pool = sp_pool_new(4);
     cr_assert_not_null(pool);
-    pool_probe pr;
+    static pool_probe pr;
     memset(&pr, 0, sizeof(pr));
-    for (int it = 0; it < 1000; it++)
-        sp_pool_run(pool, probe_fn, &pr);
-    for (int i = 0; i < 4; i++)
-        cr_assert_eq(atomic_load(&pr.hits[i]), 1000, "thread %d ran %d jobs", i, atomic_load(&pr.hits[i]));
-    cr_assert_eq(atomic_load(&pr.total), 4 * 4 * 1000);
+    for (int it = 0; it < 200; it++)
+        sp_pool_for(pool, 1000 - it * 3, probe_fn, &pr);
+    long total = 0;
+    for (int u = 0; u < 1000; u++) {
+        int want = 0;
+        for (int it = 0; it < 200; it++)
+            want += u < 1000 - it * 3;
+        cr_assert_eq(atomic_load(&pr.hits[u]), want, "unit %d ran %d times, want %d", u, atomic_load(&pr.hits[u]), want);
+        total += want;
+    }
+    long by = 0;
+    for (int t = 0; t < 8; t++) {
+        cr_assert(t < 4 || atomic_load(&pr.by_thread[t]) == 0, "thread id %d out of range", t);
+        by += atomic_load(&pr.by_thread[t]);
+    }
+    cr_assert_eq(by, total);
     sp_pool_free(pool);
     cr_assert_null(sp_pool_new(0));
 }
