@@ -1,8 +1,339 @@
-/* cmd_run.c - `spindle run` (being wired to the model; see issue 2). */
+/* cmd_run.c - `spindle run`: tokenize a prompt (optionally in the model's chat template), prefill,
+ * then decode token by token, streaming the text to stdout and a summary to stderr. */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chat.h"
 #include "cli.h"
+#include "model.h"
+#include "sampler.h"
+#include "sp_error.h"
+#include "tokenizer.h"
+
+static void usage(FILE *out)
+{
+    fputs("usage: spindle run [options] [-p TEXT | -f FILE | < stdin]\n"
+          "  -m, --model FILE   GGUF model (default: [model] path)\n"
+          "  -p, --prompt TEXT  prompt text\n"
+          "  -f, --file FILE    read the prompt from FILE ('-' = stdin)\n"
+          "  -n, --n-predict N  tokens to generate (default 128; stops early at end of turn)\n"
+          "  --chat             wrap the prompt in the model's chat template (from its vocabulary)\n"
+          "  --template NAME    chatml | llama3 | none (overrides the detected template)\n"
+          "  --system TEXT      system message for --chat\n"
+          "  --temp T           sampling temperature (default 0 = greedy)\n"
+          "  --top-k K          top-k for sampling (default 40)\n"
+          "  --top-p P          top-p for sampling (default 0.95)\n"
+          "  --seed S           RNG seed (default [runtime] seed)\n"
+          "  -t, --threads N    compute threads (default: all cores)\n"
+          "  -c, --ctx N        context length (default: the model's)\n"
+          "  --config FILE, --set section.key=value, --print-config\n",
+          out);
+}
+
+typedef struct run_opts {
+    const char *prompt, *file, *system, *template_name;
+    int64_t n_predict;
+    bool chat;
+    double temp, top_p;
+    int64_t top_k;
+} run_opts;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Progress for long prefills: a bar on a TTY, a line per quarter otherwise, nothing for the first
+ * two seconds so short prompts stay quiet. */
+typedef struct progress {
+    double t0;
+    bool tty, shown;
+    int last_quarter;
+} progress;
+
+static void on_progress(void *user, int done, int total)
+{
+    progress *p = user;
+    double el = now_s() - p->t0;
+    if (el < 2.0 || total <= 0)
+        return;
+    double rate = done / el;
+    if (p->tty) {
+        fprintf(stderr, "\rprefill %d/%d tokens (%.0f tok/s)  ", done, total, rate);
+        p->shown = true;
+    } else {
+        int q = (int)(4.0 * done / total);
+        if (q > p->last_quarter) {
+            p->last_quarter = q;
+            fprintf(stderr, "spindle: prefill %d/%d tokens (%.0f tok/s)\n", done, total, rate);
+        }
+    }
+    if (done == total && p->shown)
+        fputc('\n', stderr);
+}
+
+static long peak_rss_kib(void)
+{
+    struct rusage ru;
+    return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
+}
+
+static int parse_args(int argc, char **argv, sp_cli_common *c, run_opts *o)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        int r = sp_cli_common_arg(c, argc, argv, &i);
+        if (r < 0)
+            return -1;
+        if (r > 0)
+            continue;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 1;
+        } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
+            if (!(o->prompt = sp_cli_value(argc, argv, &i)))
+                return -1;
+        } else if (!strcmp(a, "-f") || !strcmp(a, "--file")) {
+            if (!(o->file = sp_cli_value(argc, argv, &i)))
+                return -1;
+        } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 0, 1 << 24, &o->n_predict))
+                return -1;
+        } else if (!strcmp(a, "--chat")) {
+            o->chat = true;
+        } else if (!strcmp(a, "--template")) {
+            if (!(o->template_name = sp_cli_value(argc, argv, &i)))
+                return -1;
+            if (sp_chat_family_from_name(o->template_name) < 0) {
+                sp_cli_error("--template: unknown template '%s' (allowed: chatml, llama3, none)", o->template_name);
+                return -1;
+            }
+        } else if (!strcmp(a, "--system")) {
+            if (!(o->system = sp_cli_value(argc, argv, &i)))
+                return -1;
+        } else if (!strcmp(a, "--temp")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_float(a, v, 0.0, 100.0, &o->temp))
+                return -1;
+        } else if (!strcmp(a, "--top-k")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 0, 1 << 30, &o->top_k))
+                return -1;
+        } else if (!strcmp(a, "--top-p")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_float(a, v, 0.0, 1.0, &o->top_p))
+                return -1;
+        } else {
+            sp_cli_error("run: unknown option '%s' (see spindle run --help)", a);
+            return -1;
+        }
+    }
+    if (o->prompt && o->file) {
+        sp_cli_error("run: give either -p or -f, not both");
+        return -1;
+    }
+    return 0;
+}
+
+/* The prompt as it will be tokenized: raw text or the chat rendering. Caller frees. */
+static char *build_prompt(const run_opts *o, const sp_config *cfg, const sp_tokenizer_t *tok, bool *parse_special)
+{
+    char *text;
+    if (o->prompt) {
+        text = strdup(o->prompt);
+    } else {
+        if (!o->file && isatty(STDIN_FILENO)) {
+            sp_cli_error("run: no prompt: use -p TEXT, -f FILE, or pipe text on stdin");
+            return NULL;
+        }
+        text = sp_cli_read_file(o->file ? o->file : "-", NULL);
+    }
+    if (!text)
+        return NULL;
+    *parse_special = false;
+    if (!o->chat)
+        return text;
+
+    int family;
+    if (o->template_name)
+        family = sp_chat_family_from_name(o->template_name);
+    else if (cfg->model.chat_template == SP_CHAT_CHATML)
+        family = SP_CHAT_FAMILY_CHATML;
+    else if (cfg->model.chat_template == SP_CHAT_LLAMA3)
+        family = SP_CHAT_FAMILY_LLAMA3;
+    else if (cfg->model.chat_template == SP_CHAT_NONE)
+        family = SP_CHAT_FAMILY_NONE;
+    else
+        family = sp_chat_family_from_name(sp_tokenizer_chat_template(tok));
+    if (family <= SP_CHAT_FAMILY_NONE) {
+        if (family < 0)
+            sp_notice("--chat: the vocabulary implies no known chat template; using the raw prompt");
+        return text;
+    }
+    size_t cap = sp_chat_render_size(o->system, text);
+    char *chat = malloc(cap);
+    if (!chat || sp_chat_render((sp_chat_family)family, o->system, text, chat, cap) < 0) {
+        sp_cli_error("run: cannot render the chat prompt: %s", chat ? sp_last_error() : "out of memory");
+        free(chat);
+        free(text);
+        return NULL;
+    }
+    free(text);
+    *parse_special = true;
+    return chat;
+}
+
 int sp_cmd_run(int argc, char **argv)
 {
-    (void)argc; (void)argv;
-    sp_cli_error("run: not wired yet");
-    return SP_EXIT_FAIL;
+    sp_cli_common c;
+    sp_cli_common_init(&c);
+    run_opts o = {.n_predict = 128, .temp = 0.0, .top_k = 40, .top_p = 0.95};
+    int r = parse_args(argc, argv, &c, &o);
+    if (r)
+        return r > 0 ? SP_EXIT_OK : SP_EXIT_USAGE;
+    if (c.print_config) {
+        sp_config_print(&c.cfg, stdout);
+        return SP_EXIT_OK;
+    }
+
+    int rc = SP_EXIT_FAIL;
+    sp_model_t *model = NULL;
+    sp_tokenizer_t *tok = NULL;
+    sp_ctx_t *ctx = NULL;
+    sp_sampler_t *smp = NULL;
+    char *text = NULL;
+    int32_t *ids = NULL;
+    float *logits = NULL;
+
+    double t_load = now_s();
+    if (!(model = sp_model_load(c.cfg.model.path))) {
+        sp_cli_error("%s", sp_last_error());
+        goto out;
+    }
+    const sp_hparams *hp = sp_model_hparams(model);
+    if (sp_config_validate(&c.cfg, hp->n_layer) < 0) {
+        sp_cli_error("%s", sp_last_error());
+        rc = SP_EXIT_USAGE;
+        goto out;
+    }
+    if (!(tok = sp_tokenizer_from_gguf(sp_model_gguf(model)))) {
+        sp_cli_error("%s", sp_last_error());
+        goto out;
+    }
+    bool parse_special;
+    if (!(text = build_prompt(&o, &c.cfg, tok, &parse_special)))
+        goto out;
+
+    size_t n_ids = 0, cap = strlen(text) + 16;
+    if (!(ids = malloc(cap * sizeof *ids))) {
+        sp_cli_error("run: out of memory for %zu prompt tokens", cap);
+        goto out;
+    }
+    if (sp_tokenizer_encode(tok, text, strlen(text), true, parse_special, ids, cap, &n_ids) < 0) {
+        sp_cli_error("run: tokenizing the prompt failed: %s", sp_last_error());
+        goto out;
+    }
+    if (n_ids == 0) {
+        sp_cli_error("run: the prompt is empty");
+        rc = SP_EXIT_USAGE;
+        goto out;
+    }
+
+    sp_ctx_params cp = sp_ctx_default_params();
+    cp.n_ctx = (int)c.cfg.model.n_ctx;
+    cp.n_threads = sp_cli_threads(&c.cfg);
+    progress prog = {.tty = isatty(STDERR_FILENO), .last_quarter = 0};
+    cp.on_progress = on_progress;
+    cp.progress_user = &prog;
+    int n_ctx = cp.n_ctx > 0 ? cp.n_ctx : hp->n_ctx_train;
+    if ((int64_t)n_ids > n_ctx) {
+        sp_cli_error("run: the prompt has %zu tokens, more than the context of %d tokens "
+                     "(raise it with -c, or shorten the prompt)", n_ids, n_ctx);
+        rc = SP_EXIT_USAGE;
+        goto out;
+    }
+    if ((int64_t)n_ids + o.n_predict > n_ctx) {
+        int64_t fit = n_ctx - (int64_t)n_ids;
+        sp_notice("prompt (%zu tokens) + %" PRId64 " new tokens exceed the context of %d: generating at most %" PRId64,
+                  n_ids, o.n_predict, n_ctx, fit);
+        o.n_predict = fit;
+    }
+    if (!(ctx = sp_ctx_new(model, &cp))) {
+        sp_cli_error("%s", sp_last_error());
+        goto out;
+    }
+    sp_sampler_params sp = sp_sampler_default_params();
+    sp.temperature = (float)o.temp;
+    sp.top_k = (int)o.top_k;
+    sp.top_p = (float)o.top_p;
+    sp.seed = (uint64_t)c.cfg.runtime.seed;
+    if (!(smp = sp_sampler_new(hp->n_vocab, &sp)) || !(logits = malloc((size_t)hp->n_vocab * sizeof *logits))) {
+        sp_cli_error("run: %s", smp ? "out of memory for logits" : sp_last_error());
+        goto out;
+    }
+    t_load = now_s() - t_load;
+
+    prog.t0 = now_s();
+    if (sp_ctx_prefill(ctx, ids, (int)n_ids, logits, NULL) < 0) {
+        sp_cli_error("run: prefill failed: %s", sp_last_error());
+        goto out;
+    }
+
+    sp_tokenizer_stream ts;
+    sp_tokenizer_stream_init(&ts);
+    char piece[512];
+    int64_t n_gen = 0;
+    const char *stop = "length";
+    for (; n_gen < o.n_predict; n_gen++) {
+        int32_t t = sp_sampler_sample(smp, logits);
+        if (sp_tokenizer_is_eog(tok, t)) {
+            stop = "end of turn";
+            break;
+        }
+        int len = sp_tokenizer_stream_put(tok, &ts, t, false, piece, sizeof piece);
+        if (len > 0) {
+            fwrite(piece, 1, (size_t)len, stdout);
+            fflush(stdout);
+        }
+        if (n_gen + 1 < o.n_predict && sp_ctx_decode(ctx, t, logits) < 0) {
+            sp_cli_error("run: decode failed: %s", sp_last_error());
+            goto out;
+        }
+    }
+    int tail = sp_tokenizer_stream_flush(&ts, piece, sizeof piece);
+    if (tail > 0)
+        fwrite(piece, 1, (size_t)tail, stdout);
+    fputc('\n', stdout);
+    fflush(stdout);
+
+    sp_ctx_stats st = sp_ctx_get_stats(ctx);
+    double kv_tok = 2.0 * hp->n_layer * hp->n_kv_head * hp->head_dim * 2.0;
+    fprintf(stderr,
+            "\n--- spindle run: %s\n"
+            "model      %s (%s, %d layers, %d/%d heads)\n"
+            "threads    %d   load %.2f s\n"
+            "prompt     %" PRId64 " tokens, prefill %.2f s = %.1f tok/s\n"
+            "generated  %" PRId64 " tokens (%s), decode %.2f s = %.1f tok/s\n"
+            "KV cache   fp16, %.2f MiB used (%d tokens x %.0f B), %.2f MiB allocated for %d tokens\n"
+            "memory     peak RSS %.1f MiB\n",
+            o.chat ? "chat" : "raw", c.cfg.model.path, hp->arch_name, hp->n_layer, hp->n_head,
+            hp->n_kv_head, cp.n_threads, t_load, st.prefill_tokens, st.prefill_s,
+            st.prefill_s > 0 ? st.prefill_tokens / st.prefill_s : 0.0, n_gen, stop, st.decode_s,
+            st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0,
+            kv_tok * sp_ctx_n_past(ctx) / 1048576.0, sp_ctx_n_past(ctx), kv_tok,
+            st.kv_bytes / 1048576.0, sp_ctx_n_ctx(ctx), peak_rss_kib() / 1024.0);
+    rc = SP_EXIT_OK;
+out:
+    free(logits);
+    free(ids);
+    free(text);
+    sp_sampler_free(smp);
+    sp_ctx_free(ctx);
+    sp_tokenizer_free(tok);
+    sp_model_free(model);
+    return rc;
 }
