@@ -162,9 +162,9 @@ int sp_segattn_decode(const sp_kv_segment *seg, const sp_kv_tail *tail, int kv_h
     float *kr = buf + d;                   /* [d] */
     size_t tc = tail ? (size_t)tail->cap : 0;
 
-    if (h->l > rope_n_pos)
+    if (h->l + (int64_t)h->n_folded > rope_n_pos) /* open() checked positions < l + n_folded */
         return sp_error(EINVAL, "segment attention: RoPE table has %lld positions, segment needs "
-                                "%lld", (long long)rope_n_pos, (long long)h->l);
+                                "%lld", (long long)rope_n_pos, (long long)(h->l + h->n_folded));
     /* Scores over listed tokens. */
     for (int64_t j = 0; j < nk; j++) {
         int32_t p = hv->pos ? hv->pos[j] : (int32_t)j;

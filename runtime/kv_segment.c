@@ -284,6 +284,8 @@ size_t sp_kv_segment_size(const sp_kv_segment *seg)
     return seg && seg->buf ? seg->size : 0;
 }
 
+static uint64_t mask_at(const sp_kv_segment *seg, const sp_kv_seg_head *v, int64_t j);
+
 static uint32_t load_index(const void *p, uint32_t ib, int64_t i)
 {
     return ib == 2 ? ((const uint16_t *)p)[i] : ((const uint32_t *)p)[i];
@@ -318,10 +320,13 @@ int sp_kv_segment_open(sp_kv_segment *seg, const void *bytes, size_t size, bool 
         h->mask_bytes != (dense ? 0u : (uint32_t)(group + 7) / 8))
         return sp_error(EINVAL, "kv segment (layer %d): bad index width %u or mask width %u",
                         h->layer, h->index_bytes, h->mask_bytes);
-    int64_t cap = h->l - h->window;
+    int64_t cap = h->l - h->window, nf = h->n_folded;
+    if (dense && nf)
+        return sp_error(EINVAL, "kv segment (layer %d): a dense segment cannot hold folded tokens",
+                        h->layer);
     for (int i = 0; i < h->n_kv_heads; i++) {
         int64_t n = h->n_kept[i];
-        bool ok = n >= 0 && n <= cap && (!dense || n == cap);
+        bool ok = n >= 0 && n <= cap + nf && (!dense || n == cap);
         if (coded)
             ok = ok && h->n_ent_k[i] >= (n > 0) && h->n_ent_k[i] <= n && h->n_ent_v[i] >= (n > 0) &&
                  h->n_ent_v[i] <= n && (h->index_bytes == 4 ||
@@ -376,7 +381,9 @@ int sp_kv_segment_open(sp_kv_segment *seg, const void *bytes, size_t size, bool 
                 uint64_t m = 0;
                 for (uint32_t b = 0; b < h->mask_bytes; b++)
                     m |= (uint64_t)v->mask[(size_t)j * h->mask_bytes + b] << (8 * b);
-                ok = v->pos[j] >= 0 && v->pos[j] < cap && (j == 0 || v->pos[j] > v->pos[j - 1]) &&
+                int32_t p = v->pos[j];
+                ok = p >= 0 && (p < cap || (p >= h->l && p - h->l < nf)) &&
+                     (j == 0 || p > v->pos[j - 1]) &&
                      m != 0 && (m & ~full) == 0;
             }
             if (coded)
@@ -498,6 +505,126 @@ int sp_kv_tail_append(sp_kv_tail *t, const sp_kv_segment *seg, const float *k, c
     return 0;
 }
 
+void sp_kv_tail_reset(sp_kv_tail *t)
+{
+    t->n = 0;
+    if (t->coded)
+        for (int h = 0; h < t->n_kv_heads; h++)
+            t->n_new_k[h] = t->n_new_v[h] = 0;
+}
+
+int sp_kv_segment_fold_tail(sp_kv_segment *out, const sp_kv_segment *seg, const sp_kv_tail *tail)
+{
+    memset(out, 0, sizeof *out);
+    if (!seg || !seg->hdr || !tail)
+        return sp_error(EINVAL, "kv fold: needs a segment and a tail");
+    const sp_kv_seg_header *o = seg->hdr;
+    bool coded = o->flags & SP_KV_SEG_CODED;
+    if (tail->n_kv_heads != o->n_kv_heads || tail->d != o->head_dim || tail->coded != coded)
+        return sp_error(EINVAL, "kv fold: the tail was made for another segment shape");
+    int32_t last = -1;
+    for (int i = 0; i < o->n_kv_heads; i++) {
+        const sp_kv_seg_head *v = &seg->head[i];
+        if (v->n_kept)
+            last = v->pos ? (v->pos[v->n_kept - 1] > last ? v->pos[v->n_kept - 1] : last)
+                          : (int32_t)(v->n_kept - 1 > last ? v->n_kept - 1 : last);
+    }
+    int64_t nt = tail->n;
+    for (int64_t j = 0; j < nt; j++) {
+        int32_t p = tail->pos[j];
+        if (p <= last || p != o->l + (int64_t)o->n_folded + j)
+            return sp_error(EINVAL, "kv fold: tail position %d at %lld is not the next decode "
+                                    "position (prompt %lld, %u folded before)", p, (long long)j,
+                            (long long)o->l, o->n_folded);
+        last = p;
+    }
+    sp_kv_seg_header h = *o;
+    int group = seg->group, d = o->head_dim;
+    uint64_t full = group >= 64 ? ~0ull : (1ull << group) - 1;
+    if (nt > 0) {
+        h.flags &= ~(uint32_t)SP_KV_SEG_DENSE;
+        h.mask_bytes = (uint32_t)(group + 7) / 8;
+    }
+    h.n_folded = o->n_folded + (uint32_t)nt;
+    for (int i = 0; i < o->n_kv_heads; i++) {
+        h.n_kept[i] += nt;
+        if (coded) {
+            h.n_ent_k[i] += tail->n_new_k[i];
+            h.n_ent_v[i] += tail->n_new_v[i];
+            if (h.n_ent_k[i] > 65535 || h.n_ent_v[i] > 65535)
+                h.index_bytes = 4;
+        }
+    }
+    memset(h.sec_off, 0, sizeof h.sec_off);
+    section_lengths(&h, h.sec_len);
+    uint64_t off = HDR_BYTES;
+    for (int s = 0; s < SP_KV_SEC_COUNT; s++)
+        if (h.sec_len[s]) {
+            h.sec_off[s] = off;
+            off = align_up(off + h.sec_len[s]);
+        }
+    h.total_bytes = off;
+    h.checksum = 0;
+    out->buf = aligned_alloc(SP_KV_SEG_ALIGN, off);
+    if (!out->buf)
+        return sp_error(ENOMEM, "kv fold: out of memory for %llu bytes", (unsigned long long)off);
+    memset(out->buf, 0, off);
+    memcpy(out->buf, &h, sizeof h);
+    out->size = off;
+    out->owned = true;
+    map_views(out);
+    size_t c = (size_t)tail->cap;
+    for (int i = 0; i < o->n_kv_heads; i++) {
+        const sp_kv_seg_head *a = &seg->head[i];
+        sp_kv_seg_head *b = &out->head[i];
+        int64_t n0 = a->n_kept;
+        for (int64_t j = 0; j < n0 + nt; j++) {
+            bool old = j < n0;
+            if (b->pos) {
+                ((int32_t *)b->pos)[j] = old ? (a->pos ? a->pos[j] : (int32_t)j) : tail->pos[j - n0];
+                uint64_t m = old ? mask_at(seg, a, j) : full;
+                for (uint32_t x = 0; x < h.mask_bytes; x++)
+                    ((uint8_t *)b->mask)[(size_t)j * h.mask_bytes + x] = (uint8_t)(m >> (8 * x));
+            }
+            if (coded) {
+                size_t r = (size_t)i * c + (size_t)(j - n0);
+                uint32_t ik = old ? load_index(a->k_idx, o->index_bytes, j) : tail->k_idx[r];
+                uint32_t iv = old ? load_index(a->v_idx, o->index_bytes, j) : tail->v_idx[r];
+                if (h.index_bytes == 2) {
+                    ((uint16_t *)b->k_idx)[j] = (uint16_t)ik;
+                    ((uint16_t *)b->v_idx)[j] = (uint16_t)iv;
+                } else {
+                    ((uint32_t *)b->k_idx)[j] = ik;
+                    ((uint32_t *)b->v_idx)[j] = iv;
+                }
+                ((uint16_t *)b->k_mag)[j] = old ? a->k_mag[j] : tail->k_mag[r];
+                ((uint16_t *)b->v_mag)[j] = old ? a->v_mag[j] : tail->v_mag[r];
+            } else {
+                memcpy((uint16_t *)b->raw_k + (size_t)j * d,
+                       old ? a->raw_k + (size_t)j * d : tail->raw_k + ((size_t)i * c + (size_t)(j - n0)) * d,
+                       (size_t)d * 2);
+                memcpy((uint16_t *)b->raw_v + (size_t)j * d,
+                       old ? a->raw_v + (size_t)j * d : tail->raw_v + ((size_t)i * c + (size_t)(j - n0)) * d,
+                       (size_t)d * 2);
+            }
+        }
+        if (coded) {
+            memcpy((uint16_t *)b->k_cb, a->k_cb, (size_t)a->n_ent_k * d * 2);
+            memcpy((uint16_t *)b->k_cb + (size_t)a->n_ent_k * d, tail->k_ent + (size_t)i * c * d,
+                   (size_t)tail->n_new_k[i] * d * 2);
+            memcpy((uint16_t *)b->v_cb, a->v_cb, (size_t)a->n_ent_v * d * 2);
+            memcpy((uint16_t *)b->v_cb + (size_t)a->n_ent_v * d, tail->v_ent + (size_t)i * c * d,
+                   (size_t)tail->n_new_v[i] * d * 2);
+        }
+        if (o->window) {
+            memcpy((uint16_t *)b->win_k, a->win_k, (size_t)o->window * d * 2);
+            memcpy((uint16_t *)b->win_v, a->win_v, (size_t)o->window * d * 2);
+        }
+    }
+    ((sp_kv_seg_header *)out->buf)->checksum = checksum(out->buf, off);
+    return 0;
+}
+
 /* ---- reconstruction and accounting ---------------------------------------------------------- */
 
 int64_t sp_kv_segment_tokens(const sp_kv_segment *seg, const sp_kv_tail *tail, int kv_head)
@@ -597,6 +724,7 @@ void sp_kv_segment_stats(const sp_kv_segment *seg, const sp_kv_tail *tail, sp_kv
         return;
     const sp_kv_seg_header *h = seg->hdr;
     uint64_t d = (uint64_t)h->head_dim, nt = tail ? (uint64_t)tail->n : 0, content = 0;
+    uint64_t all = (uint64_t)h->l + h->n_folded + nt; /* tokens the model has seen */
     for (int s = 0; s < SP_KV_SEC_COUNT; s++)
         content += h->sec_len[s];
     double kept_q = 0, stored = 0; /* Σ over query heads of kept tokens; stored d-vectors */
@@ -626,12 +754,12 @@ void sp_kv_segment_stats(const sp_kv_segment *seg, const sp_kv_tail *tail, sp_kv
     st->bytes_content = content;
     st->bytes_segment = seg->size;
     st->bytes_tail_alloc = tail ? tail->mem_bytes : 0;
-    st->bytes_fp16 = 2ull * (uint64_t)h->n_kv_heads * ((uint64_t)h->l + nt) * d * 2;
+    st->bytes_fp16 = 2ull * (uint64_t)h->n_kv_heads * all * d * 2;
     if (st->bytes_fp16) {
         st->true_ratio = (double)st->bytes_content / (double)st->bytes_fp16;
         st->alloc_ratio = (double)(st->bytes_segment + st->bytes_tail_alloc) / (double)st->bytes_fp16;
     }
-    double L = (double)h->l + (double)nt;
+    double L = (double)all;
     if (L > 0 && kept_q > 0) {
         st->paper_r1 = kept_q / ((double)h->n_q_heads * L);
         st->paper_r2 = stored / (2.0 * kept_q);

@@ -6,7 +6,8 @@
  *   [0, 4096)  sp_kv_seg_header: magic "SKV1", version, layer, shape, per-KV-head counts, section
  *              offsets/lengths, xxHash64 (seed 0) of the whole buffer with the checksum field = 0.
  *   sections, KV heads one after another inside each section (head h starts after heads < h):
- *     POS   int32 [n_kept]         original positions of listed context tokens (ascending)
+ *     POS   int32 [n_kept]         original positions of listed tokens (ascending): context tokens
+ *                                  (< l - window), then folded decode tokens (>= l)
  *     MASK  uint8 [n_kept][mb]     query-head membership bits, mb = ceil(group/8) bytes
  *     KIDX, VIDX  uint16|uint32 [n_kept]   entry index (uint16 when every head has < 65536 entries)
  *     KMAG, VMAG  fp16 [n_kept]    magnitudes
@@ -53,7 +54,7 @@ typedef struct sp_kv_seg_header {
     uint32_t flags;        /* SP_KV_SEG_CODED | SP_KV_SEG_DENSE */
     uint32_t index_bytes;  /* 2 or 4 (coded), 0 otherwise */
     uint32_t mask_bytes;   /* ceil(group/8); 0 when DENSE */
-    uint32_t reserved;
+    uint32_t n_folded;     /* decode tokens folded in (sp_kv_segment_fold_tail), positions >= l */
     int64_t l;             /* prompt length */
     int64_t window;        /* raw window tokens per KV head */
     uint64_t total_bytes;  /* whole segment incl. this header */
@@ -161,18 +162,30 @@ typedef struct sp_kv_seg_stats {
                                  raw kept + used tail: the compressed cache's true bytes */
     uint64_t bytes_segment;   /* the segment buffer incl. header and 4 KiB padding */
     uint64_t bytes_tail_alloc;/* tail capacity (allocated whether used or not) */
-    uint64_t bytes_fp16;      /* fp16 GQA cache (n_kv heads, K and V) for the same l + tail tokens */
+    uint64_t bytes_fp16;      /* fp16 GQA cache (n_kv heads, K and V) for the same tokens:
+                                 l + folded + tail */
     double true_ratio;        /* bytes_content / bytes_fp16: the headline number (§4.6) */
     double alloc_ratio;       /* (bytes_segment + bytes_tail_alloc) / bytes_fp16 */
     /* Paper r (eq. 15) as r1·r2·r3, interpretation "vectors only" (indices, magnitudes,
      * positions and masks are not counted; they are in true_ratio):
-     *   r1 eviction: mean over query heads of kept tokens (listed+window+tail) / (l + tail)
+     *   r1 eviction: mean over query heads of kept tokens (listed+window+tail) / all tokens
      *   r2 codebook: stored d-vectors (entries + raw, K and V) / d-vectors of the per-query-head
      *      repeated cache of the kept tokens (2·Σ_q kept_q)
      *   r3 GQA repeat: n_q_heads / n_kv_heads
      *   r = r1·r2·r3 = stored d-vectors / d-vectors of the fp16 GQA cache. */
     double paper_r1, paper_r2, paper_r3, paper_r;
 } sp_kv_seg_stats;
+
+/* Write-back of the decode tail: a new segment (owned by out) whose listed tokens are seg's
+ * followed by the tail's tokens (membership: every query head), with the tail's new codebook
+ * entries appended to the codebooks (tail indices already use the combined numbering) or its raw
+ * K/V appended. The window is unchanged. Afterwards the caller frees seg and resets the tail
+ * (sp_kv_tail_reset) against the new segment. Returns 0, -EINVAL (tail of another shape, tail
+ * positions not increasing past the listed ones) or -ENOMEM. */
+int sp_kv_segment_fold_tail(sp_kv_segment *out, const sp_kv_segment *seg, const sp_kv_tail *tail);
+
+/* Forget the tail's tokens and new entries (capacity kept; no allocation). */
+void sp_kv_tail_reset(sp_kv_tail *t);
 
 /* Fill the accounting of a segment (+ optional tail). Never fails on a valid segment. */
 void sp_kv_segment_stats(const sp_kv_segment *seg, const sp_kv_tail *tail, sp_kv_seg_stats *st);

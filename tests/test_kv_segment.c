@@ -333,3 +333,68 @@ Test(kv_segment, uncoded_evicting_layer_keeps_exact_fp16_of_listed_tokens)
     sp_kv_segment_free(&seg);
     sp_kv_selection_free(&sel);
 }
+
+Test(kv_segment, fold_tail_keeps_the_same_tokens_and_reopens)
+{
+    enum { HQ = 6, HK = 2, L = 200, D = 32, W = 16, CAP = 6 };
+    for (int coded = 0; coded < 2; coded++) {
+        sp_kv_segment seg, fold, view;
+        sp_kv_selection sel;
+        float *k, *v;
+        build_coded(&seg, &sel, &k, &v, HQ, HK, L, D, W, 60, 0.95f, 0.95f);
+        if (!coded) { /* same selection, raw storage */
+            sp_kv_segment_free(&seg);
+            cr_assert_eq(sp_kv_segment_build(&seg, 3, k, v, D, &sel, false, 0.95f, 0.95f, NULL), 0);
+        }
+        sp_kv_tail t;
+        cr_assert_eq(sp_kv_tail_init(&t, &seg, CAP, 0.95f, 0.95f), 0);
+        for (int j = 0; j < 4; j++) {
+            float nk[HK * D], nv[HK * D];
+            for (int i = 0; i < HK * D; i++) {
+                nk[i] = j % 2 ? k[i + 7 * D] : (float)(urand() * 4 - 2);
+                nv[i] = (float)(urand() * 2 - 1);
+            }
+            cr_assert_eq(sp_kv_tail_append(&t, &seg, nk, nv, L + j), 0);
+        }
+        float a[(L + CAP) * D], b[(L + CAP) * D], av[(L + CAP) * D], bv[(L + CAP) * D];
+        int32_t pa[L + CAP], pb[L + CAP];
+        uint64_t ma[L + CAP], mb[L + CAP];
+        cr_assert_eq(sp_kv_segment_fold_tail(&fold, &seg, &t), 0, "%s", sp_last_error());
+        cr_assert_eq(fold.hdr->n_folded, 4);
+        sp_kv_seg_stats s1, s2;
+        sp_kv_segment_stats(&seg, &t, &s1);
+        sp_kv_segment_stats(&fold, NULL, &s2);
+        cr_assert_eq(s1.bytes_fp16, s2.bytes_fp16);
+        cr_assert_float_eq(s1.paper_r, s2.paper_r, 1e-12);
+        for (int h = 0; h < HK; h++) {
+            int64_t n1 = sp_kv_segment_reconstruct(&seg, &t, h, a, av, pa, ma);
+            int64_t n2 = sp_kv_segment_reconstruct(&fold, NULL, h, b, bv, pb, mb);
+            cr_assert_eq(n1, n2);
+            /* same tokens; order: listed, window, tail  vs  listed, tail, window */
+            int64_t nl = seg.head[h].n_kept;
+            for (int64_t i = 0; i < n1; i++) {
+                int64_t j = i < nl ? i : (i < nl + W ? i + 4 : i - W);
+                cr_assert_eq(pa[i], pb[j]);
+                cr_assert_eq(ma[i], mb[j]);
+                cr_assert(memcmp(a + i * D, b + j * D, sizeof(float) * D) == 0);
+                cr_assert(memcmp(av + i * D, bv + j * D, sizeof(float) * D) == 0);
+            }
+        }
+        cr_assert_eq(sp_kv_segment_open(&view, fold.buf, fold.size, true), 0, "%s", sp_last_error());
+        /* the next tail continues at position L + 4 */
+        sp_kv_tail_reset(&t);
+        float nk[HK * D] = {0}, nv[HK * D] = {0};
+        cr_assert_eq(sp_kv_tail_append(&t, &fold, nk, nv, L + 4), 0);
+        sp_kv_segment f2;
+        cr_assert_eq(sp_kv_segment_fold_tail(&f2, &fold, &t), 0);
+        cr_assert_eq(f2.hdr->n_folded, 5);
+        sp_kv_segment_free(&f2);
+        t.pos[0] = L + 9; /* not the next position */
+        cr_assert_eq(sp_kv_segment_fold_tail(&f2, &fold, &t), -EINVAL);
+        sp_kv_tail_free(&t);
+        sp_kv_segment_free(&fold);
+        sp_kv_segment_free(&seg);
+        sp_kv_selection_free(&sel);
+        free(k); free(v);
+    }
+}

@@ -127,6 +127,16 @@ Test(segment_attn, value_scatter_equals_explicit_reconstruction)
             double md = max_diff(a, b, G * s.d);
             cr_log_info("shape %zu head %d: fused vs explicit max abs diff %g", si, h, md);
             cr_assert_lt(md, 2e-6, "shape %zu head %d: fused vs explicit differ by %g", si, h, md);
+            /* the same attention after the tail is folded into the segment (write-back) */
+            sp_kv_segment fold;
+            cr_assert_eq(sp_kv_segment_fold_tail(&fold, &seg, &t), 0, "%s", sp_last_error());
+            float *work2 = malloc(sizeof(float) * sp_segattn_work_floats(&fold, NULL, h));
+            cr_assert_eq(sp_segattn_decode(&fold, NULL, h, q, table, npos, s.mode, 1 / sqrtf(s.d),
+                                           b, work2), 0);
+            md = max_diff(a, b, G * s.d);
+            cr_assert_lt(md, 2e-6, "shape %zu head %d: folded differs by %g", si, h, md);
+            free(work2);
+            sp_kv_segment_free(&fold);
             free(work);
         }
         free(table);
