@@ -246,8 +246,30 @@ int main(int argc, char **argv)
                     goto fail;
         ts[r] = (now_s() - t0) / iters;
     }
+    /* Decode append: code one new token (3 KV heads, K and V) against this segment's codebooks. */
+    sp_kv_tail tail;
+    if (sp_kv_tail_init(&tail, &seg, 256, 0.98f, 0.95f) < 0)
+        goto fail;
+    double ta[64];
+    for (int r = 0; r < reps; r++) {
+        sp_kv_tail_reset(&tail);
+        double t0 = now_s();
+        for (int j = 0; j < 256; j++) {
+            int64_t src = (int64_t)(urand() * (double)L);
+            float nk[HK * D], nv[HK * D];
+            for (int h = 0; h < HK; h++) {
+                memcpy(nk + h * D, k + ((size_t)h * L + src) * D, sizeof(float) * D);
+                memcpy(nv + h * D, v + ((size_t)h * L + src) * D, sizeof(float) * D);
+            }
+            if (sp_kv_tail_append(&tail, &seg, nk, nv, (int32_t)(L + j)) < 0)
+                goto fail;
+        }
+        ta[r] = (now_s() - t0) / 256;
+    }
+    sp_kv_tail_free(&tail);
     double bw = read_bandwidth();
-    double mf, sf, ms, ss, mb, sb, mc, sc, m0, s0;
+    double mf, sf, ms, ss, mb, sb, mc, sc, m0, s0, ma, sa;
+    mean_sd(ta, reps, &ma, &sa);
     mean_sd(tf, reps, &mf, &sf);
     mean_sd(ts, reps, &ms, &ss);
     mean_sd(tb, nb, &mb, &sb);
@@ -276,6 +298,9 @@ int main(int argc, char **argv)
            ms * 1e6, ss * 1e6, (double)st.bytes_content / bw * 1e6);
     printf("| speed-up segment vs full | %.2fx | | %.2fx |\n", mf / ms,
            (double)st.bytes_fp16 / (double)st.bytes_content);
+    printf("| decode append (codebook match, 3 KV heads, K+V), per token | %.1f us | %.1f us | "
+           "%.1f us |\n", ma * 1e6, sa * 1e6,
+           (double)(ek + ev) * D * 2 / bw * 1e6);
     printf("| segment build, this layer (%lld coded vectors) | %.1f ms | %.1f ms | |\n",
            (long long)kept, mb * 1e3, sb * 1e3);
     printf("|   of which codebooks | %.1f ms | %.1f ms | |\n", mc * 1e3, sc * 1e3);
@@ -296,11 +321,13 @@ int main(int argc, char **argv)
                    "\"true_ratio\":%.5f,\"paper_r\":%.5f,\"read_bw_gbs\":%.3f,"
                    "\"full_us\":[%.2f,%.2f],\"segment_us\":[%.2f,%.2f],"
                    "\"build_ms\":[%.2f,%.2f],\"codebook_ms\":[%.2f,%.2f],"
-                   "\"build_layer0_ms\":[%.2f,%.2f],\"layer0_coded_vectors\":%lld}\n",
+                   "\"build_layer0_ms\":[%.2f,%.2f],\"layer0_coded_vectors\":%lld,"
+                   "\"append_us\":[%.2f,%.2f]}\n",
                 cpu, commit, (unsigned long long)seed, (long long)L, HQ, HK, D, W, reps,
                 (long long)keep,
                 st.true_ratio, st.paper_r, bw / 1e9, mf * 1e6, sf * 1e6, ms * 1e6, ss * 1e6,
-                mb * 1e3, sb * 1e3, mc * 1e3, sc * 1e3, m0 * 1e3, s0 * 1e3, (long long)n0);
+                mb * 1e3, sb * 1e3, mc * 1e3, sc * 1e3, m0 * 1e3, s0 * 1e3, (long long)n0,
+                ma * 1e6, sa * 1e6);
         fclose(f);
     }
     free(k); free(v); free(ws); free(table); free(k16); free(v16); free(kr); free(pos); free(work);

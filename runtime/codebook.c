@@ -250,7 +250,18 @@ int64_t sp_codebook_match(const uint16_t *entries, int64_t n_entries, int d, con
     for (int64_t e = 0; e < n_entries; e++) {
         const uint16_t *c = entries + (size_t)e * d;
         float dot = 0;
-        for (int i = 0; i < d; i++)
+        int i = 0;
+#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
+        __m256 acc = _mm256_setzero_ps();
+        for (; i + 8 <= d; i += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(u + i),
+                                  _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(c + i))), acc);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        dot = _mm_cvtss_f32(h);
+#endif
+        for (; i < d; i++)
             dot += u[i] * sp_fp16_to_f32(c[i]);
         if (dot > bc) {
             bc = dot;
