@@ -1494,6 +1494,14 @@ int32_t sp_tokenizer_find(const sp_tokenizer_t *t, const char *text, size_t len)
     return id < t->n_tokens ? id : -1;
 }
 
+int32_t sp_tokenizer_byte_to_token(const sp_tokenizer_t *t, unsigned char byte)
+{
+    if (!t)
+        return -1;
+    int32_t id = t->byte_sym[byte];
+    return id < t->n_tokens ? id : -1;
+}
+
 const char *sp_tokenizer_token_text(const sp_tokenizer_t *t, int32_t id)
 {
     if (!t || id < 0 || id >= t->n_tokens)

@@ -130,6 +130,11 @@ bool sp_tokenizer_is_control(const sp_tokenizer_t *t, int32_t id);
 /* Id of the token whose vocabulary text is exactly text[0..len) (for chat templates:
  * "<|im_start|>"), or -1. */
 int32_t sp_tokenizer_find(const sp_tokenizer_t *t, const char *text, size_t len);
+/* Token of the single byte-level symbol for `byte` (e.g. "Ġ" for 0x20), or -1 when the vocabulary
+ * lacks it. Text containing such a byte cannot round-trip: where BPE leaves that byte alone, encode
+ * drops it, exactly as llama.cpp does (SmolLM2 lacks 0x04 0x06 0x13 0x14 0x16 0x1D 0xC0 0xC1 0xF1
+ * 0xF2 0xF5..0xFF). */
+int32_t sp_tokenizer_byte_to_token(const sp_tokenizer_t *t, unsigned char byte);
 /* Vocabulary text of a token (byte-mapped alphabet, NUL-terminated, owned by t) or NULL. */
 const char *sp_tokenizer_token_text(const sp_tokenizer_t *t, int32_t id);
 /* Pre-tokenizer name in use ("smollm", ...). */
