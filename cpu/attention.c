@@ -162,54 +162,52 @@ static void prefill_unit(void *arg, int t, int ith)
     const sp_attn_args *a = j->a;
     int G = j->G, D = a->head_dim;
     att_scr sc = carve(j->c, ith, G, D);
-    {
-        int qb = j->n_qb - 1 - t / a->n_kv_head, g = t % a->n_kv_head;
-        int q0 = qb * j->BQ, bq = a->n_q - q0 < j->BQ ? a->n_q - q0 : j->BQ, R = G * bq;
-        gather_q(a, G, g, q0, bq, sc.qs);
+    int qb = j->n_qb - 1 - t / a->n_kv_head, g = t % a->n_kv_head;
+    int q0 = qb * j->BQ, bq = a->n_q - q0 < j->BQ ? a->n_q - q0 : j->BQ, R = G * bq;
+    gather_q(a, G, g, q0, bq, sc.qs);
+    for (int r = 0; r < R; r++) {
+        sc.m[r] = -INFINITY;
+        sc.l[r] = 0.0f;
+    }
+    memset(sc.o, 0, sizeof(float) * (size_t)R * D);
+    int pos_first = a->q_pos0 + q0, kend = pos_first + bq;
+    for (int kb = 0; kb < kend; kb += ATT_BK) {
+        int nk = kend - kb < ATT_BK ? kend - kb : ATT_BK;
+        const float *K = kv_block(a, a->k, g, kb, nk, sc.kf);
+        const float *V = kv_block(a, a->v, g, kb, nk, sc.vf);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, nk, D, 1.0f, sc.qs, D, K, D, 0.0f,
+                    sc.s, ATT_BK);
         for (int r = 0; r < R; r++) {
-            sc.m[r] = -INFINITY;
-            sc.l[r] = 0.0f;
-        }
-        memset(sc.o, 0, sizeof(float) * (size_t)R * D);
-        int pos_first = a->q_pos0 + q0, kend = pos_first + bq;
-        for (int kb = 0; kb < kend; kb += ATT_BK) {
-            int nk = kend - kb < ATT_BK ? kend - kb : ATT_BK;
-            const float *K = kv_block(a, a->k, g, kb, nk, sc.kf);
-            const float *V = kv_block(a, a->v, g, kb, nk, sc.vf);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, nk, D, 1.0f, sc.qs, D, K, D, 0.0f,
-                        sc.s, ATT_BK);
-            for (int r = 0; r < R; r++) {
-                float *srow = sc.s + (size_t)r * ATT_BK;
-                int pos = pos_first + r % bq;
-                int valid = pos - kb + 1 < nk ? pos - kb + 1 : nk;
-                if (valid <= 0) {           /* whole block is in this query's future */
-                    memset(srow, 0, sizeof(float) * nk);
-                    continue;
-                }
-                float mx = row_max(srow, valid);
-                float m_new = mx > sc.m[r] ? mx : sc.m[r];
-                float corr = expf(sc.m[r] - m_new);   /* m = -inf on the first block: corr = 0 */
-                float sum = exp_sub_sum(srow, valid, m_new);
-                if (valid < nk)
-                    memset(srow + valid, 0, sizeof(float) * (nk - valid));
-                sc.l[r] = sc.l[r] * corr + sum;
-                sc.m[r] = m_new;
-                if (corr != 1.0f)
-                    scale_row(sc.o + (size_t)r * D, D, corr);
+            float *srow = sc.s + (size_t)r * ATT_BK;
+            int pos = pos_first + r % bq;
+            int valid = pos - kb + 1 < nk ? pos - kb + 1 : nk;
+            if (valid <= 0) {           /* whole block is in this query's future */
+                memset(srow, 0, sizeof(float) * nk);
+                continue;
             }
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, D, nk, 1.0f, sc.s, ATT_BK, V, D, 1.0f,
-                        sc.o, D);
+            float mx = row_max(srow, valid);
+            float m_new = mx > sc.m[r] ? mx : sc.m[r];
+            float corr = expf(sc.m[r] - m_new);   /* m = -inf on the first block: corr = 0 */
+            float sum = exp_sub_sum(srow, valid, m_new);
+            if (valid < nk)
+                memset(srow + valid, 0, sizeof(float) * (nk - valid));
+            sc.l[r] = sc.l[r] * corr + sum;
+            sc.m[r] = m_new;
+            if (corr != 1.0f)
+                scale_row(sc.o + (size_t)r * D, D, corr);
         }
-        for (int r = 0; r < R; r++) {
-            int hh = r / bq, i = r % bq, h = g * G + hh, qi = q0 + i;
-            float inv = 1.0f / sc.l[r];
-            float *dst = a->out + (size_t)qi * a->ldo + (size_t)h * D;
-            for (int d = 0; d < D; d++)
-                dst[d] = sc.o[(size_t)r * D + d] * inv;
-            int wi = qi - (a->n_q - a->n_window);
-            if (a->n_window > 0 && wi >= 0)
-                j->lse[(size_t)h * a->n_window + wi] = sc.m[r] + logf(sc.l[r]);
-        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, D, nk, 1.0f, sc.s, ATT_BK, V, D, 1.0f,
+                    sc.o, D);
+    }
+    for (int r = 0; r < R; r++) {
+        int hh = r / bq, i = r % bq, h = g * G + hh, qi = q0 + i;
+        float inv = 1.0f / sc.l[r];
+        float *dst = a->out + (size_t)qi * a->ldo + (size_t)h * D;
+        for (int d = 0; d < D; d++)
+            dst[d] = sc.o[(size_t)r * D + d] * inv;
+        int wi = qi - (a->n_q - a->n_window);
+        if (a->n_window > 0 && wi >= 0)
+            j->lse[(size_t)h * a->n_window + wi] = sc.m[r] + logf(sc.l[r]);
     }
 }
 
@@ -221,29 +219,27 @@ static void window_unit(void *arg, int t, int ith)
     int n_keys = a->q_pos0 + a->n_q;
     int wq0 = a->n_q - W;                       /* chunk index of the first window query */
     att_scr sc = carve(j->c, ith, G, D);
-    {
-        int g = t % a->n_kv_head, kb = (t / a->n_kv_head) * ATT_BK;
-        int nk = n_keys - kb < ATT_BK ? n_keys - kb : ATT_BK;
-        for (int hh = 0; hh < G; hh++)
-            memset(a->win + (size_t)(g * G + hh) * a->win_ld + kb, 0, sizeof(float) * nk);
-        const float *K = kv_block(a, a->k, g, kb, nk, sc.kf);
-        for (int w0 = 0; w0 < W; w0 += j->BQ) {
-            int bw = W - w0 < j->BQ ? W - w0 : j->BQ, R = G * bw;
-            gather_q(a, G, g, wq0 + w0, bw, sc.qs);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, nk, D, 1.0f, sc.qs, D, K, D, 0.0f,
-                        sc.s, ATT_BK);
-            for (int r = 0; r < R; r++) {
-                int hh = r / bw, wi = w0 + r % bw, h = g * G + hh;
-                int pos = a->q_pos0 + wq0 + wi;
-                int valid = pos - kb + 1 < nk ? pos - kb + 1 : nk;
-                if (valid <= 0)
-                    continue;
-                float *srow = sc.s + (size_t)r * ATT_BK;
-                exp_sub_sum(srow, valid, j->lse[(size_t)h * W + wi]);
-                float *dst = a->win + (size_t)h * a->win_ld + kb;
-                for (int k = 0; k < valid; k++)
-                    dst[k] += srow[k];
-            }
+    int g = t % a->n_kv_head, kb = (t / a->n_kv_head) * ATT_BK;
+    int nk = n_keys - kb < ATT_BK ? n_keys - kb : ATT_BK;
+    for (int hh = 0; hh < G; hh++)
+        memset(a->win + (size_t)(g * G + hh) * a->win_ld + kb, 0, sizeof(float) * nk);
+    const float *K = kv_block(a, a->k, g, kb, nk, sc.kf);
+    for (int w0 = 0; w0 < W; w0 += j->BQ) {
+        int bw = W - w0 < j->BQ ? W - w0 : j->BQ, R = G * bw;
+        gather_q(a, G, g, wq0 + w0, bw, sc.qs);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, nk, D, 1.0f, sc.qs, D, K, D, 0.0f,
+                    sc.s, ATT_BK);
+        for (int r = 0; r < R; r++) {
+            int hh = r / bw, wi = w0 + r % bw, h = g * G + hh;
+            int pos = a->q_pos0 + wq0 + wi;
+            int valid = pos - kb + 1 < nk ? pos - kb + 1 : nk;
+            if (valid <= 0)
+                continue;
+            float *srow = sc.s + (size_t)r * ATT_BK;
+            exp_sub_sum(srow, valid, j->lse[(size_t)h * W + wi]);
+            float *dst = a->win + (size_t)h * a->win_ld + kb;
+            for (int k = 0; k < valid; k++)
+                dst[k] += srow[k];
         }
     }
 }
@@ -281,6 +277,69 @@ enum {
     DEC_MIN_KEYS = 128, /* keys per slice at least */
 };
 
+/* s[hh*DEC_BK + k] = q_hh . K[k] for G query heads and nk keys (fp32 rows of D). */
+static void dec_scores(const float *q, int G, const float *K, int nk, int D, float *s)
+{
+    int k = 0;
+#ifdef __AVX2__
+    if (D == 64) {
+        /* 8 keys at a time: one accumulator vector per key, then an 8x8 transpose-add gives the 8
+         * scores in one vector (no horizontal sum per dot product). */
+        for (; k + 8 <= nk; k += 8)
+            for (int hh = 0; hh < G; hh++) {
+                const float *qh = q + (size_t)hh * 64;
+                __m256 acc[8];
+                for (int kk = 0; kk < 8; kk++) {
+                    const float *kr = K + (size_t)(k + kk) * 64;
+                    __m256 a = _mm256_mul_ps(_mm256_loadu_ps(qh), _mm256_loadu_ps(kr));
+                    for (int d = 8; d < 64; d += 8)
+                        a = _mm256_fmadd_ps(_mm256_loadu_ps(qh + d), _mm256_loadu_ps(kr + d), a);
+                    acc[kk] = a;
+                }
+                __m256 t0 = _mm256_hadd_ps(acc[0], acc[1]), t1 = _mm256_hadd_ps(acc[2], acc[3]);
+                __m256 t2 = _mm256_hadd_ps(acc[4], acc[5]), t3 = _mm256_hadd_ps(acc[6], acc[7]);
+                t0 = _mm256_hadd_ps(t0, t1);
+                t2 = _mm256_hadd_ps(t2, t3);
+                __m256 r = _mm256_add_ps(_mm256_permute2f128_ps(t0, t2, 0x20), _mm256_permute2f128_ps(t0, t2, 0x31));
+                _mm256_storeu_ps(s + (size_t)hh * DEC_BK + k, r);
+            }
+    }
+#endif
+    for (; k < nk; k++)
+        for (int hh = 0; hh < G; hh++)
+            s[(size_t)hh * DEC_BK + k] = dot_d(q + (size_t)hh * D, K + (size_t)k * D, D);
+}
+
+/* o[D] += sum_k p[k] * V[k] */
+static void dec_accum(float *o, const float *V, const float *p, int nk, int D)
+{
+#ifdef __AVX2__
+    if (D == 64) {
+        __m256 a0 = _mm256_loadu_ps(o), a1 = _mm256_loadu_ps(o + 8), a2 = _mm256_loadu_ps(o + 16),
+               a3 = _mm256_loadu_ps(o + 24), a4 = _mm256_loadu_ps(o + 32), a5 = _mm256_loadu_ps(o + 40),
+               a6 = _mm256_loadu_ps(o + 48), a7 = _mm256_loadu_ps(o + 56);
+        for (int k = 0; k < nk; k++) {
+            const float *v = V + (size_t)k * 64;
+            __m256 w = _mm256_set1_ps(p[k]);
+            a0 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v), a0);
+            a1 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 8), a1);
+            a2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 16), a2);
+            a3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 24), a3);
+            a4 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 32), a4);
+            a5 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 40), a5);
+            a6 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 48), a6);
+            a7 = _mm256_fmadd_ps(w, _mm256_loadu_ps(v + 56), a7);
+        }
+        _mm256_storeu_ps(o, a0); _mm256_storeu_ps(o + 8, a1); _mm256_storeu_ps(o + 16, a2);
+        _mm256_storeu_ps(o + 24, a3); _mm256_storeu_ps(o + 32, a4); _mm256_storeu_ps(o + 40, a5);
+        _mm256_storeu_ps(o + 48, a6); _mm256_storeu_ps(o + 56, a7);
+        return;
+    }
+#endif
+    for (int k = 0; k < nk; k++)
+        axpy(o, V + (size_t)k * D, p[k], D);
+}
+
 static void decode_unit(void *arg, int slice, int ith)
 {
     att_job *j = arg;
@@ -300,11 +359,9 @@ static void decode_unit(void *arg, int slice, int ith)
             int nk = k1 - kb < DEC_BK ? k1 - kb : DEC_BK;
             const float *K = kv_block(a, a->k, g, kb, nk, sc.kf);
             const float *V = kv_block(a, a->v, g, kb, nk, sc.vf);
+            dec_scores(sc.qs, G, K, nk, D, sc.s);
             for (int hh = 0; hh < G; hh++) {
                 float *srow = sc.s + (size_t)hh * DEC_BK;
-                const float *q = sc.qs + (size_t)hh * D;
-                for (int k = 0; k < nk; k++)
-                    srow[k] = dot_d(q, K + (size_t)k * D, D);
                 float mx = row_max(srow, nk);
                 float m_new = mx > sc.m[hh] ? mx : sc.m[hh];
                 float corr = expf(sc.m[hh] - m_new);
@@ -314,8 +371,7 @@ static void decode_unit(void *arg, int slice, int ith)
                 float *o = sc.o + (size_t)hh * D;
                 if (corr != 1.0f)
                     scale_row(o, D, corr);
-                for (int k = 0; k < nk; k++)
-                    axpy(o, V + (size_t)k * D, srow[k], D);
+                dec_accum(o, V, srow, nk, D);
             }
         }
         for (int hh = 0; hh < G; hh++) {
