@@ -150,6 +150,7 @@ struct sp_uring_store {
     int *free_slots;     /* n_slots: stack of idle slot indices during one do_io */
     bool zero_copy;      /* aligned caller buffers bypass the bounce slots */
     bool broken;         /* a failed drain left requests in flight: refuse further I/O */
+    XXH64_state_t *hstate; /* streaming checksum of the segment being moved (under lock) */
     bool verify;
     seg_rec *segs;
     size_t n_segs, cap_segs;
@@ -351,7 +352,8 @@ sp_uring_store_t *sp_uring_store_open(const sp_uring_store_opts *o)
     }
     s->reqs = calloc(s->n_slots, sizeof *s->reqs);
     s->free_slots = calloc(s->n_slots, sizeof *s->free_slots);
-    if (!s->reqs || !s->free_slots) {
+    s->hstate = XXH64_createState();
+    if (!s->reqs || !s->free_slots || !s->hstate) {
         sp_error(ENOMEM, "spill store: out of memory");
         goto fail;
     }
@@ -396,6 +398,7 @@ void sp_uring_store_close(sp_uring_store_t *s)
         munmap(s->bounce_map, s->bounce_map_len);
     free(s->reqs);
     free(s->free_slots);
+    XXH64_freeState(s->hstate); /* accepts NULL */
     free(s->segs);
     free(s->free_ext);
     pthread_mutex_destroy(&s->lock);
@@ -583,9 +586,28 @@ static void deliver(sp_uring_store_t *s, const sp_req *r, uint8_t *ubuf, size_t 
  * Zero-copy: when ubuf is 4 KiB aligned (and s->zero_copy), every piece that lies wholly inside
  * the payload is transferred straight from or
  * into it; only a ragged tail goes through a bounce slot. The ring path keeps the slots busy while
- * the copy of a finished piece runs, so copies overlap the device's work on the others. */
+ * the copy of a finished piece runs, so copies overlap the device's work on the others.
+ *
+ * Hashing: with hs (already reset) the payload is fed to XXH64 while I/O is in flight: on writes
+ * one block per round before waiting, on reads each completed piece in file order (a bitmap
+ * remembers pieces that finish early). XXH64's streaming form gives exactly the one-shot value,
+ * so the stored checksums are unchanged; the hashing just hides behind the device's time. */
+/* Feed the payload of pieces [*hashed, ...) that are complete, in order, to the hash. */
+static void hash_ready(const sp_uring_store_t *s, XXH64_state_t *hs, const uint8_t *ubuf,
+                       size_t len_payload, const uint8_t *piece_done, size_t n_pieces, size_t *hashed)
+{
+    while (*hashed < n_pieces && piece_done[*hashed / 8] & (1u << (*hashed % 8))) {
+        size_t uo = *hashed * s->block_size;
+        if (uo < len_payload) {
+            size_t pay = len_payload - uo < s->block_size ? len_payload - uo : s->block_size;
+            XXH64_update(hs, ubuf + uo, pay);
+        }
+        (*hashed)++;
+    }
+}
+
 static int do_io(sp_uring_store_t *s, bool write, uint64_t off, uint8_t *ubuf, size_t len_payload,
-                 size_t len_io)
+                 size_t len_io, XXH64_state_t *hs)
 {
     const size_t bs = s->block_size;
     const size_t n_pieces = (len_io + bs - 1) / bs;
@@ -593,12 +615,24 @@ static int do_io(sp_uring_store_t *s, bool write, uint64_t off, uint8_t *ubuf, s
     const size_t limit = len_payload;
     const bool direct_ok = ubuf && s->zero_copy && ((uintptr_t)ubuf & (ALIGN - 1)) == 0;
     const bool psync = s->mode == SP_STORE_MODE_PSYNC;
-    size_t next = 0, inflight = 0;
+    size_t next = 0, inflight = 0, hashed = 0; /* hashed: bytes (writes) or pieces (reads) */
     unsigned n_free = s->n_slots;
     int err = 0;
     if (s->broken)
         return sp_error(EIO, "spill file %s: an earlier I/O failure left requests in flight; the "
                              "store is unusable", s->path);
+    if (!ubuf)
+        hs = NULL;
+    /* Reads: which pieces are complete. A few hundred bytes even for GiB segments; on the stack
+     * up to 32 Ki pieces. */
+    uint8_t piece_bits[4096], *piece_done = NULL;
+    if (hs && !write) {
+        size_t nb = (n_pieces + 7) / 8;
+        piece_done = nb <= sizeof piece_bits ? piece_bits : malloc(nb);
+        if (!piece_done)
+            return sp_error(ENOMEM, "spill I/O: out of memory");
+        memset(piece_done, 0, nb);
+    }
     for (unsigned i = 0; i < s->n_slots; i++)
         s->free_slots[i] = (int)(s->n_slots - 1 - i); /* slot 0 on top: the warmest buffer first */
 
@@ -626,8 +660,13 @@ static int do_io(sp_uring_store_t *s, bool write, uint64_t off, uint8_t *ubuf, s
             next++;
             if (psync) {
                 err = psync_req(s, r, write);
-                if (!err && !write)
+                if (!err && !write) {
                     deliver(s, r, ubuf, len_payload);
+                    if (piece_done) {
+                        piece_done[(next - 1) / 8] |= (uint8_t)(1u << ((next - 1) % 8));
+                        hash_ready(s, hs, ubuf, len_payload, piece_done, n_pieces, &hashed);
+                    }
+                }
                 s->free_slots[n_free++] = sl;
                 continue;
             }
@@ -680,8 +719,13 @@ static int do_io(sp_uring_store_t *s, bool write, uint64_t off, uint8_t *ubuf, s
                     s->st.short_requeues++;
                 r->done += (size_t)res;
                 if (r->done >= r->len) {
-                    if (!write)
+                    if (!write) {
                         deliver(s, r, ubuf, len_payload);
+                        if (piece_done) {
+                            size_t pi = r->user_off / bs;
+                            piece_done[pi / 8] |= (uint8_t)(1u << (pi % 8));
+                        }
+                    }
                     finished = true;
                 }
             }
@@ -698,7 +742,20 @@ static int do_io(sp_uring_store_t *s, bool write, uint64_t off, uint8_t *ubuf, s
             }
         }
         io_uring_cq_advance(&s->ring, seen);
+        if (piece_done && !err)
+            hash_ready(s, hs, ubuf, len_payload, piece_done, n_pieces, &hashed);
+        if (hs && write && !err && hashed < len_payload) {
+            /* As many blocks as just completed, so hashing keeps pace with the device while the
+             * pieces still in flight proceed; what is left is hashed after the loop. */
+            size_t upto = hashed + (size_t)(seen ? seen : 1) * bs;
+            if (upto > len_payload)
+                upto = len_payload;
+            XXH64_update(hs, ubuf + hashed, upto - hashed);
+            hashed = upto;
+        }
     }
+    if (hs && write && !err && hashed < len_payload)
+        XXH64_update(hs, ubuf + hashed, len_payload - hashed); /* psync, or the last round */
     if (inflight > 0) {
         /* Drain so no completion can land in a buffer after we return. Submitting again covers
          * requests that were queued but never reached the kernel; a timeout bounds the wait when
@@ -721,6 +778,8 @@ static int do_io(sp_uring_store_t *s, bool write, uint64_t off, uint8_t *ubuf, s
             io_uring_cq_advance(&s->ring, seen);
         }
     }
+    if (piece_done && piece_done != piece_bits)
+        free(piece_done);
     return err;
 }
 
@@ -753,8 +812,9 @@ int64_t sp_uring_store_put(sp_uring_store_t *s, const void *bytes, size_t size)
     seg_rec *g = &s->segs[id];
     uint64_t alloc = round_up(size ? size : 1, ALIGN);
     uint64_t off = extent_alloc(s, alloc);
-    uint64_t hash = XXH64(bytes, size, 0);
-    rc = do_io(s, true, off, (uint8_t *)bytes, size, alloc);
+    XXH64_reset(s->hstate, 0);
+    rc = do_io(s, true, off, (uint8_t *)bytes, size, alloc, size ? s->hstate : NULL);
+    uint64_t hash = size ? XXH64_digest(s->hstate) : XXH64(bytes, 0, 0);
     if (rc < 0) {
         extent_free(s, off, alloc);
         goto out;
@@ -786,10 +846,11 @@ int sp_uring_store_get(sp_uring_store_t *s, int64_t id, void *dst, size_t cap)
         goto out;
     }
     for (int attempt = 0; attempt < 2; attempt++) {
-        rc = do_io(s, false, g.off, dst, g.size, g.alloc);
+        XXH64_reset(s->hstate, 0);
+        rc = do_io(s, false, g.off, dst, g.size, g.alloc, s->verify && g.size ? s->hstate : NULL);
         if (rc < 0 || !s->verify)
             break;
-        uint64_t h = XXH64(dst, g.size, 0);
+        uint64_t h = g.size ? XXH64_digest(s->hstate) : XXH64(dst, 0, 0);
         if (h == g.hash)
             break;
         if (attempt == 0) {
@@ -865,7 +926,7 @@ int sp_uring_store_stream(sp_uring_store_t *s, bool write, uint64_t len)
             }
             s->stream_filled = true;
         }
-        rc = do_io(s, write, 0, NULL, 0, len);
+        rc = do_io(s, write, 0, NULL, 0, len, NULL);
         if (rc == 0 && write) {
             if (len > s->file_end)
                 s->file_end = len;

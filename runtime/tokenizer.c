@@ -146,6 +146,12 @@ static const char *const k_eog_texts[] = {
 /* gpt-oss: always rendered. */
 static const char *const k_user_defined_texts[] = {"<|channel|>", "<|message|>", "<|start|>", "<|constrain|>", NULL};
 
+typedef struct merge_slot {
+    uint64_t key;              /* left id << 32 | right id; UINT64_MAX = empty */
+    uint32_t rank;             /* index in tokenizer.ggml.merges */
+    int32_t res;               /* interned id of the merged string */
+} merge_slot;
+
 typedef struct str_ref {
     uint32_t off, len;   /* into pool; the bytes are followed by a NUL */
 } str_ref;
@@ -160,9 +166,7 @@ struct sp_tokenizer {
     size_t str_slots_cap;
     uint16_t *attr;            /* [n_tokens] ATTR_* */
 
-    uint64_t *merge_keys;      /* open addressing, (left id << 32 | right id), UINT64_MAX = empty */
-    uint32_t *merge_rank;      /* [merge_slots_cap] */
-    int32_t *merge_res;        /* [merge_slots_cap] id of the merged string */
+    merge_slot *merges;        /* open addressing over (left id, right id); one cache line per probe */
     size_t merge_slots_cap;
 
     uint32_t byte_cp[256];     /* GPT-2 byte -> code point */
@@ -401,12 +405,12 @@ static bool merge_find(const sp_tokenizer_t *t, int32_t a, int32_t b, uint32_t *
     size_t mask = t->merge_slots_cap - 1;
     size_t h = (size_t)mix64(key) & mask;
     for (;;) {
-        uint64_t k = t->merge_keys[h];
-        if (k == UINT64_MAX)
+        const merge_slot *m = &t->merges[h];
+        if (m->key == UINT64_MAX)
             return false;
-        if (k == key) {
-            *rank = t->merge_rank[h];
-            *res = t->merge_res[h];
+        if (m->key == key) {
+            *rank = m->rank;
+            *res = m->res;
             return true;
         }
         h = (h + 1) & mask;
@@ -416,14 +420,11 @@ static bool merge_find(const sp_tokenizer_t *t, int32_t a, int32_t b, uint32_t *
 static int build_merges(sp_tokenizer_t *t, const build_in *in)
 {
     size_t cap = pow2_at_least(in->n_merges * 2 + 2);
-    t->merge_keys = malloc(cap * sizeof *t->merge_keys);
-    t->merge_rank = malloc(cap * sizeof *t->merge_rank);
-    t->merge_res = malloc(cap * sizeof *t->merge_res);
-    if (!t->merge_keys || !t->merge_rank || !t->merge_res)
+    if (!(t->merges = malloc(cap * sizeof *t->merges)))
         return sp_error(ENOMEM, "tokenizer: out of memory for %zu merges", in->n_merges);
     t->merge_slots_cap = cap;
     for (size_t i = 0; i < cap; i++)
-        t->merge_keys[i] = UINT64_MAX;
+        t->merges[i].key = UINT64_MAX;
 
     char *buf = NULL;
     size_t buf_cap = 0;
@@ -460,13 +461,11 @@ static int build_merges(sp_tokenizer_t *t, const build_in *in)
         }
         uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
         size_t mask = cap - 1, h = (size_t)mix64(key) & mask;
-        while (t->merge_keys[h] != UINT64_MAX && t->merge_keys[h] != key)
+        while (t->merges[h].key != UINT64_MAX && t->merges[h].key != key)
             h = (h + 1) & mask;
-        if (t->merge_keys[h] == key)
+        if (t->merges[h].key == key)
             continue;   /* duplicate pair: the first (lowest) rank wins, as std::map::emplace */
-        t->merge_keys[h] = key;
-        t->merge_rank[h] = (uint32_t)i;
-        t->merge_res[h] = ab;
+        t->merges[h] = (merge_slot){key, (uint32_t)i, ab};
     }
 out:
     free(buf);
@@ -910,9 +909,7 @@ void sp_tokenizer_free(sp_tokenizer_t *t)
     for (int i = 0; i < t->n_rx; i++)
         pcre2_code_free(t->rx[i]);
     free(t->specials);
-    free(t->merge_keys);
-    free(t->merge_rank);
-    free(t->merge_res);
+    free(t->merges);
     free(t->attr);
     free(t->str_slots);
     free(t->strs);
@@ -937,6 +934,7 @@ typedef struct bigram {
     uint32_t rank;
     int32_t left, right;
     uint32_t llen, rlen; /* lengths when pushed: a change means the pair is stale */
+    int32_t res;         /* interned id of the merged text */
 } bigram;
 
 /* Per-call scratch: grows, never shrinks, freed at the end of the call. */
@@ -1044,7 +1042,7 @@ static int try_pair(const sp_tokenizer_t *t, work *w, int32_t left, int32_t righ
     int32_t res;
     if (!merge_find(t, w->syms[left].sym, w->syms[right].sym, &rank, &res))
         return 0;
-    bigram b = {rank, left, right, w->syms[left].len, w->syms[right].len};
+    bigram b = {rank, left, right, w->syms[left].len, w->syms[right].len, res};
     return heap_push(w, &b);
 }
 
@@ -1104,11 +1102,7 @@ static int bpe_piece(const sp_tokenizer_t *t, work *w, const unsigned char *p, s
         symbol *l = &w->syms[b.left], *r = &w->syms[b.right];
         if (l->len == 0 || r->len == 0 || l->len != b.llen || r->len != b.rlen)
             continue;
-        uint32_t rank;
-        int32_t res;
-        if (!merge_find(t, l->sym, r->sym, &rank, &res))
-            continue;   /* cannot happen: the pair was found when it was pushed */
-        l->sym = res;
+        l->sym = b.res;
         l->len += r->len;
         r->len = 0;
         l->next = r->next;

@@ -243,12 +243,16 @@ Test(tier, concurrent_allocations_never_exceed_budget)
         w[i] = (worker_arg){ts, 0};
         pthread_create(&th[i], NULL, hammer, &w[i]);
     }
+    int total_ok = 0;
     for (int i = 0; i < 4; i++) {
         void *r;
         pthread_join(th[i], &r);
         cr_assert_null(r, "budget exceeded under concurrency");
-        cr_assert_gt(w[i].ok, 0);
+        total_ok += w[i].ok;
     }
+    /* One worker may starve while the others keep the budget full (on 2 cores a late starter can
+     * find it full for its whole run), so progress is required of the workers together. */
+    cr_assert_gt(total_ok, 0);
     cr_assert_eq(sp_tiers_used(ts, SP_TIER_DEVICE, -1), 0);
     sp_tiers_free(ts);
 }

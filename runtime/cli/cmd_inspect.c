@@ -5,16 +5,19 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_io.h"
 #include "dequant.h"
 #include "gguf.h"
 #include "sp_error.h"
 
 static void usage(FILE *out)
 {
-    fputs("usage: spindle inspect [-m MODEL] [--ctx N] [--all-keys] [--tensors]\n"
+    fputs("usage: spindle inspect [-m MODEL] [--ctx N] [--all-keys] [--tensors] [--topology]\n"
           "  --ctx N      context length for the KV footprint (default: the model's)\n"
           "  --all-keys   print every metadata key (arrays summarized)\n"
-          "  --tensors    list every tensor with type, shape and bytes\n",
+          "  --tensors    list every tensor with type, shape and bytes\n"
+          "  --topology   show NUMA nodes, cores, GPU locality and the placement chosen\n"
+          "               (no model needed)\n",
           out);
 }
 
@@ -49,7 +52,7 @@ int sp_cmd_inspect(int argc, char **argv)
 {
     sp_cli_common c;
     sp_cli_common_init(&c);
-    bool all_keys = false, tensors = false;
+    bool all_keys = false, tensors = false, topology = false;
     for (int i = 1; i < argc; i++) {
         int r = sp_cli_common_arg(&c, argc, argv, &i);
         if (r < 0)
@@ -60,6 +63,8 @@ int sp_cmd_inspect(int argc, char **argv)
             all_keys = true;
         } else if (!strcmp(argv[i], "--tensors")) {
             tensors = true;
+        } else if (!strcmp(argv[i], "--topology")) {
+            topology = true;
         } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);
             return SP_EXIT_OK;
@@ -73,6 +78,8 @@ int sp_cmd_inspect(int argc, char **argv)
         sp_config_print(&c.cfg, stdout);
         return SP_EXIT_OK;
     }
+    if (topology)
+        return sp_cli_print_topology(stdout);
     sp_gguf_t *g = sp_gguf_open(c.cfg.model.path);
     if (!g) {
         sp_cli_error("%s", sp_last_error());
