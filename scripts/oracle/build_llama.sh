@@ -3,7 +3,7 @@
 # llama.cpp is taken only from the llama-cpp-python PyPI sdist (never committed):
 #   (a) venv /root/.cache/spindle/oracle-venv with numpy, gguf and llama-cpp-python
 #       built from the sdist (CPU, GGML_NATIVE=ON, 2 jobs);
-#   (b) llama-bench / llama-cli / llama-tokenize built with cmake from the sdist's
+#   (b) llama-bench built with cmake from the sdist's
 #       vendor/llama.cpp into /root/.cache/spindle/llama.cpp-build.
 # Idempotent: each step is skipped when its product already exists.
 # Usage: scripts/oracle/build_llama.sh [--python-only|--tools-only]
@@ -51,7 +51,7 @@ if [ "$MODE" != "--python-only" ]; then
         cmake -S "$SRC/vendor/llama.cpp" -B "$BUILD" -DCMAKE_BUILD_TYPE=Release \
             -DGGML_NATIVE=ON -DGGML_CUDA=OFF -DLLAMA_CURL=OFF -DLLAMA_BUILD_TESTS=OFF \
             -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF > "$CACHE/oracle-cmake-build.log" 2>&1
-        cmake --build "$BUILD" -j"$JOBS" --target llama-bench llama-cli llama-tokenize \
+        cmake --build "$BUILD" -j"$JOBS" --target llama-bench \
             >> "$CACHE/oracle-cmake-build.log" 2>&1 || { tail -40 "$CACHE/oracle-cmake-build.log"; exit 1; }
         echo "llama.cpp tools build took $(( $(date +%s) - t0 )) s (log: $CACHE/oracle-cmake-build.log)"
     fi
@@ -61,11 +61,10 @@ fi
 # the build system derives plus the llama-cpp-python release it came with.
 {
     echo "llama-cpp-python $VER (PyPI sdist $(sha256sum "$SDIST" | cut -c1-16))"
-    if [ -x "$BUILD/bin/llama-cli" ]; then "$BUILD/bin/llama-cli" --version 2>&1 | grep -i -E 'version|built' | head -2; fi
+    if [ -x "$BUILD/bin/llama-bench" ]; then "$BUILD/bin/llama-bench" --version 2>&1 | head -2; fi
     grep -h -m1 -E 'LLAMA_INSTALL_VERSION|BUILD_NUMBER' "$SRC/vendor/llama.cpp/CMakeLists.txt" 2>/dev/null || true
 } > "$CACHE/oracle-version.txt"
 echo "venv:        $VENV/bin/python"
 echo "llama-bench: $BUILD/bin/llama-bench"
-echo "llama-cli:   $BUILD/bin/llama-cli"
 echo "version:     $(head -1 "$CACHE/oracle-version.txt")"
 cat "$CACHE/oracle-version.txt" | tail -n +2
