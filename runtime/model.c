@@ -547,3 +547,33 @@ int sp_ctx_decode(sp_ctx_t *c, int32_t tok, float *logits)
     c->st.decode_tokens += rc == 0;
     return rc;
 }
+
+/* ---- KV compression (interface first; the implementation follows in the next commits) -------- */
+
+int sp_ctx_set_policy(sp_ctx_t *c, const sp_kv_opts *o)
+{
+    (void)c;
+    (void)o;
+    return sp_error(ENOSYS, "context: KV compression is not wired into the model yet");
+}
+
+int sp_ctx_set_kv_provider(sp_ctx_t *c, const sp_kv_provider *p)
+{
+    (void)c;
+    (void)p;
+    return sp_error(ENOSYS, "context: KV providers are not wired into the model yet");
+}
+
+int sp_ctx_recompress(sp_ctx_t *c, const sp_kv_opts *o)
+{
+    (void)c;
+    (void)o;
+    return sp_error(ENOSYS, "context: recompress is not wired into the model yet");
+}
+
+int sp_ctx_kv_stats(sp_ctx_t *c, sp_kv_stats *st)
+{
+    (void)c;
+    memset(st, 0, sizeof *st);
+    return sp_error(ENOSYS, "context: KV stats are not wired into the model yet");
+}

@@ -17,6 +17,8 @@
 #include <stdint.h>
 
 #include "gguf.h"
+#include "kv_policy.h"
+#include "kv_provider.h"
 #include "ops.h"
 
 typedef enum sp_arch {
@@ -73,6 +75,18 @@ typedef struct sp_ctx_params {
     void *hidden_user;
     sp_progress_fn on_progress;
     void *progress_user;
+    /* KV compression (DESIGN §2, §4). NULL or policy full: the plain fp16 cache (the fast path;
+     * policy full is exactly the same computation). Otherwise the first prefill after creation or
+     * reset computes every layer from the full cache as usual, then compresses each layer into a
+     * segment; decode tokens and later prefill tokens go to a per-layer tail and attend over
+     * segment + tail (cpu/segment_attn.h). The options are copied; validated at sp_ctx_new. */
+    const sp_kv_opts *kv_opts;
+    /* Keep what sp_ctx_recompress() needs after compression: the fp16 cache (K after RoPE, V),
+     * the fp16 pre-RoPE K and the prompt's scores (window scores, full-attention column sums and
+     * PyramidInfer scores of every layer). Memory: about 1.5x the fp16 cache of the prompt plus
+     * (2·n_head + 1)·n_layer·l floats of scores (SmolLM2-135M at l = 8192: ~280 MiB + ~68 MiB).
+     * Off (default): the full cache is freed right after compression. */
+    bool keep_prefill_state;
 } sp_ctx_params;
 
 typedef struct sp_ctx_stats {
@@ -99,5 +113,58 @@ int sp_ctx_prefill(sp_ctx_t *c, const int32_t *tok, int n, float *logits_last, f
 /* Append one token and write its logits ([n_vocab]). Same errors as prefill. No heap allocation. */
 int sp_ctx_decode(sp_ctx_t *c, int32_t tok, float *logits);
 sp_ctx_stats sp_ctx_get_stats(const sp_ctx_t *c);
+
+/* ---- KV compression ------------------------------------------------------------------------- */
+
+/* Set (or with NULL clear) the compression policy before the first prefill (n_past == 0): same
+ * meaning as sp_ctx_params.kv_opts. Returns 0, -EINVAL (invalid options, message names the knob)
+ * or -EBUSY (tokens already in the context). */
+int sp_ctx_set_policy(sp_ctx_t *c, const sp_kv_opts *o);
+
+/* Where the layer segments live (kv_provider.h); NULL = owned by the context (default). Only
+ * before the first prefill. The struct is copied. Returns 0, -EINVAL or -EBUSY. */
+int sp_ctx_set_kv_provider(sp_ctx_t *c, const sp_kv_provider *p);
+
+/* Rebuild every layer's segment from the retained prefill state under other options, drop the
+ * tails and set n_past back to the prompt length. Needs keep_prefill_state and a compressed
+ * context; o->window must equal the window of the first compression (its window scores are the
+ * retained ones). Policy full is allowed (the retained cache is used as is). Allocates (it is a
+ * prefill-time operation). Returns 0, -EINVAL (options, window) or -ENOENT (no retained state). */
+int sp_ctx_recompress(sp_ctx_t *c, const sp_kv_opts *o);
+
+/* Per-layer accounting (DESIGN §4.6). Bytes are what the cache really holds for the tokens so
+ * far; fp16_bytes is an fp16 GQA cache (n_kv_head heads, K and V) of the same tokens. */
+typedef struct sp_kv_layer_stats {
+    int64_t tokens;          /* tokens the layer has seen (prompt + appended) */
+    int64_t kept;            /* tokens attention reads, mean over query heads (listed with the
+                                head's bit + window + tail) */
+    int64_t k_entries, v_entries; /* codebook entries over all KV heads (incl. tail entries);
+                                     0 for an uncoded layer */
+    bool coded;              /* the codebook stage ran on this layer */
+    uint64_t bytes;          /* true bytes: entries + indices + magnitudes + positions + masks +
+                                raw window/kept + used tail (uncompressed: fp16 K+V of the tokens) */
+    uint64_t bytes_alloc;    /* segment buffer (header + 4 KiB padding) + tail capacity
+                                (uncompressed: this layer's share of the allocated fp16 cache) */
+    uint64_t fp16_bytes;
+    double true_ratio;       /* bytes / fp16_bytes */
+    double paper_r1, paper_r2, paper_r3, paper_r; /* eq. 15 per layer, see kv_segment.h */
+} sp_kv_layer_stats;
+
+typedef struct sp_kv_stats {
+    bool compressed;         /* false: the plain fp16 cache (no policy, policy full, or no prefill) */
+    int n_layer;
+    sp_kv_layer_stats *layer; /* [n_layer], owned by the context, valid until the next call */
+    uint64_t bytes, bytes_alloc, fp16_bytes; /* sums over layers */
+    double true_ratio;       /* bytes / fp16_bytes: the headline number */
+    double paper_r;          /* mean over layers of paper_r ("vectors only" interpretation: stored
+                                d-vectors / d-vectors of the fp16 GQA cache; indices, magnitudes,
+                                positions and masks are not counted - they are in true_ratio) */
+    double compress_s;       /* wall seconds of the last compression (scores prepare + top-k +
+                                codebook + segment build, all layers) */
+    double scores_s;         /* wall seconds of the extra prefill score passes (h2o/pyramidinfer) */
+} sp_kv_stats;
+
+/* Fill *st (pointers into the context). Returns 0 or a negative errno (provider acquire failed). */
+int sp_ctx_kv_stats(sp_ctx_t *c, sp_kv_stats *st);
 
 #endif
