@@ -1337,7 +1337,8 @@ static int piece_write(const sp_tokenizer_t *t, int32_t id, bool special, char *
     if (!special && (a & (ATTR_UNKNOWN | ATTR_CONTROL)))
         return 0;
     if (a & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED)) {
-        memcpy(buf, s, len < cap ? len : cap);
+        if (cap) /* buf may be NULL when only the length is asked for */
+            memcpy(buf, s, len < cap ? len : cap);
         return (int)len;
     }
     if (a & ATTR_BYTE && len == 6 && !memcmp(s, "<0x", 3) && s[5] == '>') {
