@@ -238,8 +238,14 @@ static void window_unit(void *arg, int t, int ith)
             float *srow = sc.s + (size_t)r * ATT_BK;
             exp_sub_sum(srow, valid, j->lse[(size_t)h * W + wi]);
             float *dst = a->win + (size_t)h * a->win_ld + kb;
-            for (int k = 0; k < valid; k++)
-                dst[k] += srow[k];
+            if (a->win_w) {
+                float w = a->win_w[wi];
+                for (int k = 0; k < valid; k++)
+                    dst[k] += w * srow[k];
+            } else {
+                for (int k = 0; k < valid; k++)
+                    dst[k] += srow[k];
+            }
         }
     }
 }

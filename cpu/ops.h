@@ -100,7 +100,8 @@ typedef enum sp_kv_type {
  * n_q x n_keys matrix is formed.
  * Window scores (n_window > 0, <= n_q): for each query head h and key j, the fp32 softmax
  * probabilities of the last n_window queries summed over those queries, written to
- * win[h * win_ld + j] for j < q_pos0+n_q (keys after a query's position contribute 0). */
+ * win[h * win_ld + j] for j < q_pos0+n_q (keys after a query's position contribute 0). With win_w,
+ * window row i's probabilities are multiplied by win_w[i] before the sum (PyramidInfer's weights). */
 typedef struct sp_attn_args {
     int n_q, q_pos0;
     int n_head, n_kv_head, head_dim;
@@ -115,6 +116,7 @@ typedef struct sp_attn_args {
     int n_window;            /* 0: no window scores */
     float *win;              /* [n_head][win_ld] or NULL */
     int win_ld;              /* >= q_pos0+n_q */
+    const float *win_w;      /* [n_window] row weights, or NULL (all 1) */
 } sp_attn_args;
 
 size_t sp_op_attention_thread_scratch(int n_head, int n_kv_head, int head_dim);

@@ -22,7 +22,12 @@
 #include <unistd.h>
 
 #include "dequant.h"
+#include "fp16.h"
+#include "kv_budget.h"
+#include "kv_segment.h"
+#include "kv_select.h"
 #include "kvcache.h"
+#include "segment_attn.h"
 #include "sp_error.h"
 
 typedef struct sp_layer {
@@ -275,10 +280,38 @@ struct sp_ctx {
     float *att;      /* [chunk][n_head*head_dim] */
     float *gate, *up;/* [chunk][n_ff] */
     float *rope;     /* [n_ctx][head_dim] cos/sin */
-    float *win;      /* [n_head][n_ctx] window scores, or NULL */
+    float *win;      /* [n_head][n_ctx] window scores */
     int32_t *pos;    /* [chunk] */
+    float *attx;     /* [chunk][n_head*head_dim] output of the extra score passes (discarded) */
+    float *winw;     /* [chunk] PyramidInfer row weights */
     sp_ctx_stats st;
+
+    /* ---- KV compression (see the DESIGN note at sp_ctx_kv_begin) ---- */
+    bool kv_on;              /* a policy other than full is set */
+    sp_kv_opts kvo;          /* the options of the current segments (or of the next compression) */
+    int nwin;                /* rows of window scores the last prefill chunk emits */
+    bool has_prov;
+    sp_kv_provider prov;
+    int mode;                /* KV_PLAIN, KV_CAPTURE (first prefill under a policy), KV_SEG */
+    int64_t l0;              /* prompt length of the compression */
+    /* captured prefill state, [0, l0): kept after compression only with keep_prefill_state */
+    bool have_state;
+    int64_t st_cap;          /* tokens the state arrays hold */
+    int st_window;           /* window (l_w) the window scores were taken with */
+    uint16_t *kpre;          /* [n_layer][n_kv_head][st_cap][head_dim] fp16 pre-RoPE K */
+    float *sc_win;           /* [n_layer][n_head][st_cap] window scores */
+    float *sc_col;           /* [n_layer][n_head][st_cap] full causal column sums (h2o) or NULL */
+    float *sc_pinf;          /* [n_layer][st_cap] PyramidInfer scores or NULL */
+    /* segments */
+    sp_kv_segment *seg;      /* [n_layer]: owned (no provider) or views on acquired bytes */
+    sp_kv_tail *tail;        /* [n_layer] decode tails, capacity n_ctx - l0 */
+    float *work;             /* [n_threads][work_floats] segment attention scratch */
+    size_t work_floats;
+    sp_kv_layer_stats *lst;  /* [n_layer] for sp_ctx_kv_stats */
+    double compress_s, scores_s;
 };
+
+enum { KV_PLAIN = 0, KV_CAPTURE = 1, KV_SEG = 2 };
 
 sp_ctx_params sp_ctx_default_params(void)
 {
@@ -307,6 +340,24 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
                  "1 <= n_ctx <= 4194304, n_window <= chunk)", p.n_ctx, p.n_threads, p.chunk, (int)p.kv_type, p.n_window);
         return NULL;
     }
+    sp_kv_opts kvo;
+    sp_kv_opts_defaults(&kvo);
+    bool kv_on = false;
+    if (p.kv_opts) {
+        kvo = *p.kv_opts;
+        if (sp_kv_opts_validate_relaxed(&kvo, hp->n_layer, 0) < 0)
+            return NULL;
+        kv_on = kvo.policy != SP_POLICY_FULL;
+        if (kv_on && p.n_window && p.n_window != kvo.window) {
+            sp_error(EINVAL, "context: n_window=%d differs from the compression window %lld (set n_window to 0 "
+                     "or to the window)", p.n_window, (long long)kvo.window);
+            return NULL;
+        }
+        /* The window scores come from the last prefill chunk, which must hold the whole window. */
+        if (kv_on && kvo.window > p.chunk)
+            p.chunk = kvo.window > p.n_ctx ? p.n_ctx : (int)kvo.window;
+    }
+    p.kv_opts = NULL;
     if (p.chunk > p.n_ctx)
         p.chunk = p.n_ctx;
     if (p.n_window > p.chunk)
@@ -318,11 +369,15 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
     }
     c->m = m;
     c->p = p;
+    c->kvo = kvo;
+    c->kv_on = kv_on;
+    c->nwin = kv_on ? (int)(kvo.window < p.chunk ? kvo.window : p.chunk) : p.n_window;
     int E = hp->n_embd, Q = hp->n_head * hp->head_dim, KV = hp->n_kv_head * hp->head_dim, F = hp->n_ff, C = p.chunk;
     int64_t maxcols = E > Q ? E : Q;
     maxcols = F > maxcols ? F : maxcols;
     size_t tf = sp_op_matmul_scratch(maxcols), ta = sp_op_attention_thread_scratch(hp->n_head, hp->n_kv_head, hp->head_dim);
-    size_t sf = sp_op_attention_shared_scratch(p.n_threads, hp->n_head, hp->head_dim, p.n_window);
+    /* Window scores of up to a whole chunk (the h2o / PyramidInfer score passes use every row). */
+    size_t sf = sp_op_attention_shared_scratch(p.n_threads, hp->n_head, hp->head_dim, p.chunk);
     c->cpu = sp_cpu_new(p.n_threads, tf > ta ? tf : ta, sf);
     if (!c->cpu)
         goto fail;
@@ -331,11 +386,11 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
         goto fail;
     size_t sizes[] = {
         (size_t)C * E, (size_t)C * E, (size_t)C * Q, (size_t)C * KV, (size_t)C * KV, (size_t)C * Q,
-        (size_t)C * F, (size_t)C * F, (size_t)p.n_ctx * hp->head_dim,
-        p.n_window ? (size_t)hp->n_head * p.n_ctx : 0, (size_t)C,
+        (size_t)C * F, (size_t)C * F, (size_t)p.n_ctx * hp->head_dim, (size_t)hp->n_head * p.n_ctx, (size_t)C,
+        (size_t)C * Q, (size_t)C,
     };
     float **dst[] = { &c->x, &c->xn, &c->q, &c->k, &c->v, &c->att, &c->gate, &c->up, &c->rope, &c->win,
-                      (float **)&c->pos };
+                      (float **)&c->pos, &c->attx, &c->winw };
     size_t total = 0;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
         total += (sizes[i] + 15) & ~(size_t)15;
@@ -345,6 +400,13 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
         goto fail;
     }
     c->mem_floats = total;
+    c->seg = calloc((size_t)hp->n_layer, sizeof *c->seg);
+    c->tail = calloc((size_t)hp->n_layer, sizeof *c->tail);
+    c->lst = calloc((size_t)hp->n_layer, sizeof *c->lst);
+    if (!c->seg || !c->tail || !c->lst) {
+        sp_error(ENOMEM, "context: out of memory");
+        goto fail;
+    }
     float *cur = c->mem;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
         *dst[i] = sizes[i] ? cur : NULL;
@@ -361,10 +423,18 @@ fail:
     return NULL;
 }
 
+static void kv_drop_segments(sp_ctx_t *c);
+static void kv_drop_state(sp_ctx_t *c);
+
 void sp_ctx_free(sp_ctx_t *c)
 {
     if (!c)
         return;
+    kv_drop_segments(c);
+    kv_drop_state(c);
+    free(c->seg);
+    free(c->tail);
+    free(c->lst);
     sp_cpu_free(c->cpu);
     sp_kvcache_free(c->kv);
     free(c->mem);
@@ -374,6 +444,9 @@ void sp_ctx_free(sp_ctx_t *c)
 void sp_ctx_reset(sp_ctx_t *c)
 {
     c->n_past = 0;
+    kv_drop_segments(c);
+    kv_drop_state(c);
+    c->mode = KV_PLAIN;
 }
 
 int sp_ctx_n_past(const sp_ctx_t *c)
@@ -418,6 +491,158 @@ static int matmul(sp_ctx_t *c, const sp_wmat *w, const float *x, int n, float *y
     return sp_op_matmul(c->cpu, w, x, n, (int)w->cols, y, (int)w->rows);
 }
 
+/* ---- KV compression: capture during the first prefill ----------------------------------------
+ *
+ * DESIGN
+ * - Modes: KV_PLAIN is the uncompressed fast path (no policy, policy full, or after
+ *   sp_ctx_recompress with policy full). KV_CAPTURE is the first prefill under a policy: the forward
+ *   pass is exactly the plain one (attention over the full fp16 cache), and on the side it keeps
+ *   the fp16 pre-RoPE K, the window scores of the last l_w rows (emitted by the last chunk's
+ *   attention pass) and, when the policy or keep_prefill_state needs them, the full causal column
+ *   sums (h2o) and PyramidInfer's weighted scores (extra score passes of the attention op whose
+ *   outputs are discarded). After the last chunk every layer is compressed at once: zigzag needs
+ *   all layers' scores before any budget is final (DESIGN §4.5), and the others lose nothing by
+ *   waiting since the full cache is resident during prefill anyway. KV_SEG: tokens go to the
+ *   per-layer tail and attend over segment + tail.
+ * - Memory: the full cache, pre-RoPE K and scores are freed right after compression unless
+ *   keep_prefill_state; the tails are sized once (n_ctx - prompt) so decode never allocates.
+ */
+
+static void capture_kpre(sp_ctx_t *c, int layer, int n, int pos0)
+{
+    const sp_hparams *hp = &c->m->hp;
+    int D = hp->head_dim, KV = hp->n_kv_head * D;
+    for (int g = 0; g < hp->n_kv_head; g++) {
+        uint16_t *dst = c->kpre + (((size_t)layer * hp->n_kv_head + g) * c->st_cap + pos0) * D;
+        for (int t = 0; t < n; t++)
+            for (int i = 0; i < D; i++)
+                dst[(size_t)t * D + i] = sp_f32_to_fp16(c->k[(size_t)t * KV + g * D + i]);
+    }
+}
+
+/* After the chunk's attention (aa): keep the window scores (last chunk) and run the extra passes. */
+static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_args *aa)
+{
+    const sp_hparams *hp = &c->m->hp;
+    int H = hp->n_head, n = aa->n_q, pos0 = aa->q_pos0, nk = pos0 + n, rc;
+    size_t cap = (size_t)c->st_cap;
+    if (aa->n_window > 0)
+        for (int h = 0; h < H; h++)
+            memcpy(c->sc_win + ((size_t)layer * H + h) * cap, c->win + (size_t)h * nk, sizeof(float) * nk);
+    if (!c->sc_col && !c->sc_pinf)
+        return 0;
+    double t0 = now_s();
+    sp_attn_args x = *aa;
+    x.out = c->attx;
+    x.win = c->win;
+    x.win_ld = nk;
+    if (c->sc_col) {             /* every row of every chunk: the full causal column sums */
+        x.n_window = n;
+        x.win_w = NULL;
+        if ((rc = sp_op_attention(c->cpu, &x)) != 0)
+            return rc;
+        for (int h = 0; h < H; h++) {
+            float *dst = c->sc_col + ((size_t)layer * H + h) * cap;
+            const float *src = c->win + (size_t)h * nk;
+            for (int j = 0; j < nk; j++)
+                dst[j] += src[j];
+        }
+    }
+    int64_t l = c->st_cap, nq = (l + 4) / 5, first = l - nq; /* last ceil(0.2 l) rows */
+    if (c->sc_pinf && nk > first) {
+        int r = (int)(nk - (pos0 > first ? pos0 : first));
+        for (int i = 0; i < r; i++) {
+            int64_t t = nk - r + i - first;
+            c->winw[i] = nq > 1 ? 1.0f + 0.2f * (float)t / (float)(nq - 1) : 1.0f;
+        }
+        x.n_window = r;
+        x.win_w = c->winw;
+        if ((rc = sp_op_attention(c->cpu, &x)) != 0)
+            return rc;
+        float *dst = c->sc_pinf + (size_t)layer * cap, inv = 1.0f / (float)H;
+        for (int h = 0; h < H; h++) {
+            const float *src = c->win + (size_t)h * nk;
+            for (int j = 0; j < nk; j++)
+                dst[j] += src[j] * inv;
+        }
+    }
+    c->scores_s += now_s() - t0;
+    return 0;
+}
+
+/* ---- KV compression: attention over segment + tail ------------------------------------------ */
+
+typedef struct seg_job {
+    sp_ctx_t *c;
+    const sp_kv_segment *seg;
+    const sp_kv_tail *tail;
+    const float *q;          /* [n_head][head_dim] of one token */
+    float *out;
+    int rc;
+} seg_job;
+
+static void seg_unit(void *arg, int h, int ith)
+{
+    seg_job *j = arg;
+    sp_ctx_t *c = j->c;
+    const sp_hparams *hp = &c->m->hp;
+    int D = hp->head_dim, G = hp->n_head / hp->n_kv_head;
+    int rc = sp_segattn_decode(j->seg, j->tail, h, j->q + (size_t)h * G * D, c->rope, c->p.n_ctx, hp->rope_mode,
+                               1.0f / sqrtf((float)D), j->out + (size_t)h * G * D,
+                               c->work + (size_t)ith * c->work_floats);
+    if (rc)
+        __atomic_store_n(&j->rc, rc, __ATOMIC_RELAXED);
+}
+
+/* The segment of `layer` for this step: resident, or acquired from the provider and opened as a
+ * view (no allocation). */
+static int seg_acquire(sp_ctx_t *c, int layer, const sp_kv_segment **out)
+{
+    if (!c->has_prov) {
+        *out = &c->seg[layer];
+        return 0;
+    }
+    const void *bytes = NULL;
+    size_t size = 0;
+    int rc = c->prov.acquire(c->prov.user, layer, &bytes, &size);
+    if (rc < 0)
+        return rc;
+    if ((rc = sp_kv_segment_open(&c->seg[layer], bytes, size, false)) < 0) {
+        c->prov.release(c->prov.user, layer);
+        return rc;
+    }
+    *out = &c->seg[layer];
+    return 0;
+}
+
+static int seg_release(sp_ctx_t *c, int layer)
+{
+    return c->has_prov ? c->prov.release(c->prov.user, layer) : 0;
+}
+
+/* n tokens of one layer, one after the other (each appends to the tail, then attends over the
+ * segment, the tail so far and itself). c->k holds pre-RoPE K, c->q rotated queries. */
+static int seg_attention(sp_ctx_t *c, int layer, int n, int pos0)
+{
+    const sp_hparams *hp = &c->m->hp;
+    int D = hp->head_dim, Q = hp->n_head * D, KV = hp->n_kv_head * D;
+    const sp_kv_segment *seg;
+    int rc = seg_acquire(c, layer, &seg);
+    if (rc < 0)
+        return rc;
+    for (int t = 0; t < n && rc == 0; t++) {
+        rc = sp_kv_tail_append(&c->tail[layer], seg, c->k + (size_t)t * KV, c->v + (size_t)t * KV, pos0 + t);
+        if (rc < 0)
+            break;
+        seg_job j = { .c = c, .seg = seg, .tail = &c->tail[layer], .q = c->q + (size_t)t * Q,
+                      .out = c->att + (size_t)t * Q, .rc = 0 };
+        sp_pool_for(c->cpu->pool, hp->n_kv_head, seg_unit, &j);
+        rc = j.rc;
+    }
+    int rr = seg_release(c, layer);
+    return rc < 0 ? rc : rr;
+}
+
 /* One chunk of n tokens at positions n_past.. ; window: produce window scores in this chunk. */
 static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, float *logits_last, float *logits_all)
 {
@@ -425,6 +650,8 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
     const sp_hparams *hp = &m->hp;
     int E = hp->n_embd, D = hp->head_dim, Q = hp->n_head * D, KV = hp->n_kv_head * D, F = hp->n_ff;
     int pos0 = c->n_past, rc;
+    if (c->mode == KV_SEG && c->has_prov && (rc = c->prov.step_begin(c->prov.user)) < 0)
+        return rc;
     for (int t = 0; t < n; t++) {
         c->pos[t] = pos0 + t;
         if ((rc = sp_op_get_row(&m->tok_embd, tok[t], c->x + (size_t)t * E)) != 0)
@@ -445,20 +672,30 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
         add_bias(c->k, ly->bk, n, KV);
         add_bias(c->v, ly->bv, n, KV);
         sp_op_rope(c->q, n, hp->n_head, D, Q, c->pos, c->rope, hp->rope_mode);
-        sp_op_rope(c->k, n, hp->n_kv_head, D, KV, c->pos, c->rope, hp->rope_mode);
-        if ((rc = sp_kvcache_store(c->kv, l, pos0, n, c->k, KV, c->v, KV)) != 0)
-            return rc;
-        sp_attn_args aa = {
-            .n_q = n, .q_pos0 = pos0, .n_head = hp->n_head, .n_kv_head = hp->n_kv_head, .head_dim = D,
-            .q = c->q, .ldq = Q, .out = c->att, .ldo = Q,
-            .k = sp_kvcache_k(c->kv, l), .v = sp_kvcache_v(c->kv, l), .kv_type = c->kv->type,
-            .kv_head_stride = c->kv->head_stride, .scale = 1.0f / sqrtf((float)D),
-            .n_window = window ? (c->p.n_window < n ? c->p.n_window : n) : 0, .win = c->win, .win_ld = pos0 + n,
-        };
-        if ((rc = sp_op_attention(c->cpu, &aa)) != 0)
-            return rc;
-        if (aa.n_window > 0 && c->p.on_window)
-            c->p.on_window(c->p.window_user, l, c->win, hp->n_head, pos0 + n, aa.n_window);
+        if (c->mode == KV_SEG) {
+            /* Compressed: keys stay pre-RoPE (the segment attention rotates them). */
+            if ((rc = seg_attention(c, l, n, pos0)) != 0)
+                return rc;
+        } else {
+            if (c->mode == KV_CAPTURE)
+                capture_kpre(c, l, n, pos0);
+            sp_op_rope(c->k, n, hp->n_kv_head, D, KV, c->pos, c->rope, hp->rope_mode);
+            if ((rc = sp_kvcache_store(c->kv, l, pos0, n, c->k, KV, c->v, KV)) != 0)
+                return rc;
+            sp_attn_args aa = {
+                .n_q = n, .q_pos0 = pos0, .n_head = hp->n_head, .n_kv_head = hp->n_kv_head, .head_dim = D,
+                .q = c->q, .ldq = Q, .out = c->att, .ldo = Q,
+                .k = sp_kvcache_k(c->kv, l), .v = sp_kvcache_v(c->kv, l), .kv_type = c->kv->type,
+                .kv_head_stride = c->kv->head_stride, .scale = 1.0f / sqrtf((float)D),
+                .n_window = window ? (c->nwin < n ? c->nwin : n) : 0, .win = c->win, .win_ld = pos0 + n,
+            };
+            if ((rc = sp_op_attention(c->cpu, &aa)) != 0)
+                return rc;
+            if (aa.n_window > 0 && c->p.on_window)
+                c->p.on_window(c->p.window_user, l, c->win, hp->n_head, pos0 + n, aa.n_window);
+            if (c->mode == KV_CAPTURE && (rc = capture_scores(c, l, &aa)) != 0)
+                return rc;
+        }
         if ((rc = matmul(c, &ly->wo, c->att, n, c->xn)) != 0)
             return rc;
         add_rows(c->x, c->xn, (size_t)n * E);
@@ -508,13 +745,338 @@ static int check_tokens(const sp_ctx_t *c, const int32_t *tok, int n)
     return 0;
 }
 
+/* ---- KV compression: state, compression, API -------------------------------------------------- */
+
+static void kv_drop_segments(sp_ctx_t *c)
+{
+    if (c->seg)
+        for (int l = 0; l < c->m->hp.n_layer; l++) {
+            sp_kv_segment_free(&c->seg[l]);
+            sp_kv_tail_free(&c->tail[l]);
+        }
+    free(c->work);
+    c->work = NULL;
+    c->work_floats = 0;
+}
+
+static void kv_drop_state(sp_ctx_t *c)
+{
+    free(c->kpre);
+    free(c->sc_win);
+    free(c->sc_col);
+    free(c->sc_pinf);
+    c->kpre = NULL;
+    c->sc_win = c->sc_col = c->sc_pinf = NULL;
+    c->have_state = false;
+    c->st_cap = 0;
+}
+
+/* Bytes the context itself holds for KV: the fp16 cache when allocated, plus owned segments and
+ * the tails (with a provider the segments are the provider's). */
+static void kv_update_bytes(sp_ctx_t *c)
+{
+    size_t b = c->kv ? sp_kvcache_bytes(c->kv) : 0;
+    if (c->mode == KV_SEG)
+        for (int l = 0; l < c->m->hp.n_layer; l++)
+            b += sp_kv_segment_size(&c->seg[l]) + c->tail[l].mem_bytes;
+    c->st.kv_bytes = b;
+}
+
+static int kv_ensure_cache(sp_ctx_t *c)
+{
+    if (c->kv)
+        return 0;
+    const sp_hparams *hp = &c->m->hp;
+    c->kv = sp_kvcache_new(c->p.kv_type, hp->n_layer, hp->n_kv_head, hp->head_dim, c->p.n_ctx);
+    return c->kv ? 0 : -ENOMEM;
+}
+
+/* Allocate the capture state for a prompt of l tokens. */
+static int kv_capture_begin(sp_ctx_t *c, int64_t l)
+{
+    const sp_hparams *hp = &c->m->hp;
+    size_t L = (size_t)hp->n_layer, H = (size_t)hp->n_head, n = (size_t)l;
+    kv_drop_state(c);
+    int rc = kv_ensure_cache(c);
+    if (rc)
+        return rc;
+    bool col = c->kvo.policy == SP_POLICY_H2O || c->p.keep_prefill_state;
+    bool pinf = c->kvo.policy == SP_POLICY_PYRAMIDINFER || c->p.keep_prefill_state;
+    c->kpre = malloc(L * hp->n_kv_head * n * hp->head_dim * sizeof *c->kpre);
+    c->sc_win = calloc(L * H * n, sizeof *c->sc_win);
+    c->sc_col = col ? calloc(L * H * n, sizeof *c->sc_col) : NULL;
+    c->sc_pinf = pinf ? calloc(L * n, sizeof *c->sc_pinf) : NULL;
+    if (!c->kpre || !c->sc_win || (col && !c->sc_col) || (pinf && !c->sc_pinf)) {
+        kv_drop_state(c);
+        return sp_error(ENOMEM, "context: out of memory for the prefill state of %lld tokens", (long long)l);
+    }
+    c->st_cap = l;
+    c->st_window = (int)c->kvo.window;
+    c->scores_s = 0;
+    return 0;
+}
+
+/* Build every layer's segment (and an empty tail) from the captured state under o. */
+static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
+{
+    const sp_hparams *hp = &c->m->hp;
+    int L = hp->n_layer, H = hp->n_head, KVH = hp->n_kv_head, D = hp->head_dim, G = H / KVH;
+    int64_t l = c->l0, cap = c->st_cap, tcap = c->p.n_ctx - l;
+    double t0 = now_s();
+    int rc = sp_kv_opts_validate_relaxed(o, L, l);
+    if (rc < 0)
+        return rc;
+    kv_drop_segments(c);
+    c->mode = KV_PLAIN;
+    sp_kv_selection sel, prev;
+    memset(&sel, 0, sizeof sel);
+    memset(&prev, 0, sizeof prev);
+    bool *evict = malloc((size_t)L * 2 * sizeof *evict);
+    int64_t *kept = malloc((size_t)L * sizeof *kept);
+    double *U = calloc((size_t)L, sizeof *U);
+    float *kf = malloc((size_t)KVH * (size_t)l * D * sizeof *kf), *vf = malloc((size_t)KVH * (size_t)l * D * sizeof *vf);
+    size_t wf = 0;
+    if (!evict || !kept || !U || !kf || !vf) {
+        rc = sp_error(ENOMEM, "kv compress: out of memory for %lld tokens", (long long)l);
+        goto out;
+    }
+    if ((rc = sp_kv_opts_layer_masks(o, L, evict, evict + L)) < 0)
+        goto out;
+    if (o->policy != SP_POLICY_FULL && o->policy != SP_POLICY_PYRAMIDINFER &&
+        sp_kv_opts_allocator(o) == SP_ALLOCATOR_ZIGZAG)
+        for (int i = 0; i < L; i++) {
+            /* U over the whole window-score row of each head (the attention mass per key). */
+            U[i] = sp_kv_zigzag_u(c->sc_win + (size_t)i * H * cap, H, l, o->zigzag_tau);
+            if (U[i] < 0) {
+                rc = (int)U[i];
+                goto out;
+            }
+        }
+    if ((rc = sp_kv_budget_compute(o, l, L, U, kept)) < 0)
+        goto out;
+    for (int i = 0; i < L; i++) {
+        if ((rc = sp_kv_selection_init(&sel, H, KVH, l, o->window)) < 0)
+            goto out;
+        sp_kv_layer_scores in = {
+            .window_scores = c->sc_win + (size_t)i * H * cap,
+            .colsums = c->sc_col ? c->sc_col + (size_t)i * H * cap : NULL,
+            .pinfer = c->sc_pinf ? c->sc_pinf + (size_t)i * cap : NULL,
+            .prev = i > 0 ? &prev : NULL,
+        };
+        if ((rc = sp_kv_select_layer(o, evict[i], kept[i], &in, &sel)) < 0)
+            goto out;
+        const void *vsrc = sp_kvcache_v(c->kv, i);
+        for (int g = 0; g < KVH; g++) {
+            const uint16_t *ks = c->kpre + ((size_t)i * KVH + g) * cap * D;
+            float *kd = kf + (size_t)g * l * D, *vd = vf + (size_t)g * l * D;
+            for (size_t e = 0; e < (size_t)l * D; e++)
+                kd[e] = sp_fp16_to_f32(ks[e]);
+            if (c->kv->type == SP_KV_F16) {
+                const uint16_t *vs = (const uint16_t *)vsrc + (size_t)g * c->kv->head_stride;
+                for (size_t e = 0; e < (size_t)l * D; e++)
+                    vd[e] = sp_fp16_to_f32(vs[e]);
+            } else {
+                memcpy(vd, (const float *)vsrc + (size_t)g * c->kv->head_stride, (size_t)l * D * sizeof *vd);
+            }
+        }
+        rc = sp_kv_segment_build(&c->seg[i], i, kf, vf, D, &sel, evict[L + i], (float)o->theta_k, (float)o->theta_v,
+                                 NULL);
+        if (rc == 0)
+            rc = sp_kv_tail_init(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v);
+        if (rc < 0)
+            goto out;
+        for (int g = 0; g < KVH; g++) {
+            const sp_kv_seg_head *sh = &c->seg[i].head[g];
+            size_t need = (size_t)G * ((size_t)sh->n_kept + (size_t)c->seg[i].hdr->window + (size_t)sh->n_ent_v +
+                                       2 * (size_t)tcap) + 2 * (size_t)D + 16;
+            wf = need > wf ? need : wf;
+        }
+        if (c->has_prov) {
+            rc = c->prov.place(c->prov.user, i, c->seg[i].buf, c->seg[i].size);
+            sp_kv_segment_free(&c->seg[i]);
+            if (rc < 0)
+                goto out;
+        }
+        sp_kv_selection_free(&prev);
+        prev = sel;
+        memset(&sel, 0, sizeof sel);
+    }
+    wf = (wf + 15) & ~(size_t)15;
+    c->work = aligned_alloc(64, (size_t)c->p.n_threads * wf * sizeof *c->work);
+    if (!c->work) {
+        rc = sp_error(ENOMEM, "kv compress: out of memory for attention scratch");
+        goto out;
+    }
+    c->work_floats = wf;
+    c->kvo = *o;
+    c->mode = KV_SEG;
+    c->compress_s = now_s() - t0;
+out:
+    if (rc < 0)
+        kv_drop_segments(c);
+    sp_kv_selection_free(&sel);
+    sp_kv_selection_free(&prev);
+    free(evict);
+    free(kept);
+    free(U);
+    free(kf);
+    free(vf);
+    return rc;
+}
+
+int sp_ctx_set_policy(sp_ctx_t *c, const sp_kv_opts *o)
+{
+    if (c->n_past > 0 || c->mode != KV_PLAIN)
+        return sp_error(EBUSY, "context: the compression policy can only change before the first prefill "
+                        "(or after sp_ctx_reset)");
+    if (!o) {
+        c->kv_on = false;
+        c->nwin = c->p.n_window;
+        return 0;
+    }
+    int rc = sp_kv_opts_validate_relaxed(o, c->m->hp.n_layer, 0);
+    if (rc < 0)
+        return rc;
+    bool on = o->policy != SP_POLICY_FULL;
+    if (on && o->window > c->p.chunk && o->window < c->p.n_ctx)
+        return sp_error(EINVAL, "context: compression window %lld exceeds the prefill chunk %d (give the options "
+                        "at creation, sp_ctx_params.kv_opts, or raise chunk)", (long long)o->window, c->p.chunk);
+    if (on && c->p.n_window && c->p.n_window != o->window)
+        return sp_error(EINVAL, "context: n_window=%d differs from the compression window %lld", c->p.n_window,
+                        (long long)o->window);
+    c->kvo = *o;
+    c->kv_on = on;
+    c->nwin = on ? (int)(o->window < c->p.chunk ? o->window : c->p.chunk) : c->p.n_window;
+    return 0;
+}
+
+int sp_ctx_set_kv_provider(sp_ctx_t *c, const sp_kv_provider *p)
+{
+    if (c->n_past > 0 || c->mode != KV_PLAIN)
+        return sp_error(EBUSY, "context: the KV provider can only change before the first prefill");
+    if (!p) {
+        c->has_prov = false;
+        return 0;
+    }
+    if (!p->place || !p->step_begin || !p->acquire || !p->release)
+        return sp_error(EINVAL, "context: a KV provider needs all four callbacks (place, step_begin, acquire, "
+                        "release)");
+    c->prov = *p;
+    c->has_prov = true;
+    return 0;
+}
+
+int sp_ctx_recompress(sp_ctx_t *c, const sp_kv_opts *o)
+{
+    if (!o)
+        return sp_error(EINVAL, "context: recompress needs options");
+    if (!c->have_state)
+        return sp_error(ENOENT, "context: nothing to recompress (needs keep_prefill_state and a prefill under a "
+                        "compression policy)");
+    int rc = sp_kv_opts_validate_relaxed(o, c->m->hp.n_layer, c->l0);
+    if (rc < 0)
+        return rc;
+    if (o->policy != SP_POLICY_FULL && o->window != c->st_window)
+        return sp_error(EINVAL, "context: recompress with window %lld, but the retained window scores are over the "
+                        "last %d prompt tokens (the window cannot change)", (long long)o->window, c->st_window);
+    if (o->policy == SP_POLICY_FULL) {
+        /* The retained cache holds the prompt untouched (compressed decode never writes it). */
+        kv_drop_segments(c);
+        c->kvo = *o;
+        c->mode = KV_PLAIN;
+        c->n_past = (int)c->l0;
+        kv_update_bytes(c);
+        return 0;
+    }
+    rc = kv_compress(c, o);
+    if (rc < 0) {
+        /* Fall back to the retained full cache so the context stays usable. */
+        c->mode = KV_PLAIN;
+        c->n_past = (int)c->l0;
+        kv_update_bytes(c);
+        return rc;
+    }
+    c->n_past = (int)c->l0;
+    kv_update_bytes(c);
+    return 0;
+}
+
+int sp_ctx_kv_stats(sp_ctx_t *c, sp_kv_stats *st)
+{
+    const sp_hparams *hp = &c->m->hp;
+    int L = hp->n_layer, KVH = hp->n_kv_head, D = hp->head_dim;
+    memset(st, 0, sizeof *st);
+    memset(c->lst, 0, (size_t)L * sizeof *c->lst);
+    st->n_layer = L;
+    st->layer = c->lst;
+    st->compressed = c->mode == KV_SEG;
+    st->compress_s = c->compress_s;
+    st->scores_s = c->scores_s;
+    double rsum = 0;
+    for (int i = 0; i < L; i++) {
+        sp_kv_layer_stats *ls = &c->lst[i];
+        if (c->mode == KV_SEG) {
+            const sp_kv_segment *seg;
+            int rc = seg_acquire(c, i, &seg);
+            if (rc < 0)
+                return rc;
+            sp_kv_seg_stats ss;
+            const sp_kv_tail *t = &c->tail[i];
+            sp_kv_segment_stats(seg, t, &ss);
+            ls->tokens = seg->hdr->l + seg->hdr->n_folded + t->n;
+            ls->kept = (int64_t)llround(ss.paper_r1 * (double)ls->tokens);
+            ls->coded = seg->hdr->flags & SP_KV_SEG_CODED;
+            for (int g = 0; ls->coded && g < KVH; g++) {
+                ls->k_entries += seg->head[g].n_ent_k + (t->coded ? t->n_new_k[g] : 0);
+                ls->v_entries += seg->head[g].n_ent_v + (t->coded ? t->n_new_v[g] : 0);
+            }
+            ls->bytes = ss.bytes_content;
+            ls->bytes_alloc = ss.bytes_segment + ss.bytes_tail_alloc;
+            ls->fp16_bytes = ss.bytes_fp16;
+            ls->paper_r1 = ss.paper_r1;
+            ls->paper_r2 = ss.paper_r2;
+            ls->paper_r3 = ss.paper_r3;
+            ls->paper_r = ss.paper_r;
+            if ((rc = seg_release(c, i)) < 0)
+                return rc;
+        } else {
+            ls->tokens = ls->kept = c->n_past;
+            ls->fp16_bytes = 2ull * KVH * (uint64_t)c->n_past * D * 2;
+            ls->bytes = 2ull * KVH * (uint64_t)c->n_past * D * (c->p.kv_type == SP_KV_F16 ? 2 : 4);
+            ls->bytes_alloc = c->kv ? sp_kvcache_bytes(c->kv) / (size_t)L : 0;
+            if (c->n_past) {     /* every token, every vector stored once: r = 1 */
+                ls->paper_r1 = 1.0;
+                ls->paper_r2 = (double)KVH / hp->n_head;
+                ls->paper_r3 = (double)hp->n_head / KVH;
+                ls->paper_r = 1.0;
+            }
+        }
+        ls->true_ratio = ls->fp16_bytes ? (double)ls->bytes / (double)ls->fp16_bytes : 0.0;
+        st->bytes += ls->bytes;
+        st->bytes_alloc += ls->bytes_alloc;
+        st->fp16_bytes += ls->fp16_bytes;
+        rsum += ls->paper_r;
+    }
+    st->true_ratio = st->fp16_bytes ? (double)st->bytes / (double)st->fp16_bytes : 0.0;
+    st->paper_r = rsum / L;
+    return 0;
+}
+
 int sp_ctx_prefill(sp_ctx_t *c, const int32_t *tok, int n, float *logits_last, float *logits_all)
 {
     int rc = check_tokens(c, tok, n);
     if (rc)
         return rc;
     double t0 = now_s();
-    int start = c->n_past, W = c->p.n_window;
+    bool capture = c->kv_on && c->mode == KV_PLAIN && c->n_past == 0;
+    if (capture) {
+        if ((rc = kv_capture_begin(c, n)) < 0)
+            return rc;
+        c->mode = KV_CAPTURE;
+    } else if (c->mode == KV_PLAIN && (rc = kv_ensure_cache(c)) < 0) {
+        return rc;
+    }
+    int start = c->n_past, W = c->mode == KV_SEG ? 0 : c->nwin;
     for (int done = 0; done < n;) {
         int take = n - done < c->p.chunk ? n - done : c->p.chunk;
         int rest = n - done - take;
@@ -525,11 +1087,32 @@ int sp_ctx_prefill(sp_ctx_t *c, const int32_t *tok, int n, float *logits_last, f
                            logits_all ? logits_all + (size_t)done * c->m->hp.n_vocab : NULL);
         if (rc) {
             c->n_past = start;         /* the cache rows written so far are simply overwritten later */
+            if (capture) {
+                kv_drop_state(c);
+                c->mode = KV_PLAIN;
+            }
+            /* A compressed context cannot take back tail tokens: it must be reset. */
             return rc;
         }
         done += take;
         if (c->p.on_progress)
             c->p.on_progress(c->p.progress_user, done, n);
+    }
+    if (capture) {
+        c->l0 = n;
+        c->have_state = true;
+        if ((rc = kv_compress(c, &c->kvo)) < 0) {
+            kv_drop_state(c);
+            c->mode = KV_PLAIN;
+            c->n_past = start;
+            return rc;
+        }
+        if (!c->p.keep_prefill_state) {
+            kv_drop_state(c);
+            sp_kvcache_free(c->kv);
+            c->kv = NULL;
+        }
+        kv_update_bytes(c);
     }
     c->st.prefill_s += now_s() - t0;
     c->st.prefill_tokens += n;
@@ -541,39 +1124,13 @@ int sp_ctx_decode(sp_ctx_t *c, int32_t tok, float *logits)
     int rc = check_tokens(c, &tok, 1);
     if (rc)
         return rc;
+    if (c->kv_on && c->mode == KV_PLAIN && c->n_past == 0)   /* a one-token prompt: compress it */
+        return sp_ctx_prefill(c, &tok, 1, logits, NULL);
+    if (c->mode == KV_PLAIN && (rc = kv_ensure_cache(c)) < 0)
+        return rc;
     double t0 = now_s();
     rc = forward_chunk(c, &tok, 1, false, logits, NULL);
     c->st.decode_s += now_s() - t0;
     c->st.decode_tokens += rc == 0;
     return rc;
-}
-
-/* ---- KV compression (interface first; the implementation follows in the next commits) -------- */
-
-int sp_ctx_set_policy(sp_ctx_t *c, const sp_kv_opts *o)
-{
-    (void)c;
-    (void)o;
-    return sp_error(ENOSYS, "context: KV compression is not wired into the model yet");
-}
-
-int sp_ctx_set_kv_provider(sp_ctx_t *c, const sp_kv_provider *p)
-{
-    (void)c;
-    (void)p;
-    return sp_error(ENOSYS, "context: KV providers are not wired into the model yet");
-}
-
-int sp_ctx_recompress(sp_ctx_t *c, const sp_kv_opts *o)
-{
-    (void)c;
-    (void)o;
-    return sp_error(ENOSYS, "context: recompress is not wired into the model yet");
-}
-
-int sp_ctx_kv_stats(sp_ctx_t *c, sp_kv_stats *st)
-{
-    (void)c;
-    memset(st, 0, sizeof *st);
-    return sp_error(ENOSYS, "context: KV stats are not wired into the model yet");
 }

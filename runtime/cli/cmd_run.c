@@ -30,7 +30,10 @@ static void usage(FILE *out)
           "  --top-p P          top-p for sampling (default 0.95)\n"
           "  --seed S           RNG seed (default [runtime] seed)\n"
           "  -t, --threads N    compute threads (default: all cores)\n"
-          "  -c, --ctx N        context length (default: the model's)\n"
+          "  -c, --ctx N        context length (default: the model's; with compression on, prompt + -n)\n"
+          "  --stats            print the per-layer KV cache table (tokens kept, codebook entries, bytes)\n"
+          "KV compression comes from [compression] (default policy spindle), e.g.\n"
+          "  --set compression.policy=snapkv --set compression.ratio=0.3; policy=full turns it off.\n"
           "  --config FILE, --set section.key=value, --print-config\n",
           out);
 }
@@ -38,7 +41,7 @@ static void usage(FILE *out)
 typedef struct run_opts {
     const char *prompt, *file, *system, *template_name;
     int64_t n_predict;
-    bool chat;
+    bool chat, stats;
     double temp, top_p;
     int64_t top_k;
 } run_opts;
@@ -85,6 +88,39 @@ static long peak_rss_kib(void)
     return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
 }
 
+/* The per-layer table of `--stats` (stdout is the generated text, so this goes to stderr). */
+static void print_kv_stats(const sp_kv_stats *ks, const sp_kv_opts *o, const sp_hparams *hp)
+{
+    FILE *f = stderr;
+    fprintf(f, "\n--- KV cache per layer: %s", ks->compressed ? sp_kv_policy_name(o->policy) : "fp16, uncompressed");
+    if (ks->compressed)
+        fprintf(f, " (allocator %s, ratio %.3g, window %lld, theta_k %.3g, theta_v %.3g, gqa %s)",
+                sp_kv_allocator_name(sp_kv_opts_allocator(o)), o->ratio, (long long)o->window, o->theta_k,
+                o->theta_v, o->gqa_mode == SP_GQA_KV_HEAD ? "kv_head" : "query_head");
+    fprintf(f, "\n%5s %7s %7s %8s %8s %11s %11s %11s %7s %7s\n", "layer", "tokens", "kept", "K ent", "V ent",
+            "bytes", "alloc", "fp16", "ratio", "r");
+    for (int i = 0; i < ks->n_layer; i++) {
+        const sp_kv_layer_stats *l = &ks->layer[i];
+        char ke[24] = "-", ve[24] = "-";
+        if (l->coded) {
+            snprintf(ke, sizeof ke, "%lld", (long long)l->k_entries);
+            snprintf(ve, sizeof ve, "%lld", (long long)l->v_entries);
+        }
+        fprintf(f, "%5d %7lld %7lld %8s %8s %11llu %11llu %11llu %7.3f %7.3f\n", i, (long long)l->tokens,
+                (long long)l->kept, ke, ve, (unsigned long long)l->bytes, (unsigned long long)l->bytes_alloc,
+                (unsigned long long)l->fp16_bytes, l->true_ratio, l->paper_r);
+    }
+    fprintf(f, "%5s %7s %7s %8s %8s %11llu %11llu %11llu %7.3f %7.3f\n", "total", "", "", "", "",
+            (unsigned long long)ks->bytes, (unsigned long long)ks->bytes_alloc, (unsigned long long)ks->fp16_bytes,
+            ks->true_ratio, ks->paper_r);
+    fprintf(f, "kept: tokens attention reads, mean over the %d query heads; bytes: what the cache holds (entries, "
+            "indices, magnitudes, positions, masks, raw window, tail); alloc: + header/4 KiB padding and tail "
+            "capacity;\nratio: true byte ratio vs an fp16 GQA cache (%d KV heads) of the same tokens; r: the "
+            "paper's eq. 15, r1*r2*r3, read as stored d-vectors / fp16 GQA d-vectors (indices, magnitudes and "
+            "positions not counted)\n",
+            hp->n_head, hp->n_kv_head);
+}
+
 static int parse_args(int argc, char **argv, sp_cli_common *c, run_opts *o)
 {
     for (int i = 1; i < argc; i++) {
@@ -108,6 +144,8 @@ static int parse_args(int argc, char **argv, sp_cli_common *c, run_opts *o)
                 return -1;
         } else if (!strcmp(a, "--chat")) {
             o->chat = true;
+        } else if (!strcmp(a, "--stats")) {
+            o->stats = true;
         } else if (!strcmp(a, "--template")) {
             if (!(o->template_name = sp_cli_value(argc, argv, &i)))
                 return -1;
@@ -262,6 +300,21 @@ int sp_cmd_run(int argc, char **argv)
                   n_ids, o.n_predict, n_ctx, fit);
         o.n_predict = fit;
     }
+    sp_kv_opts kvo;
+    sp_kv_opts_from_config(&kvo, &c.cfg);
+    /* theta in (1, 2] is allowed ("merge nothing"); everything else as the strict check. */
+    if (sp_kv_opts_validate_relaxed(&kvo, hp->n_layer, (int64_t)n_ids) < 0) {
+        sp_cli_error("%s", sp_last_error());
+        rc = SP_EXIT_USAGE;
+        goto out;
+    }
+    bool compress = kvo.policy != SP_POLICY_FULL;
+    cp.kv_opts = &kvo;
+    /* The decode tails are sized for the rest of the context: a run never needs more than the
+     * prompt plus the tokens it generates. */
+    if (compress && c.cfg.model.n_ctx == 0)
+        cp.n_ctx = (int)((int64_t)n_ids + o.n_predict < hp->n_ctx_train ? (int64_t)n_ids + o.n_predict
+                                                                          : hp->n_ctx_train);
     if (!(ctx = sp_ctx_new(model, &cp))) {
         sp_cli_error("%s", sp_last_error());
         goto out;
@@ -310,6 +363,13 @@ int sp_cmd_run(int argc, char **argv)
     fputc('\n', stdout);
     fflush(stdout);
 
+    sp_kv_stats ks;
+    if (sp_ctx_kv_stats(ctx, &ks) < 0) {
+        sp_cli_error("run: %s", sp_last_error());
+        goto out;
+    }
+    if (o.stats)
+        print_kv_stats(&ks, &kvo, hp);
     sp_ctx_stats st = sp_ctx_get_stats(ctx);
     double kv_tok = 2.0 * hp->n_layer * hp->n_kv_head * hp->head_dim * 2.0;
     fprintf(stderr,
@@ -318,14 +378,20 @@ int sp_cmd_run(int argc, char **argv)
             "threads    %d   load %.2f s\n"
             "prompt     %" PRId64 " tokens, prefill %.2f s = %.1f tok/s\n"
             "generated  %" PRId64 " tokens (%s), decode %.2f s = %.1f tok/s\n"
-            "KV cache   fp16, %.2f MiB used (%d tokens x %.0f B), %.2f MiB allocated for %d tokens\n"
+            "KV cache   %s, %.2f MiB used for %d tokens (fp16 cache: %.2f MiB, true ratio %.3f), %.2f MiB "
+            "allocated (context of %d)\n"
             "memory     peak RSS %.1f MiB\n",
             o.chat ? "chat" : "raw", c.cfg.model.path, hp->arch_name, hp->n_layer, hp->n_head,
             hp->n_kv_head, cp.n_threads, t_load, st.prefill_tokens, st.prefill_s,
             st.prefill_s > 0 ? st.prefill_tokens / st.prefill_s : 0.0, n_gen, stop, st.decode_s,
             st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0,
-            kv_tok * sp_ctx_n_past(ctx) / 1048576.0, sp_ctx_n_past(ctx), kv_tok,
-            st.kv_bytes / 1048576.0, sp_ctx_n_ctx(ctx), peak_rss_kib() / 1024.0);
+            ks.compressed ? sp_kv_policy_name(kvo.policy) : "fp16 (uncompressed)", ks.bytes / 1048576.0,
+            sp_ctx_n_past(ctx), kv_tok * sp_ctx_n_past(ctx) / 1048576.0, ks.true_ratio, st.kv_bytes / 1048576.0,
+            sp_ctx_n_ctx(ctx), peak_rss_kib() / 1024.0);
+    if (ks.compressed)
+        fprintf(stderr, "compression %.3f s (%.1f%% of prefill): scores prepare + top-k + codebook + segments\n",
+                ks.compress_s + ks.scores_s,
+                st.prefill_s > 0 ? 100.0 * (ks.compress_s + ks.scores_s) / st.prefill_s : 0.0);
     rc = SP_EXIT_OK;
 out:
     free(logits);
