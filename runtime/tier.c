@@ -211,6 +211,31 @@ void sp_tiers_release(sp_tiers_t *ts, sp_tier_mem *m)
     memset(m, 0, sizeof *m);
 }
 
+int sp_tiers_reserve(sp_tiers_t *ts, sp_tier_kind tier, sp_tier_tag tag, uint64_t bytes)
+{
+    if (!ts || (unsigned)tier >= SP_TIER_COUNT || (unsigned)tag >= SP_TAG_COUNT)
+        return sp_error(EINVAL, "tiers: bad reservation");
+    char why[256] = "";
+    pthread_mutex_lock(&ts->lock);
+    bool ok = charge(ts, tier, tag, bytes);
+    if (!ok)
+        describe_full(ts, tier, why, sizeof why);
+    pthread_mutex_unlock(&ts->lock);
+    if (!ok)
+        return sp_error(ENOSPC, "cannot reserve %" PRIu64 " bytes for %s on tier %s: %s", bytes,
+                        sp_tier_tag_name(tag), sp_tier_name(tier), why);
+    return 0;
+}
+
+void sp_tiers_unreserve(sp_tiers_t *ts, sp_tier_kind tier, sp_tier_tag tag, uint64_t bytes)
+{
+    if (!ts || (unsigned)tier >= SP_TIER_COUNT || (unsigned)tag >= SP_TAG_COUNT)
+        return;
+    pthread_mutex_lock(&ts->lock);
+    ts->used[tier][tag] -= bytes < ts->used[tier][tag] ? bytes : ts->used[tier][tag];
+    pthread_mutex_unlock(&ts->lock);
+}
+
 sp_uring_store_t *sp_tiers_nvme_store(sp_tiers_t *ts)
 {
     pthread_mutex_lock(&ts->lock);

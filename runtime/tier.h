@@ -83,6 +83,13 @@ int sp_tiers_alloc(sp_tiers_t *ts, sp_tier_kind tier, sp_tier_tag tag, size_t si
                    sp_tier_mem *out);
 void sp_tiers_release(sp_tiers_t *ts, sp_tier_mem *m); /* accepts an empty one */
 
+/* Charge `bytes` of memory that exists elsewhere (the memory-mapped weights, a context's activation
+ * buffers and decode tails) to `tier` under `tag`, so later allocations and placements see it.
+ * Nothing is allocated. Returns 0, or -ENOSPC with the same message as sp_tiers_alloc when it does
+ * not fit. sp_tiers_unreserve gives the bytes back (same tier, tag and count). */
+int sp_tiers_reserve(sp_tiers_t *ts, sp_tier_kind tier, sp_tier_tag tag, uint64_t bytes);
+void sp_tiers_unreserve(sp_tiers_t *ts, sp_tier_kind tier, sp_tier_tag tag, uint64_t bytes);
+
 /* Place a copy of bytes[0..size) on `want`, spilling onward with SP_TIER_SPILL. If the nvme write
  * itself fails (EIO, ENOSPC), a copy goes to the host or device tier instead when one has room;
  * otherwise the call fails and nothing is charged. */

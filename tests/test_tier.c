@@ -93,6 +93,29 @@ Test(tier, budget_is_hard_and_message_names_everything)
     sp_tiers_free(ts);
 }
 
+Test(tier, reservations_count_against_the_budget)
+{
+    sp_tiers_t *ts = make(1000000, 0, 0);
+    cr_assert_eq(sp_tiers_reserve(ts, SP_TIER_DEVICE, SP_TAG_WEIGHTS, 700000), 0);
+    cr_assert_eq(sp_tiers_reserve(ts, SP_TIER_DEVICE, SP_TAG_SCRATCH, 300001), -ENOSPC);
+    cr_assert(strstr(sp_last_error(), "cannot reserve 300001 bytes for scratch on tier device"), "%s",
+              sp_last_error());
+    cr_assert(strstr(sp_last_error(), "[tiers] device_budget"), "%s", sp_last_error());
+    cr_assert_eq(sp_tiers_reserve(ts, SP_TIER_DEVICE, SP_TAG_SCRATCH, 300000), 0);
+    sp_tier_mem m;
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_KV, 1, 0, &m), -ENOSPC);
+    sp_tiers_unreserve(ts, SP_TIER_DEVICE, SP_TAG_SCRATCH, 300000);
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_KV, 300000, 0, &m), 0);
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_DEVICE, SP_TAG_WEIGHTS), 700000);
+    sp_tiers_release(ts, &m);
+    sp_tiers_unreserve(ts, SP_TIER_DEVICE, SP_TAG_WEIGHTS, 700000);
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_DEVICE, -1), 0);
+    /* an unlimited tier takes any reservation */
+    cr_assert_eq(sp_tiers_reserve(ts, SP_TIER_HOST, SP_TAG_WEIGHTS, 1ull << 40), 0);
+    sp_tiers_unreserve(ts, SP_TIER_HOST, SP_TAG_WEIGHTS, 1ull << 40);
+    sp_tiers_free(ts);
+}
+
 Test(tier, nvme_is_not_a_memory_tier)
 {
     sp_tiers_t *ts = make(0, 0, 0);
