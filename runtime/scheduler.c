@@ -71,8 +71,11 @@ static int fetch(sp_sched_t *s, slot_t *sl, int layer, uint64_t moved[SP_TIER_CO
         rc = sp_error(ENOBUFS, "layer %d segment (%zu bytes) exceeds the device slot (%zu bytes)",
                       layer, loc->size, s->o.slot_bytes);
     } else if (loc->tier == SP_TIER_HOST) {
-        rc = sp_tiers_to_device(s->o.tiers, sl->mem.ptr, loc->mem.ptr, loc->size);
-        moved[SP_TIER_HOST][SP_TIER_DEVICE] += loc->size;
+        rc = s->o.verify ? s->o.verify(s->o.verify_user, layer, loc->mem.ptr, loc->size) : 0;
+        if (rc == 0) {
+            rc = sp_tiers_to_device(s->o.tiers, sl->mem.ptr, loc->mem.ptr, loc->size);
+            moved[SP_TIER_HOST][SP_TIER_DEVICE] += loc->size;
+        }
     } else {
         rc = sp_tiers_seg_read(s->o.tiers, loc, s->staging.ptr, s->staging.size);
         if (rc == 0) {
@@ -427,6 +430,21 @@ double sp_sched_hit_rate(sp_sched_t *s)
     sp_sched_get_stats(s, &st);
     return st.acquires ? (double)st.hits / (double)st.acquires : 1.0;
 }
+
+void sp_sched_layer_stats(sp_sched_t *s, int layer, uint64_t *acquires, uint64_t *wait_ns)
+{
+    *acquires = 0;
+    *wait_ns = 0;
+    if (!s || layer < 0 || layer >= s->o.n_layers)
+        return;
+    pthread_mutex_lock(&s->lock);
+    *acquires = s->layer_acquires[layer];
+    *wait_ns = s->layer_wait_ns[layer];
+    pthread_mutex_unlock(&s->lock);
+}
+
+int sp_sched_n_slots(const sp_sched_t *s) { return s ? s->R : 0; }
+int sp_sched_n_streamed(const sp_sched_t *s) { return s ? s->n_str : 0; }
 
 void sp_sched_stats_json(sp_sched_t *s, FILE *out)
 {

@@ -33,6 +33,12 @@ typedef struct {
     sp_tiers_t *tiers;
     sp_seg_loc *locs;     /* [n_layers] placements; updated on write-back */
     size_t slot_bytes;    /* capacity of each device slot: >= largest streamed segment + tail room */
+    /* Optional: called on the host-side bytes of every fetch from the host tier, before they are
+     * copied to the device (on the worker thread for d > 0). Nonzero (a negative errno, message set
+     * with sp_error) fails the fetch: the acquire then reports it and no bytes are handed out.
+     * Reads from the nvme tier are verified by the store itself (xxHash64 of the spilled bytes). */
+    int (*verify)(void *user, int layer, const void *bytes, size_t size);
+    void *verify_user;
 } sp_sched_opts;
 
 typedef struct {
@@ -75,6 +81,13 @@ int sp_sched_sync(sp_sched_t *s);
 
 void sp_sched_get_stats(sp_sched_t *s, sp_sched_stats *out);
 double sp_sched_hit_rate(sp_sched_t *s); /* hits / acquires of streamed layers; 1 when none */
+
+/* Per-layer counters: acquires of the layer while streamed and the time spent waiting for it. */
+void sp_sched_layer_stats(sp_sched_t *s, int layer, uint64_t *acquires, uint64_t *wait_ns);
+
+/* Slots in the ring (0 when nothing is streamed) and streamed layers. */
+int sp_sched_n_slots(const sp_sched_t *s);
+int sp_sched_n_streamed(const sp_sched_t *s);
 
 /* {"prefetch_depth":..,"bytes":{"nvme->host":..},"per_layer":[{"layer":0,"wait_ms":..}],..} */
 void sp_sched_stats_json(sp_sched_t *s, FILE *out);

@@ -3,6 +3,7 @@
 
 #include <pthread.h>
 #include <stdio.h>
+#include <string.h>
 
 static _Thread_local char last_error[1024];
 
@@ -12,10 +13,14 @@ static void *notice_user;
 
 int sp_error(int err, const char *fmt, ...)
 {
+    /* Format into a local buffer first: callers often pass sp_last_error() as an argument to wrap
+     * the previous message, and vsnprintf must not read from the buffer it writes. */
+    char buf[sizeof last_error];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(last_error, sizeof last_error, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(last_error, buf, sizeof buf);
     return err > 0 ? -err : err;
 }
 
