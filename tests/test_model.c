@@ -11,61 +11,15 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "model.h"
+#include "support/alloc_counter.h"
 #include "sampler.h"
 #include "sp_error.h"
-
-/* ---- allocation counter ---------------------------------------------------------------------
- * Normal builds interpose the C allocator for the whole process. Under AddressSanitizer that would
- * fight ASan's own interceptors (it aborts at start-up), so there the sanitizer's malloc hook counts. */
-
-static atomic_int alloc_armed, alloc_count;
-
-static void count_alloc(void)
-{
-    if (atomic_load_explicit(&alloc_armed, memory_order_relaxed))
-        atomic_fetch_add(&alloc_count, 1);
-}
-
-#if defined(__SANITIZE_ADDRESS__)
-/* From the sanitizer runtime (sanitizer/allocator_interface.h, not installed with every compiler). */
-int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void *, size_t),
-                                              void (*free_hook)(const volatile void *));
-
-static void on_malloc(const volatile void *p, size_t n)
-{
-    (void)p;
-    (void)n;
-    count_alloc();
-}
-static void on_free(const volatile void *p) { (void)p; }
-__attribute__((constructor)) static void install_alloc_hooks(void)
-{
-    __sanitizer_install_malloc_and_free_hooks(on_malloc, on_free);
-}
-#else
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-extern void *__libc_memalign(size_t, size_t);
-void *malloc(size_t n) { count_alloc(); return __libc_malloc(n); }
-void *calloc(size_t a, size_t b) { count_alloc(); return __libc_calloc(a, b); }
-void *realloc(void *p, size_t n) { count_alloc(); return __libc_realloc(p, n); }
-void *aligned_alloc(size_t al, size_t n) { count_alloc(); return __libc_memalign(al, n); }
-void *memalign(size_t al, size_t n) { count_alloc(); return __libc_memalign(al, n); }
-int posix_memalign(void **out, size_t al, size_t n)
-{
-    count_alloc();
-    *out = __libc_memalign(al, n);
-    return *out ? 0 : ENOMEM;
-}
-#endif
 
 /* ---- fixtures ------------------------------------------------------------------------------- */
 
@@ -323,13 +277,11 @@ Test(model, decode_equals_prefill_and_never_allocates, .timeout = 300)
     cr_assert_eq(sp_ctx_prefill(b, ids, P, one, NULL), 0, "%s", sp_last_error());
     double worst = 0, scale = 0;
     for (int t = P; t < N; t++) {
-        atomic_store(&alloc_count, 0);
-        atomic_store(&alloc_armed, 1);
+        alloc_counter_arm();
         int rc = sp_ctx_decode(b, ids[t], one);
-        atomic_store(&alloc_armed, 0);
+        int allocs = alloc_counter_disarm();
         cr_assert_eq(rc, 0, "%s", sp_last_error());
-        cr_assert_eq(atomic_load(&alloc_count), 0, "decode of token %d made %d heap allocations", t,
-                     atomic_load(&alloc_count));
+        cr_assert_eq(allocs, 0, "decode of token %d made %d heap allocations", t, allocs);
         const float *ref = all + (size_t)t * V;
         for (int j = 0; j < V; j++) {
             double d = fabs((double)one[j] - ref[j]);
@@ -342,12 +294,11 @@ Test(model, decode_equals_prefill_and_never_allocates, .timeout = 300)
     cr_assert(worst <= 1e-5 * scale, "decode vs prefill: max |diff| %.3g > 1e-5 * %.3g", worst, scale);
     cr_assert_eq(sp_ctx_n_past(b), N);
     /* The counter is live: an allocation while armed is seen. */
-    atomic_store(&alloc_count, 0);
-    atomic_store(&alloc_armed, 1);
+    alloc_counter_arm();
     void *volatile probe = malloc(16); /* volatile: the compiler may not drop the pair */
-    atomic_store(&alloc_armed, 0);
+    int probe_allocs = alloc_counter_disarm();
     free(probe);
-    cr_assert_eq(atomic_load(&alloc_count), 1);
+    cr_assert_eq(probe_allocs, 1);
     sp_ctx_free(a);
     sp_ctx_free(b);
     sp_model_free(m);

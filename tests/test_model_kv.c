@@ -12,7 +12,6 @@
 #include <criterion/criterion.h>
 #include <errno.h>
 #include <math.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,34 +19,11 @@
 
 #include "kv_segment.h"
 #include "model.h"
+#include "support/alloc_counter.h"
 #include "sampler.h"
 #include "sp_error.h"
 #include "tokenizer.h"
 
-/* ---- allocation counter (interposes the C allocator for the whole process) ------------------ */
-
-extern void *__libc_malloc(size_t);
-extern void *__libc_calloc(size_t, size_t);
-extern void *__libc_realloc(void *, size_t);
-extern void *__libc_memalign(size_t, size_t);
-static atomic_int alloc_armed, alloc_count;
-
-static void count_alloc(void)
-{
-    if (atomic_load_explicit(&alloc_armed, memory_order_relaxed))
-        atomic_fetch_add(&alloc_count, 1);
-}
-void *malloc(size_t n) { count_alloc(); return __libc_malloc(n); }
-void *calloc(size_t a, size_t b) { count_alloc(); return __libc_calloc(a, b); }
-void *realloc(void *p, size_t n) { count_alloc(); return __libc_realloc(p, n); }
-void *aligned_alloc(size_t al, size_t n) { count_alloc(); return __libc_memalign(al, n); }
-void *memalign(size_t al, size_t n) { count_alloc(); return __libc_memalign(al, n); }
-int posix_memalign(void **out, size_t al, size_t n)
-{
-    count_alloc();
-    *out = __libc_memalign(al, n);
-    return *out ? 0 : ENOMEM;
-}
 
 /* ---- fixtures ------------------------------------------------------------------------------- */
 
@@ -118,13 +94,12 @@ static void run(sp_ctx_t *c, float *logits, int *allocs)
     int V = sp_model_hparams(g_model)->n_vocab;
     cr_assert_eq(sp_ctx_prefill(c, g_ids, PROMPT, logits, NULL), 0, "%s", sp_last_error());
     for (int s = 0; s < STEPS; s++) {
-        atomic_store(&alloc_count, 0);
-        atomic_store(&alloc_armed, 1);
+        alloc_counter_arm();
         int rc = sp_ctx_decode(c, g_ids[PROMPT + s], logits + (size_t)(s + 1) * V);
-        atomic_store(&alloc_armed, 0);
+        int n_alloc = alloc_counter_disarm();
         cr_assert_eq(rc, 0, "%s", sp_last_error());
         if (allocs)
-            *allocs += atomic_load(&alloc_count);
+            *allocs += n_alloc;
     }
 }
 
