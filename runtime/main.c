@@ -13,6 +13,7 @@ static void usage(FILE *out)
           "  run       generate text from a prompt (-p TEXT | -f FILE | stdin), streaming tokens\n"
           "  inspect   show model metadata, tensor types and KV-cache footprint\n"
           "  bench     prefill/decode tokens per second at several context depths\n"
+          "  eval      quality of the compressed cache: fidelity, passkey retrieval, sweeps at equal bytes\n"
           "  io-bench  spill-tier read/write GB/s (io_uring direct/buffered, pread) next to fio\n"
           "\n"
           "common options: -m MODEL  -t THREADS  -c CTX  --config FILE  --set section.key=value\n"
@@ -34,6 +35,8 @@ int main(int argc, char **argv)
         return sp_cmd_inspect(argc - 1, argv + 1);
     if (!strcmp(cmd, "io-bench"))
         return sp_cmd_iobench(argc - 1, argv + 1);
+    if (!strcmp(cmd, "eval"))
+        return sp_cmd_eval(argc - 1, argv + 1);
     if (!strcmp(cmd, "bench"))
         return sp_cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help-config")) {

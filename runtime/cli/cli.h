@@ -42,5 +42,6 @@ char *sp_cli_read_file(const char *path, size_t *len);
 int sp_cmd_run(int argc, char **argv);
 int sp_cmd_inspect(int argc, char **argv);
 int sp_cmd_bench(int argc, char **argv);
+int sp_cmd_eval(int argc, char **argv);
 
 #endif

@@ -1,0 +1,1420 @@
+/* cmd_eval.c - `spindle eval`: quality of the compressed KV cache on the real model.
+ *
+ *   fidelity   prefill N tokens of a long text once (keep_prefill_state), teacher-force the next T
+ *              true tokens with policy full for the reference logits, then for every policy x byte
+ *              target: search the ratio knob until the TRUE byte ratio hits the target
+ *              (sp_ctx_recompress + sp_ctx_kv_stats per probe), teacher-force the same T tokens and
+ *              report mean KL(full || policy) (fp64), top-1 agreement with full and perplexity.
+ *   retrieval  passkey prompts (chat template) over length x depth x seeds; each prompt is prefilled
+ *              once and every policy x byte target is recompressed from it; greedy answer, exact
+ *              match of the passkey digits.
+ *   output     JSON with every measured point and probe, metrics interpolated linearly in the
+ *              measured true ratio to the targets, PNG plots through gnuplot, a frontier table.
+ *
+ * Every generated token depends on the compressed cache: the prompt's last token is held back from
+ * the prefill and decoded after the recompression (fidelity: the first of the T decoded tokens is
+ * the first true continuation token; retrieval: the last token of the answer prefix).
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/utsname.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "chat.h"
+#include "cli.h"
+#include "eval.h"
+#include "kv_policy.h"
+#include "model.h"
+#include "sampler.h"
+#include "sp_error.h"
+#include "tokenizer.h"
+
+#define MAXL 8     /* lengths */
+#define MAXP 8     /* policies */
+#define MAXT 8     /* byte targets */
+#define MAXD 16    /* depths */
+#define MAXPROBE 16
+
+static void usage(FILE *out)
+{
+    fputs("usage: spindle eval [options]\n"
+          "  --fidelity / --retrieval   run only that part (default: both)\n"
+          "  --quick                    small run (a few minutes): see below\n"
+          "  --texts LIST               fidelity texts: pg (haystack essays), kjv (Debian bible-kjv-text)\n"
+          "                             (default pg,kjv)\n"
+          "  --lengths LIST             fidelity prompt lengths (default 2048,4096,8000)\n"
+          "  --tokens N                 teacher-forced tokens per point (default 256)\n"
+          "  --policies LIST            default streaming,h2o,snapkv,pyramidkv,pyramidinfer,spindle\n"
+          "                             (full is always measured as the reference)\n"
+          "  --targets LIST             true byte ratios to compare at (default 0.1,0.2,0.3,0.5)\n"
+          "  --ret-lengths LIST         retrieval prompt lengths (default 1000,2000,4000,8000)\n"
+          "  --depths LIST              needle depths in percent (default 0,25,50,75,100)\n"
+          "  --seeds N                  passkeys per cell (default 2)\n"
+          "  --ret-targets LIST         true byte ratios for retrieval (default 0.2)\n"
+          "  --digits N                 passkey digits (default 5)\n"
+          "  --answer-tokens N          greedy answer length limit (default 10)\n"
+          "  --tol X                    accepted |true ratio - target| of the knob search (default 0.005)\n"
+          "  --max-probes N             recompressions per knob search (default 8)\n"
+          "  --haystack DIR             essays directory (default $SPINDLE_SHARED/data/haystack/pg_essays,\n"
+          "                             else /work/shared/data/haystack/pg_essays)\n"
+          "  --seed S                   base seed of the passkeys (default [runtime] seed)\n"
+          "  --json FILE                write every point as JSON\n"
+          "  --out DIR                  write PNG plots (gnuplot) and their data files there\n"
+          "  -m, -t, -c, --config FILE, --set compression.KEY=VALUE (other knobs: window, theta_k, ...)\n"
+          "--quick: --texts pg,kjv --lengths 1024 --tokens 64 --targets 0.2,0.5 --ret-lengths 1000,2000\n"
+          "         --depths 0,50,100 --seeds 1 (options given after --quick still apply)\n",
+          out);
+}
+
+typedef struct eval_opts {
+    bool fid, ret;
+    char texts[4][8];
+    int n_texts;
+    int lengths[MAXL], n_lengths;
+    int tokens;
+    sp_policy_kind pol[MAXP];
+    int n_pol;
+    double targets[MAXT];
+    int n_targets;
+    int ret_lengths[MAXL], n_ret_lengths;
+    double depths[MAXD];
+    int n_depths;
+    int seeds;
+    double ret_targets[MAXT];
+    int n_ret_targets;
+    int digits, answer_tokens;
+    double tol;
+    int max_probes;
+    const char *haystack, *json, *out;
+    uint64_t seed;
+} eval_opts;
+
+/* ---- results ---- */
+
+typedef struct fid_point {
+    double target, knob, ratio, paper_r;
+    uint64_t bytes, fp16_bytes;
+    double kl, kl_max, top1, ppl, compress_s, tf_s;
+    bool hit;   /* knob search within tol */
+} fid_point;
+
+typedef struct fid_pol {
+    sp_policy_kind policy;
+    fid_point pts[MAXT];       /* one per target (a knob shared by several targets is measured once
+                                  and copied) */
+    int n_pts;
+    sp_eval_probe probes[MAXT][MAXPROBE];
+    int n_probes[MAXT];
+    double ikl[MAXT], itop1[MAXT], ippl[MAXT];   /* interpolated at the targets; NAN = out of range */
+} fid_pol;
+
+typedef struct fid_run {
+    char text[8];
+    int n_prompt, n_tokens;
+    double prefill_s, ref_s, full_ppl, full_ratio;
+    uint64_t fp16_bytes;
+    fid_pol pol[MAXP];
+    int n_pol;
+} fid_run;
+
+typedef struct ret_res {
+    int pi;          /* index into opts.pol, -1 = full */
+    int ti;          /* index into ret_targets, -1 = full */
+    double knob, ratio;
+    bool hit, correct;
+    char answer[64];
+} ret_res;
+
+typedef struct ret_cell {
+    int length, n_prompt, needle_token;
+    double depth;
+    uint64_t seed;
+    char passkey[20];
+    double prefill_s;
+    ret_res r[MAXP * MAXT + 1];
+    int n_r;
+} ret_cell;
+
+typedef struct evalctx {
+    eval_opts *o;
+    sp_cli_common *c;
+    sp_model_t *m;
+    const sp_hparams *hp;
+    sp_tokenizer_t *tok;
+    sp_ctx_t *ctx;
+    sp_kv_opts base;
+    int n_vocab;
+    float *logits, *ref;      /* [n_vocab], [tokens][n_vocab] */
+    double *lp_ref, *lp_test; /* [n_vocab] */
+    int32_t *tbuf;
+    size_t tcap;
+    double t0;
+    fid_run *fr;
+    int n_fr;
+    ret_cell *rc;
+    int n_rc;
+    /* knob warm starts for retrieval: [policy][target][length index] */
+    double warm[MAXP][MAXT][MAXL];
+} evalctx;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void progress(evalctx *E, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void progress(evalctx *E, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "eval [%6.0fs] ", now_s() - E->t0);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---- option parsing ---- */
+
+static int parse_policies(const char *list, eval_opts *o)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    o->n_pol = 0;
+    for (char *s = strtok(buf, ","); s; s = strtok(NULL, ",")) {
+        sp_policy_kind p;
+        if (sp_kv_policy_from_name(s, &p) < 0) {
+            sp_cli_error("--policies: %s", sp_last_error());
+            return -1;
+        }
+        if (p == SP_POLICY_FULL)
+            continue;   /* always measured as the reference */
+        if (o->n_pol == MAXP) {
+            sp_cli_error("--policies: at most %d", MAXP);
+            return -1;
+        }
+        o->pol[o->n_pol++] = p;
+    }
+    return 0;
+}
+
+static int parse_texts(const char *list, eval_opts *o)
+{
+    char buf[64];
+    snprintf(buf, sizeof buf, "%s", list);
+    o->n_texts = 0;
+    for (char *s = strtok(buf, ","); s; s = strtok(NULL, ",")) {
+        if (strcmp(s, "pg") && strcmp(s, "kjv")) {
+            sp_cli_error("--texts: unknown text '%s' (allowed: pg, kjv)", s);
+            return -1;
+        }
+        if (o->n_texts == 4)
+            return -1;
+        snprintf(o->texts[o->n_texts++], sizeof o->texts[0], "%s", s);
+    }
+    return o->n_texts ? 0 : -1;
+}
+
+static bool list_d(const char *opt, const char *v, double *out, int cap, int *n, double lo, double hi)
+{
+    int k = sp_eval_parse_doubles(v, out, cap);
+    if (k < 0) {
+        sp_cli_error("%s: %s", opt, sp_last_error());
+        return false;
+    }
+    for (int i = 0; i < k; i++)
+        if (!(out[i] >= lo && out[i] <= hi)) {
+            sp_cli_error("%s: %g is out of range [%g, %g]", opt, out[i], lo, hi);
+            return false;
+        }
+    *n = k;
+    return true;
+}
+
+static bool list_i(const char *opt, const char *v, int *out, int cap, int *n, int lo, int hi)
+{
+    int k = sp_eval_parse_ints(v, out, cap);
+    if (k < 0) {
+        sp_cli_error("%s: %s", opt, sp_last_error());
+        return false;
+    }
+    for (int i = 0; i < k; i++)
+        if (out[i] < lo || out[i] > hi) {
+            sp_cli_error("%s: %d is out of range [%d, %d]", opt, out[i], lo, hi);
+            return false;
+        }
+    *n = k;
+    return true;
+}
+
+static void set_quick(eval_opts *o)
+{
+    o->n_lengths = 1;
+    o->lengths[0] = 1024;
+    o->tokens = 64;
+    o->n_targets = 2;
+    o->targets[0] = 0.2;
+    o->targets[1] = 0.5;
+    o->n_ret_lengths = 2;
+    o->ret_lengths[0] = 1000;
+    o->ret_lengths[1] = 2000;
+    o->n_depths = 3;
+    o->depths[0] = 0;
+    o->depths[1] = 0.5;
+    o->depths[2] = 1.0;
+    o->seeds = 1;
+}
+
+static int parse_args(int argc, char **argv, sp_cli_common *c, eval_opts *o)
+{
+    bool only_fid = false, only_ret = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v;
+        int64_t x;
+        int r = sp_cli_common_arg(c, argc, argv, &i);
+        if (r < 0)
+            return -1;
+        if (r > 0)
+            continue;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
+            usage(stdout);
+            return 1;
+        } else if (!strcmp(a, "--fidelity")) {
+            only_fid = true;
+        } else if (!strcmp(a, "--retrieval")) {
+            only_ret = true;
+        } else if (!strcmp(a, "--quick")) {
+            set_quick(o);
+        } else if (!strcmp(a, "--texts")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || parse_texts(v, o) < 0)
+                return -1;
+        } else if (!strcmp(a, "--lengths")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !list_i(a, v, o->lengths, MAXL, &o->n_lengths, 64, 1 << 20))
+                return -1;
+        } else if (!strcmp(a, "--tokens")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 1, 4096, &x))
+                return -1;
+            o->tokens = (int)x;
+        } else if (!strcmp(a, "--policies")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || parse_policies(v, o) < 0)
+                return -1;
+        } else if (!strcmp(a, "--targets")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !list_d(a, v, o->targets, MAXT, &o->n_targets, 1e-3, 1.0))
+                return -1;
+        } else if (!strcmp(a, "--ret-lengths")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) ||
+                !list_i(a, v, o->ret_lengths, MAXL, &o->n_ret_lengths, 64, 1 << 20))
+                return -1;
+        } else if (!strcmp(a, "--depths")) {
+            int d[MAXD], n;
+            if (!(v = sp_cli_value(argc, argv, &i)) || !list_i(a, v, d, MAXD, &n, 0, 100))
+                return -1;
+            o->n_depths = n;
+            for (int k = 0; k < n; k++)
+                o->depths[k] = d[k] / 100.0;
+        } else if (!strcmp(a, "--seeds")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 1, 100, &x))
+                return -1;
+            o->seeds = (int)x;
+        } else if (!strcmp(a, "--ret-targets")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) ||
+                !list_d(a, v, o->ret_targets, MAXT, &o->n_ret_targets, 1e-3, 1.0))
+                return -1;
+        } else if (!strcmp(a, "--digits")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 1, 18, &x))
+                return -1;
+            o->digits = (int)x;
+        } else if (!strcmp(a, "--answer-tokens")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 1, 256, &x))
+                return -1;
+            o->answer_tokens = (int)x;
+        } else if (!strcmp(a, "--tol")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_float(a, v, 1e-5, 0.5, &o->tol))
+                return -1;
+        } else if (!strcmp(a, "--max-probes")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 1, MAXPROBE, &x))
+                return -1;
+            o->max_probes = (int)x;
+        } else if (!strcmp(a, "--haystack")) {
+            if (!(o->haystack = sp_cli_value(argc, argv, &i)))
+                return -1;
+        } else if (!strcmp(a, "--json")) {
+            if (!(o->json = sp_cli_value(argc, argv, &i)))
+                return -1;
+        } else if (!strcmp(a, "--out")) {
+            if (!(o->out = sp_cli_value(argc, argv, &i)))
+                return -1;
+        } else {
+            sp_cli_error("eval: unknown option '%s' (see spindle eval --help)", a);
+            return -1;
+        }
+    }
+    if (only_fid || only_ret) {
+        o->fid = only_fid;
+        o->ret = only_ret;
+    }
+    return 0;
+}
+
+/* ---- model helpers ---- */
+
+static int tokenize(evalctx *E, const char *text, size_t len, bool add_special, bool parse_special, size_t *n)
+{
+    for (;;) {
+        int rc = sp_tokenizer_encode(E->tok, text, len, add_special, parse_special, E->tbuf, E->tcap, n);
+        if (rc != -ENOSPC)
+            return rc;
+        size_t cap = *n + 64;
+        int32_t *nb = realloc(E->tbuf, cap * sizeof *nb);
+        if (!nb)
+            return sp_error(ENOMEM, "out of memory for %zu tokens", cap);
+        E->tbuf = nb;
+        E->tcap = cap;
+    }
+}
+
+static int count_cb(void *user, const char *text, size_t len)
+{
+    evalctx *E = user;
+    size_t n;
+    int rc = tokenize(E, text, len, false, false, &n);
+    return rc < 0 ? rc : (int)n;
+}
+
+static sp_kv_opts opts_for(const evalctx *E, sp_policy_kind p, double knob)
+{
+    sp_kv_opts k = E->base;
+    k.policy = p;
+    k.ratio = knob;
+    return k;
+}
+
+/* Recompress under (policy, knob) and read the accounting. */
+static int apply(evalctx *E, sp_policy_kind p, double knob, sp_kv_stats *st)
+{
+    sp_kv_opts k = opts_for(E, p, knob);
+    int rc = sp_ctx_recompress(E->ctx, &k);
+    if (rc < 0)
+        return rc;
+    return sp_ctx_kv_stats(E->ctx, st);
+}
+
+typedef struct measure_ctx {
+    evalctx *E;
+    sp_policy_kind p;
+} measure_ctx;
+
+static int measure_cb(void *user, double knob, double *ratio)
+{
+    measure_ctx *mc = user;
+    sp_kv_stats st;
+    int rc = apply(mc->E, mc->p, knob, &st);
+    if (rc < 0)
+        return rc;
+    *ratio = st.true_ratio;
+    return 0;
+}
+
+/* Prefill the prompt minus its last token with the retained state (the first compression uses
+ * the base options; every measurement recompresses). */
+static int prefill_prompt(evalctx *E, const int32_t *toks, int n, double *secs)
+{
+    sp_ctx_reset(E->ctx);
+    sp_kv_opts k = opts_for(E, SP_POLICY_SNAPKV, 0.5);
+    int rc = sp_ctx_set_policy(E->ctx, &k);
+    if (rc < 0)
+        return rc;
+    double t = now_s();
+    rc = sp_ctx_prefill(E->ctx, toks, n - 1, NULL, NULL);
+    *secs = now_s() - t;
+    return rc;
+}
+
+/* Teacher-force toks[0..T): decode each; compare the logits after toks[i] with the reference row i
+ * (predicting toks[i+1]); with store, write the reference rows instead. */
+static int teacher_force(evalctx *E, const int32_t *toks, int T, bool store, sp_eval_acc *acc)
+{
+    for (int i = 0; i < T; i++) {
+        float *dst = store ? E->ref + (size_t)i * E->n_vocab : E->logits;
+        int rc = sp_ctx_decode(E->ctx, toks[i], dst);
+        if (rc < 0)
+            return rc;
+        sp_eval_log_softmax(E->ref + (size_t)i * E->n_vocab, E->n_vocab, E->lp_ref);
+        if (store)
+            memcpy(E->lp_test, E->lp_ref, sizeof *E->lp_ref * (size_t)E->n_vocab);
+        else
+            sp_eval_log_softmax(dst, E->n_vocab, E->lp_test);
+        sp_eval_acc_add(acc, E->lp_ref, E->lp_test, E->n_vocab, toks[i + 1]);
+    }
+    return 0;
+}
+
+/* ---- fidelity ---- */
+
+static char *load_text(evalctx *E, const char *name, size_t *len)
+{
+    if (!strcmp(name, "kjv"))
+        return sp_eval_read_kjv(NULL, len);
+    return sp_eval_read_dir(E->o->haystack, len);
+}
+
+static int run_fidelity_one(evalctx *E, const char *tname, const int32_t *all, int N, fid_run *fr)
+{
+    eval_opts *o = E->o;
+    const int T = o->tokens;
+    memset(fr, 0, sizeof *fr);
+    snprintf(fr->text, sizeof fr->text, "%s", tname);
+    fr->n_prompt = N;
+    fr->n_tokens = T;
+    /* Prompt all[0..N); the last prompt token all[N-1] is decoded as the first teacher-forced token:
+     * the prefill takes all[0..N-1), then tokens all[N-1 .. N-1+T) are decoded, predicting
+     * all[N .. N+T). */
+    int rc = prefill_prompt(E, all, N, &fr->prefill_s);
+    if (rc < 0)
+        return rc;
+    const int32_t *tf = all + N - 1;
+    sp_kv_stats st;
+    if ((rc = apply(E, SP_POLICY_FULL, 1.0, &st)) < 0)
+        return rc;
+    fr->full_ratio = st.true_ratio;
+    fr->fp16_bytes = st.fp16_bytes;
+    sp_eval_acc ref = {0};
+    double t = now_s();
+    if ((rc = teacher_force(E, tf, T, true, &ref)) < 0)
+        return rc;
+    fr->ref_s = now_s() - t;
+    fr->full_ppl = sp_eval_acc_ppl(&ref);
+    progress(E, "fidelity %s N=%d: prefill %.1f s, full reference %d tokens %.1f s, ppl %.3f", tname, N,
+             fr->prefill_s, T, fr->ref_s, fr->full_ppl);
+
+    sp_eval_search srch = {.knob_min = 0.01, .knob_max = 1.0, .tol = o->tol, .max_iter = o->max_probes};
+    for (int pi = 0; pi < o->n_pol; pi++) {
+        fid_pol *fp = &fr->pol[fr->n_pol++];
+        fp->policy = o->pol[pi];
+        measure_ctx mc = {E, fp->policy};
+        for (int ti = 0; ti < o->n_targets; ti++) {
+            fid_point *pt = &fp->pts[fp->n_pts++];
+            memset(pt, 0, sizeof *pt);
+            pt->target = o->targets[ti];
+            double best;
+            int s = sp_eval_knob_search(&srch, o->targets[ti], measure_cb, &mc, fp->probes[ti], MAXPROBE,
+                                        &fp->n_probes[ti], &best);
+            if (s < 0)
+                return s;
+            pt->hit = s == 0;
+            pt->knob = best;
+            /* A knob already evaluated for another target: copy the measurement. */
+            int same = -1;
+            for (int j = 0; j < ti; j++)
+                if (fp->pts[j].knob == best)
+                    same = j;
+            if (same >= 0) {
+                double tg = pt->target;
+                bool hit = pt->hit;
+                *pt = fp->pts[same];
+                pt->target = tg;
+                pt->hit = hit;
+                continue;
+            }
+            if ((rc = apply(E, fp->policy, best, &st)) < 0)
+                return rc;
+            pt->ratio = st.true_ratio;
+            pt->paper_r = st.paper_r;
+            pt->bytes = st.bytes;
+            pt->fp16_bytes = st.fp16_bytes;
+            pt->compress_s = st.compress_s;
+            sp_eval_acc acc = {0};
+            t = now_s();
+            if ((rc = teacher_force(E, tf, T, false, &acc)) < 0)
+                return rc;
+            pt->tf_s = now_s() - t;
+            pt->kl = sp_eval_acc_kl(&acc);
+            pt->kl_max = acc.kl_max;
+            pt->top1 = sp_eval_acc_top1(&acc);
+            pt->ppl = sp_eval_acc_ppl(&acc);
+            progress(E, "fidelity %s N=%d %-12s target %.2f: knob %.4f true %.4f%s (%d probes) KL %.4f top1 %.3f "
+                        "ppl %.3f (compress %.2f s, %d tokens %.1f s)",
+                     tname, N, sp_kv_policy_name(fp->policy), pt->target, pt->knob, pt->ratio, pt->hit ? "" : " (miss)",
+                     fp->n_probes[ti], pt->kl, pt->top1, pt->ppl, pt->compress_s, T, pt->tf_s);
+        }
+        /* Interpolate each metric linearly in the measured true ratio; full (ratio 1, KL 0, top-1 1)
+         * is a measured point of every policy's curve at the top end. */
+        double x[MAXT + 1], ykl[MAXT + 1], yt[MAXT + 1], yp[MAXT + 1];
+        int n = 0;
+        for (int j = 0; j < fp->n_pts; j++) {
+            x[n] = fp->pts[j].ratio;
+            ykl[n] = fp->pts[j].kl;
+            yt[n] = fp->pts[j].top1;
+            yp[n] = fp->pts[j].ppl;
+            n++;
+        }
+        for (int ti = 0; ti < o->n_targets; ti++) {
+            double tg = o->targets[ti];
+            if (sp_eval_interp(x, ykl, n, tg, &fp->ikl[ti]) < 0)
+                fp->ikl[ti] = NAN;
+            if (sp_eval_interp(x, yt, n, tg, &fp->itop1[ti]) < 0)
+                fp->itop1[ti] = NAN;
+            if (sp_eval_interp(x, yp, n, tg, &fp->ippl[ti]) < 0)
+                fp->ippl[ti] = NAN;
+        }
+    }
+    return 0;
+}
+
+static int run_fidelity(evalctx *E)
+{
+    eval_opts *o = E->o;
+    int maxN = 0;
+    for (int i = 0; i < o->n_lengths; i++)
+        if (o->lengths[i] > maxN)
+            maxN = o->lengths[i];
+    E->fr = calloc((size_t)o->n_texts * (size_t)o->n_lengths, sizeof *E->fr);
+    if (!E->fr)
+        return sp_error(ENOMEM, "out of memory");
+    for (int ti = 0; ti < o->n_texts; ti++) {
+        size_t len;
+        char *text = load_text(E, o->texts[ti], &len);
+        if (!text)
+            return -ENOENT;
+        /* Tokenize a prefix long enough for the longest prompt + T + 1 tokens (about 4 bytes per
+         * token in English; 12 leaves room). */
+        size_t need = (size_t)maxN + (size_t)o->tokens + 1, n;
+        size_t take = need * 12 < len ? need * 12 : len;
+        int rc = tokenize(E, text, take, true, false, &n);
+        free(text);
+        if (rc < 0)
+            return rc;
+        if (n < need)
+            return sp_error(EINVAL, "text %s has %zu tokens in its first %zu bytes; %zu are needed", o->texts[ti], n,
+                            take, need);
+        int32_t *all = malloc(n * sizeof *all);
+        if (!all)
+            return sp_error(ENOMEM, "out of memory");
+        memcpy(all, E->tbuf, n * sizeof *all);
+        for (int li = 0; li < o->n_lengths && rc == 0; li++)
+            rc = run_fidelity_one(E, o->texts[ti], all, o->lengths[li], &E->fr[E->n_fr++]);
+        free(all);
+        if (rc < 0)
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- retrieval ---- */
+
+static const char *RET_INTRO = "There is a pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
+                               "I will quiz you about the pass key.";
+static const char *RET_QUESTION = "What is the pass key? Answer with the number only.";
+static const char *RET_PREFIX = "The pass key is";
+
+/* Render the retrieval prompt (chat template when the vocabulary has one) into a malloc'd string. */
+static char *render_prompt(evalctx *E, const char *filler, bool *special)
+{
+    size_t ul = strlen(RET_INTRO) + strlen(filler) + strlen(RET_QUESTION) + 8;
+    char *user = malloc(ul);
+    if (!user)
+        return NULL;
+    snprintf(user, ul, "%s\n\n%s\n\n%s", RET_INTRO, filler, RET_QUESTION);
+    int fam = sp_chat_family_from_name(sp_tokenizer_chat_template(E->tok));
+    char *out;
+    if (fam > SP_CHAT_FAMILY_NONE) {
+        size_t cap = sp_chat_render_size(NULL, user) + strlen(RET_PREFIX) + 1;
+        out = malloc(cap);
+        int n = out ? sp_chat_render((sp_chat_family)fam, NULL, user, out, cap) : -ENOMEM;
+        if (n < 0) {
+            free(out);
+            free(user);
+            return NULL;
+        }
+        memcpy(out + n, RET_PREFIX, strlen(RET_PREFIX) + 1);
+        *special = true;
+    } else {
+        size_t cap = ul + strlen(RET_PREFIX) + 2;
+        out = malloc(cap);
+        if (out)
+            snprintf(out, cap, "%s\n%s", user, RET_PREFIX);
+        *special = false;
+    }
+    free(user);
+    return out;
+}
+
+/* Decode the held-back last prompt token, then greedy up to answer_tokens tokens. */
+static int answer(evalctx *E, int32_t last, char *buf, size_t cap)
+{
+    size_t w = 0;
+    buf[0] = '\0';
+    int rc = sp_ctx_decode(E->ctx, last, E->logits);
+    if (rc < 0)
+        return rc;
+    for (int i = 0; i < E->o->answer_tokens; i++) {
+        int32_t t = sp_sampler_greedy(E->logits, E->n_vocab);
+        if (sp_tokenizer_is_eog(E->tok, t))
+            break;
+        char piece[64];
+        int n = sp_tokenizer_token_to_piece(E->tok, t, false, piece, sizeof piece);
+        if (n > 0 && w + (size_t)n < cap) {
+            memcpy(buf + w, piece, (size_t)n);
+            w += (size_t)n;
+            buf[w] = '\0';
+        }
+        /* Stop once a digit run has ended. */
+        bool digits = false, ended = false;
+        for (size_t k = 0; k < w; k++) {
+            bool d = buf[k] >= '0' && buf[k] <= '9';
+            if (digits && !d)
+                ended = true;
+            digits = digits || d;
+        }
+        if (ended || i + 1 == E->o->answer_tokens)
+            break;
+        if ((rc = sp_ctx_decode(E->ctx, t, E->logits)) < 0)
+            return rc;
+    }
+    for (size_t k = 0; k < w; k++)
+        if (buf[k] == '"' || buf[k] == '\\' || (unsigned char)buf[k] < 0x20)
+            buf[k] = ' ';   /* JSON- and table-safe */
+    return 0;
+}
+
+static int run_retrieval(evalctx *E, const char *hay, size_t hay_len)
+{
+    eval_opts *o = E->o;
+    size_t n_cells = (size_t)o->n_ret_lengths * (size_t)o->n_depths * (size_t)o->seeds;
+    E->rc = calloc(n_cells, sizeof *E->rc);
+    if (!E->rc)
+        return sp_error(ENOMEM, "out of memory");
+    /* Tokens besides the filler: template + intro + question + answer prefix + needle + margin. */
+    bool special;
+    char *empty = render_prompt(E, "", &special);
+    if (!empty)
+        return sp_error(ENOMEM, "cannot render the retrieval prompt");
+    size_t n_over;
+    int rc = tokenize(E, empty, strlen(empty), true, special, &n_over);
+    free(empty);
+    if (rc < 0)
+        return rc;
+    char ns[96], key0[20];
+    memset(key0, '9', (size_t)o->digits);
+    key0[o->digits] = '\0';
+    sp_needle_sentence(key0, ns, sizeof ns);
+    int n_needle = count_cb(E, ns, strlen(ns));
+    if (n_needle < 0)
+        return n_needle;
+    for (int p = 0; p < MAXP; p++)
+        for (int t = 0; t < MAXT; t++)
+            for (int l = 0; l < MAXL; l++)
+                E->warm[p][t][l] = 0;
+    sp_eval_search srch = {.knob_min = 0.01, .knob_max = 1.0, .tol = o->tol, .max_iter = o->max_probes};
+    for (int li = 0; li < o->n_ret_lengths; li++)
+        for (int di = 0; di < o->n_depths; di++)
+            for (int s = 0; s < o->seeds; s++) {
+                ret_cell *cell = &E->rc[E->n_rc++];
+                cell->length = o->ret_lengths[li];
+                cell->depth = o->depths[di];
+                cell->seed = o->seed + (uint64_t)s * 1000003u + (uint64_t)li * 7919u + (uint64_t)di * 104729u;
+                sp_needle_spec spec = {.filler_tokens = cell->length - (int)n_over - n_needle - 8,
+                                       .depth = cell->depth, .seed = cell->seed, .n_digits = o->digits};
+                sp_needle nd;
+                if ((rc = sp_needle_build(hay, hay_len, &spec, count_cb, E, &nd)) < 0)
+                    return rc;
+                char *prompt = render_prompt(E, nd.text, &special);
+                snprintf(cell->passkey, sizeof cell->passkey, "%s", nd.passkey);
+                /* needle position in tokens: tokens of the prompt before the needle sentence */
+                size_t before = 0;
+                char *nptr = prompt ? strstr(prompt, nd.text) : NULL;
+                if (nptr && tokenize(E, prompt, (size_t)(nptr - prompt) + nd.needle_off, true, special, &before) == 0)
+                    cell->needle_token = (int)before;
+                sp_needle_free(&nd);
+                if (!prompt)
+                    return sp_error(ENOMEM, "cannot render the retrieval prompt");
+                size_t n;
+                rc = tokenize(E, prompt, strlen(prompt), true, special, &n);
+                free(prompt);
+                if (rc < 0)
+                    return rc;
+                if ((int)n + o->answer_tokens + 1 > sp_ctx_n_ctx(E->ctx))
+                    return sp_error(ERANGE, "retrieval prompt of %zu tokens + %d answer tokens exceed the context %d",
+                                    n, o->answer_tokens, sp_ctx_n_ctx(E->ctx));
+                cell->n_prompt = (int)n;
+                int32_t *toks = malloc(n * sizeof *toks);
+                if (!toks)
+                    return sp_error(ENOMEM, "out of memory");
+                memcpy(toks, E->tbuf, n * sizeof *toks);
+                if ((rc = prefill_prompt(E, toks, (int)n, &cell->prefill_s)) < 0) {
+                    free(toks);
+                    return rc;
+                }
+                int32_t last = toks[n - 1];
+                free(toks);
+                sp_kv_stats st;
+                /* full first: the reference of the cell */
+                ret_res *r = &cell->r[cell->n_r++];
+                r->pi = r->ti = -1;
+                r->knob = 1.0;
+                if ((rc = apply(E, SP_POLICY_FULL, 1.0, &st)) < 0 ||
+                    (rc = answer(E, last, r->answer, sizeof r->answer)) < 0)
+                    return rc;
+                r->ratio = st.true_ratio;
+                r->hit = true;
+                r->correct = sp_eval_passkey_match(r->answer, cell->passkey);
+                int n_ok = r->correct, n_all = 1;
+                for (int pi = 0; pi < o->n_pol; pi++) {
+                    measure_ctx mc = {E, o->pol[pi]};
+                    for (int ti = 0; ti < o->n_ret_targets; ti++) {
+                        r = &cell->r[cell->n_r++];
+                        r->pi = pi;
+                        r->ti = ti;
+                        sp_eval_probe pr[MAXPROBE];
+                        int np;
+                        srch.start = E->warm[pi][ti][li];
+                        int sres = sp_eval_knob_search(&srch, o->ret_targets[ti], measure_cb, &mc, pr, MAXPROBE, &np,
+                                                       &r->knob);
+                        if (sres < 0)
+                            return sres;
+                        r->hit = sres == 0;
+                        E->warm[pi][ti][li] = r->knob;
+                        if ((rc = apply(E, o->pol[pi], r->knob, &st)) < 0 ||
+                            (rc = answer(E, last, r->answer, sizeof r->answer)) < 0)
+                            return rc;
+                        r->ratio = st.true_ratio;
+                        r->correct = sp_eval_passkey_match(r->answer, cell->passkey);
+                        n_ok += r->correct;
+                        n_all++;
+                    }
+                }
+                progress(E, "retrieval L=%d (%d tokens) depth %3.0f%% seed %d: passkey %s, full answered '%s' (%s); "
+                            "%d/%d policy points correct (prefill %.1f s)",
+                         cell->length, cell->n_prompt, 100 * cell->depth, s, cell->passkey, cell->r[0].answer,
+                         cell->r[0].correct ? "ok" : "wrong", n_ok, n_all, cell->prefill_s);
+            }
+    return 0;
+}
+
+/* Accuracy of (policy index pi or -1 = full, target ti) at (length li, depth di) over seeds. */
+static double ret_acc(const evalctx *E, int pi, int ti, int li, int di, int *n_out)
+{
+    int ok = 0, n = 0;
+    for (int i = 0; i < E->n_rc; i++) {
+        const ret_cell *c = &E->rc[i];
+        if (c->length != E->o->ret_lengths[li] || c->depth != E->o->depths[di])
+            continue;
+        for (int k = 0; k < c->n_r; k++)
+            if (c->r[k].pi == pi && c->r[k].ti == ti) {
+                ok += c->r[k].correct;
+                n++;
+            }
+    }
+    if (n_out)
+        *n_out = n;
+    return n ? (double)ok / n : NAN;
+}
+
+static double ret_acc_all(const evalctx *E, int pi, int ti)
+{
+    int ok = 0, n = 0;
+    for (int i = 0; i < E->n_rc; i++)
+        for (int k = 0; k < E->rc[i].n_r; k++)
+            if (E->rc[i].r[k].pi == pi && E->rc[i].r[k].ti == ti) {
+                ok += E->rc[i].r[k].correct;
+                n++;
+            }
+    return n ? (double)ok / n : NAN;
+}
+
+/* Mean over fidelity runs of an interpolated metric (NAN when any run lacks it). */
+static double fid_mean(const evalctx *E, int pi, int ti, int which, int *n_ok)
+{
+    double s = 0;
+    int n = 0, miss = 0;
+    for (int r = 0; r < E->n_fr; r++) {
+        const fid_pol *fp = &E->fr[r].pol[pi];
+        double v = which == 0 ? fp->ikl[ti] : which == 1 ? fp->itop1[ti] : fp->ippl[ti] / E->fr[r].full_ppl;
+        if (isfinite(v)) {
+            s += v;
+            n++;
+        } else {
+            miss++;
+        }
+    }
+    if (n_ok)
+        *n_ok = n;
+    return n && !miss ? s / n : NAN;
+}
+
+/* ---- output ---- */
+
+static void jnum(FILE *f, double v)
+{
+    if (isfinite(v))
+        fprintf(f, "%.6g", v);
+    else
+        fputs("null", f);
+}
+
+static void jstr(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            fprintf(f, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(f, "\\u%04x", ch);
+        else
+            fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static void machine_info(char *cpu, size_t ccap, char *commit, size_t kcap)
+{
+    snprintf(cpu, ccap, "unknown");
+    snprintf(commit, kcap, "unknown");
+    FILE *ci = fopen("/proc/cpuinfo", "r");
+    if (ci) {
+        char line[512];
+        while (fgets(line, sizeof line, ci))
+            if (!strncmp(line, "model name", 10)) {
+                char *v = strchr(line, ':');
+                if (v)
+                    snprintf(cpu, ccap, "%s", v + 2);
+                cpu[strcspn(cpu, "\n")] = '\0';
+                break;
+            }
+        fclose(ci);
+    }
+    FILE *g = popen("git rev-parse HEAD 2>/dev/null", "r");
+    if (g) {
+        if (fgets(commit, (int)kcap, g))
+            commit[strcspn(commit, "\n")] = '\0';
+        pclose(g);
+    }
+}
+
+static void write_json(evalctx *E, FILE *f, double wall_s)
+{
+    eval_opts *o = E->o;
+    struct utsname un;
+    uname(&un);
+    char cpu[256], commit[64];
+    machine_info(cpu, sizeof cpu, commit, sizeof commit);
+    double load[3] = {0, 0, 0};
+    if (getloadavg(load, 3) < 0)
+        load[0] = load[1] = load[2] = NAN;
+    time_t t = time(NULL);
+    char date[32];
+    strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
+    const sp_hparams *hp = E->hp;
+    fprintf(f, "{\n  \"bench\": \"spindle eval\",\n  \"date\": \"%s\",\n  \"commit\": ", date);
+    jstr(f, commit);
+    fprintf(f, ",\n  \"machine\": {\"cpu\": ");
+    jstr(f, cpu);
+    fprintf(f, ", \"cores_online\": %ld, \"kernel\": ", sysconf(_SC_NPROCESSORS_ONLN));
+    jstr(f, un.release);
+    fprintf(f, ", \"loadavg_end\": [%.2f, %.2f, %.2f]},\n  \"wall_s\": %.1f,\n", load[0], load[1], load[2], wall_s);
+    fprintf(f, "  \"model\": {\"path\": ");
+    jstr(f, E->c->cfg.model.path);
+    fprintf(f, ", \"arch\": ");
+    jstr(f, hp->arch_name);
+    fprintf(f, ", \"n_layer\": %d, \"n_head\": %d, \"n_kv_head\": %d, \"head_dim\": %d, \"n_vocab\": %d},\n",
+            hp->n_layer, hp->n_head, hp->n_kv_head, hp->head_dim, hp->n_vocab);
+    const sp_kv_opts *b = &E->base;
+    fprintf(f, "  \"config\": {\"threads\": %d, \"tokens\": %d, \"tol\": %g, \"max_probes\": %d, \"knob\": \"ratio\", "
+               "\"window\": %" PRId64 ", \"pool_kernel\": %" PRId64 ", \"beta\": %g, \"theta_k\": %g, \"theta_v\": %g, "
+               "\"gqa_mode\": \"%s\", \"allocator\": \"%s\", \"codebook\": %s, \"evict_layers\": ",
+            sp_cli_threads(&E->c->cfg), o->tokens, o->tol, o->max_probes, b->window, b->pool_kernel, b->beta,
+            b->theta_k, b->theta_v, b->gqa_mode == SP_GQA_KV_HEAD ? "kv_head" : "query_head",
+            sp_kv_allocator_name(b->allocator), b->codebook ? "true" : "false");
+    jstr(f, b->evict_layers);
+    fprintf(f, ", \"codebook_layers\": ");
+    jstr(f, b->codebook_layers);
+    fprintf(f, ", \"targets\": [");
+    for (int i = 0; i < o->n_targets; i++)
+        fprintf(f, "%s%g", i ? ", " : "", o->targets[i]);
+    fprintf(f, "], \"policies\": [");
+    for (int i = 0; i < o->n_pol; i++)
+        fprintf(f, "%s\"%s\"", i ? ", " : "", sp_kv_policy_name(o->pol[i]));
+    fprintf(f, "],\n    \"note\": \"x axis = true byte ratio measured after compressing the prompt (before the "
+               "decoded tokens); the last prompt token is decoded over the compressed cache, so every scored "
+               "prediction depends on it; metrics at the targets are interpolated linearly in the measured ratio "
+               "between measured points (null: target outside the measured range)\"},\n");
+
+    fprintf(f, "  \"fidelity\": [");
+    for (int r = 0; r < E->n_fr; r++) {
+        const fid_run *fr = &E->fr[r];
+        fprintf(f, "%s\n    {\"text\": \"%s\", \"n_prompt\": %d, \"n_tokens\": %d, \"prefill_s\": %.2f, "
+                   "\"reference_s\": %.2f, \"fp16_bytes\": %" PRIu64 ",\n     \"full\": {\"true_ratio\": ",
+                r ? "," : "", fr->text, fr->n_prompt, fr->n_tokens, fr->prefill_s, fr->ref_s, fr->fp16_bytes);
+        jnum(f, fr->full_ratio);
+        fprintf(f, ", \"ppl\": ");
+        jnum(f, fr->full_ppl);
+        fprintf(f, ", \"kl\": 0, \"top1\": 1},\n     \"policies\": [");
+        for (int pi = 0; pi < fr->n_pol; pi++) {
+            const fid_pol *fp = &fr->pol[pi];
+            fprintf(f, "%s\n      {\"policy\": \"%s\", \"points\": [", pi ? "," : "", sp_kv_policy_name(fp->policy));
+            for (int j = 0; j < fp->n_pts; j++) {
+                const fid_point *pt = &fp->pts[j];
+                fprintf(f, "%s\n        {\"target\": %g, \"knob\": %.6g, \"hit\": %s, \"true_ratio\": ", j ? "," : "",
+                        pt->target, pt->knob, pt->hit ? "true" : "false");
+                jnum(f, pt->ratio);
+                fprintf(f, ", \"paper_r\": ");
+                jnum(f, pt->paper_r);
+                fprintf(f, ", \"bytes\": %" PRIu64 ", \"fp16_bytes\": %" PRIu64 ", \"kl\": ", pt->bytes, pt->fp16_bytes);
+                jnum(f, pt->kl);
+                fprintf(f, ", \"kl_max\": ");
+                jnum(f, pt->kl_max);
+                fprintf(f, ", \"top1\": ");
+                jnum(f, pt->top1);
+                fprintf(f, ", \"ppl\": ");
+                jnum(f, pt->ppl);
+                fprintf(f, ", \"compress_s\": %.3f, \"decode_s\": %.2f, \"probes\": [", pt->compress_s, pt->tf_s);
+                for (int k = 0; k < fp->n_probes[j] && k < MAXPROBE; k++)
+                    fprintf(f, "%s[%.6g, %.6g]", k ? ", " : "", fp->probes[j][k].knob, fp->probes[j][k].ratio);
+                fprintf(f, "]}");
+            }
+            fprintf(f, "],\n       \"at_targets\": [");
+            for (int ti = 0; ti < o->n_targets; ti++) {
+                fprintf(f, "%s{\"target\": %g, \"kl\": ", ti ? ", " : "", o->targets[ti]);
+                jnum(f, fp->ikl[ti]);
+                fprintf(f, ", \"top1\": ");
+                jnum(f, fp->itop1[ti]);
+                fprintf(f, ", \"ppl\": ");
+                jnum(f, fp->ippl[ti]);
+                fprintf(f, "}");
+            }
+            fprintf(f, "]}");
+        }
+        fprintf(f, "]}");
+    }
+    fprintf(f, "\n  ],\n  \"frontier\": [");
+    for (int pi = 0; pi < o->n_pol && E->n_fr; pi++) {
+        fprintf(f, "%s\n    {\"policy\": \"%s\", \"at_targets\": [", pi ? "," : "", sp_kv_policy_name(o->pol[pi]));
+        for (int ti = 0; ti < o->n_targets; ti++) {
+            int n;
+            fprintf(f, "%s{\"target\": %g, \"mean_kl\": ", ti ? ", " : "", o->targets[ti]);
+            jnum(f, fid_mean(E, pi, ti, 0, &n));
+            fprintf(f, ", \"mean_top1\": ");
+            jnum(f, fid_mean(E, pi, ti, 1, NULL));
+            fprintf(f, ", \"mean_ppl_over_full\": ");
+            jnum(f, fid_mean(E, pi, ti, 2, NULL));
+            fprintf(f, ", \"runs\": %d}", n);
+        }
+        fprintf(f, "]}");
+    }
+    fprintf(f, "\n  ],\n  \"retrieval\": {\"lengths\": [");
+    for (int i = 0; i < o->n_ret_lengths; i++)
+        fprintf(f, "%s%d", i ? ", " : "", o->ret_lengths[i]);
+    fprintf(f, "], \"depths\": [");
+    for (int i = 0; i < o->n_depths; i++)
+        fprintf(f, "%s%g", i ? ", " : "", o->depths[i]);
+    fprintf(f, "], \"seeds_per_cell\": %d, \"digits\": %d, \"targets\": [", o->seeds, o->digits);
+    for (int i = 0; i < o->n_ret_targets; i++)
+        fprintf(f, "%s%g", i ? ", " : "", o->ret_targets[i]);
+    fprintf(f, "],\n    \"prompt\": ");
+    jstr(f, RET_INTRO);
+    fprintf(f, ", \"question\": ");
+    jstr(f, RET_QUESTION);
+    fprintf(f, ", \"answer_prefix\": ");
+    jstr(f, RET_PREFIX);
+    fprintf(f, ",\n    \"accuracy\": [");
+    for (int pi = -1, first = 1; pi < o->n_pol; pi++)
+        for (int ti = pi < 0 ? -1 : 0; ti < (pi < 0 ? 0 : o->n_ret_targets); ti++) {
+            if (!E->n_rc)
+                break;
+            fprintf(f, "%s\n      {\"policy\": \"%s\", \"target\": ", first ? "" : ",",
+                    pi < 0 ? "full" : sp_kv_policy_name(o->pol[pi]));
+            first = 0;
+            jnum(f, ti < 0 ? 1.0 : o->ret_targets[ti]);
+            fprintf(f, ", \"overall\": ");
+            jnum(f, ret_acc_all(E, pi, ti));
+            fprintf(f, ", \"grid\": [");
+            for (int li = 0; li < o->n_ret_lengths; li++) {
+                fprintf(f, "%s[", li ? ", " : "");
+                for (int di = 0; di < o->n_depths; di++) {
+                    fprintf(f, "%s", di ? ", " : "");
+                    jnum(f, ret_acc(E, pi, ti, li, di, NULL));
+                }
+                fprintf(f, "]");
+            }
+            fprintf(f, "]}");
+        }
+    fprintf(f, "\n    ],\n    \"cells\": [");
+    for (int i = 0; i < E->n_rc; i++) {
+        const ret_cell *c = &E->rc[i];
+        fprintf(f, "%s\n      {\"length\": %d, \"n_prompt\": %d, \"depth\": %g, \"needle_token\": %d, \"seed\": %" PRIu64
+                   ", \"passkey\": \"%s\", \"prefill_s\": %.2f, \"results\": [",
+                i ? "," : "", c->length, c->n_prompt, c->depth, c->needle_token, c->seed, c->passkey, c->prefill_s);
+        for (int k = 0; k < c->n_r; k++) {
+            const ret_res *r = &c->r[k];
+            fprintf(f, "%s\n        {\"policy\": \"%s\", \"target\": ", k ? "," : "",
+                    r->pi < 0 ? "full" : sp_kv_policy_name(o->pol[r->pi]));
+            jnum(f, r->ti < 0 ? 1.0 : o->ret_targets[r->ti]);
+            fprintf(f, ", \"knob\": %.6g, \"hit\": %s, \"true_ratio\": ", r->knob, r->hit ? "true" : "false");
+            jnum(f, r->ratio);
+            fprintf(f, ", \"answer\": ");
+            jstr(f, r->answer);
+            fprintf(f, ", \"correct\": %s}", r->correct ? "true" : "false");
+        }
+        fprintf(f, "]}");
+    }
+    fprintf(f, "\n    ]\n  }\n}\n");
+}
+
+static void print_summary(evalctx *E)
+{
+    eval_opts *o = E->o;
+    if (E->n_fr) {
+        printf("\nFidelity at equal TRUE byte ratio: mean over %d runs (texts x lengths) of the metric interpolated "
+               "to each target\n(KL(full||policy) nats / top-1 agreement / ppl relative to full; '-' = target outside "
+               "the measured range in some run)\n\n| policy |",
+               E->n_fr);
+        for (int ti = 0; ti < o->n_targets; ti++)
+            printf(" %.2f |", o->targets[ti]);
+        printf("\n|---|");
+        for (int ti = 0; ti < o->n_targets; ti++)
+            printf("---|");
+        printf("\n");
+        for (int pi = 0; pi < o->n_pol; pi++) {
+            printf("| %s |", sp_kv_policy_name(o->pol[pi]));
+            for (int ti = 0; ti < o->n_targets; ti++) {
+                double kl = fid_mean(E, pi, ti, 0, NULL), t1 = fid_mean(E, pi, ti, 1, NULL),
+                       pp = fid_mean(E, pi, ti, 2, NULL);
+                if (isfinite(kl))
+                    printf(" %.4f / %.3f / %.3f |", kl, t1, pp);
+                else
+                    printf(" - |");
+            }
+            printf("\n");
+        }
+        printf("\nPer run, best policy (lowest interpolated KL) at each target:\n");
+        for (int r = 0; r < E->n_fr; r++) {
+            const fid_run *fr = &E->fr[r];
+            printf("  %-3s N=%-5d full ppl %.3f:", fr->text, fr->n_prompt, fr->full_ppl);
+            for (int ti = 0; ti < o->n_targets; ti++) {
+                int best = -1;
+                for (int pi = 0; pi < fr->n_pol; pi++)
+                    if (isfinite(fr->pol[pi].ikl[ti]) && (best < 0 || fr->pol[pi].ikl[ti] < fr->pol[best].ikl[ti]))
+                        best = pi;
+                printf("  %.2f: %s", o->targets[ti], best < 0 ? "-" : sp_kv_policy_name(fr->pol[best].policy));
+            }
+            printf("\n");
+        }
+    }
+    if (E->n_rc) {
+        printf("\nRetrieval: passkey exact match over %d prompts (%d seeds per length x depth cell)\n\n| policy | "
+               "target | accuracy | mean true ratio |\n|---|---|---|---|\n",
+               E->n_rc, o->seeds);
+        printf("| full | 1 | %.3f | 1 |\n", ret_acc_all(E, -1, -1));
+        for (int pi = 0; pi < o->n_pol; pi++)
+            for (int ti = 0; ti < o->n_ret_targets; ti++) {
+                double s = 0;
+                int n = 0;
+                for (int i = 0; i < E->n_rc; i++)
+                    for (int k = 0; k < E->rc[i].n_r; k++)
+                        if (E->rc[i].r[k].pi == pi && E->rc[i].r[k].ti == ti) {
+                            s += E->rc[i].r[k].ratio;
+                            n++;
+                        }
+                printf("| %s | %.2f | %.3f | %.4f |\n", sp_kv_policy_name(o->pol[pi]), o->ret_targets[ti],
+                       ret_acc_all(E, pi, ti), n ? s / n : NAN);
+            }
+    }
+    fflush(stdout);
+}
+
+/* Data files + a gnuplot script in dir, then gnuplot. Returns 0 or -1 (message printed). */
+static int write_plots(evalctx *E, const char *dir)
+{
+    eval_opts *o = E->o;
+    if (mkdir(dir, 0755) < 0 && errno != EEXIST) {
+        sp_cli_error("eval: cannot create '%s': %s", dir, strerror(errno));
+        return -1;
+    }
+    char path[4096];
+    FILE *gp;
+    snprintf(path, sizeof path, "%s/eval.gp", dir);
+    if (!(gp = fopen(path, "w"))) {
+        sp_cli_error("eval: cannot write '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    fprintf(gp, "# generated by spindle eval; run: gnuplot eval.gp (in this directory)\n"
+                "set terminal pngcairo size 1600,%d font ',10'\nset key outside right\nset grid\n",
+            400 * ((E->n_fr + 2) / 3 + 0));
+    /* One data file per (run, policy): true_ratio kl top1 ppl_rel, sorted by ratio. */
+    for (int r = 0; r < E->n_fr; r++) {
+        const fid_run *fr = &E->fr[r];
+        for (int pi = 0; pi < fr->n_pol; pi++) {
+            const fid_pol *fp = &fr->pol[pi];
+            snprintf(path, sizeof path, "%s/fid_%s_%d_%s.dat", dir, fr->text, fr->n_prompt,
+                     sp_kv_policy_name(fp->policy));
+            FILE *d = fopen(path, "w");
+            if (!d) {
+                fclose(gp);
+                sp_cli_error("eval: cannot write '%s': %s", path, strerror(errno));
+                return -1;
+            }
+            fprintf(d, "# true_ratio kl top1 ppl/ppl_full knob\n");
+            int idx[MAXT];
+            for (int j = 0; j < fp->n_pts; j++)
+                idx[j] = j;
+            for (int a = 0; a < fp->n_pts; a++)
+                for (int b2 = a + 1; b2 < fp->n_pts; b2++)
+                    if (fp->pts[idx[b2]].ratio < fp->pts[idx[a]].ratio) {
+                        int t = idx[a];
+                        idx[a] = idx[b2];
+                        idx[b2] = t;
+                    }
+            for (int j = 0; j < fp->n_pts; j++) {
+                const fid_point *pt = &fp->pts[idx[j]];
+                if (j && pt->ratio == fp->pts[idx[j - 1]].ratio)
+                    continue;
+                fprintf(d, "%.6g %.6g %.6g %.6g %.6g\n", pt->ratio, pt->kl, pt->top1, pt->ppl / fr->full_ppl, pt->knob);
+            }
+            fclose(d);
+        }
+    }
+    static const char *metric[3] = {"kl", "top1", "ppl"};
+    static const char *ylabel[3] = {"mean KL(full || policy), nats", "top-1 agreement with full",
+                                    "perplexity / full perplexity"};
+    for (int m = 0; m < 3 && E->n_fr; m++) {
+        int cols = E->n_fr < 3 ? E->n_fr : 3, rows = (E->n_fr + cols - 1) / cols;
+        fprintf(gp, "set terminal pngcairo size %d,%d font ',10'\nset output 'quality_%s.png'\n", 560 * cols,
+                420 * rows + 40, metric[m]);
+        fprintf(gp, "set multiplot layout %d,%d title 'spindle eval: %s vs TRUE byte ratio (measured points)'\n", rows,
+                cols, metric[m]);
+        fprintf(gp, "set xlabel 'true byte ratio (bytes held / fp16 GQA cache)'\nset ylabel '%s'\n%s\n", ylabel[m],
+                m == 0 ? "set logscale y" : "unset logscale y");
+        fprintf(gp, "set xrange [0:*]\n");
+        for (int r = 0; r < E->n_fr; r++) {
+            const fid_run *fr = &E->fr[r];
+            fprintf(gp, "set title '%s, N = %d, %d tokens'\nplot ", fr->text, fr->n_prompt, fr->n_tokens);
+            for (int pi = 0; pi < fr->n_pol; pi++)
+                fprintf(gp, "%s'fid_%s_%d_%s.dat' using 1:%d with linespoints lw 2 title '%s'", pi ? ", " : "",
+                        fr->text, fr->n_prompt, sp_kv_policy_name(fr->pol[pi].policy), m + 2,
+                        sp_kv_policy_name(fr->pol[pi].policy));
+            fprintf(gp, "\n");
+        }
+        fprintf(gp, "unset multiplot\nunset logscale y\n");
+    }
+    /* Retrieval heatmaps: one panel per (policy, target), length x depth. */
+    if (E->n_rc) {
+        int panels = 1 + o->n_pol * o->n_ret_targets;
+        int cols = panels < 4 ? panels : 4, rows = (panels + cols - 1) / cols;
+        for (int pi = -1; pi < o->n_pol; pi++)
+            for (int ti = pi < 0 ? -1 : 0; ti < (pi < 0 ? 0 : o->n_ret_targets); ti++) {
+                snprintf(path, sizeof path, "%s/ret_%s_%d.dat", dir, pi < 0 ? "full" : sp_kv_policy_name(o->pol[pi]),
+                         ti < 0 ? 100 : (int)lround(100 * o->ret_targets[ti]));
+                FILE *d = fopen(path, "w");
+                if (!d) {
+                    fclose(gp);
+                    sp_cli_error("eval: cannot write '%s': %s", path, strerror(errno));
+                    return -1;
+                }
+                fprintf(d, "# length_index depth_index accuracy\n");
+                for (int li = 0; li < o->n_ret_lengths; li++) {
+                    for (int di = 0; di < o->n_depths; di++)
+                        fprintf(d, "%d %d %.4f\n", li, di, ret_acc(E, pi, ti, li, di, NULL));
+                    fprintf(d, "\n");
+                }
+                fclose(d);
+            }
+        fprintf(gp, "set terminal pngcairo size %d,%d font ',10'\nset output 'retrieval.png'\n", 420 * cols,
+                360 * rows + 40);
+        fprintf(gp, "set multiplot layout %d,%d title 'spindle eval: passkey accuracy (%d seeds per cell)'\n", rows, cols,
+                o->seeds);
+        fprintf(gp, "unset grid\nset cbrange [0:1]\nset palette defined (0 '#b2182b', 0.5 '#f7f7f7', 1 '#2166ac')\n"
+                    "set xlabel 'context length'\nset ylabel 'depth %%'\nunset key\n");
+        fprintf(gp, "set xtics (");
+        for (int li = 0; li < o->n_ret_lengths; li++)
+            fprintf(gp, "%s'%d' %d", li ? ", " : "", o->ret_lengths[li], li);
+        fprintf(gp, ")\nset ytics (");
+        for (int di = 0; di < o->n_depths; di++)
+            fprintf(gp, "%s'%.0f' %d", di ? ", " : "", 100 * o->depths[di], di);
+        fprintf(gp, ")\nset xrange [-0.5:%g]\nset yrange [-0.5:%g]\n", o->n_ret_lengths - 0.5, o->n_depths - 0.5);
+        for (int pi = -1; pi < o->n_pol; pi++)
+            for (int ti = pi < 0 ? -1 : 0; ti < (pi < 0 ? 0 : o->n_ret_targets); ti++) {
+                const char *pn = pi < 0 ? "full" : sp_kv_policy_name(o->pol[pi]);
+                int tp = ti < 0 ? 100 : (int)lround(100 * o->ret_targets[ti]);
+                fprintf(gp, "set title '%s at %.2f true bytes (acc %.2f)'\n", pn, tp / 100.0, ret_acc_all(E, pi, ti));
+                fprintf(gp, "plot 'ret_%s_%d.dat' using 1:2:3 with image, '' using 1:2:(sprintf('%%.2f',$3)) with labels\n",
+                        pn, tp);
+            }
+        fprintf(gp, "unset multiplot\n");
+    }
+    fclose(gp);
+    if (access("/usr/bin/gnuplot", X_OK) != 0 && system("command -v gnuplot >/dev/null 2>&1") != 0) {
+        sp_cli_error("eval: gnuplot not found (Debian package gnuplot-nox); data and script are in %s", dir);
+        return -1;
+    }
+    char cmd[4200];
+    snprintf(cmd, sizeof cmd, "cd '%s' && gnuplot eval.gp", dir);
+    if (system(cmd) != 0) {
+        sp_cli_error("eval: gnuplot failed on %s/eval.gp", dir);
+        return -1;
+    }
+    return 0;
+}
+
+int sp_cmd_eval(int argc, char **argv)
+{
+    sp_cli_common c;
+    sp_cli_common_init(&c);
+    eval_opts o = {
+        .fid = true,
+        .ret = true,
+        .texts = {"pg", "kjv"},
+        .n_texts = 2,
+        .lengths = {2048, 4096, 8000},
+        .n_lengths = 3,
+        .tokens = 256,
+        .pol = {SP_POLICY_STREAMING, SP_POLICY_H2O, SP_POLICY_SNAPKV, SP_POLICY_PYRAMIDKV, SP_POLICY_PYRAMIDINFER,
+                SP_POLICY_SPINDLE},
+        .n_pol = 6,
+        .targets = {0.1, 0.2, 0.3, 0.5},
+        .n_targets = 4,
+        .ret_lengths = {1000, 2000, 4000, 8000},
+        .n_ret_lengths = 4,
+        .depths = {0, 0.25, 0.5, 0.75, 1.0},
+        .n_depths = 5,
+        .seeds = 2,
+        .ret_targets = {0.2},
+        .n_ret_targets = 1,
+        .digits = 5,
+        .answer_tokens = 10,
+        .tol = 0.005,
+        .max_probes = 8,
+    };
+    int r = parse_args(argc, argv, &c, &o);
+    if (r)
+        return r > 0 ? SP_EXIT_OK : SP_EXIT_USAGE;
+    if (c.print_config) {
+        sp_config_print(&c.cfg, stdout);
+        return SP_EXIT_OK;
+    }
+    o.seed = (uint64_t)c.cfg.runtime.seed;
+    char hay_dir[4096];
+    if (!o.haystack) {
+        const char *sh = getenv("SPINDLE_SHARED");
+        snprintf(hay_dir, sizeof hay_dir, "%s/data/haystack/pg_essays", sh ? sh : "/work/shared");
+        if (access(hay_dir, R_OK) != 0)
+            snprintf(hay_dir, sizeof hay_dir, "/work/shared/data/haystack/pg_essays");
+        o.haystack = hay_dir;
+    }
+
+    evalctx E = {.o = &o, .c = &c, .t0 = now_s()};
+    int rc = SP_EXIT_FAIL;
+    char *hay = NULL;
+    size_t hay_len = 0;
+    if (!(E.m = sp_model_load(c.cfg.model.path))) {
+        sp_cli_error("%s", sp_last_error());
+        goto out;
+    }
+    E.hp = sp_model_hparams(E.m);
+    if (sp_config_validate(&c.cfg, E.hp->n_layer) < 0) {
+        sp_cli_error("%s", sp_last_error());
+        rc = SP_EXIT_USAGE;
+        goto out;
+    }
+    sp_kv_opts_from_config(&E.base, &c.cfg);
+    if (E.base.budget_tokens) {
+        sp_notice("eval: compression.budget_tokens ignored: the sweep sets the ratio knob");
+        E.base.budget_tokens = 0;
+    }
+    if (!(E.tok = sp_tokenizer_from_gguf(sp_model_gguf(E.m)))) {
+        sp_cli_error("%s", sp_last_error());
+        goto out;
+    }
+    E.n_vocab = E.hp->n_vocab;
+    int n_ctx = 0;
+    for (int i = 0; o.fid && i < o.n_lengths; i++)
+        if (o.lengths[i] + o.tokens + 1 > n_ctx)
+            n_ctx = o.lengths[i] + o.tokens + 1;
+    for (int i = 0; o.ret && i < o.n_ret_lengths; i++)
+        if (o.ret_lengths[i] + o.answer_tokens + 16 > n_ctx)
+            n_ctx = o.ret_lengths[i] + o.answer_tokens + 16;
+    if (c.cfg.model.n_ctx > 0 && c.cfg.model.n_ctx < n_ctx) {
+        sp_cli_error("eval: -c %" PRId64 " is smaller than the %d tokens the lengths need", c.cfg.model.n_ctx, n_ctx);
+        rc = SP_EXIT_USAGE;
+        goto out;
+    }
+    sp_ctx_params cp = sp_ctx_default_params();
+    cp.n_ctx = n_ctx;
+    cp.n_threads = sp_cli_threads(&c.cfg);
+    cp.keep_prefill_state = true;
+    sp_kv_opts first = opts_for(&E, SP_POLICY_SNAPKV, 0.5);
+    cp.kv_opts = &first;
+    if (!(E.ctx = sp_ctx_new(E.m, &cp))) {
+        sp_cli_error("%s", sp_last_error());
+        goto out;
+    }
+    E.tcap = 1 << 16;
+    E.tbuf = malloc(E.tcap * sizeof *E.tbuf);
+    E.logits = malloc((size_t)E.n_vocab * sizeof *E.logits);
+    E.ref = malloc((size_t)o.tokens * (size_t)E.n_vocab * sizeof *E.ref);
+    E.lp_ref = malloc((size_t)E.n_vocab * sizeof *E.lp_ref);
+    E.lp_test = malloc((size_t)E.n_vocab * sizeof *E.lp_test);
+    if (!E.tbuf || !E.logits || !E.ref || !E.lp_ref || !E.lp_test) {
+        sp_cli_error("eval: out of memory");
+        goto out;
+    }
+    progress(&E, "model %s, %d threads, context %d, policies %d, fidelity %s, retrieval %s", c.cfg.model.path,
+             cp.n_threads, n_ctx, o.n_pol, o.fid ? "on" : "off", o.ret ? "on" : "off");
+    if (o.fid && run_fidelity(&E) < 0) {
+        sp_cli_error("eval: fidelity: %s", sp_last_error());
+        goto out;
+    }
+    if (o.ret) {
+        if (!(hay = sp_eval_read_dir(o.haystack, &hay_len))) {
+            sp_cli_error("eval: haystack: %s", sp_last_error());
+            goto out;
+        }
+        if (run_retrieval(&E, hay, hay_len) < 0) {
+            sp_cli_error("eval: retrieval: %s", sp_last_error());
+            goto out;
+        }
+    }
+    double wall = now_s() - E.t0;
+    print_summary(&E);
+    rc = SP_EXIT_OK;
+    if (o.json) {
+        FILE *f = fopen(o.json, "w");
+        if (!f) {
+            sp_cli_error("eval: cannot write '%s': %s", o.json, strerror(errno));
+            rc = SP_EXIT_FAIL;
+        } else {
+            write_json(&E, f, wall);
+            if (fclose(f) != 0) {
+                sp_cli_error("eval: writing '%s' failed", o.json);
+                rc = SP_EXIT_FAIL;
+            } else {
+                progress(&E, "wrote %s", o.json);
+            }
+        }
+    }
+    if (o.out && write_plots(&E, o.out) < 0)
+        rc = SP_EXIT_FAIL;
+    else if (o.out)
+        progress(&E, "plots in %s (quality_kl.png, quality_top1.png, quality_ppl.png, retrieval.png)", o.out);
+    progress(&E, "done in %.0f s", now_s() - E.t0);
+out:
+    free(hay);
+    free(E.fr);
+    free(E.rc);
+    free(E.tbuf);
+    free(E.logits);
+    free(E.ref);
+    free(E.lp_ref);
+    free(E.lp_test);
+    sp_ctx_free(E.ctx);
+    sp_tokenizer_free(E.tok);
+    sp_model_free(E.m);
+    return rc;
+}
