@@ -59,8 +59,11 @@ static void usage(FILE *out)
           "  --ret-targets LIST         true byte ratios for retrieval (default 0.2)\n"
           "  --digits N                 passkey digits (default 5)\n"
           "  --answer-tokens N          greedy answer length limit (default 10)\n"
-          "  --tol X                    accepted |true ratio - target| of the knob search (default 0.005)\n"
+          "  --tol X                    fidelity: points within [t - X, t] and [t, t + X] of each target t;\n"
+          "                             retrieval: |true ratio - t| <= X (default 0.01)\n"
           "  --max-probes N             recompressions per knob search (default 8)\n"
+          "  --tf prefill|decode        teacher forcing as one batched prefill of the T tokens (default)\n"
+          "                             or one decode call per token (same tail path, slower)\n"
           "  --haystack DIR             essays directory (default $SPINDLE_SHARED/data/haystack/pg_essays,\n"
           "                             else /work/shared/data/haystack/pg_essays)\n"
           "  --seed S                   base seed of the passkeys (default [runtime] seed)\n"
@@ -91,6 +94,7 @@ typedef struct eval_opts {
     int digits, answer_tokens;
     double tol;
     int max_probes;
+    bool tf_decode;
     const char *haystack, *json, *out;
     uint64_t seed;
 } eval_opts;
@@ -99,6 +103,7 @@ typedef struct eval_opts {
 
 typedef struct fid_point {
     double target, knob, ratio, paper_r;
+    int side;   /* -1: searched in [target - tol, target], +1: in [target, target + tol] */
     uint64_t bytes, fp16_bytes;
     double kl, kl_max, top1, ppl, compress_s, tf_s;
     bool hit;   /* knob search within tol */
@@ -106,18 +111,18 @@ typedef struct fid_point {
 
 typedef struct fid_pol {
     sp_policy_kind policy;
-    fid_point pts[MAXT];       /* one per target (a knob shared by several targets is measured once
-                                  and copied) */
+    fid_point pts[2 * MAXT];   /* two per target, one on each side (a knob found by several searches
+                                  is measured once and copied) */
     int n_pts;
-    sp_eval_probe probes[MAXT][MAXPROBE];
-    int n_probes[MAXT];
+    sp_eval_probe probes[2 * MAXT][MAXPROBE];
+    int n_probes[2 * MAXT];
     double ikl[MAXT], itop1[MAXT], ippl[MAXT];   /* interpolated at the targets; NAN = out of range */
 } fid_pol;
 
 typedef struct fid_run {
     char text[8];
     int n_prompt, n_tokens;
-    double prefill_s, ref_s, full_ppl, full_ratio;
+    double prefill_s, scores_s, ref_s, full_ppl, full_ratio;
     uint64_t fp16_bytes;
     fid_pol pol[MAXP];
     int n_pol;
@@ -150,7 +155,7 @@ typedef struct evalctx {
     sp_ctx_t *ctx;
     sp_kv_opts base;
     int n_vocab;
-    float *logits, *ref;      /* [n_vocab], [tokens][n_vocab] */
+    float *logits, *ref, *test; /* [n_vocab], [tokens][n_vocab] x 2 */
     double *lp_ref, *lp_test; /* [n_vocab] */
     int32_t *tbuf;
     size_t tcap;
@@ -342,6 +347,14 @@ static int parse_args(int argc, char **argv, sp_cli_common *c, eval_opts *o)
             if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 1, MAXPROBE, &x))
                 return -1;
             o->max_probes = (int)x;
+        } else if (!strcmp(a, "--tf")) {
+            if (!(v = sp_cli_value(argc, argv, &i)))
+                return -1;
+            if (strcmp(v, "prefill") && strcmp(v, "decode")) {
+                sp_cli_error("--tf: '%s' is not prefill or decode", v);
+                return -1;
+            }
+            o->tf_decode = !strcmp(v, "decode");
         } else if (!strcmp(a, "--haystack")) {
             if (!(o->haystack = sp_cli_value(argc, argv, &i)))
                 return -1;
@@ -437,20 +450,25 @@ static int prefill_prompt(evalctx *E, const int32_t *toks, int n, double *secs)
     return rc;
 }
 
-/* Teacher-force toks[0..T): decode each; compare the logits after toks[i] with the reference row i
- * (predicting toks[i+1]); with store, write the reference rows instead. */
+/* Teacher-force toks[0..T): the logits after toks[i] (predicting toks[i+1]) are compared with the
+ * reference row i; with store, they become the reference rows. Default: one prefill call with every
+ * row's logits (batched matmuls; a compressed context appends the tokens to its tails exactly as
+ * decode does); --tf decode: one sp_ctx_decode per token. */
 static int teacher_force(evalctx *E, const int32_t *toks, int T, bool store, sp_eval_acc *acc)
 {
+    float *rows = store ? E->ref : E->test;
+    const size_t V = (size_t)E->n_vocab;
+    int rc;
+    if (E->o->tf_decode) {
+        for (int i = 0; i < T; i++)
+            if ((rc = sp_ctx_decode(E->ctx, toks[i], rows + (size_t)i * V)) < 0)
+                return rc;
+    } else if ((rc = sp_ctx_prefill(E->ctx, toks, T, NULL, rows)) < 0) {
+        return rc;
+    }
     for (int i = 0; i < T; i++) {
-        float *dst = store ? E->ref + (size_t)i * E->n_vocab : E->logits;
-        int rc = sp_ctx_decode(E->ctx, toks[i], dst);
-        if (rc < 0)
-            return rc;
-        sp_eval_log_softmax(E->ref + (size_t)i * E->n_vocab, E->n_vocab, E->lp_ref);
-        if (store)
-            memcpy(E->lp_test, E->lp_ref, sizeof *E->lp_ref * (size_t)E->n_vocab);
-        else
-            sp_eval_log_softmax(dst, E->n_vocab, E->lp_test);
+        sp_eval_log_softmax(E->ref + (size_t)i * V, E->n_vocab, E->lp_ref);
+        sp_eval_log_softmax(rows + (size_t)i * V, E->n_vocab, E->lp_test);
         sp_eval_acc_add(acc, E->lp_ref, E->lp_test, E->n_vocab, toks[i + 1]);
     }
     return 0;
@@ -485,6 +503,7 @@ static int run_fidelity_one(evalctx *E, const char *tname, const int32_t *all, i
         return rc;
     fr->full_ratio = st.true_ratio;
     fr->fp16_bytes = st.fp16_bytes;
+    fr->scores_s = st.scores_s;
     sp_eval_acc ref = {0};
     double t = now_s();
     if ((rc = teacher_force(E, tf, T, true, &ref)) < 0)
@@ -494,59 +513,65 @@ static int run_fidelity_one(evalctx *E, const char *tname, const int32_t *all, i
     progress(E, "fidelity %s N=%d: prefill %.1f s, full reference %d tokens %.1f s, ppl %.3f", tname, N,
              fr->prefill_s, T, fr->ref_s, fr->full_ppl);
 
-    sp_eval_search srch = {.knob_min = 0.01, .knob_max = 1.0, .tol = o->tol, .max_iter = o->max_probes};
+    /* Two searches per target, one for a point in [t - tol, t] and one in [t, t + tol], so that
+     * every reachable target is bracketed by measured points that close to it. */
+    sp_eval_search srch = {.knob_min = 0.01, .knob_max = 1.0, .tol = o->tol / 2, .max_iter = o->max_probes};
     for (int pi = 0; pi < o->n_pol; pi++) {
         fid_pol *fp = &fr->pol[fr->n_pol++];
         fp->policy = o->pol[pi];
         measure_ctx mc = {E, fp->policy};
-        for (int ti = 0; ti < o->n_targets; ti++) {
-            fid_point *pt = &fp->pts[fp->n_pts++];
-            memset(pt, 0, sizeof *pt);
-            pt->target = o->targets[ti];
-            double best;
-            int s = sp_eval_knob_search(&srch, o->targets[ti], measure_cb, &mc, fp->probes[ti], MAXPROBE,
-                                        &fp->n_probes[ti], &best);
-            if (s < 0)
-                return s;
-            pt->hit = s == 0;
-            pt->knob = best;
-            /* A knob already evaluated for another target: copy the measurement. */
-            int same = -1;
-            for (int j = 0; j < ti; j++)
-                if (fp->pts[j].knob == best)
-                    same = j;
-            if (same >= 0) {
-                double tg = pt->target;
-                bool hit = pt->hit;
-                *pt = fp->pts[same];
-                pt->target = tg;
-                pt->hit = hit;
-                continue;
+        for (int ti = 0; ti < o->n_targets; ti++)
+            for (int side = -1; side <= 1; side += 2) {
+                int k = fp->n_pts++;
+                fid_point *pt = &fp->pts[k];
+                memset(pt, 0, sizeof *pt);
+                pt->target = o->targets[ti];
+                pt->side = side;
+                double best;
+                srch.start = k > 0 ? fp->pts[k - 1].knob : 0;
+                int s = sp_eval_knob_search(&srch, pt->target + side * o->tol / 2, measure_cb, &mc, fp->probes[k],
+                                            MAXPROBE, &fp->n_probes[k], &best);
+                if (s < 0)
+                    return s;
+                pt->hit = s == 0;
+                pt->knob = best;
+                /* A knob already evaluated by another search: copy the measurement. */
+                int same = -1;
+                for (int j = 0; j < k; j++)
+                    if (fp->pts[j].knob == best)
+                        same = j;
+                if (same >= 0) {
+                    fid_point keep = *pt;
+                    *pt = fp->pts[same];
+                    pt->target = keep.target;
+                    pt->side = keep.side;
+                    pt->hit = keep.hit;
+                    continue;
+                }
+                if ((rc = apply(E, fp->policy, best, &st)) < 0)
+                    return rc;
+                pt->ratio = st.true_ratio;
+                pt->paper_r = st.paper_r;
+                pt->bytes = st.bytes;
+                pt->fp16_bytes = st.fp16_bytes;
+                pt->compress_s = st.compress_s;
+                sp_eval_acc acc = {0};
+                t = now_s();
+                if ((rc = teacher_force(E, tf, T, false, &acc)) < 0)
+                    return rc;
+                pt->tf_s = now_s() - t;
+                pt->kl = sp_eval_acc_kl(&acc);
+                pt->kl_max = acc.kl_max;
+                pt->top1 = sp_eval_acc_top1(&acc);
+                pt->ppl = sp_eval_acc_ppl(&acc);
+                progress(E, "fidelity %s N=%d %-12s target %.2f%c: knob %.4f true %.4f%s (%d probes) KL %.4f top1 %.3f "
+                            "ppl %.3f (compress %.2f s, %d tokens %.1f s)",
+                         tname, N, sp_kv_policy_name(fp->policy), pt->target, side < 0 ? '-' : '+', pt->knob, pt->ratio,
+                         pt->hit ? "" : " (miss)", fp->n_probes[k], pt->kl, pt->top1, pt->ppl, pt->compress_s, T,
+                         pt->tf_s);
             }
-            if ((rc = apply(E, fp->policy, best, &st)) < 0)
-                return rc;
-            pt->ratio = st.true_ratio;
-            pt->paper_r = st.paper_r;
-            pt->bytes = st.bytes;
-            pt->fp16_bytes = st.fp16_bytes;
-            pt->compress_s = st.compress_s;
-            sp_eval_acc acc = {0};
-            t = now_s();
-            if ((rc = teacher_force(E, tf, T, false, &acc)) < 0)
-                return rc;
-            pt->tf_s = now_s() - t;
-            pt->kl = sp_eval_acc_kl(&acc);
-            pt->kl_max = acc.kl_max;
-            pt->top1 = sp_eval_acc_top1(&acc);
-            pt->ppl = sp_eval_acc_ppl(&acc);
-            progress(E, "fidelity %s N=%d %-12s target %.2f: knob %.4f true %.4f%s (%d probes) KL %.4f top1 %.3f "
-                        "ppl %.3f (compress %.2f s, %d tokens %.1f s)",
-                     tname, N, sp_kv_policy_name(fp->policy), pt->target, pt->knob, pt->ratio, pt->hit ? "" : " (miss)",
-                     fp->n_probes[ti], pt->kl, pt->top1, pt->ppl, pt->compress_s, T, pt->tf_s);
-        }
-        /* Interpolate each metric linearly in the measured true ratio; full (ratio 1, KL 0, top-1 1)
-         * is a measured point of every policy's curve at the top end. */
-        double x[MAXT + 1], ykl[MAXT + 1], yt[MAXT + 1], yp[MAXT + 1];
+        /* Interpolate each metric linearly in the measured true ratio (no extrapolation). */
+        double x[2 * MAXT], ykl[2 * MAXT], yt[2 * MAXT], yp[2 * MAXT];
         int n = 0;
         for (int j = 0; j < fp->n_pts; j++) {
             x[n] = fp->pts[j].ratio;
@@ -928,9 +953,9 @@ static void write_json(evalctx *E, FILE *f, double wall_s)
             hp->n_layer, hp->n_head, hp->n_kv_head, hp->head_dim, hp->n_vocab);
     const sp_kv_opts *b = &E->base;
     fprintf(f, "  \"config\": {\"threads\": %d, \"tokens\": %d, \"tol\": %g, \"max_probes\": %d, \"knob\": \"ratio\", "
-               "\"window\": %" PRId64 ", \"pool_kernel\": %" PRId64 ", \"beta\": %g, \"theta_k\": %g, \"theta_v\": %g, "
+               "\"teacher_forcing\": \"%s\", \"window\": %" PRId64 ", \"pool_kernel\": %" PRId64 ", \"beta\": %g, \"theta_k\": %g, \"theta_v\": %g, "
                "\"gqa_mode\": \"%s\", \"allocator\": \"%s\", \"codebook\": %s, \"evict_layers\": ",
-            sp_cli_threads(&E->c->cfg), o->tokens, o->tol, o->max_probes, b->window, b->pool_kernel, b->beta,
+            sp_cli_threads(&E->c->cfg), o->tokens, o->tol, o->max_probes, o->tf_decode ? "decode" : "prefill", b->window, b->pool_kernel, b->beta,
             b->theta_k, b->theta_v, b->gqa_mode == SP_GQA_KV_HEAD ? "kv_head" : "query_head",
             sp_kv_allocator_name(b->allocator), b->codebook ? "true" : "false");
     jstr(f, b->evict_layers);
@@ -951,8 +976,9 @@ static void write_json(evalctx *E, FILE *f, double wall_s)
     for (int r = 0; r < E->n_fr; r++) {
         const fid_run *fr = &E->fr[r];
         fprintf(f, "%s\n    {\"text\": \"%s\", \"n_prompt\": %d, \"n_tokens\": %d, \"prefill_s\": %.2f, "
-                   "\"reference_s\": %.2f, \"fp16_bytes\": %" PRIu64 ",\n     \"full\": {\"true_ratio\": ",
-                r ? "," : "", fr->text, fr->n_prompt, fr->n_tokens, fr->prefill_s, fr->ref_s, fr->fp16_bytes);
+                   "\"score_passes_s\": %.2f, \"reference_s\": %.2f, \"fp16_bytes\": %" PRIu64 ",\n     \"full\": {\"true_ratio\": ",
+                r ? "," : "", fr->text, fr->n_prompt, fr->n_tokens, fr->prefill_s, fr->scores_s, fr->ref_s,
+                fr->fp16_bytes);
         jnum(f, fr->full_ratio);
         fprintf(f, ", \"ppl\": ");
         jnum(f, fr->full_ppl);
@@ -962,8 +988,8 @@ static void write_json(evalctx *E, FILE *f, double wall_s)
             fprintf(f, "%s\n      {\"policy\": \"%s\", \"points\": [", pi ? "," : "", sp_kv_policy_name(fp->policy));
             for (int j = 0; j < fp->n_pts; j++) {
                 const fid_point *pt = &fp->pts[j];
-                fprintf(f, "%s\n        {\"target\": %g, \"knob\": %.6g, \"hit\": %s, \"true_ratio\": ", j ? "," : "",
-                        pt->target, pt->knob, pt->hit ? "true" : "false");
+                fprintf(f, "%s\n        {\"target\": %g, \"side\": %d, \"knob\": %.6g, \"hit\": %s, \"true_ratio\": ",
+                        j ? "," : "", pt->target, pt->side, pt->knob, pt->hit ? "true" : "false");
                 jnum(f, pt->ratio);
                 fprintf(f, ", \"paper_r\": ");
                 jnum(f, pt->paper_r);
@@ -1146,8 +1172,7 @@ static int write_plots(evalctx *E, const char *dir)
         return -1;
     }
     fprintf(gp, "# generated by spindle eval; run: gnuplot eval.gp (in this directory)\n"
-                "set terminal pngcairo size 1600,%d font ',10'\nset key outside right\nset grid\n",
-            400 * ((E->n_fr + 2) / 3 + 0));
+                "set key outside right\nset grid\n");
     /* One data file per (run, policy): true_ratio kl top1 ppl_rel, sorted by ratio. */
     for (int r = 0; r < E->n_fr; r++) {
         const fid_run *fr = &E->fr[r];
@@ -1162,7 +1187,7 @@ static int write_plots(evalctx *E, const char *dir)
                 return -1;
             }
             fprintf(d, "# true_ratio kl top1 ppl/ppl_full knob\n");
-            int idx[MAXT];
+            int idx[2 * MAXT];
             for (int j = 0; j < fp->n_pts; j++)
                 idx[j] = j;
             for (int a = 0; a < fp->n_pts; a++)
@@ -1289,7 +1314,7 @@ int sp_cmd_eval(int argc, char **argv)
         .n_ret_targets = 1,
         .digits = 5,
         .answer_tokens = 10,
-        .tol = 0.005,
+        .tol = 0.01,
         .max_probes = 8,
     };
     int r = parse_args(argc, argv, &c, &o);
@@ -1359,9 +1384,10 @@ int sp_cmd_eval(int argc, char **argv)
     E.tbuf = malloc(E.tcap * sizeof *E.tbuf);
     E.logits = malloc((size_t)E.n_vocab * sizeof *E.logits);
     E.ref = malloc((size_t)o.tokens * (size_t)E.n_vocab * sizeof *E.ref);
+    E.test = malloc((size_t)o.tokens * (size_t)E.n_vocab * sizeof *E.test);
     E.lp_ref = malloc((size_t)E.n_vocab * sizeof *E.lp_ref);
     E.lp_test = malloc((size_t)E.n_vocab * sizeof *E.lp_test);
-    if (!E.tbuf || !E.logits || !E.ref || !E.lp_ref || !E.lp_test) {
+    if (!E.tbuf || !E.logits || !E.ref || !E.test || !E.lp_ref || !E.lp_test) {
         sp_cli_error("eval: out of memory");
         goto out;
     }
@@ -1411,6 +1437,7 @@ out:
     free(E.tbuf);
     free(E.logits);
     free(E.ref);
+    free(E.test);
     free(E.lp_ref);
     free(E.lp_test);
     sp_ctx_free(E.ctx);
