@@ -70,15 +70,17 @@ pols = fid[0]["policies"]
 need([p["policy"] for p in pols] == ["snapkv", "spindle"], "policies")
 for p in pols:
     pts = p["points"]
-    need(len(pts) == 2 and {q["side"] for q in pts} == {-1, 1}, p["policy"] + ": two points, one per side")
+    need(1 <= len(pts) <= 2 and pts[0]["side"] == 0, p["policy"] + ": one point per target, plus a bracket point")
     for q in pts:
         need(0.0 < q["true_ratio"] < 1.0, "true ratio in (0,1)")
         need(abs(q["true_ratio"] - q["bytes"] / q["fp16_bytes"]) < 1e-4, "true ratio = bytes / fp16 bytes")
         need(q["kl"] >= 0.0 and 0.0 <= q["top1"] <= 1.0 and q["ppl"] > 1.0, "metric ranges")
         need(len(q["probes"]) >= 1, "probes listed")
         if q["hit"]:
-            lo, hi = (0.3 - 0.01, 0.3) if q["side"] < 0 else (0.3, 0.3 + 0.01)
-            need(lo - 1e-9 <= q["true_ratio"] <= hi + 1e-9, "hit point inside its side window")
+            lo, hi = {0: (0.29, 0.31), -1: (0.29, 0.3), 1: (0.3, 0.31)}[q["side"]]
+            need(lo - 1e-9 <= q["true_ratio"] <= hi + 1e-9, "hit point inside its window")
+    if all(q["hit"] for q in pts):
+        need(min(q["true_ratio"] for q in pts) <= 0.3 <= max(q["true_ratio"] for q in pts), "target bracketed")
     at = p["at_targets"][0]
     xs = sorted(q["true_ratio"] for q in pts)
     if xs[0] <= 0.3 <= xs[-1]:

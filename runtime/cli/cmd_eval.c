@@ -52,6 +52,8 @@ static void usage(FILE *out)
           "  --tokens N                 teacher-forced tokens per point (default 256)\n"
           "  --policies LIST            default streaming,h2o,snapkv,pyramidkv,pyramidinfer,spindle\n"
           "                             (full is always measured as the reference)\n"
+          "  --variant P:K=V[;K=V]      one more curve: policy P with other knobs, e.g. spindle:codebook=off\n"
+          "                             (repeatable; after --policies; same prefill, so no window change)\n"
           "  --targets LIST             true byte ratios to compare at (default 0.1,0.2,0.3,0.5)\n"
           "  --ret-lengths LIST         retrieval prompt lengths (default 1000,2000,4000,8000)\n"
           "  --depths LIST              needle depths in percent (default 0,25,50,75,100)\n"
@@ -59,8 +61,8 @@ static void usage(FILE *out)
           "  --ret-targets LIST         true byte ratios for retrieval (default 0.2)\n"
           "  --digits N                 passkey digits (default 5)\n"
           "  --answer-tokens N          greedy answer length limit (default 10)\n"
-          "  --tol X                    fidelity: points within [t - X, t] and [t, t + X] of each target t;\n"
-          "                             retrieval: |true ratio - t| <= X (default 0.01)\n"
+          "  --tol X                    knob search: |true ratio - t| <= X for each target t (default 0.01);\n"
+          "                             a target not bracketed gets a point in [t - X, t] or [t, t + X]\n"
           "  --max-probes N             recompressions per knob search (default 8)\n"
           "  --tf prefill|decode        teacher forcing as one batched prefill of the T tokens (default)\n"
           "                             or one decode call per token (same tail path, slower)\n"
@@ -82,6 +84,8 @@ typedef struct eval_opts {
     int lengths[MAXL], n_lengths;
     int tokens;
     sp_policy_kind pol[MAXP];
+    char pol_name[MAXP][96];     /* label: the policy name, or "policy:knobs" for a --variant */
+    char pol_knobs[MAXP][160];   /* extra knobs of a variant ("" for a plain policy) */
     int n_pol;
     double targets[MAXT];
     int n_targets;
@@ -103,7 +107,8 @@ typedef struct eval_opts {
 
 typedef struct fid_point {
     double target, knob, ratio, paper_r;
-    int side;   /* -1: searched in [target - tol, target], +1: in [target, target + tol] */
+    int side;   /* 0: searched for |ratio - target| <= tol; -1: in [target - tol, target], +1: in
+                   [target, target + tol] (bracket points) */
     uint64_t bytes, fp16_bytes;
     double kl, kl_max, top1, ppl, compress_s, tf_s;
     bool hit;   /* knob search within tol */
@@ -111,8 +116,8 @@ typedef struct fid_point {
 
 typedef struct fid_pol {
     sp_policy_kind policy;
-    fid_point pts[2 * MAXT];   /* two per target, one on each side (a knob found by several searches
-                                  is measured once and copied) */
+    fid_point pts[2 * MAXT];   /* one per target, plus bracket points (a knob found by several
+                                  searches is measured once and copied) */
     int n_pts;
     sp_eval_probe probes[2 * MAXT][MAXPROBE];
     int n_probes[2 * MAXT];
@@ -205,8 +210,51 @@ static int parse_policies(const char *list, eval_opts *o)
             sp_cli_error("--policies: at most %d", MAXP);
             return -1;
         }
-        o->pol[o->n_pol++] = p;
+        o->pol[o->n_pol] = p;
+        snprintf(o->pol_name[o->n_pol], sizeof o->pol_name[0], "%s", sp_kv_policy_name(p));
+        o->pol_knobs[o->n_pol][0] = '\0';
+        o->n_pol++;
     }
+    return 0;
+}
+
+/* --variant POLICY:KEY=VALUE[;KEY=VALUE...]: one more curve with its own knobs (e.g.
+ * "spindle:codebook=off", "spindle:gqa_mode=kv_head;theta_v=0.98"); the knobs are checked now. */
+static int parse_variant(const char *v, eval_opts *o)
+{
+    const char *colon = strchr(v, ':');
+    char name[32];
+    if (!colon || colon == v || (size_t)(colon - v) >= sizeof name || !colon[1]) {
+        sp_cli_error("--variant: '%s' is not POLICY:KEY=VALUE[;KEY=VALUE...]", v);
+        return -1;
+    }
+    memcpy(name, v, (size_t)(colon - v));
+    name[colon - v] = '\0';
+    sp_policy_kind p;
+    if (sp_kv_policy_from_name(name, &p) < 0) {
+        sp_cli_error("--variant: %s", sp_last_error());
+        return -1;
+    }
+    sp_kv_opts test;
+    sp_kv_opts_defaults(&test);
+    if (strlen(colon + 1) >= sizeof o->pol_knobs[0] || sp_kv_opts_parse(&test, colon + 1) < 0) {
+        sp_cli_error("--variant '%s': %s", v, sp_last_error());
+        return -1;
+    }
+    if (strstr(colon + 1, "window") || strstr(colon + 1, "policy") || strstr(colon + 1, "ratio") ||
+        strstr(colon + 1, "budget_tokens")) {
+        sp_cli_error("--variant '%s': window, policy, ratio and budget_tokens cannot vary within one run "
+                     "(the window scores are computed once per prompt; the sweep sets the ratio)", v);
+        return -1;
+    }
+    if (o->n_pol == MAXP) {
+        sp_cli_error("--variant: at most %d policies and variants", MAXP);
+        return -1;
+    }
+    o->pol[o->n_pol] = p;
+    snprintf(o->pol_name[o->n_pol], sizeof o->pol_name[0], "%s", v);
+    snprintf(o->pol_knobs[o->n_pol], sizeof o->pol_knobs[0], "%s", colon + 1);
+    o->n_pol++;
     return 0;
 }
 
@@ -310,6 +358,9 @@ static int parse_args(int argc, char **argv, sp_cli_common *c, eval_opts *o)
         } else if (!strcmp(a, "--policies")) {
             if (!(v = sp_cli_value(argc, argv, &i)) || parse_policies(v, o) < 0)
                 return -1;
+        } else if (!strcmp(a, "--variant")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || parse_variant(v, o) < 0)
+                return -1;
         } else if (!strcmp(a, "--targets")) {
             if (!(v = sp_cli_value(argc, argv, &i)) || !list_d(a, v, o->targets, MAXT, &o->n_targets, 1e-3, 1.0))
                 return -1;
@@ -401,18 +452,21 @@ static int count_cb(void *user, const char *text, size_t len)
     return rc < 0 ? rc : (int)n;
 }
 
-static sp_kv_opts opts_for(const evalctx *E, sp_policy_kind p, double knob)
+/* Options of policy index pi (-1: full) at a knob value. Variant knobs were validated at parse. */
+static sp_kv_opts opts_for(const evalctx *E, int pi, double knob)
 {
     sp_kv_opts k = E->base;
-    k.policy = p;
+    k.policy = pi < 0 ? SP_POLICY_FULL : E->o->pol[pi];
+    if (pi >= 0 && E->o->pol_knobs[pi][0])
+        sp_kv_opts_parse(&k, E->o->pol_knobs[pi]);
     k.ratio = knob;
     return k;
 }
 
-/* Recompress under (policy, knob) and read the accounting. */
-static int apply(evalctx *E, sp_policy_kind p, double knob, sp_kv_stats *st)
+/* Recompress under (policy index, knob) and read the accounting. */
+static int apply(evalctx *E, int pi, double knob, sp_kv_stats *st)
 {
-    sp_kv_opts k = opts_for(E, p, knob);
+    sp_kv_opts k = opts_for(E, pi, knob);
     int rc = sp_ctx_recompress(E->ctx, &k);
     if (rc < 0)
         return rc;
@@ -421,14 +475,14 @@ static int apply(evalctx *E, sp_policy_kind p, double knob, sp_kv_stats *st)
 
 typedef struct measure_ctx {
     evalctx *E;
-    sp_policy_kind p;
+    int pi;
 } measure_ctx;
 
 static int measure_cb(void *user, double knob, double *ratio)
 {
     measure_ctx *mc = user;
     sp_kv_stats st;
-    int rc = apply(mc->E, mc->p, knob, &st);
+    int rc = apply(mc->E, mc->pi, knob, &st);
     if (rc < 0)
         return rc;
     *ratio = st.true_ratio;
@@ -440,7 +494,9 @@ static int measure_cb(void *user, double knob, double *ratio)
 static int prefill_prompt(evalctx *E, const int32_t *toks, int n, double *secs)
 {
     sp_ctx_reset(E->ctx);
-    sp_kv_opts k = opts_for(E, SP_POLICY_SNAPKV, 0.5);
+    sp_kv_opts k = opts_for(E, -1, 1.0);
+    k.policy = SP_POLICY_SNAPKV;
+    k.ratio = 0.5;
     int rc = sp_ctx_set_policy(E->ctx, &k);
     if (rc < 0)
         return rc;
@@ -483,6 +539,68 @@ static char *load_text(evalctx *E, const char *name, size_t *len)
     return sp_eval_read_dir(E->o->haystack, len);
 }
 
+/* Search the knob of policy pi for target t (side 0: |ratio - t| <= tol; -1: ratio in [t - tol, t];
+ * +1: in [t, t + tol]), then teacher-force at it unless that knob was measured already. Appends
+ * a point to fp. */
+static int fid_point_at(evalctx *E, const fid_run *fr, fid_pol *fp, int pi, double t, int side, const int32_t *tf)
+{
+    eval_opts *o = E->o;
+    const int T = o->tokens;
+    if (fp->n_pts == 2 * MAXT)
+        return 0;
+    int k = fp->n_pts++;
+    fid_point *pt = &fp->pts[k];
+    memset(pt, 0, sizeof *pt);
+    pt->target = t;
+    pt->side = side;
+    sp_eval_search srch = {.knob_min = 0.01, .knob_max = 1.0, .tol = side ? o->tol / 2 : o->tol,
+                           .max_iter = o->max_probes};
+    /* Warm start: the knob of the nearest point measured so far, scaled. */
+    for (int j = 0; j < k; j++)
+        if (fp->pts[j].ratio > 0 && (srch.start == 0 || fabs(fp->pts[j].ratio - t) < fabs(srch.start - t)))
+            srch.start = fp->pts[j].knob * t / fp->pts[j].ratio;
+    measure_ctx mc = {E, pi};
+    double best;
+    int s = sp_eval_knob_search(&srch, t + side * o->tol / 2, measure_cb, &mc, fp->probes[k], MAXPROBE,
+                                &fp->n_probes[k], &best);
+    if (s < 0)
+        return s;
+    pt->hit = s == 0;
+    pt->knob = best;
+    for (int j = 0; j < k; j++)
+        if (fp->pts[j].knob == best) {   /* measured already: copy */
+            fid_point keep = *pt;
+            *pt = fp->pts[j];
+            pt->target = keep.target;
+            pt->side = keep.side;
+            pt->hit = keep.hit;
+            return 0;
+        }
+    sp_kv_stats st;
+    int rc = apply(E, pi, best, &st);
+    if (rc < 0)
+        return rc;
+    pt->ratio = st.true_ratio;
+    pt->paper_r = st.paper_r;
+    pt->bytes = st.bytes;
+    pt->fp16_bytes = st.fp16_bytes;
+    pt->compress_s = st.compress_s;
+    sp_eval_acc acc = {0};
+    double t0 = now_s();
+    if ((rc = teacher_force(E, tf, T, false, &acc)) < 0)
+        return rc;
+    pt->tf_s = now_s() - t0;
+    pt->kl = sp_eval_acc_kl(&acc);
+    pt->kl_max = acc.kl_max;
+    pt->top1 = sp_eval_acc_top1(&acc);
+    pt->ppl = sp_eval_acc_ppl(&acc);
+    progress(E, "fidelity %s N=%d %-12s target %.2f%s: knob %.4f true %.4f%s (%d probes) KL %.4f top1 %.3f ppl %.3f "
+                "(compress %.2f s, %d tokens %.1f s)",
+             fr->text, fr->n_prompt, o->pol_name[pi], t, side < 0 ? "-" : side > 0 ? "+" : " ", pt->knob, pt->ratio,
+             pt->hit ? "" : " (miss)", fp->n_probes[k], pt->kl, pt->top1, pt->ppl, pt->compress_s, T, pt->tf_s);
+    return 0;
+}
+
 static int run_fidelity_one(evalctx *E, const char *tname, const int32_t *all, int N, fid_run *fr)
 {
     eval_opts *o = E->o;
@@ -499,7 +617,7 @@ static int run_fidelity_one(evalctx *E, const char *tname, const int32_t *all, i
         return rc;
     const int32_t *tf = all + N - 1;
     sp_kv_stats st;
-    if ((rc = apply(E, SP_POLICY_FULL, 1.0, &st)) < 0)
+    if ((rc = apply(E, -1, 1.0, &st)) < 0)
         return rc;
     fr->full_ratio = st.true_ratio;
     fr->fp16_bytes = st.fp16_bytes;
@@ -513,63 +631,26 @@ static int run_fidelity_one(evalctx *E, const char *tname, const int32_t *all, i
     progress(E, "fidelity %s N=%d: prefill %.1f s, full reference %d tokens %.1f s, ppl %.3f", tname, N,
              fr->prefill_s, T, fr->ref_s, fr->full_ppl);
 
-    /* Two searches per target, one for a point in [t - tol, t] and one in [t, t + tol], so that
-     * every reachable target is bracketed by measured points that close to it. */
-    sp_eval_search srch = {.knob_min = 0.01, .knob_max = 1.0, .tol = o->tol / 2, .max_iter = o->max_probes};
+    /* One search per target (|ratio - t| <= tol); then, for a target that no two measured points
+     * bracket, one more search on the missing side ([t - tol, t] or [t, t + tol]), so every
+     * reachable target is interpolated between points close to it. */
     for (int pi = 0; pi < o->n_pol; pi++) {
         fid_pol *fp = &fr->pol[fr->n_pol++];
         fp->policy = o->pol[pi];
-        measure_ctx mc = {E, fp->policy};
         for (int ti = 0; ti < o->n_targets; ti++)
-            for (int side = -1; side <= 1; side += 2) {
-                int k = fp->n_pts++;
-                fid_point *pt = &fp->pts[k];
-                memset(pt, 0, sizeof *pt);
-                pt->target = o->targets[ti];
-                pt->side = side;
-                double best;
-                srch.start = k > 0 ? fp->pts[k - 1].knob : 0;
-                int s = sp_eval_knob_search(&srch, pt->target + side * o->tol / 2, measure_cb, &mc, fp->probes[k],
-                                            MAXPROBE, &fp->n_probes[k], &best);
-                if (s < 0)
-                    return s;
-                pt->hit = s == 0;
-                pt->knob = best;
-                /* A knob already evaluated by another search: copy the measurement. */
-                int same = -1;
-                for (int j = 0; j < k; j++)
-                    if (fp->pts[j].knob == best)
-                        same = j;
-                if (same >= 0) {
-                    fid_point keep = *pt;
-                    *pt = fp->pts[same];
-                    pt->target = keep.target;
-                    pt->side = keep.side;
-                    pt->hit = keep.hit;
-                    continue;
-                }
-                if ((rc = apply(E, fp->policy, best, &st)) < 0)
-                    return rc;
-                pt->ratio = st.true_ratio;
-                pt->paper_r = st.paper_r;
-                pt->bytes = st.bytes;
-                pt->fp16_bytes = st.fp16_bytes;
-                pt->compress_s = st.compress_s;
-                sp_eval_acc acc = {0};
-                t = now_s();
-                if ((rc = teacher_force(E, tf, T, false, &acc)) < 0)
-                    return rc;
-                pt->tf_s = now_s() - t;
-                pt->kl = sp_eval_acc_kl(&acc);
-                pt->kl_max = acc.kl_max;
-                pt->top1 = sp_eval_acc_top1(&acc);
-                pt->ppl = sp_eval_acc_ppl(&acc);
-                progress(E, "fidelity %s N=%d %-12s target %.2f%c: knob %.4f true %.4f%s (%d probes) KL %.4f top1 %.3f "
-                            "ppl %.3f (compress %.2f s, %d tokens %.1f s)",
-                         tname, N, sp_kv_policy_name(fp->policy), pt->target, side < 0 ? '-' : '+', pt->knob, pt->ratio,
-                         pt->hit ? "" : " (miss)", fp->n_probes[k], pt->kl, pt->top1, pt->ppl, pt->compress_s, T,
-                         pt->tf_s);
+            if ((rc = fid_point_at(E, fr, fp, pi, o->targets[ti], 0, tf)) < 0)
+                return rc;
+        for (int ti = 0; ti < o->n_targets; ti++) {
+            bool below = false, above = false;
+            for (int j = 0; j < fp->n_pts; j++) {
+                below = below || fp->pts[j].ratio <= o->targets[ti];
+                above = above || fp->pts[j].ratio >= o->targets[ti];
             }
+            if (!below && (rc = fid_point_at(E, fr, fp, pi, o->targets[ti], -1, tf)) < 0)
+                return rc;
+            if (!above && (rc = fid_point_at(E, fr, fp, pi, o->targets[ti], +1, tf)) < 0)
+                return rc;
+        }
         /* Interpolate each metric linearly in the measured true ratio (no extrapolation). */
         double x[2 * MAXT], ykl[2 * MAXT], yt[2 * MAXT], yp[2 * MAXT];
         int n = 0;
@@ -784,7 +865,7 @@ static int run_retrieval(evalctx *E, const char *hay, size_t hay_len)
                 ret_res *r = &cell->r[cell->n_r++];
                 r->pi = r->ti = -1;
                 r->knob = 1.0;
-                if ((rc = apply(E, SP_POLICY_FULL, 1.0, &st)) < 0 ||
+                if ((rc = apply(E, -1, 1.0, &st)) < 0 ||
                     (rc = answer(E, last, r->answer, sizeof r->answer)) < 0)
                     return rc;
                 r->ratio = st.true_ratio;
@@ -792,7 +873,7 @@ static int run_retrieval(evalctx *E, const char *hay, size_t hay_len)
                 r->correct = sp_eval_passkey_match(r->answer, cell->passkey);
                 int n_ok = r->correct, n_all = 1;
                 for (int pi = 0; pi < o->n_pol; pi++) {
-                    measure_ctx mc = {E, o->pol[pi]};
+                    measure_ctx mc = {E, pi};
                     for (int ti = 0; ti < o->n_ret_targets; ti++) {
                         r = &cell->r[cell->n_r++];
                         r->pi = pi;
@@ -806,7 +887,7 @@ static int run_retrieval(evalctx *E, const char *hay, size_t hay_len)
                             return sres;
                         r->hit = sres == 0;
                         E->warm[pi][ti][li] = r->knob;
-                        if ((rc = apply(E, o->pol[pi], r->knob, &st)) < 0 ||
+                        if ((rc = apply(E, pi, r->knob, &st)) < 0 ||
                             (rc = answer(E, last, r->answer, sizeof r->answer)) < 0)
                             return rc;
                         r->ratio = st.true_ratio;
@@ -965,8 +1046,10 @@ static void write_json(evalctx *E, FILE *f, double wall_s)
     for (int i = 0; i < o->n_targets; i++)
         fprintf(f, "%s%g", i ? ", " : "", o->targets[i]);
     fprintf(f, "], \"policies\": [");
-    for (int i = 0; i < o->n_pol; i++)
-        fprintf(f, "%s\"%s\"", i ? ", " : "", sp_kv_policy_name(o->pol[i]));
+    for (int i = 0; i < o->n_pol; i++) {
+        fprintf(f, "%s", i ? ", " : "");
+        jstr(f, o->pol_name[i]);
+    }
     fprintf(f, "],\n    \"note\": \"x axis = true byte ratio measured after compressing the prompt (before the "
                "decoded tokens); the last prompt token is decoded over the compressed cache, so every scored "
                "prediction depends on it; metrics at the targets are interpolated linearly in the measured ratio "
@@ -985,7 +1068,11 @@ static void write_json(evalctx *E, FILE *f, double wall_s)
         fprintf(f, ", \"kl\": 0, \"top1\": 1},\n     \"policies\": [");
         for (int pi = 0; pi < fr->n_pol; pi++) {
             const fid_pol *fp = &fr->pol[pi];
-            fprintf(f, "%s\n      {\"policy\": \"%s\", \"points\": [", pi ? "," : "", sp_kv_policy_name(fp->policy));
+            fprintf(f, "%s\n      {\"policy\": ", pi ? "," : "");
+            jstr(f, o->pol_name[pi]);
+            fprintf(f, ", \"base_policy\": \"%s\", \"knobs\": ", sp_kv_policy_name(fp->policy));
+            jstr(f, o->pol_knobs[pi]);
+            fprintf(f, ", \"points\": [");
             for (int j = 0; j < fp->n_pts; j++) {
                 const fid_point *pt = &fp->pts[j];
                 fprintf(f, "%s\n        {\"target\": %g, \"side\": %d, \"knob\": %.6g, \"hit\": %s, \"true_ratio\": ",
@@ -1022,7 +1109,9 @@ static void write_json(evalctx *E, FILE *f, double wall_s)
     }
     fprintf(f, "\n  ],\n  \"frontier\": [");
     for (int pi = 0; pi < o->n_pol && E->n_fr; pi++) {
-        fprintf(f, "%s\n    {\"policy\": \"%s\", \"at_targets\": [", pi ? "," : "", sp_kv_policy_name(o->pol[pi]));
+        fprintf(f, "%s\n    {\"policy\": ", pi ? "," : "");
+        jstr(f, o->pol_name[pi]);
+        fprintf(f, ", \"at_targets\": [");
         for (int ti = 0; ti < o->n_targets; ti++) {
             int n;
             fprintf(f, "%s{\"target\": %g, \"mean_kl\": ", ti ? ", " : "", o->targets[ti]);
@@ -1055,8 +1144,9 @@ static void write_json(evalctx *E, FILE *f, double wall_s)
         for (int ti = pi < 0 ? -1 : 0; ti < (pi < 0 ? 0 : o->n_ret_targets); ti++) {
             if (!E->n_rc)
                 break;
-            fprintf(f, "%s\n      {\"policy\": \"%s\", \"target\": ", first ? "" : ",",
-                    pi < 0 ? "full" : sp_kv_policy_name(o->pol[pi]));
+            fprintf(f, "%s\n      {\"policy\": ", first ? "" : ",");
+            jstr(f, pi < 0 ? "full" : o->pol_name[pi]);
+            fprintf(f, ", \"target\": ");
             first = 0;
             jnum(f, ti < 0 ? 1.0 : o->ret_targets[ti]);
             fprintf(f, ", \"overall\": ");
@@ -1080,8 +1170,9 @@ static void write_json(evalctx *E, FILE *f, double wall_s)
                 i ? "," : "", c->length, c->n_prompt, c->depth, c->needle_token, c->seed, c->passkey, c->prefill_s);
         for (int k = 0; k < c->n_r; k++) {
             const ret_res *r = &c->r[k];
-            fprintf(f, "%s\n        {\"policy\": \"%s\", \"target\": ", k ? "," : "",
-                    r->pi < 0 ? "full" : sp_kv_policy_name(o->pol[r->pi]));
+            fprintf(f, "%s\n        {\"policy\": ", k ? "," : "");
+            jstr(f, r->pi < 0 ? "full" : o->pol_name[r->pi]);
+            fprintf(f, ", \"target\": ");
             jnum(f, r->ti < 0 ? 1.0 : o->ret_targets[r->ti]);
             fprintf(f, ", \"knob\": %.6g, \"hit\": %s, \"true_ratio\": ", r->knob, r->hit ? "true" : "false");
             jnum(f, r->ratio);
@@ -1109,7 +1200,7 @@ static void print_summary(evalctx *E)
             printf("---|");
         printf("\n");
         for (int pi = 0; pi < o->n_pol; pi++) {
-            printf("| %s |", sp_kv_policy_name(o->pol[pi]));
+            printf("| %s |", o->pol_name[pi]);
             for (int ti = 0; ti < o->n_targets; ti++) {
                 double kl = fid_mean(E, pi, ti, 0, NULL), t1 = fid_mean(E, pi, ti, 1, NULL),
                        pp = fid_mean(E, pi, ti, 2, NULL);
@@ -1129,7 +1220,7 @@ static void print_summary(evalctx *E)
                 for (int pi = 0; pi < fr->n_pol; pi++)
                     if (isfinite(fr->pol[pi].ikl[ti]) && (best < 0 || fr->pol[pi].ikl[ti] < fr->pol[best].ikl[ti]))
                         best = pi;
-                printf("  %.2f: %s", o->targets[ti], best < 0 ? "-" : sp_kv_policy_name(fr->pol[best].policy));
+                printf("  %.2f: %s", o->targets[ti], best < 0 ? "-" : o->pol_name[best]);
             }
             printf("\n");
         }
@@ -1149,11 +1240,25 @@ static void print_summary(evalctx *E)
                             s += E->rc[i].r[k].ratio;
                             n++;
                         }
-                printf("| %s | %.2f | %.3f | %.4f |\n", sp_kv_policy_name(o->pol[pi]), o->ret_targets[ti],
+                printf("| %s | %.2f | %.3f | %.4f |\n", o->pol_name[pi], o->ret_targets[ti],
                        ret_acc_all(E, pi, ti), n ? s / n : NAN);
             }
     }
     fflush(stdout);
+}
+
+/* A label usable in a file name: anything but [A-Za-z0-9.-] becomes '_'. */
+static const char *file_label(const char *name, char *buf, size_t cap)
+{
+    size_t i = 0;
+    for (; name[i] && i + 1 < cap; i++) {
+        char ch = name[i];
+        bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+                  ch == '-';
+        buf[i] = ok ? ch : '_';
+    }
+    buf[i] = '\0';
+    return buf;
 }
 
 /* Data files + a gnuplot script in dir, then gnuplot. Returns 0 or -1 (message printed). */
@@ -1178,8 +1283,9 @@ static int write_plots(evalctx *E, const char *dir)
         const fid_run *fr = &E->fr[r];
         for (int pi = 0; pi < fr->n_pol; pi++) {
             const fid_pol *fp = &fr->pol[pi];
+            char fl[128];
             snprintf(path, sizeof path, "%s/fid_%s_%d_%s.dat", dir, fr->text, fr->n_prompt,
-                     sp_kv_policy_name(fp->policy));
+                     file_label(o->pol_name[pi], fl, sizeof fl));
             FILE *d = fopen(path, "w");
             if (!d) {
                 fclose(gp);
@@ -1211,7 +1317,7 @@ static int write_plots(evalctx *E, const char *dir)
                                     "perplexity / full perplexity"};
     for (int m = 0; m < 3 && E->n_fr; m++) {
         int cols = E->n_fr < 3 ? E->n_fr : 3, rows = (E->n_fr + cols - 1) / cols;
-        fprintf(gp, "set terminal pngcairo size %d,%d font ',10'\nset output 'quality_%s.png'\n", 560 * cols,
+        fprintf(gp, "set terminal pngcairo noenhanced size %d,%d font ',10'\nset output 'quality_%s.png'\n", 560 * cols,
                 420 * rows + 40, metric[m]);
         fprintf(gp, "set multiplot layout %d,%d title 'spindle eval: %s vs TRUE byte ratio (measured points)'\n", rows,
                 cols, metric[m]);
@@ -1221,10 +1327,11 @@ static int write_plots(evalctx *E, const char *dir)
         for (int r = 0; r < E->n_fr; r++) {
             const fid_run *fr = &E->fr[r];
             fprintf(gp, "set title '%s, N = %d, %d tokens'\nplot ", fr->text, fr->n_prompt, fr->n_tokens);
-            for (int pi = 0; pi < fr->n_pol; pi++)
+            for (int pi = 0; pi < fr->n_pol; pi++) {
+                char fl[128];
                 fprintf(gp, "%s'fid_%s_%d_%s.dat' using 1:%d with linespoints lw 2 title '%s'", pi ? ", " : "",
-                        fr->text, fr->n_prompt, sp_kv_policy_name(fr->pol[pi].policy), m + 2,
-                        sp_kv_policy_name(fr->pol[pi].policy));
+                        fr->text, fr->n_prompt, file_label(o->pol_name[pi], fl, sizeof fl), m + 2, o->pol_name[pi]);
+            }
             fprintf(gp, "\n");
         }
         fprintf(gp, "unset multiplot\nunset logscale y\n");
@@ -1235,7 +1342,9 @@ static int write_plots(evalctx *E, const char *dir)
         int cols = panels < 4 ? panels : 4, rows = (panels + cols - 1) / cols;
         for (int pi = -1; pi < o->n_pol; pi++)
             for (int ti = pi < 0 ? -1 : 0; ti < (pi < 0 ? 0 : o->n_ret_targets); ti++) {
-                snprintf(path, sizeof path, "%s/ret_%s_%d.dat", dir, pi < 0 ? "full" : sp_kv_policy_name(o->pol[pi]),
+                char fl[128];
+                snprintf(path, sizeof path, "%s/ret_%s_%d.dat", dir,
+                         pi < 0 ? "full" : file_label(o->pol_name[pi], fl, sizeof fl),
                          ti < 0 ? 100 : (int)lround(100 * o->ret_targets[ti]));
                 FILE *d = fopen(path, "w");
                 if (!d) {
@@ -1251,7 +1360,7 @@ static int write_plots(evalctx *E, const char *dir)
                 }
                 fclose(d);
             }
-        fprintf(gp, "set terminal pngcairo size %d,%d font ',10'\nset output 'retrieval.png'\n", 420 * cols,
+        fprintf(gp, "set terminal pngcairo noenhanced size %d,%d font ',10'\nset output 'retrieval.png'\n", 420 * cols,
                 360 * rows + 40);
         fprintf(gp, "set multiplot layout %d,%d title 'spindle eval: passkey accuracy (%d seeds per cell)'\n", rows, cols,
                 o->seeds);
@@ -1266,11 +1375,12 @@ static int write_plots(evalctx *E, const char *dir)
         fprintf(gp, ")\nset xrange [-0.5:%g]\nset yrange [-0.5:%g]\n", o->n_ret_lengths - 0.5, o->n_depths - 0.5);
         for (int pi = -1; pi < o->n_pol; pi++)
             for (int ti = pi < 0 ? -1 : 0; ti < (pi < 0 ? 0 : o->n_ret_targets); ti++) {
-                const char *pn = pi < 0 ? "full" : sp_kv_policy_name(o->pol[pi]);
+                char fl[128];
+                const char *pn = pi < 0 ? "full" : o->pol_name[pi];
                 int tp = ti < 0 ? 100 : (int)lround(100 * o->ret_targets[ti]);
                 fprintf(gp, "set title '%s at %.2f true bytes (acc %.2f)'\n", pn, tp / 100.0, ret_acc_all(E, pi, ti));
                 fprintf(gp, "plot 'ret_%s_%d.dat' using 1:2:3 with image, '' using 1:2:(sprintf('%%.2f',$3)) with labels\n",
-                        pn, tp);
+                        file_label(pn, fl, sizeof fl), tp);
             }
         fprintf(gp, "unset multiplot\n");
     }
