@@ -1435,6 +1435,9 @@ int sp_cmd_eval(int argc, char **argv)
         return SP_EXIT_OK;
     }
     o.seed = (uint64_t)c.cfg.runtime.seed;
+    for (int i = 0; i < o.n_pol; i++)   /* the default list has no labels yet */
+        if (!o.pol_name[i][0])
+            snprintf(o.pol_name[i], sizeof o.pol_name[0], "%s", sp_kv_policy_name(o.pol[i]));
     char hay_dir[4096];
     if (!o.haystack) {
         const char *sh = getenv("SPINDLE_SHARED");
