@@ -108,5 +108,21 @@ for a in acc:
 EOF
 fi
 
+# The default policy list, retrieval only, one tiny cell: every curve is labelled with its policy.
+if "${ev[@]}" --retrieval --ret-lengths 200 --depths 50 --seeds 1 --ret-targets 0.5 --json "$tmp/d.json" \
+     >/dev/null 2>"$tmp/err2"; then
+  python3 - "$tmp/d.json" <<'EOF2' || fail "default policies JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+want = ["streaming", "h2o", "snapkv", "pyramidkv", "pyramidinfer", "spindle"]
+if d["config"]["policies"] != want or [a["policy"] for a in d["retrieval"]["accuracy"]] != ["full"] + want:
+    print("JSON: default policy labels", d["config"]["policies"]); sys.exit(1)
+if d["fidelity"] != []:
+    print("JSON: --retrieval ran the fidelity part"); sys.exit(1)
+EOF2
+else
+  fail "default policies run"; tail -3 "$tmp/err2"
+fi
+
 echo "cli_eval: $passes passed, $fails failed"
 [ "$fails" -eq 0 ]
