@@ -539,6 +539,27 @@ static char *load_text(evalctx *E, const char *name, size_t *len)
     return sp_eval_read_dir(E->o->haystack, len);
 }
 
+static void write_json(evalctx *E, FILE *f, double wall_s, bool complete);
+
+/* With --json: rewrite the file after each finished fidelity run / retrieval cell ("complete":
+ * false), so a long run that is stopped keeps what it measured. Write to a temporary name, then
+ * rename. Failures are reported once at the end by the final write. */
+static void checkpoint(evalctx *E)
+{
+    if (!E->o->json)
+        return;
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.partial", E->o->json);
+    FILE *f = fopen(tmp, "w");
+    if (!f)
+        return;
+    write_json(E, f, now_s() - E->t0, false);
+    if (fclose(f) == 0)
+        rename(tmp, E->o->json);
+    else
+        remove(tmp);
+}
+
 /* Search the knob of policy pi for target t (side 0: |ratio - t| <= tol; -1: ratio in [t - tol, t];
  * +1: in [t, t + tol]), then teacher-force at it unless that knob was measured already. Appends
  * a point to fp. */
@@ -705,7 +726,10 @@ static int run_fidelity(evalctx *E)
             return sp_error(ENOMEM, "out of memory");
         memcpy(all, E->tbuf, n * sizeof *all);
         for (int li = 0; li < o->n_lengths && rc == 0; li++)
-            rc = run_fidelity_one(E, o->texts[ti], all, o->lengths[li], &E->fr[E->n_fr++]);
+            if ((rc = run_fidelity_one(E, o->texts[ti], all, o->lengths[li], &E->fr[E->n_fr])) == 0) {
+                E->n_fr++;
+                checkpoint(E);
+            }
         free(all);
         if (rc < 0)
             return rc;
@@ -819,10 +843,12 @@ static int run_retrieval(evalctx *E, const char *hay, size_t hay_len)
             for (int l = 0; l < MAXL; l++)
                 E->warm[p][t][l] = 0;
     sp_eval_search srch = {.knob_min = 0.01, .knob_max = 1.0, .tol = o->tol, .max_iter = o->max_probes};
-    for (int li = 0; li < o->n_ret_lengths; li++)
-        for (int di = 0; di < o->n_depths; di++)
-            for (int s = 0; s < o->seeds; s++) {
-                ret_cell *cell = &E->rc[E->n_rc++];
+    /* Seeds outermost: after each seed the whole length x depth grid has one more sample. */
+    for (int s = 0; s < o->seeds; s++)
+        for (int li = 0; li < o->n_ret_lengths; li++)
+            for (int di = 0; di < o->n_depths; di++) {
+                ret_cell *cell = &E->rc[E->n_rc];
+                memset(cell, 0, sizeof *cell);
                 cell->length = o->ret_lengths[li];
                 cell->depth = o->depths[di];
                 cell->seed = o->seed + (uint64_t)s * 1000003u + (uint64_t)li * 7919u + (uint64_t)di * 104729u;
@@ -900,6 +926,8 @@ static int run_retrieval(evalctx *E, const char *hay, size_t hay_len)
                             "%d/%d policy points correct (prefill %.1f s)",
                          cell->length, cell->n_prompt, 100 * cell->depth, s, cell->passkey, cell->r[0].answer,
                          cell->r[0].correct ? "ok" : "wrong", n_ok, n_all, cell->prefill_s);
+                E->n_rc++;
+                checkpoint(E);
             }
     return 0;
 }
@@ -1005,7 +1033,7 @@ static void machine_info(char *cpu, size_t ccap, char *commit, size_t kcap)
     }
 }
 
-static void write_json(evalctx *E, FILE *f, double wall_s)
+static void write_json(evalctx *E, FILE *f, double wall_s, bool complete)
 {
     eval_opts *o = E->o;
     struct utsname un;
@@ -1019,7 +1047,8 @@ static void write_json(evalctx *E, FILE *f, double wall_s)
     char date[32];
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));
     const sp_hparams *hp = E->hp;
-    fprintf(f, "{\n  \"bench\": \"spindle eval\",\n  \"date\": \"%s\",\n  \"commit\": ", date);
+    fprintf(f, "{\n  \"bench\": \"spindle eval\",\n  \"complete\": %s,\n  \"date\": \"%s\",\n  \"commit\": ",
+            complete ? "true" : "false", date);
     jstr(f, commit);
     fprintf(f, ",\n  \"machine\": {\"cpu\": ");
     jstr(f, cpu);
@@ -1529,7 +1558,7 @@ int sp_cmd_eval(int argc, char **argv)
             sp_cli_error("eval: cannot write '%s': %s", o.json, strerror(errno));
             rc = SP_EXIT_FAIL;
         } else {
-            write_json(&E, f, wall);
+            write_json(&E, f, wall, true);
             if (fclose(f) != 0) {
                 sp_cli_error("eval: writing '%s' failed", o.json);
                 rc = SP_EXIT_FAIL;
