@@ -309,6 +309,7 @@ struct sp_ctx {
     size_t work_floats;
     sp_kv_layer_stats *lst;  /* [n_layer] for sp_ctx_kv_stats */
     double compress_s, scores_s;
+    double attn_s;           /* attention time of one-token chunks (decode) */
 };
 
 enum { KV_PLAIN = 0, KV_CAPTURE = 1, KV_SEG = 2 };
@@ -672,6 +673,7 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
         add_bias(c->k, ly->bk, n, KV);
         add_bias(c->v, ly->bv, n, KV);
         sp_op_rope(c->q, n, hp->n_head, D, Q, c->pos, c->rope, hp->rope_mode);
+        double ta = n == 1 ? now_s() : 0;
         if (c->mode == KV_SEG) {
             /* Compressed: keys stay pre-RoPE (the segment attention rotates them). */
             if ((rc = seg_attention(c, l, n, pos0)) != 0)
@@ -696,6 +698,8 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
             if (c->mode == KV_CAPTURE && (rc = capture_scores(c, l, &aa)) != 0)
                 return rc;
         }
+        if (n == 1)
+            c->attn_s += now_s() - ta;
         if ((rc = matmul(c, &ly->wo, c->att, n, c->xn)) != 0)
             return rc;
         add_rows(c->x, c->xn, (size_t)n * E);
@@ -1129,8 +1133,10 @@ int sp_ctx_decode(sp_ctx_t *c, int32_t tok, float *logits)
     if (c->mode == KV_PLAIN && (rc = kv_ensure_cache(c)) < 0)
         return rc;
     double t0 = now_s();
+    c->attn_s = 0;
     rc = forward_chunk(c, &tok, 1, false, logits, NULL);
     c->st.decode_s += now_s() - t0;
+    c->st.decode_attn_s += c->attn_s;
     c->st.decode_tokens += rc == 0;
     return rc;
 }

@@ -92,6 +92,7 @@ typedef struct sp_ctx_params {
 typedef struct sp_ctx_stats {
     double prefill_s, decode_s;      /* wall seconds spent in prefill / decode */
     int64_t prefill_tokens, decode_tokens;
+    double decode_attn_s;            /* part of decode_s spent in attention (full cache or segment) */
     size_t kv_bytes;                 /* KV storage the context holds: the fp16 cache (full n_ctx) while
                                         allocated, plus owned segments and decode tails when compressed
                                         (segments given to a provider are not counted) */
