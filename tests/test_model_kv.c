@@ -345,7 +345,7 @@ Test(model_kv, accounting_adds_up_and_provider_matches_resident)
     cr_assert_eq(st.bytes_alloc, seg_bytes + tail_alloc);
     /* The context holds the tails; the provider holds the segments. The resident context (same
      * options and prompt, so the same segments) holds both. */
-    cr_assert_eq(sp_ctx_get_stats(pc).kv_bytes, tail_alloc);
+    cr_assert_eq(sp_ctx_get_stats(pc).kv_bytes, tail_alloc, "%zu vs %llu", sp_ctx_get_stats(pc).kv_bytes, (unsigned long long)tail_alloc);
     cr_assert_eq(sp_ctx_get_stats(res).kv_bytes, seg_bytes + tail_alloc);
     uint64_t fp16 = 2ull * KVH * PROMPT * D * 2 * L;
     cr_assert_eq(st.fp16_bytes, fp16);
