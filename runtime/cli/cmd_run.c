@@ -284,6 +284,7 @@ int sp_cmd_run(int argc, char **argv)
     sp_ctx_params cp = sp_ctx_default_params();
     cp.n_ctx = (int)c.cfg.model.n_ctx;
     cp.n_threads = sp_cli_threads(&c.cfg);
+    cp.numerics = c.cfg.runtime.numerics;
     progress prog = {.tty = isatty(STDERR_FILENO), .last_quarter = 0};
     cp.on_progress = on_progress;
     cp.progress_user = &prog;
