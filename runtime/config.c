@@ -141,9 +141,8 @@ static const key_def keys[] = {
     {"runtime", "threads", KT_INT, OFF(runtime.threads), 0, .imin = 0, .imax = 4096, .def = "0",
      .help = "compute threads; 0 = all cores"},
     {"runtime", "numerics", KT_ENUM, OFF(runtime.numerics), 0, .enums = numerics_names, .def = "ggml",
-     .help = "CPU forward-pass arithmetic: ggml = llama.cpp's CPU backend (8-bit activations for Q4_0/Q4_1/Q8_0 "
-             "products; with an fp16 cache, fp16 queries and probabilities summed in the order of its AVX-512 "
-             "build), exact = fp32 activations on the exact dequantized weights"},
+     .help = "forward-pass arithmetic: ggml = llama.cpp's CPU backend (8-bit activations, fp16 attention, "
+             "same summation order); exact = fp32 on the dequantized weights"},
     {"runtime", "seed", KT_INT, OFF(runtime.seed), 0, .imin = 0, .imax = INT64_MAX, .def = "42",
      .help = "random seed (sampling, synthetic data)"},
     {"runtime", "stats_json", KT_STRING, OFF(runtime.stats_json), LEN(runtime.stats_json),
