@@ -81,6 +81,10 @@ static sp_ctx_t *new_ctx(const sp_kv_opts *o, bool keep)
     p.chunk = 128;
     p.kv_opts = o;
     p.keep_prefill_state = keep;
+    /* The compressed paths attend in fp32; comparing them with the full cache within a float tolerance
+     * needs fp32 activations (GGML numerics re-quantize them to 8 bits, turning rounding differences
+     * into code flips). */
+    p.numerics = SP_NUMERICS_EXACT;
     sp_ctx_t *c = sp_ctx_new(g_model, &p);
     cr_assert_not_null(c, "%s", sp_last_error());
     return c;
