@@ -38,7 +38,8 @@ struct sp_kv_tiered {
     sp_sched_t *sched;
     bool in_step;
     int next, held, failed, side_layer;
-    sp_tier_mem side, bounce;
+    bool side_paused;         /* the side read borrowed the scheduler's staging buffer */
+    sp_tier_mem bounce;
     sp_kv_tiered_stats st;    /* placement counters + scheduler stats of retired schedulers */
     uint64_t *old_wait, *old_acq; /* [L] per-layer scheduler counters of retired schedulers */
 };
@@ -110,10 +111,19 @@ sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o)
     return t;
 }
 
+static void side_release(sp_kv_tiered_t *t)
+{
+    if (t->side_paused)
+        sp_sched_resume(t->sched);
+    t->side_paused = false;
+    t->side_layer = -1;
+}
+
 static void retire_sched(sp_kv_tiered_t *t)
 {
     if (!t->sched)
         return;
+    side_release(t);
     sp_sched_stats s;
     sp_sched_sync(t->sched);
     sp_sched_get_stats(t->sched, &s);
@@ -144,7 +154,6 @@ void sp_kv_tiered_free(sp_kv_tiered_t *t)
         return;
     retire_sched(t);
     if (t->o.tiers) {
-        sp_tiers_release(t->o.tiers, &t->side);
         sp_tiers_release(t->o.tiers, &t->bounce);
         for (int l = 0; t->have && l < t->o.n_layers; l++)
             if (t->have[l])
@@ -221,8 +230,6 @@ int sp_kv_tiered_place(sp_kv_tiered_t *t, int layer, const void *bytes, size_t s
     if (t->planned) {
         /* a new prefill / recompression: the old plan and its ring are void */
         retire_sched(t);
-        sp_tiers_release(t->o.tiers, &t->side);
-        t->side_layer = -1;
         t->planned = false;
         memset(t->fresh, 0, (size_t)t->o.n_layers * sizeof *t->fresh);
         t->n_fresh = 0;
@@ -459,10 +466,8 @@ int sp_kv_tiered_step_begin(sp_kv_tiered_t *t)
     int rc = ensure_planned(t);
     if (rc < 0)
         return rc;
-    if (t->side_layer >= 0) {
-        sp_tiers_release(t->o.tiers, &t->side);
-        t->side_layer = -1;
-    }
+    if (t->side_layer >= 0)
+        side_release(t);
     if (t->held >= 0) {
         sp_sched_release(t->sched, t->held);
         t->next = t->held + 1;
@@ -518,33 +523,41 @@ int sp_kv_tiered_acquire(sp_kv_tiered_t *t, int layer, const void **bytes, size_
         *size = n;
         return 0;
     }
-    /* Out of step or out of order: a synchronous read that leaves the ring alone. */
+    /* Out of step or out of order: a synchronous read that leaves the ring alone. Device and host
+     * copies are readable in place (host ones verified first); nvme is read into the scheduler's
+     * staging buffer, borrowed while the worker is held. */
     const sp_seg_loc *loc = &t->locs[layer];
-    if (loc->tier == SP_TIER_DEVICE) {
+    if (loc->tier == SP_TIER_DEVICE || loc->tier == SP_TIER_HOST) {
+        rc = loc->tier == SP_TIER_HOST && t->o.verify_checksums
+                 ? verify_host(NULL, layer, loc->mem.ptr, loc->size) : 0;
+        if (rc < 0) {
+            t->failed = layer;
+            return rc;
+        }
         t->side_layer = layer;
         *bytes = loc->mem.ptr;
         *size = loc->size;
+        t->st.side_reads += loc->tier == SP_TIER_HOST;
         return 0;
     }
-    rc = sp_tiers_alloc(t->o.tiers, SP_TIER_HOST, SP_TAG_STAGING, loc->size, 0, &t->side);
-    if (rc < 0) {
-        t->failed = layer;
-        return sp_error(-rc, "kv tiered: out-of-order read of layer %d: %s", layer, sp_last_error());
+    void *buf;
+    size_t cap;
+    rc = sp_sched_pause(t->sched, &buf, &cap);
+    if (rc == 0) {
+        t->side_paused = true;
+        rc = sp_tiers_seg_read(t->o.tiers, loc, buf, cap);
     }
-    rc = sp_tiers_seg_read(t->o.tiers, loc, t->side.ptr, t->side.size);
-    if (rc == 0 && loc->tier == SP_TIER_HOST && t->o.verify_checksums)
-        rc = verify_host(NULL, layer, t->side.ptr, loc->size);
     if (rc < 0) {
         char msg[768];
         snprintf(msg, sizeof msg, "%s", sp_last_error());
-        sp_tiers_release(t->o.tiers, &t->side);
+        side_release(t);
         t->failed = layer;
         return sp_error(-rc, "kv tiered: layer %d: read from %s failed: %s", layer,
                         sp_tier_name(loc->tier), msg);
     }
     t->st.side_reads++;
     t->side_layer = layer;
-    *bytes = t->side.ptr;
+    *bytes = buf;
     *size = loc->size;
     return 0;
 }
@@ -558,8 +571,7 @@ int sp_kv_tiered_release(sp_kv_tiered_t *t, int layer)
         return 0;
     }
     if (layer >= 0 && layer == t->side_layer) {
-        sp_tiers_release(t->o.tiers, &t->side);
-        t->side_layer = -1;
+        side_release(t);
         return 0;
     }
     if (layer < 0 || layer != t->held)

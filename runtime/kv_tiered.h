@@ -17,8 +17,10 @@
  *                  ring, so layer λ+d is fetched while λ computes (d = [spill] prefetch_depth;
  *                  0 = synchronous on the caller's thread). A step abandoned half-way (an error
  *                  in the model) is drained at the next step_begin so the ring stays aligned.
- *   acquire outside a step, or out of order (statistics): a synchronous read into a temporary
- *                  host buffer charged to the host tier (staging), freed at release.
+ *   acquire outside a step, or out of order (statistics): synchronous; device and host copies are
+ *                  handed out in place (host ones checksum-verified), nvme ones are read into the
+ *                  scheduler's staging buffer while its worker is held (sp_sched_pause), so no
+ *                  extra memory is needed; release resumes the worker.
  * Integrity: reads from nvme are verified by the store (xxHash64, one re-read, then -EBADMSG);
  * reads from the host tier verify the segment's own checksum (kv_segment.h) when verify_checksums
  * is on. A failed fetch fails that acquire (and so the decode call) with a message: wrong bytes are

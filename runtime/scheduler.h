@@ -82,6 +82,13 @@ int sp_sched_sync(sp_sched_t *s);
 void sp_sched_get_stats(sp_sched_t *s, sp_sched_stats *out);
 double sp_sched_hit_rate(sp_sched_t *s); /* hits / acquires of streamed layers; 1 when none */
 
+/* Borrow the host staging buffer for a synchronous read outside the ring (statistics, out-of-order
+ * access): waits until the worker finishes its current job and keeps it from starting another
+ * until sp_sched_resume. No streamed layer may be acquired meanwhile. Returns 0 (*staging, *cap
+ * set), -ENOENT when nothing is streamed (no staging buffer) or -EINVAL. */
+int sp_sched_pause(sp_sched_t *s, void **staging, size_t *cap);
+void sp_sched_resume(sp_sched_t *s); /* accepts NULL */
+
 /* Per-layer counters: acquires of the layer while streamed and the time spent waiting for it. */
 void sp_sched_layer_stats(sp_sched_t *s, int layer, uint64_t *acquires, uint64_t *wait_ns);
 

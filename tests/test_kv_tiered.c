@@ -303,6 +303,17 @@ Test(kvt, policy_placement_follows_the_plan_within_budgets)
                     run_step(&p, &ls, 99);
                     check_budgets(ts);
                 }
+                /* statistics read every layer between steps, in any order, with no memory to
+                 * spare on the tiers: nvme layers go through the borrowed staging buffer */
+                for (int l = 5; l >= 0; l--) {
+                    const void *b;
+                    size_t n;
+                    cr_assert_eq(p.acquire(p.user, l, &b, &n), 0, "%s", sp_last_error());
+                    check_layer(&ls, l, b, n);
+                    cr_assert_eq(p.release(p.user, l), 0);
+                    check_budgets(ts);
+                }
+                run_step(&p, &ls, 99);
                 char *text = NULL;
                 size_t len = 0;
                 FILE *f = open_memstream(&text, &len);
