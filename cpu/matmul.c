@@ -210,6 +210,8 @@ typedef struct mm_job {
     /* GGML numerics: the group's activations quantized per format (NULL when no matrix needs it) */
     const uint8_t *qa[3];     /* indexed by sp_act_type */
     size_t qa_stride[3];      /* bytes per token */
+    const float *qs[3];       /* their per-block scales as floats (sp_act_scales) */
+    size_t qs_stride[3];      /* floats per token */
     const float *qx;          /* quantization input (rows of the group), row stride ldx */
 } mm_job;
 
@@ -226,9 +228,10 @@ static int mm_rows(mm_job *j, int ith, int wi, int64_t r0, int64_t nr)
         for (int t0 = 0; t0 < j->n; t0 += MM_QTILE) {
             int nt = j->n - t0 < MM_QTILE ? j->n - t0 : MM_QTILE;
             const uint8_t *qa = j->qa[at] + (size_t)t0 * j->qa_stride[at];
+            const float *sc = j->qs[at] + (size_t)t0 * j->qs_stride[at];
             for (int64_t r = r0; r < r0 + nr; r++)
-                sp_dot_rows(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, nb, qa, j->qa_stride[at], nt,
-                            y + (size_t)t0 * ldy + r, (size_t)ldy);
+                sp_dot_rows(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, nb, qa, j->qa_stride[at], sc,
+                            j->qs_stride[at], nt, y + (size_t)t0 * ldy + r, (size_t)ldy);
         }
         return 0;
     }
@@ -304,8 +307,11 @@ static void quant_unit(void *arg, int u, int ith)
     mm_job *j = arg;
     const float *xr = j->qx + (size_t)u * j->ldx;
     for (int t = SP_ACT_Q8_0; t <= SP_ACT_Q8_1; t++)
-        if (j->qa[t])
-            sp_quant_row((sp_act_type)t, xr, (uint8_t *)j->qa[t] + (size_t)u * j->qa_stride[t], j->w[0]->cols);
+        if (j->qa[t]) {
+            uint8_t *q = (uint8_t *)j->qa[t] + (size_t)u * j->qa_stride[t];
+            sp_quant_row((sp_act_type)t, xr, q, j->w[0]->cols);
+            sp_act_scales((sp_act_type)t, q, j->w[0]->cols, (float *)j->qs[t] + (size_t)u * j->qs_stride[t]);
+        }
 }
 
 int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const *y, const int *ldy, const float *x,
@@ -330,8 +336,10 @@ int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const 
             return sp_error(ENOSPC, "matmul: thread scratch %zu floats < %zu needed for %lld columns",
                             c->thread_floats, sp_op_matmul_scratch(w[i]->cols), (long long)w[i]->cols);
         sp_act_type at = ggml ? sp_act_type_for(w[i]->type) : SP_ACT_NONE;
-        if (at != SP_ACT_NONE && !j.qa_stride[at])
+        if (at != SP_ACT_NONE && !j.qa_stride[at]) {
             j.qa_stride[at] = sp_act_row_bytes(at, w[i]->cols);
+            j.qs_stride[at] = sp_act_scale_floats(at, w[i]->cols);
+        }
         all_q = all_q && at != SP_ACT_NONE;
         if (w[i]->type == SP_TYPE_Q4_1)
             cols_q41 = w[i]->cols;
@@ -339,16 +347,25 @@ int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const 
     }
     /* Tokens per pass: all of them, or (GGML) as many as the quantized-activation buffer holds. */
     int group = n;
-    size_t qbytes = j.qa_stride[SP_ACT_Q8_0] + j.qa_stride[SP_ACT_Q8_1];
+    size_t qbytes = j.qa_stride[SP_ACT_Q8_0] + j.qa_stride[SP_ACT_Q8_1] +
+                    sizeof(float) * (j.qs_stride[SP_ACT_Q8_0] + j.qs_stride[SP_ACT_Q8_1]);
     if (qbytes) {
-        size_t fit = c->qact_bytes / qbytes;
+        /* c->qact for a group: [Q8_0 rows][Q8_1 rows][Q8_0 scales][Q8_1 scales], scales 4-byte aligned */
+        size_t fit = c->qact_bytes > 16 ? (c->qact_bytes - 16) / qbytes : 0;
         if (fit < 1)
             return sp_error(ENOSPC, "matmul: quantized-activation buffer %zu bytes < %zu for one row", c->qact_bytes,
                             qbytes);
         group = fit < (size_t)n ? (int)fit : n;
-        j.qa[SP_ACT_Q8_0] = j.qa_stride[SP_ACT_Q8_0] ? (const uint8_t *)c->qact : NULL;
-        j.qa[SP_ACT_Q8_1] = j.qa_stride[SP_ACT_Q8_1] ? (const uint8_t *)c->qact + (size_t)group * j.qa_stride[SP_ACT_Q8_0]
-                                                     : NULL;
+        uint8_t *p = c->qact;
+        for (int t = SP_ACT_Q8_0; t <= SP_ACT_Q8_1; t++) {
+            j.qa[t] = j.qa_stride[t] ? p : NULL;
+            p += (size_t)group * j.qa_stride[t];
+        }
+        p = (uint8_t *)(((uintptr_t)p + 15) & ~(uintptr_t)15);
+        for (int t = SP_ACT_Q8_0; t <= SP_ACT_Q8_1; t++) {
+            j.qs[t] = (const float *)(void *)p;
+            p += (size_t)group * j.qs_stride[t] * sizeof(float);
+        }
     }
     /* Units: MM_RB-row blocks for sgemm; for dot products ~64 units per job (>= 16 rows) so that the
      * threads balance without paying a claim per handful of rows. */

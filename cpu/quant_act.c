@@ -18,7 +18,7 @@
 _Static_assert(sizeof(sp_block_q8_0) == 34, "block_q8_0 layout");
 _Static_assert(sizeof(sp_block_q8_1) == 36, "block_q8_1 layout");
 
-enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q8_0_BYTES = 34, MAX_NT = 4 };
+enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q8_0_BYTES = 34, MAX_NT = 8 };
 
 sp_act_type sp_act_type_for(uint32_t type)
 {
@@ -57,6 +57,24 @@ static inline uint16_t f2h(float f)
 #else
     return sp_f32_to_fp16(f);
 #endif
+}
+
+size_t sp_act_scale_floats(sp_act_type t, int64_t n)
+{
+    return (size_t)(n / SP_QK8) * (t == SP_ACT_Q8_1 ? 2 : 1);
+}
+
+void sp_act_scales(sp_act_type t, const void *q, int64_t n, float *sc)
+{
+    for (int64_t b = 0; b < n / SP_QK8; b++) {
+        if (t == SP_ACT_Q8_1) {
+            const sp_block_q8_1 *y = (const sp_block_q8_1 *)q + b;
+            sc[2 * b] = h2f((const uint8_t *)&y->d);
+            sc[2 * b + 1] = h2f((const uint8_t *)&y->s);
+        } else {
+            sc[b] = h2f((const uint8_t *)&((const sp_block_q8_0 *)q + b)->d);
+        }
+    }
 }
 
 /* ---- quantization ---------------------------------------------------------------------------- */
@@ -182,9 +200,12 @@ static size_t wblock_bytes(uint32_t type)
     return type == SP_TYPE_Q4_1 ? Q4_1_BYTES : type == SP_TYPE_Q4_0 ? Q4_0_BYTES : Q8_0_BYTES;
 }
 
-/* nt <= MAX_NT activation rows against one weight row. */
-static void dot_tile(uint32_t type, const uint8_t *w, int64_t nb, const uint8_t *a, size_t a_stride, int nt,
-                     float *out, size_t out_stride)
+/* nt <= MAX_NT activation rows against one weight row; scales from sc (float) or, sc == NULL, from the
+ * blocks. Inlined into callers with a constant sc-or-not so each gets its own loop. */
+static inline __attribute__((always_inline)) void dot_tile(uint32_t type, const uint8_t *w, int64_t nb,
+                                                           const uint8_t *a, size_t a_stride, bool use_sc,
+                                                           const float *sc, size_t sc_stride, int nt, float *out,
+                                                           size_t out_stride)
 {
     const bool q41 = type == SP_TYPE_Q4_1;
     const size_t wb = wblock_bytes(type), ab = q41 ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);
@@ -209,16 +230,18 @@ static void dot_tile(uint32_t type, const uint8_t *w, int64_t nb, const uint8_t 
             for (int t = 0; t < nt; t++) {
                 const uint8_t *ablk = a + t * a_stride + (size_t)b * ab;
                 __m256i qy = _mm256_loadu_si256((const __m256i *)(const void *)(ablk + qoff));
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(ablk)), lanes_us(qx, qy), acc[t]);
-                summs[t] = fmaf(m, h2f(ablk + 2), summs[t]);
+                float da = use_sc ? sc[t * sc_stride + 2 * b] : h2f(ablk);
+                float sa = use_sc ? sc[t * sc_stride + 2 * b + 1] : h2f(ablk + 2);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), lanes_us(qx, qy), acc[t]);
+                summs[t] = fmaf(m, sa, summs[t]);
             }
         } else {
             __m256i ax = _mm256_sign_epi8(qx, qx);
             for (int t = 0; t < nt; t++) {
                 const uint8_t *ablk = a + t * a_stride + (size_t)b * ab;
                 __m256i qy = _mm256_loadu_si256((const __m256i *)(const void *)(ablk + qoff));
-                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * h2f(ablk)), lanes_us(ax, _mm256_sign_epi8(qy, qx)),
-                                         acc[t]);
+                float da = use_sc ? sc[t * sc_stride + b] : h2f(ablk);
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(dw * da), lanes_us(ax, _mm256_sign_epi8(qy, qx)), acc[t]);
             }
         }
     }
@@ -235,7 +258,8 @@ static void dot_tile(uint32_t type, const uint8_t *w, int64_t nb, const uint8_t 
         for (int t = 0; t < nt; t++) {
             const uint8_t *ablk = a + t * a_stride + (size_t)b * ab;
             const int8_t *qy = (const int8_t *)(ablk + qoff);
-            float dd = dw * h2f(ablk);
+            float da = use_sc ? sc[t * sc_stride + (q41 ? 2 * b : b)] : h2f(ablk);
+            float dd = dw * da;
             for (int l = 0; l < 8; l++) {
                 int s = 0;
                 for (int j = 4 * l; j < 4 * l + 4; j++)
@@ -243,7 +267,7 @@ static void dot_tile(uint32_t type, const uint8_t *w, int64_t nb, const uint8_t 
                 acc[t][l] = fmaf(dd, (float)s, acc[t][l]);
             }
             if (q41)
-                summs[t] = fmaf(h2f(blk + 2), h2f(ablk + 2), summs[t]);
+                summs[t] = fmaf(h2f(blk + 2), use_sc ? sc[t * sc_stride + 2 * b + 1] : h2f(ablk + 2), summs[t]);
         }
     }
     for (int t = 0; t < nt; t++)
@@ -251,33 +275,58 @@ static void dot_tile(uint32_t type, const uint8_t *w, int64_t nb, const uint8_t 
 #endif
 }
 
-void sp_dot_rows(uint32_t type, const void *w, int64_t nb, const void *a, size_t a_stride, int nt, float *out,
-                 size_t out_stride)
+/* Specialized per weight type and scale source (the type tests then fold away). */
+#define DOT_ROWS_FN(name, TYPE, SC)                                                                          \
+    static void name(const void *w, int64_t nb, const void *a, size_t a_stride, const float *sc,              \
+                     size_t sc_stride, int nt, float *out, size_t out_stride)                                 \
+    {                                                                                                          \
+        for (int t = 0; t < nt; t += MAX_NT) {                                                                 \
+            int k = nt - t < MAX_NT ? nt - t : MAX_NT;                                                         \
+            dot_tile(TYPE, w, nb, (const uint8_t *)a + (size_t)t * a_stride, a_stride, SC,                     \
+                     SC ? sc + (size_t)t * sc_stride : NULL, sc_stride, k, out + (size_t)t * out_stride,       \
+                     out_stride);                                                                              \
+        }                                                                                                      \
+    }
+DOT_ROWS_FN(rows_q4_0, SP_TYPE_Q4_0, true)
+DOT_ROWS_FN(rows_q4_1, SP_TYPE_Q4_1, true)
+DOT_ROWS_FN(rows_q8_0, SP_TYPE_Q8_0, true)
+DOT_ROWS_FN(rows_q4_0_nosc, SP_TYPE_Q4_0, false)
+DOT_ROWS_FN(rows_q4_1_nosc, SP_TYPE_Q4_1, false)
+DOT_ROWS_FN(rows_q8_0_nosc, SP_TYPE_Q8_0, false)
+
+void sp_dot_rows(uint32_t type, const void *w, int64_t nb, const void *a, size_t a_stride, const float *sc,
+                 size_t sc_stride, int nt, float *out, size_t out_stride)
 {
-    for (int t = 0; t < nt; t += MAX_NT) {
-        int k = nt - t < MAX_NT ? nt - t : MAX_NT;
-        dot_tile(type, w, nb, (const uint8_t *)a + (size_t)t * a_stride, a_stride, k, out + (size_t)t * out_stride,
-                 out_stride);
+    switch (type) {
+    case SP_TYPE_Q4_0:
+        (sc ? rows_q4_0 : rows_q4_0_nosc)(w, nb, a, a_stride, sc, sc_stride, nt, out, out_stride);
+        break;
+    case SP_TYPE_Q4_1:
+        (sc ? rows_q4_1 : rows_q4_1_nosc)(w, nb, a, a_stride, sc, sc_stride, nt, out, out_stride);
+        break;
+    default:
+        (sc ? rows_q8_0 : rows_q8_0_nosc)(w, nb, a, a_stride, sc, sc_stride, nt, out, out_stride);
+        break;
     }
 }
 
 float sp_dot_q4_0_q8_0(const void *w, const sp_block_q8_0 *a, int64_t nb)
 {
     float r;
-    dot_tile(SP_TYPE_Q4_0, w, nb, (const uint8_t *)a, 0, 1, &r, 0);
+    rows_q4_0_nosc(w, nb, a, 0, NULL, 0, 1, &r, 0);
     return r;
 }
 
 float sp_dot_q4_1_q8_1(const void *w, const sp_block_q8_1 *a, int64_t nb)
 {
     float r;
-    dot_tile(SP_TYPE_Q4_1, w, nb, (const uint8_t *)a, 0, 1, &r, 0);
+    rows_q4_1_nosc(w, nb, a, 0, NULL, 0, 1, &r, 0);
     return r;
 }
 
 float sp_dot_q8_0_q8_0(const void *w, const sp_block_q8_0 *a, int64_t nb)
 {
     float r;
-    dot_tile(SP_TYPE_Q8_0, w, nb, (const uint8_t *)a, 0, 1, &r, 0);
+    rows_q8_0_nosc(w, nb, a, 0, NULL, 0, 1, &r, 0);
     return r;
 }

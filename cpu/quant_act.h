@@ -60,10 +60,16 @@ float sp_dot_q4_0_q8_0(const void *w, const sp_block_q8_0 *a, int64_t nb);
 float sp_dot_q4_1_q8_1(const void *w, const sp_block_q8_1 *a, int64_t nb);
 float sp_dot_q8_0_q8_0(const void *w, const sp_block_q8_0 *a, int64_t nb);
 
-/* The same for nt activation rows at once (rows at a + t*a_stride bytes), writing out[t * out_stride]:
- * the weight blocks are unpacked once per block for all rows. Results identical to the one-row
- * functions. type must have sp_act_type_for(type) != SP_ACT_NONE. */
-void sp_dot_rows(uint32_t type, const void *w, int64_t nb, const void *a, size_t a_stride, int nt, float *out,
-                 size_t out_stride);
+/* Per-block scales of a quantized row as floats, the form sp_dot_rows reads fastest: d per block for
+ * SP_ACT_Q8_0, (d, s) pairs for SP_ACT_Q8_1; sp_act_scale_floats() floats for n activations. */
+size_t sp_act_scale_floats(sp_act_type t, int64_t n);
+void sp_act_scales(sp_act_type t, const void *q, int64_t n, float *sc);
+
+/* The same dot products for nt activation rows at once (row t at a + t*a_stride bytes), writing
+ * out[t * out_stride]; the weight blocks are unpacked once for several rows. sc: the rows' scales
+ * from sp_act_scales (row t at sc + t*sc_stride floats), or NULL to read them from the blocks.
+ * Results identical to the one-row functions. type must have sp_act_type_for(type) != SP_ACT_NONE. */
+void sp_dot_rows(uint32_t type, const void *w, int64_t nb, const void *a, size_t a_stride, const float *sc,
+                 size_t sc_stride, int nt, float *out, size_t out_stride);
 
 #endif
