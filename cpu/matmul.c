@@ -6,10 +6,11 @@
  * - GGML (default for models): like llama.cpp's CPU backend, each activation row is quantized to 8
  *   bits per 32-block (Q8_1 for Q4_1 weights, Q8_0 for Q4_0/Q8_0; cpu/quant_act.c) and every product
  *   is an integer block dot product, for any number of tokens. Tokens are processed in groups that
- *   fit the context's qact buffer: the caller's threads quantize the group's rows, then the weight
- *   rows are split among the threads, each computing its rows for tiles of MM_QTILE tokens (the tile's
- *   quantized activations stay in L1 while the rows stream by). Weight types without an integer
- *   kernel take the EXACT path below.
+ *   fit the context's qact buffer: the pool's threads quantize the group's rows into tiles of 8
+ *   tokens (quant_act.h layout), then the weight rows are split among the threads, each computing
+ *   its rows for MM_QTILE tokens at a time (those tokens' quantized activations stay in L1 while the
+ *   rows stream by; each weight block is unpacked once per 8 tokens). Weight types without an
+ *   integer kernel take the EXACT path below.
  * - EXACT, few tokens (decode): rows are split among the pool's threads; each dot product reads the
  *   stored blocks directly. For a Q4_1 block w_j = d*q_j + m, so sum_j w_j x_j = d*sum_j(q_j x_j) +
  *   m*sum_j x_j with the per-block sums of x computed once per token: the weights used are exactly
@@ -207,11 +208,10 @@ typedef struct mm_job {
     int64_t unit;             /* rows per unit of work */
     int64_t units[SP_MM_MAX + 1]; /* cumulative unit counts per matrix */
     int err;                  /* set by any thread whose dequant failed */
-    /* GGML numerics: the group's activations quantized per format (NULL when no matrix needs it) */
+    /* GGML numerics: the group's activations quantized per format in tiles of SP_ACT_TILE tokens
+     * (quant_act.h), NULL when no matrix needs that format */
     const uint8_t *qa[3];     /* indexed by sp_act_type */
-    size_t qa_stride[3];      /* bytes per token */
-    const float *qs[3];       /* their per-block scales as floats (sp_act_scales) */
-    size_t qs_stride[3];      /* floats per token */
+    size_t qa_stride[3];      /* bytes per tile */
     const float *qx;          /* quantization input (rows of the group), row stride ldx */
 } mm_job;
 
@@ -227,11 +227,10 @@ static int mm_rows(mm_job *j, int ith, int wi, int64_t r0, int64_t nr)
     if (at != SP_ACT_NONE) {
         for (int t0 = 0; t0 < j->n; t0 += MM_QTILE) {
             int nt = j->n - t0 < MM_QTILE ? j->n - t0 : MM_QTILE;
-            const uint8_t *qa = j->qa[at] + (size_t)t0 * j->qa_stride[at];
-            const float *sc = j->qs[at] + (size_t)t0 * j->qs_stride[at];
+            const uint8_t *tiles = j->qa[at] + (size_t)(t0 / SP_ACT_TILE) * j->qa_stride[at];
             for (int64_t r = r0; r < r0 + nr; r++)
-                sp_dot_rows(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, nb, qa, j->qa_stride[at], sc,
-                            j->qs_stride[at], nt, y + (size_t)t0 * ldy + r, (size_t)ldy);
+                sp_dot_rows(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, nb, tiles, nt,
+                            y + (size_t)t0 * ldy + r, (size_t)ldy);
         }
         return 0;
     }
@@ -307,11 +306,9 @@ static void quant_unit(void *arg, int u, int ith)
     mm_job *j = arg;
     const float *xr = j->qx + (size_t)u * j->ldx;
     for (int t = SP_ACT_Q8_0; t <= SP_ACT_Q8_1; t++)
-        if (j->qa[t]) {
-            uint8_t *q = (uint8_t *)j->qa[t] + (size_t)u * j->qa_stride[t];
-            sp_quant_row((sp_act_type)t, xr, q, j->w[0]->cols);
-            sp_act_scales((sp_act_type)t, q, j->w[0]->cols, (float *)j->qs[t] + (size_t)u * j->qs_stride[t]);
-        }
+        if (j->qa[t])
+            sp_quant_row_tiled((sp_act_type)t, xr, j->w[0]->cols,
+                               (uint8_t *)j->qa[t] + (size_t)(u / SP_ACT_TILE) * j->qa_stride[t], u % SP_ACT_TILE);
 }
 
 int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const *y, const int *ldy, const float *x,
@@ -336,10 +333,8 @@ int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const 
             return sp_error(ENOSPC, "matmul: thread scratch %zu floats < %zu needed for %lld columns",
                             c->thread_floats, sp_op_matmul_scratch(w[i]->cols), (long long)w[i]->cols);
         sp_act_type at = ggml ? sp_act_type_for(w[i]->type) : SP_ACT_NONE;
-        if (at != SP_ACT_NONE && !j.qa_stride[at]) {
-            j.qa_stride[at] = sp_act_row_bytes(at, w[i]->cols);
-            j.qs_stride[at] = sp_act_scale_floats(at, w[i]->cols);
-        }
+        if (at != SP_ACT_NONE)
+            j.qa_stride[at] = sp_act_tile_bytes(at, w[i]->cols);
         all_q = all_q && at != SP_ACT_NONE;
         if (w[i]->type == SP_TYPE_Q4_1)
             cols_q41 = w[i]->cols;
@@ -347,25 +342,18 @@ int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const 
     }
     /* Tokens per pass: all of them, or (GGML) as many as the quantized-activation buffer holds. */
     int group = n;
-    size_t qbytes = j.qa_stride[SP_ACT_Q8_0] + j.qa_stride[SP_ACT_Q8_1] +
-                    sizeof(float) * (j.qs_stride[SP_ACT_Q8_0] + j.qs_stride[SP_ACT_Q8_1]);
-    if (qbytes) {
-        /* c->qact for a group: [Q8_0 rows][Q8_1 rows][Q8_0 scales][Q8_1 scales], scales 4-byte aligned */
-        size_t fit = c->qact_bytes > 16 ? (c->qact_bytes - 16) / qbytes : 0;
+    size_t tile_bytes = j.qa_stride[SP_ACT_Q8_0] + j.qa_stride[SP_ACT_Q8_1];
+    if (tile_bytes) {
+        /* c->qact for a group: [Q8_0 tiles][Q8_1 tiles] */
+        size_t fit = (c->qact_bytes / tile_bytes) * SP_ACT_TILE;
         if (fit < 1)
-            return sp_error(ENOSPC, "matmul: quantized-activation buffer %zu bytes < %zu for one row", c->qact_bytes,
-                            qbytes);
+            return sp_error(ENOSPC, "matmul: quantized-activation buffer %zu bytes < %zu for one tile of rows",
+                            c->qact_bytes, tile_bytes);
         group = fit < (size_t)n ? (int)fit : n;
-        uint8_t *p = c->qact;
-        for (int t = SP_ACT_Q8_0; t <= SP_ACT_Q8_1; t++) {
-            j.qa[t] = j.qa_stride[t] ? p : NULL;
-            p += (size_t)group * j.qa_stride[t];
-        }
-        p = (uint8_t *)(((uintptr_t)p + 15) & ~(uintptr_t)15);
-        for (int t = SP_ACT_Q8_0; t <= SP_ACT_Q8_1; t++) {
-            j.qs[t] = (const float *)(void *)p;
-            p += (size_t)group * j.qs_stride[t] * sizeof(float);
-        }
+        j.qa[SP_ACT_Q8_0] = j.qa_stride[SP_ACT_Q8_0] ? (const uint8_t *)c->qact : NULL;
+        j.qa[SP_ACT_Q8_1] = j.qa_stride[SP_ACT_Q8_1] ? (const uint8_t *)c->qact + (size_t)(fit / SP_ACT_TILE) *
+                                                                                      j.qa_stride[SP_ACT_Q8_0]
+                                                     : NULL;
     }
     /* Units: MM_RB-row blocks for sgemm; for dot products ~64 units per job (>= 16 rows) so that the
      * threads balance without paying a claim per handful of rows. */
@@ -384,7 +372,7 @@ int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const 
         for (int i = 0; i < nw; i++)
             yg[i] = y[i] + (size_t)t0 * ldy[i];
         j.y = yg;
-        if (qbytes) {
+        if (tile_bytes) {
             j.qx = j.x;
             if (g == 1)
                 quant_unit(&j, 0, 0);

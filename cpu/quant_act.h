@@ -60,16 +60,19 @@ float sp_dot_q4_0_q8_0(const void *w, const sp_block_q8_0 *a, int64_t nb);
 float sp_dot_q4_1_q8_1(const void *w, const sp_block_q8_1 *a, int64_t nb);
 float sp_dot_q8_0_q8_0(const void *w, const sp_block_q8_0 *a, int64_t nb);
 
-/* Per-block scales of a quantized row as floats, the form sp_dot_rows reads fastest: d per block for
- * SP_ACT_Q8_0, (d, s) pairs for SP_ACT_Q8_1; sp_act_scale_floats() floats for n activations. */
-size_t sp_act_scale_floats(sp_act_type t, int64_t n);
-void sp_act_scales(sp_act_type t, const void *q, int64_t n, float *sc);
+/* Activation rows are multiplied SP_ACT_TILE at a time, from tiles laid out for that: the quantized
+ * blocks interleaved (block b of the tile's row i at byte (b*SP_ACT_TILE + i) * block bytes), then,
+ * 32-byte aligned, the per-block scales as floats, transposed: sc[(b*k + j)*SP_ACT_TILE + i] with k = 1
+ * (Q8_0: j = 0 is d) or k = 2 (Q8_1: j = 0 is d, j = 1 is s). A tile of n activations per row takes
+ * sp_act_tile_bytes(t, n) bytes (a multiple of 4). */
+enum { SP_ACT_TILE = 8 };
+size_t sp_act_tile_bytes(sp_act_type t, int64_t n);
+/* Quantize row x (n activations, like sp_quant_row) into row `lane` of a tile (4-byte aligned). */
+void sp_quant_row_tiled(sp_act_type t, const float *x, int64_t n, void *tile, int lane);
 
-/* The same dot products for nt activation rows at once (row t at a + t*a_stride bytes), writing
- * out[t * out_stride]; the weight blocks are unpacked once for several rows. sc: the rows' scales
- * from sp_act_scales (row t at sc + t*sc_stride floats), or NULL to read them from the blocks.
- * Results identical to the one-row functions. type must have sp_act_type_for(type) != SP_ACT_NONE. */
-void sp_dot_rows(uint32_t type, const void *w, int64_t nb, const void *a, size_t a_stride, const float *sc,
-                 size_t sc_stride, int nt, float *out, size_t out_stride);
+/* The dot products of one weight row with the first nt rows of consecutive tiles (row t in tile t / 8,
+ * lane t % 8), written to out[t * out_stride]; each weight block is unpacked once per tile. Results
+ * identical to the one-row functions. type must have sp_act_type_for(type) != SP_ACT_NONE. */
+void sp_dot_rows(uint32_t type, const void *w, int64_t nb, const void *tiles, int nt, float *out, size_t out_stride);
 
 #endif

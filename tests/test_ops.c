@@ -413,14 +413,16 @@ Test(quant_act, dot_products_match_naive_integer_reference)
             quant_input(x, nb * 9);
             for (int t = 0; t < 9; t++)
                 sp_quant_row(at, x + 32 * nb * t, a + ab * t, 32 * nb);
-            float rows[9], rows_sc[9];
-            size_t scn = sp_act_scale_floats(at, 32 * nb);
-            float *sc = malloc(sizeof(float) * scn * 9);
+            /* 9 rows in two tiles: a full tile (tile kernel) + one row (one-row kernel on the tile
+             * layout); and the first 5 rows alone (a partial tile through the tile kernel) */
+            float rows[9], rows5[5];
+            size_t tb = sp_act_tile_bytes(at, 32 * nb);
+            uint8_t *tiles = aligned_alloc(32, 2 * tb);
             for (int t = 0; t < 9; t++)
-                sp_act_scales(at, a + ab * t, 32 * nb, sc + scn * t);
-            sp_dot_rows(type, w, nb, a, ab, NULL, 0, 9, rows, 1);     /* a full tile + remainder */
-            sp_dot_rows(type, w, nb, a, ab, sc, scn, 9, rows_sc, 1);
-            free(sc);
+                sp_quant_row_tiled(at, x + 32 * nb * t, 32 * nb, tiles + tb * (t / SP_ACT_TILE), t % SP_ACT_TILE);
+            sp_dot_rows(type, w, nb, tiles, 9, rows, 1);
+            sp_dot_rows(type, w, nb, tiles, 5, rows5, 1);
+            free(tiles);
             for (int t = 0; t < 9; t++) {
                 double exact, mag;
                 float want = naive_dot(type, w, a + ab * t, nb, &exact, &mag);
@@ -428,8 +430,8 @@ Test(quant_act, dot_products_match_naive_integer_reference)
                             : type == SP_TYPE_Q4_0 ? sp_dot_q4_0_q8_0(w, (const sp_block_q8_0 *)(a + ab * t), nb)
                                                    : sp_dot_q8_0_q8_0(w, (const sp_block_q8_0 *)(a + ab * t), nb);
                 cr_assert(got == want, "%s nb=%d t=%d: %.9g, naive %.9g", sp_ggml_type_name(type), nb, t, got, want);
-                cr_assert(rows[t] == got && rows_sc[t] == got, "%s nb=%d t=%d: multi-row %.9g / %.9g vs %.9g",
-                          sp_ggml_type_name(type), nb, t, rows[t], rows_sc[t], got);
+                cr_assert(rows[t] == got && (t >= 5 || rows5[t] == got), "%s nb=%d t=%d: tiled %.9g vs %.9g",
+                          sp_ggml_type_name(type), nb, t, rows[t], got);
                 cr_assert(fabs(got - exact) <= 1e-5 * mag + 1e-6, "%s nb=%d: %.9g vs exact %.9g",
                           sp_ggml_type_name(type), nb, got, exact);
             }
