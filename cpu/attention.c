@@ -573,7 +573,7 @@ static void decode_r16(sp_cpu *c, const sp_attn_args *a, att_job *j)
  * queries (prefill) or one query head (decode); each task's score row and lane accumulators live in its
  * thread's scratch (exact_fits() says whether they do; otherwise the two-pass path above is used). */
 #ifdef __AVX2__
-enum { EX_BQ = 16 };  /* queries per prefill task */
+enum { EX_BQ = 16, SP_ATT_MAX_G = 64 };  /* queries per prefill task; GQA group size limit of this path */
 
 static inline float red16(__m256 lo, __m256 hi)
 {
@@ -583,17 +583,6 @@ static inline float red16(__m256 lo, __m256 hi)
 static inline __m256 ld16(const uint16_t *p)
 {
     return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
-}
-
-/* tinyBLAS order: q fp16-valued floats, k fp16, D a multiple of 16. */
-static float dot_tb(const float *q, const uint16_t *k, int D)
-{
-    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
-    for (int c = 0; c < D; c += 16) {
-        lo = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), ld16(k + c), lo);
-        hi = _mm256_fmadd_ps(_mm256_loadu_ps(q + c + 8), ld16(k + c + 8), hi);
-    }
-    return red16(lo, hi);
 }
 
 /* ggml_vec_dot_f16 order: D a multiple of 16; the part past the last multiple of 64 in double. */
@@ -670,43 +659,120 @@ static void pv_lanes(const float *p, const uint16_t *V, int n, int D, int nl, fl
     }
 }
 
-static size_t exact_scratch(int n_keys, int D, int nl)
+/* Prefill: tinyBLAS order on fp32 copies of the row (k converted once for the G heads sharing it). */
+static inline float dot_tb_f(const float *q, const float *k, int D)
 {
-    return (size_t)((n_keys + 15) & ~15) + (size_t)nl * D + (size_t)D + 64;
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    for (int c = 0; c < D; c += 16) {
+        lo = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(k + c), lo);
+        hi = _mm256_fmadd_ps(_mm256_loadu_ps(q + c + 8), _mm256_loadu_ps(k + c + 8), hi);
+    }
+    return red16(lo, hi);
+}
+
+static inline void cvt_row(const uint16_t *h, float *f, int D)
+{
+    for (int d = 0; d < D; d += 8)
+        _mm256_storeu_ps(f + d, ld16(h + d));
+}
+
+/* 16-lane accumulators acc[16][D] -> out[D] in the 512-bit reduction order. */
+static void reduce_lanes16(const float *acc, int D, float *out)
+{
+    for (int d = 0; d < D; d += 8) {
+        __m256 t[8];
+        for (int l = 0; l < 8; l++)
+            t[l] = _mm256_add_ps(_mm256_loadu_ps(acc + (size_t)(l + 8) * D + d), _mm256_loadu_ps(acc + (size_t)l * D + d));
+        __m256 r = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[0], t[4]), _mm256_add_ps(t[2], t[6])),
+                                 _mm256_add_ps(_mm256_add_ps(t[1], t[5]), _mm256_add_ps(t[3], t[7])));
+        _mm256_storeu_ps(out + d, r);
+    }
+}
+
+static size_t exact_scratch(int n_keys, int D, int nl, int G)
+{
+    size_t n16 = (size_t)((n_keys + 15) & ~15);
+    if (nl == 64)                                   /* decode: one head per task */
+        return n16 + 64 * (size_t)D + (size_t)D + 64;
+    return (size_t)G * (n16 + 16 * (size_t)D + (size_t)D) + 2 * (size_t)D + 64;
 }
 
 static bool exact_fits(const sp_cpu *c, const sp_attn_args *a)
 {
-    int n_keys = a->q_pos0 + a->n_q;
-    return a->head_dim % 16 == 0 && a->head_dim <= 256 &&
-           c->thread_floats >= exact_scratch(n_keys, a->head_dim, a->n_q == 1 ? 64 : 16);
+    int n_keys = a->q_pos0 + a->n_q, G = a->n_head / a->n_kv_head;
+    return a->head_dim % 16 == 0 && a->head_dim <= 256 && G <= SP_ATT_MAX_G &&
+           c->thread_floats >= exact_scratch(n_keys, a->head_dim, a->n_q == 1 ? 64 : 16, G);
 }
 
-/* One query head x EX_BQ queries (prefill), or one query head (decode, n_q == 1). */
-static void exact_unit(void *arg, int t, int ith)
+/* Decode (n_q == 1): one query head per task, ggml_vec_dot_f16 orders. */
+static void exact_decode_unit(void *arg, int h, int ith)
 {
     att_job *j = arg;
     const sp_attn_args *a = j->a;
-    int D = a->head_dim, G = j->G, nl = a->n_q == 1 ? 64 : 16;
-    int nqb = (a->n_q + EX_BQ - 1) / EX_BQ;
-    int h = t % a->n_head, qb = nqb - 1 - t / a->n_head, g = h / G;
-    int q0 = qb * EX_BQ, q1 = a->n_q - q0 < EX_BQ ? a->n_q : q0 + EX_BQ;
+    int D = a->head_dim, g = h / j->G, n = a->q_pos0 + 1;
     float *s = j->c->thread_scratch + (size_t)ith * j->c->thread_floats;
-    int n_keys = a->q_pos0 + a->n_q;
-    float *acc = s + ((n_keys + 15) & ~15), *q16 = acc + (size_t)nl * D;
+    float *acc = s + ((n + 15) & ~15), *q16 = acc + (size_t)64 * D;
+    const uint16_t *K = (const uint16_t *)a->k + (size_t)g * a->kv_head_stride;
+    const uint16_t *V = (const uint16_t *)a->v + (size_t)g * a->kv_head_stride;
+    memcpy(q16, a->q + (size_t)h * D, sizeof(float) * D);
+    round16(q16, D);
+    for (int k = 0; k < n; k++)
+        s[k] = dot_vd(q16, K + (size_t)k * D, D) * a->scale;
+    float lse = softmax_ggml(s, n);
+    pv_lanes(s, V, n, D, 64, acc, a->out + (size_t)h * D);
+    if (a->n_window > 0)                /* n_window == n_q == 1 */
+        j->lse[h] = lse;
+}
+
+/* Prefill: the G query heads of KV head g x EX_BQ queries per task, tinyBLAS orders; each key and
+ * value row is converted to fp32 once for the G heads. */
+static void exact_prefill_unit(void *arg, int t, int ith)
+{
+    att_job *j = arg;
+    const sp_attn_args *a = j->a;
+    int D = a->head_dim, G = j->G;
+    int nqb = (a->n_q + EX_BQ - 1) / EX_BQ;
+    int g = t % a->n_kv_head, qb = nqb - 1 - t / a->n_kv_head;
+    int q0 = qb * EX_BQ, q1 = a->n_q - q0 < EX_BQ ? a->n_q : q0 + EX_BQ;
+    size_t n16 = (size_t)((a->q_pos0 + a->n_q + 15) & ~15);
+    float *base = j->c->thread_scratch + (size_t)ith * j->c->thread_floats;
+    float *s = base, *acc = s + (size_t)G * n16, *q16 = acc + (size_t)G * 16 * D, *kf = q16 + (size_t)G * D;
     const uint16_t *K = (const uint16_t *)a->k + (size_t)g * a->kv_head_stride;
     const uint16_t *V = (const uint16_t *)a->v + (size_t)g * a->kv_head_stride;
     for (int qi = q0; qi < q1; qi++) {
         int n = a->q_pos0 + qi + 1;
-        memcpy(q16, a->q + (size_t)qi * a->ldq + (size_t)h * D, sizeof(float) * D);
-        round16(q16, D);
-        for (int k = 0; k < n; k++)
-            s[k] = (nl == 64 ? dot_vd(q16, K + (size_t)k * D, D) : dot_tb(q16, K + (size_t)k * D, D)) * a->scale;
-        float lse = softmax_ggml(s, n);
-        pv_lanes(s, V, n, D, nl, acc, a->out + (size_t)qi * a->ldo + (size_t)h * D);
-        int wi = qi - (a->n_q - a->n_window);
-        if (a->n_window > 0 && wi >= 0)
-            j->lse[(size_t)h * a->n_window + wi] = lse;
+        for (int hh = 0; hh < G; hh++) {
+            memcpy(q16 + (size_t)hh * D, a->q + (size_t)qi * a->ldq + (size_t)(g * G + hh) * D, sizeof(float) * D);
+            round16(q16 + (size_t)hh * D, D);
+        }
+        for (int k = 0; k < n; k++) {
+            cvt_row(K + (size_t)k * D, kf, D);
+            for (int hh = 0; hh < G; hh++)
+                s[(size_t)hh * n16 + k] = dot_tb_f(q16 + (size_t)hh * D, kf, D) * a->scale;
+        }
+        float lse[SP_ATT_MAX_G];
+        for (int hh = 0; hh < G; hh++)
+            lse[hh] = softmax_ggml(s + (size_t)hh * n16, n);
+        memset(acc, 0, sizeof(float) * (size_t)G * 16 * D);
+        for (int k = 0; k < n; k++) {
+            cvt_row(V + (size_t)k * D, kf, D);
+            for (int hh = 0; hh < G; hh++) {
+                float p = s[(size_t)hh * n16 + k];
+                if (p == 0.0f)
+                    continue;           /* fma(0, v, a) == a for finite v */
+                float *ac = acc + ((size_t)hh * 16 + (k & 15)) * D;
+                __m256 pk = _mm256_set1_ps(p);
+                for (int d = 0; d < D; d += 8)
+                    _mm256_storeu_ps(ac + d, _mm256_fmadd_ps(_mm256_loadu_ps(kf + d), pk, _mm256_loadu_ps(ac + d)));
+            }
+        }
+        for (int hh = 0; hh < G; hh++) {
+            int h = g * G + hh;
+            reduce_lanes16(acc + (size_t)hh * 16 * D, D, a->out + (size_t)qi * a->ldo + (size_t)h * D);
+            int wi = qi - (a->n_q - a->n_window);
+            if (a->n_window > 0 && wi >= 0)
+                j->lse[(size_t)h * a->n_window + wi] = lse[hh];
+        }
     }
 }
 #endif
@@ -733,7 +799,10 @@ int sp_op_attention(sp_cpu *c, const sp_attn_args *a)
     j.n_qb = (a->n_q + j.BQ - 1) / j.BQ;
 #ifdef __AVX2__
     if (j.r16 && exact_fits(c, a)) {
-        sp_pool_for(c->pool, a->n_head * ((a->n_q + EX_BQ - 1) / EX_BQ), exact_unit, &j);
+        if (a->n_q == 1)
+            sp_pool_for(c->pool, a->n_head, exact_decode_unit, &j);
+        else
+            sp_pool_for(c->pool, a->n_kv_head * ((a->n_q + EX_BQ - 1) / EX_BQ), exact_prefill_unit, &j);
         if (a->n_window > 0)
             sp_pool_for(c->pool, a->n_kv_head * ((a->q_pos0 + a->n_q + ATT_BK - 1) / ATT_BK), window_unit, &j);
         return 0;
