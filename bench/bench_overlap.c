@@ -255,8 +255,9 @@ int main(int argc, char **argv)
             uint64_t acq = s1.sched.acquires - s0.sched.acquires, hits = s1.sched.hits - s0.sched.hits;
             x->hit[r] = acq ? (double)hits / (double)acq : 1.0;
             x->stall_pct[r] = 100.0 * (double)(s1.sched.wait_ns - s0.sched.wait_ns) / 1e9 / sum;
-            x->nvme_mb[r] = (double)(s1.sched.bytes[SP_TIER_NVME][SP_TIER_HOST] -
-                                     s0.sched.bytes[SP_TIER_NVME][SP_TIER_HOST]) / 1e6 / timed;
+            x->nvme_mb[r] = (double)(s1.sched.bytes[SP_TIER_NVME][SP_TIER_HOST] + s1.sched.bytes[SP_TIER_NVME][SP_TIER_DEVICE] -
+                                     s0.sched.bytes[SP_TIER_NVME][SP_TIER_HOST] - s0.sched.bytes[SP_TIER_NVME][SP_TIER_DEVICE]) /
+                            1e6 / timed;
             if (x->kind != 'R') {
                 sp_uring_store_t *st = sp_tiers_nvme_store(ts);
                 if (st)

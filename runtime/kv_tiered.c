@@ -820,8 +820,8 @@ fail:
 
 int sp_kv_tiering_after_prefill(sp_kv_tiering_t *tg, sp_ctx_t *ctx)
 {
-    if (!tg)
-        return 0;
+    if (!tg || tg->kvt->n_have == 0)
+        return 0; /* nothing was compressed into segments: nothing to place */
     /* with a provider the context's KV bytes are its decode tails (and nothing else) */
     uint64_t tails = sp_ctx_get_stats(ctx).kv_bytes;
     if (tails > tg->tails) {

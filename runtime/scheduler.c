@@ -78,6 +78,10 @@ static int fetch(sp_sched_t *s, slot_t *sl, int layer, uint64_t moved[SP_TIER_CO
             rc = sp_tiers_to_device(s->o.tiers, sl->mem.ptr, loc->mem.ptr, loc->size);
             moved[SP_TIER_HOST][SP_TIER_DEVICE] += loc->size;
         }
+    } else if (sp_tiers_device_is_host(s->o.tiers)) {
+        /* CPU arena: the slot is host memory; the store reads (and verifies) straight into it */
+        rc = sp_tiers_seg_read(s->o.tiers, loc, sl->mem.ptr, sl->mem.size);
+        moved[SP_TIER_NVME][SP_TIER_DEVICE] += loc->size;
     } else {
         rc = sp_tiers_seg_read(s->o.tiers, loc, s->staging.ptr, s->staging.size);
         if (rc == 0) {

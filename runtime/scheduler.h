@@ -3,7 +3,7 @@
  * Layers whose segment lives on the device tier are used in place. The others ("streamed" layers,
  * in increasing layer order) cycle through a ring of d+1 device slots: while the caller computes
  * layer λ, a worker thread brings the next d streamed layers nvme -> host staging -> device slot
- * (on CPU the host -> device copy is the device ops' memcpy). Releasing a layer frees its slot,
+ * (on the CPU arena, whose slots are host memory, the store reads straight into the slot). Releasing a layer frees its slot,
  * writes the layer back to its home tier if it was marked dirty (decode tail appended), and lets
  * the worker start on the streamed layer d+1 positions later, wrapping into the next step, so the
  * first layers of step t+1 are fetched while the last layers of step t compute.

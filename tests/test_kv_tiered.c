@@ -230,7 +230,7 @@ Test(kvt, every_forced_placement_and_depth_is_bit_identical)
             for (int l = 0; l < 3; l++)
                 if (force[l] == SP_TIER_NVME)
                     nvme_bytes += sp_kv_segment_size(&ls.seg[l]);
-            cr_assert_geq(st.sched.bytes[SP_TIER_NVME][SP_TIER_HOST], nvme_bytes * 5);
+            cr_assert_geq(st.sched.bytes[SP_TIER_NVME][SP_TIER_DEVICE], nvme_bytes * 5);
             sp_kv_tiered_free(t);
             for (int k = 0; k < SP_TIER_COUNT; k++)
                 cr_assert_eq(sp_tiers_used(ts, (sp_tier_kind)k, -1), 0, "tier %d leaked", k);

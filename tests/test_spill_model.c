@@ -224,7 +224,7 @@ Test(spill_model, spilled_logits_equal_resident_bit_for_bit)
         cr_assert_eq(st.sched.steps, STEPS);
         cr_assert_eq(st.sched.acquires, (uint64_t)STEPS * (on[SP_TIER_HOST] + on[SP_TIER_NVME]));
         if (on[SP_TIER_NVME])
-            cr_assert_gt(st.sched.bytes[SP_TIER_NVME][SP_TIER_HOST], 0);
+            cr_assert_gt(st.sched.bytes[SP_TIER_NVME][SP_TIER_DEVICE], 0);
         cr_log_info("%s, d=%d: %d device / %d host / %d nvme layers, hit rate %.2f, wait %.2f ms", v->name,
                     v->d, on[0], on[1], on[2],
                     st.sched.acquires ? (double)st.sched.hits / (double)st.sched.acquires : 1.0,
