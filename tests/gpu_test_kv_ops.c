@@ -4,9 +4,11 @@
  *   kv_topk     vs sp_kv_topk             identical index lists (ties, NaN, -0/+0, -inf, k edges)
  *   codebook    vs sp_codebook_build      identical entries, assignments and count; unit and mag
  *                                         bit-exact. Inputs are checked to have no pair cosine
- *                                         within 1e-4 of theta (double precision), since cuBLAS and
- *                                         OpenBLAS round the products differently.
- *   cb_match    vs sp_codebook_match      identical index where the best cosine is 1e-4 clear of
+ *                                         within 2e-5 of theta (double precision; an fp32 dot of d <=
+ *                                         128 unit terms errs by < 1e-5), since cuBLAS and OpenBLAS
+ *                                         round the products differently. Lattice inputs have exact
+ *                                         cosines (no margin needed, ties with theta included).
+ *   cb_match    vs sp_codebook_match      identical index where the best cosine is 2e-5 clear of
  *                                         the runner-up and of theta (others counted, not
  *                                         compared); cosine within 1e-5
  *   segattn     vs sp_segattn_reference   |gpu - ref| <= 2e-5 + 1e-4·|ref| (fp32 vs double)
@@ -335,7 +337,7 @@ static void case_codebook(sp_gpu_blas *blas, int64_t n, int d, int n_c, float no
         goto done;
     margin = n_c < 0 ? INFINITY : theta_margin(cb.unit, n, d, theta);
     snprintf(tol, sizeof tol, "identical; closest pair cosine %.2g from theta", margin);
-    if (margin < 1e-4) {
+    if (margin < 2e-5) {
         printf("    input has a pair cosine %.3g from theta: the GPU may decide it otherwise\n", margin);
         rc = -EINVAL;
         goto done;
@@ -457,7 +459,7 @@ static void case_match(int n_vec, int d, int64_t max_ent, float theta)
                 c2 = dot;
             }
         }
-        bool clear = nent[v] == 0 || ((c1 - c2 > 1e-4 || nent[v] == 1) && fabs(c1 - theta) > 1e-4);
+        bool clear = nent[v] == 0 || ((c1 - c2 > 2e-5 || nent[v] == 1) && fabs(c1 - theta) > 2e-5);
         if (!clear) {
             skipped++;
             continue;
@@ -691,7 +693,7 @@ int main(int argc, char **argv)
     struct { int64_t n; int d, nc; float noise, theta; int mu, zeros; } cbc[] = {
         {300, 64, 20, 0.3f, 0.8f, 0, 0}, {700, 64, 40, 0.3f, 0.8f, 3, 50}, {1000, 128, 60, 0.25f, 0.85f, 4, 0},
         {257, 32, 8, 0.2f, 0.7f, 0, 0}, {100, 64, 5, 0.2f, 1.5f, 0, 10}, {100, 64, 5, 0.2f, -1.5f, 2, 0},
-        {5000, 64, 200, 0.3f, 0.8f, 3, 0}, {1, 16, 1, 0.1f, 0.9f, 0, 0},
+        {5000, 64, 200, 0.3f, 0.75f, 3, 0}, {1, 16, 1, 0.1f, 0.9f, 0, 0},
         {600, 64, -10, 0, 0.25f, 0, 0}, {600, 64, -10, 0, 0.5f, 3, 0}, {2000, 32, -14, 0, 0.0f, 4, 0},
         {129, 16, -6, 0, 0.25f, 2, 0},
     };
