@@ -279,6 +279,37 @@ typedef struct sp_gpu_codebook_match_desc {
 } sp_gpu_codebook_match_desc;
 int sp_gpu_codebook_match(void *stream, sp_gpu_codebook_match_desc d);
 
+/* The decode-tail coding step of sp_kv_tail_append (runtime/kv_segment.c) for one token's K (or V)
+ * of n_vec KV heads: vector v = x + v*ldx (fp32, raw) is split into magnitude and unit direction as
+ * sp_codebook_unit does (bit-identical), matched against its segment codebook (seg_cb +
+ * seg_off[v]*d, seg_n[v] fp16 entries) and its tail entries (tail_ent + v*tail_stride, tail_n[v]
+ * of them); the segment entry wins when both are above theta and its cosine is >= the tail's;
+ * with neither above theta the direction is appended (fp16, round to nearest even) as tail entry
+ * tail_n[v] and tail_n[v] is incremented on the device. Writes idx[v*out_stride] (combined
+ * numbering: tail entries follow the segment's) and mag[v*out_stride] (fp16 magnitude).
+ * With the tail's buffers in a device copy of sp_kv_tail.mem: tail_ent = k_ent (or v_ent),
+ * tail_stride = cap*d, tail_n = n_new_k, idx = k_idx + n, mag = k_mag + n, out_stride = cap.
+ * The caller keeps n < cap (a full tail would get idx UINT32_MAX). Cosines: as
+ * sp_gpu_codebook_match (a near-tie may pick differently than the CPU). */
+enum { SP_GPU_CODE_MAX_D = 4096 };
+typedef struct sp_gpu_codebook_code_desc {
+    const float *x;          /* [n_vec][ldx] */
+    int n_vec, d;
+    int64_t ldx;
+    const uint16_t *seg_cb;  /* fp16 entries of all heads */
+    const int64_t *seg_off;  /* [n_vec] first entry of vector v's codebook, device */
+    const int64_t *seg_n;    /* [n_vec] its entry count, device */
+    uint16_t *tail_ent;      /* fp16 [n_vec][tail_stride] */
+    int64_t tail_stride;     /* elements, >= tail_cap*d */
+    int64_t *tail_n;         /* [n_vec] device, updated */
+    int64_t tail_cap;        /* entries per vector */
+    float theta;
+    uint32_t *idx;           /* idx[v*out_stride] */
+    uint16_t *mag;           /* mag[v*out_stride] */
+    int64_t out_stride;
+} sp_gpu_codebook_code_desc;
+int sp_gpu_codebook_code(void *stream, sp_gpu_codebook_code_desc d);
+
 /* Compressed decode attention over a layer segment + decode tail for every KV head of the layer,
  * same semantics as sp_segattn_decode (cpu/segment_attn.h): keys gathered from the segment's
  * sections (entry x magnitude, or raw fp16), rotated at their stored position with the RoPE table,

@@ -85,7 +85,7 @@ extern "C" int sp_gpu_kv_topk(void *stream, sp_gpu_kv_topk_desc d)
     return SP_CUDA_LAUNCHED("kv_topk_kernel");
 }
 
-/* ---- codebook match: one block per vector, one warp per entry ---- */
+/* ---- codebook match / code: one block per vector, one warp per entry ---- */
 
 enum { MATCH_THREADS = 256 };
 
@@ -99,15 +99,12 @@ static __device__ __forceinline__ void match_take(float &bv, int64_t &bi, float 
     }
 }
 
-static __global__ void codebook_match_kernel(const float *u, int d, const uint16_t *entries, int64_t ent_stride,
-                                             const int64_t *n_ent, float theta, int64_t *best, float *best_cos)
+/* Best entry of cb[0..ne) for the unit vector uv (block-wide; every thread gets the result):
+ * largest cosine, lowest index on ties, NaN never wins; (-inf, -1) without entries. */
+static __device__ void block_best(const float *uv, int d, const uint16_t *cb, int64_t ne, float *sv, long long *si,
+                                  float *out_v, int64_t *out_i)
 {
-    __shared__ float sv[MATCH_THREADS / 32];
-    __shared__ long long si[MATCH_THREADS / 32];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    const float *uv = u + (int64_t)blockIdx.x * d;
-    const uint16_t *cb = entries + (int64_t)blockIdx.x * ent_stride;
-    const int64_t ne = n_ent[blockIdx.x];
     float bv = -INFINITY;
     int64_t bi = -1;
     /* each warp sees its entries in increasing order: a strict > keeps the lowest index on ties */
@@ -122,19 +119,86 @@ static __global__ void codebook_match_kernel(const float *u, int d, const uint16
             bi = e;
         }
     }
+    __syncthreads();   /* sv/si may still be read from a previous call */
     if (lane == 0) {
         sv[w] = bv;
         si[w] = bi;
     }
     __syncthreads();
+    float v = -INFINITY;
+    int64_t i = -1;
+    for (int j = 0; j < nw; j++)
+        match_take(v, i, sv[j], si[j]);
+    *out_v = v;
+    *out_i = i;
+}
+
+static __global__ void codebook_match_kernel(const float *u, int d, const uint16_t *entries, int64_t ent_stride,
+                                             const int64_t *n_ent, float theta, int64_t *best, float *best_cos)
+{
+    __shared__ float sv[MATCH_THREADS / 32];
+    __shared__ long long si[MATCH_THREADS / 32];
+    float v;
+    int64_t i;
+    block_best(u + (int64_t)blockIdx.x * d, d, entries + (int64_t)blockIdx.x * ent_stride, n_ent[blockIdx.x], sv, si,
+               &v, &i);
     if (threadIdx.x == 0) {
-        float v = -INFINITY;
-        int64_t i = -1;
-        for (int j = 0; j < nw; j++)
-            match_take(v, i, sv[j], si[j]);
         best[blockIdx.x] = i >= 0 && v > theta ? i : -1;
         if (best_cos)
             best_cos[blockIdx.x] = v;
+    }
+}
+
+/* One vector per block: unit/magnitude as sp_codebook_unit (thread 0 sums in the CPU's order),
+ * match against the segment's entries and the tail's, pick as tail_code in runtime/kv_segment.c,
+ * append when neither is above theta. */
+static __global__ void codebook_code_kernel(sp_gpu_codebook_code_desc c)
+{
+    extern __shared__ float u[];   /* [d] */
+    __shared__ float sv[MATCH_THREADS / 32];
+    __shared__ long long si[MATCH_THREADS / 32];
+    __shared__ double s_m;
+    const int d = c.d, v = blockIdx.x;
+    const float *x = c.x + (int64_t)v * c.ldx;
+    if (threadIdx.x == 0) {
+        double ss = 0.0;
+        for (int i = 0; i < d; i++)
+            ss = __dadd_rn(ss, __dmul_rn((double)x[i], (double)x[i]));
+        double m = sqrt(ss);
+        s_m = !(m > 0) || !isfinite(m) ? 0.0 : m;
+    }
+    __syncthreads();
+    const double m = s_m;
+    for (int i = threadIdx.x; i < d; i += blockDim.x)
+        u[i] = m > 0 ? (float)__ddiv_rn((double)x[i], m) : 0.0f;
+    __syncthreads();
+    const int64_t seg_n = c.seg_n[v];
+    int64_t *tail_n = c.tail_n + v;
+    uint16_t *tail_ent = c.tail_ent + (int64_t)v * c.tail_stride;
+    float c1, c2;
+    int64_t a, b;
+    block_best(u, d, c.seg_cb + c.seg_off[v] * d, seg_n, sv, si, &c1, &a);
+    const int64_t tn = *tail_n;   /* read by every thread before thread 0 may change it */
+    block_best(u, d, tail_ent, tn, sv, si, &c2, &b);
+    a = a >= 0 && c1 > c.theta ? a : -1;
+    b = b >= 0 && c2 > c.theta ? b : -1;
+    uint32_t idx;
+    if (a >= 0 && (b < 0 || c1 >= c2)) {
+        idx = (uint32_t)a;
+    } else if (b >= 0) {
+        idx = (uint32_t)(seg_n + b);
+    } else if (tn < c.tail_cap) {
+        for (int i = threadIdx.x; i < d; i += blockDim.x)
+            tail_ent[tn * d + i] = __half_as_ushort(__float2half_rn(u[i]));
+        idx = (uint32_t)(seg_n + tn);
+        if (threadIdx.x == 0)
+            *tail_n = tn + 1;
+    } else {
+        idx = UINT32_MAX;   /* no room: the caller sized the tail wrongly */
+    }
+    if (threadIdx.x == 0) {
+        c.idx[(int64_t)v * c.out_stride] = idx;
+        c.mag[(int64_t)v * c.out_stride] = __half_as_ushort(__float2half_rn((float)m));
     }
 }
 
@@ -150,4 +214,18 @@ extern "C" int sp_gpu_codebook_match(void *stream, sp_gpu_codebook_match_desc d)
     codebook_match_kernel<<<d.n_vec, MATCH_THREADS, 0, sp_stream(stream)>>>(d.u, d.d, d.entries, d.ent_stride,
                                                                             d.n_ent, d.theta, d.best, d.best_cos);
     return SP_CUDA_LAUNCHED("codebook_match_kernel");
+}
+
+extern "C" int sp_gpu_codebook_code(void *stream, sp_gpu_codebook_code_desc d)
+{
+    if (d.n_vec < 0 || d.d < 1 || d.d > SP_GPU_CODE_MAX_D || d.ldx < d.d || d.tail_stride < 0 || d.tail_cap < 0 ||
+        d.out_stride < 1 || isnan(d.theta))
+        return sp_error(EINVAL, "gpu codebook code: bad descriptor (%d vectors, d %d, ldx %lld, cap %lld)", d.n_vec,
+                        d.d, (long long)d.ldx, (long long)d.tail_cap);
+    if (d.n_vec == 0)
+        return 0;
+    if (!d.x || !d.seg_cb || !d.seg_off || !d.seg_n || !d.tail_ent || !d.tail_n || !d.idx || !d.mag)
+        return sp_error(EINVAL, "gpu codebook code: NULL pointer");
+    codebook_code_kernel<<<d.n_vec, MATCH_THREADS, (size_t)d.d * sizeof(float), sp_stream(stream)>>>(d);
+    return SP_CUDA_LAUNCHED("codebook_code_kernel");
 }

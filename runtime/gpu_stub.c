@@ -194,6 +194,12 @@ int sp_gpu_codebook_match(void *stream, sp_gpu_codebook_match_desc d)
     return no_cuda("gpu codebook match");
 }
 
+int sp_gpu_codebook_code(void *stream, sp_gpu_codebook_code_desc d)
+{
+    (void)stream, (void)d;
+    return no_cuda("gpu codebook code");
+}
+
 size_t sp_gpu_segattn_scratch_floats(const struct sp_kv_segment *seg, const struct sp_kv_tail *tail)
 {
     (void)seg, (void)tail;

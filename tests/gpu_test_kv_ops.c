@@ -8,6 +8,9 @@
  *                                         128 unit terms errs by < 1e-5), since cuBLAS and OpenBLAS
  *                                         round the products differently. Lattice inputs have exact
  *                                         cosines (no margin needed, ties with theta included).
+ *   tail_code   vs sp_kv_tail_append      identical tail bytes (indices, fp16 magnitudes, appended
+ *                                         entries, counts) token by token, up to the first token
+ *                                         with a near-tie (2e-5, double) among its choices
  *   cb_match    vs sp_codebook_match      identical index where the best cosine is 2e-5 clear of
  *                                         the runner-up and of theta (others counted, not
  *                                         compared); cosine within 1e-5
@@ -487,6 +490,137 @@ done:
     free(best);
 }
 
+/* ---- decode-tail coding (match or append) vs sp_kv_tail_append ---- */
+
+/* Whether the CPU's choice for x is within fp32 rounding of another choice: the best two cosines
+ * over segment + tail entries, or the best and theta, closer than 2e-5 (double precision). */
+static bool near_tie(const float *x, int d, const uint16_t *cb1, int64_t n1, const uint16_t *cb2, int64_t n2,
+                     float theta)
+{
+    float u[4096], mag;
+    sp_codebook_unit(x, d, u, &mag);
+    double c1 = -INFINITY, c2 = -INFINITY;
+    for (int64_t e = 0; e < n1 + n2; e++) {
+        const uint16_t *c = e < n1 ? cb1 + e * d : cb2 + (e - n1) * d;
+        double dot = 0;
+        for (int i = 0; i < d; i++)
+            dot += (double)u[i] * sp_fp16_to_f32(c[i]);
+        if (dot > c1) {
+            c2 = c1;
+            c1 = dot;
+        } else if (dot > c2) {
+            c2 = dot;
+        }
+    }
+    return (n1 + n2 > 1 && c1 - c2 <= 2e-5) || (n1 + n2 > 0 && fabs(c1 - theta) <= 2e-5);
+}
+
+static void case_tail_code(int hq, int hk, int l, int d, int w, int keep, int n_tail)
+{
+    const char *op = "tail_code";
+    char shape[128];
+    snprintf(shape, sizeof shape, "hq %d hk %d l %d d %d window %d keep %d, %d tokens", hq, hk, l, d, w, keep, n_tail);
+    if (!selected(op))
+        return;
+    int64_t bad = 0;
+    size_t kvn = (size_t)hk * l * d;
+    float *k = malloc(sizeof(float) * kvn), *v = malloc(sizeof(float) * kvn);
+    float *sc = malloc(sizeof(float) * (size_t)hq * (size_t)(l - w));
+    float *nk = malloc(sizeof(float) * (size_t)hk * d), *nv = malloc(sizeof(float) * (size_t)hk * d);
+    uint8_t *got = NULL;
+    int64_t off[2][64] = {{0}}, cnt[2][64] = {{0}};
+    sp_kv_selection sel = {0};
+    sp_kv_segment seg = {0};
+    sp_kv_tail t = {0};
+    dbuf ds = {0}, dt = {0}, dx = {0}, doff = {0}, dcnt = {0};
+    int rc = -ENOMEM, tokens = 0;
+    char tol[96];
+    if (!k || !v || !sc || !nk || !nv)
+        goto done;
+    make_clusters(k, (int64_t)hk * l, d, 24, 0.15f, 0);
+    make_clusters(v, (int64_t)hk * l, d, 24, 0.2f, 0);
+    for (int i = 0; i < hq * (l - w); i++)
+        sc[i] = urand(0.0f, 1.0f);
+    if ((rc = sp_kv_selection_init(&sel, hq, hk, l, w)) || (rc = sp_kv_select_scores(&sel, sc, keep, SP_GQA_QUERY_HEAD)) ||
+        (rc = sp_kv_segment_build(&seg, 0, k, v, d, &sel, true, 0.9f, 0.85f, NULL)) ||
+        (rc = sp_kv_tail_init(&t, &seg, n_tail, 0.9f, 0.85f)))
+        goto done;
+    got = malloc(t.mem_bytes);
+    if (!got) {
+        rc = -ENOMEM;
+        goto done;
+    }
+    for (int kv = 0; kv < 2; kv++)
+        for (int h = 0, acc = 0; h < hk; h++) {
+            cnt[kv][h] = kv ? seg.hdr->n_ent_v[h] : seg.hdr->n_ent_k[h];
+            off[kv][h] = acc;
+            acc += (int)cnt[kv][h];
+        }
+    if ((rc = dbuf_upload(&ds, seg.buf, seg.size)) || (rc = dbuf_upload(&dt, t.mem, t.mem_bytes)) ||
+        (rc = dbuf_new(&dx, sizeof(float) * (size_t)hk * d, 0)) || (rc = dbuf_upload(&doff, off, sizeof off)) ||
+        (rc = dbuf_upload(&dcnt, cnt, sizeof cnt)))
+        goto done;
+    uint8_t *tdev = dptr(&dt);
+#define TDEV(field) (void *)(tdev + ((const uint8_t *)(field) - (const uint8_t *)t.mem))
+    for (int j = 0; j < n_tail && !rc; j++) {
+        for (int i = 0; i < hk * d; i++) {   /* odd tokens repeat context vectors, even ones are new */
+            int h = i / d, c = i % d;
+            nk[i] = j % 2 ? k[(size_t)h * l * d + (size_t)(j * 7 % l) * d + c] : urand(-2.0f, 2.0f);
+            nv[i] = j % 2 ? v[(size_t)h * l * d + (size_t)(j * 7 % l) * d + c] : urand(-1.0f, 1.0f);
+        }
+        bool tie = false;
+        for (int h = 0; h < hk; h++)
+            tie |= near_tie(nk + h * d, d, seg.head[h].k_cb, seg.head[h].n_ent_k, t.k_ent + (size_t)h * t.cap * d,
+                            t.n_new_k[h], t.theta_k) ||
+                   near_tie(nv + h * d, d, seg.head[h].v_cb, seg.head[h].n_ent_v, t.v_ent + (size_t)h * t.cap * d,
+                            t.n_new_v[h], t.theta_v);
+        if (tie)
+            break;   /* compare the tokens before it */
+        if ((rc = sp_kv_tail_append(&t, &seg, nk, nv, l + j)))
+            goto done;
+        for (int kv = 0; kv < 2 && !rc; kv++) {
+            if ((rc = sp_gpu_memcpy_h2d(g_stream, dptr(&dx), kv ? nv : nk, sizeof(float) * (size_t)hk * d)))
+                break;
+            sp_gpu_codebook_code_desc cd = {
+                .x = dptr(&dx), .n_vec = hk, .d = d, .ldx = d,
+                .seg_cb = (const uint16_t *)((const uint8_t *)dptr(&ds) + seg.hdr->sec_off[kv ? SP_KV_SEC_VCB : SP_KV_SEC_KCB]),
+                .seg_off = (const int64_t *)dptr(&doff) + kv * 64, .seg_n = (const int64_t *)dptr(&dcnt) + kv * 64,
+                .tail_ent = TDEV(kv ? t.v_ent : t.k_ent), .tail_stride = t.cap * d, .tail_n = TDEV(kv ? t.n_new_v : t.n_new_k),
+                .tail_cap = t.cap, .theta = kv ? t.theta_v : t.theta_k, .idx = (uint32_t *)TDEV(kv ? t.v_idx : t.k_idx) + j,
+                .mag = (uint16_t *)TDEV(kv ? t.v_mag : t.k_mag) + j, .out_stride = t.cap};
+            rc = sp_gpu_codebook_code(g_stream, cd);
+        }
+        tokens++;
+    }
+#undef TDEV
+    if (rc || (rc = dbuf_download(&dt, got, "tail")))
+        goto done;
+    /* every coded part (indices, magnitudes, new entries, their counts) byte for byte; pos is not
+     * the kernel's (the host writes it) */
+    size_t from = (size_t)((const uint8_t *)t.k_idx - (const uint8_t *)t.mem);
+    for (size_t i = from; i < t.mem_bytes; i++)
+        if (got[i] != ((const uint8_t *)t.mem)[i] && bad++ < MAX_PRINT)
+            printf("    tail byte %zu (part starting at %zu): gpu 0x%02x cpu 0x%02x\n", i, from, got[i],
+                   ((const uint8_t *)t.mem)[i]);
+done:
+    snprintf(tol, sizeof tol, "identical tail bytes; %d of %d tokens compared (stops at a near-tie)", tokens, n_tail);
+    report(op, shape, rc, bad, 0.0, tol);
+    sp_kv_tail_free(&t);
+    sp_kv_segment_free(&seg);
+    sp_kv_selection_free(&sel);
+    dbuf_free(&ds);
+    dbuf_free(&dt);
+    dbuf_free(&dx);
+    dbuf_free(&doff);
+    dbuf_free(&dcnt);
+    free(k);
+    free(v);
+    free(sc);
+    free(nk);
+    free(nv);
+    free(got);
+}
+
 /* ---- segment attention ---- */
 
 static void case_segattn(int hq, int hk, int l, int d, int w, int keep, sp_rope_mode mode, bool coded, int n_tail,
@@ -704,6 +838,9 @@ int main(int argc, char **argv)
         case_match(64, 64, 300, 0.9f);
         case_match(33, 128, 1000, 0.8f);
         case_match(7, 32, 1, 0.5f);
+        case_tail_code(9, 3, 700, 64, 32, 150, 24);
+        case_tail_code(16, 1, 257, 128, 8, 100, 12);
+        case_tail_code(4, 4, 300, 32, 16, 40, 40);
     }
 
     struct { int hq, hk, l, d, w, keep; sp_rope_mode m; bool coded; int tail; bool dense; } sa[] = {
