@@ -14,7 +14,9 @@
  *   cb_match    vs sp_codebook_match      identical index where the best cosine is 2e-5 clear of
  *                                         the runner-up and of theta (others counted, not
  *                                         compared); cosine within 1e-5
- *   segattn     vs sp_segattn_reference   |gpu - ref| <= 2e-5 + 1e-4·|ref| (fp32 vs double)
+ *   segattn     vs sp_segattn_reference   |gpu - ref| <= 1e-4 + 1e-4·|ref| (fp32 vs double; values
+ *                                         up to ~15, up to 2000 tokens: the CPU's own fp32 op is
+ *                                         2.4e-5 from the reference on the largest case)
  *   sample      vs sp_sampler_sample      identical token for the same uniform draw
  * Every device output has guard bytes around it (checked) and is pre-filled with 0xFF.
  * Output: one line per case, then "N passed, N failed, N unsupported". Exit 0 when nothing failed,
@@ -691,14 +693,14 @@ static void case_segattn(int hq, int hk, int l, int d, int w, int keep, sp_rope_
         (rc = dbuf_download(&dsc, NULL, "scratch")))
         goto done;
     for (int i = 0; i < hq * d; i++) {
-        double err = fabs((double)got[i] - want[i]), tol = 2e-5 + 1e-4 * fabs(want[i]);
+        double err = fabs((double)got[i] - want[i]), tol = 1e-4 + 1e-4 * fabs(want[i]);
         if (!(err <= tol) && bad++ < MAX_PRINT)
             printf("    out[%d]: gpu %.9g ref %.9g\n", i, got[i], want[i]);
         if (err > max_err)
             max_err = err;
     }
 done:
-    report(op, shape, rc, bad, max_err, "2e-5 + 1e-4*|ref| vs the double reference");
+    report(op, shape, rc, bad, max_err, "1e-4 + 1e-4*|ref| vs the double reference");
     sp_kv_tail_free(&t);
     sp_kv_segment_free(&seg);
     sp_kv_selection_free(&sel);
