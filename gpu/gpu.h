@@ -243,7 +243,8 @@ int sp_gpu_kv_topk(void *stream, sp_gpu_kv_topk_desc d);
  * Memory (scratch, sp_gpu_codebook_scratch_bytes): n*ceil(n/64)*8 bytes of adjacency + a tile of
  * T*n floats (T = max(1, min(n, 2^24 / n)): <= 64 MiB) + (n + ceil(n/64) + 1)*8 + n*4 bytes.
  * Time: n^2*d flops of SGEMM (upper triangle), O(n^2/64) word operations for the degrees and the
- * cover updates, O(n) per pick (a block-wide arg-max): O(n * entries / 1024) per thread. */
+ * cover updates, O(n) per pick (a block-wide arg-max): O(n * entries / 1024) per thread.
+ * Uses (and sets the stream of) the cuBLAS handle b: one handle per thread, as sp_gpu_gemm. */
 typedef struct sp_gpu_codebook_desc {
     const float *x;          /* [n][d] */
     int64_t n;               /* <= INT32_MAX */
@@ -318,7 +319,8 @@ int sp_gpu_codebook_code(void *stream, sp_gpu_codebook_code_desc d);
  * of the segment bytes, validated on the host by sp_kv_segment_open) and the tail from tail_dev
  * (a device copy of tail->mem: the host struct gives its layout and token count).
  * One block per KV head; scores/weights in scratch (sp_gpu_segattn_scratch_floats).
- * Limits: group * head_dim <= 8192 (queries in shared memory), head_dim even; else -ENOTSUP.
+ * Limits: head_dim even (else -EINVAL), <= 256 and group * head_dim <= 8192 (queries and one
+ * rotated key per warp in shared memory, <= 40 KiB); else -ENOTSUP.
  * Weight scatter uses float atomics: the last bits of the output can vary between runs. */
 struct sp_kv_segment;
 struct sp_kv_tail;
