@@ -274,9 +274,12 @@ static int move_layer(sp_kv_tiered_t *t, int l, sp_tier_kind dst, size_t max_siz
     memset(&fresh, 0, sizeof fresh);
     fresh.nvme_id = -1;
     int rc;
-    if (dst == SP_TIER_HOST && src->tier != SP_TIER_HOST) {
-        /* read straight into the new host allocation */
-        rc = sp_tiers_alloc(t->o.tiers, SP_TIER_HOST, SP_TAG_KV, size, 0, &fresh.mem);
+    bool direct = (dst == SP_TIER_HOST && src->tier != SP_TIER_HOST) ||
+                  (dst == SP_TIER_DEVICE && src->tier == SP_TIER_NVME &&
+                   sp_tiers_device_is_host(t->o.tiers));
+    if (direct) {
+        /* read straight into the new allocation (host memory, or the CPU arena's device) */
+        rc = sp_tiers_alloc(t->o.tiers, dst, SP_TAG_KV, size, 0, &fresh.mem);
         if (rc == -ENOSPC)
             return 1;
         if (rc < 0)
@@ -284,10 +287,10 @@ static int move_layer(sp_kv_tiered_t *t, int l, sp_tier_kind dst, size_t max_siz
         rc = sp_tiers_seg_read(t->o.tiers, src, fresh.mem.ptr, size);
         if (rc < 0) {
             sp_tiers_release(t->o.tiers, &fresh.mem);
-            return sp_error(-rc, "kv tiered: layer %d: moving %s -> host failed: %s", l,
-                            sp_tier_name(src->tier), sp_last_error());
+            return sp_error(-rc, "kv tiered: layer %d: moving %s -> %s failed: %s", l,
+                            sp_tier_name(src->tier), sp_tier_name(dst), sp_last_error());
         }
-        fresh.tier = SP_TIER_HOST;
+        fresh.tier = dst;
         fresh.size = size;
     } else {
         const void *from;
