@@ -203,7 +203,7 @@ Test(sched, prefetch_hides_latency_when_compute_is_slower)
             void *p;
             size_t n;
             cr_assert_eq(sp_sched_acquire(s, l, &p, &n), 0);
-            usleep(3000); /* "compute" far slower than a 20 KB read */
+            usleep(20000); /* "compute" far slower than a 20 KB read, even on a loaded machine */
             sp_sched_release(s, l);
         }
     }
