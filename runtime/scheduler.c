@@ -21,6 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 typedef struct {
     sp_tier_mem mem;   /* device slot */
@@ -138,6 +141,11 @@ static void merge_moved(sp_sched_t *s, uint64_t moved[SP_TIER_COUNT][SP_TIER_COU
 static void *worker_main(void *arg)
 {
     sp_sched_t *s = arg;
+    /* The worker sleeps on I/O most of the time but must run the moment a read completes or a slot
+     * frees, also while the compute threads spin-wait on every core: ask for a slightly higher
+     * priority (nice -5) where permitted; without the privilege it keeps the default. */
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -5) != 0)
+        errno = 0;
     pthread_mutex_lock(&s->lock);
     for (;;) {
         while (!s->stop && (s->paused || (s->written == s->released &&
