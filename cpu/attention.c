@@ -15,10 +15,12 @@
  * fp16 caches are converted block by block to fp32 scratch; fp32 caches are read in place.
  * - GGML numerics with an fp16 cache (llama.cpp without flash attention): the query is rounded to
  *   fp16 before K.q, the scores are scaled after the product, and the softmax probabilities are
- *   normalized and then rounded to fp16 before P.V. Rounding normalized probabilities needs the
- *   final max and sum first, so those paths make two passes over the keys: pass 1 finds each row's
- *   max and sum (online), pass 2 recomputes the scores and accumulates fp16(exp(s - max) / sum) V.
- *   The products of fp16 values are exact in fp32, so only the summation order differs from ggml.
+ *   normalized and then rounded to fp16 before P.V. The main path (exact_*_unit, see the section
+ *   "bit for bit" below) also repeats llama.cpp's summation orders and exp, so its outputs are the
+ *   oracle's bits; it keeps each query's full score row in the thread scratch. When that does not
+ *   fit (very long contexts) or head_dim % 16 != 0, a two-pass fallback rounds the same values but
+ *   sums in sgemm order: pass 1 finds each row's max and sum (online), pass 2 recomputes the scores
+ *   and accumulates fp16(exp(s - max) / sum) V.
  */
 #include "ops.h"
 

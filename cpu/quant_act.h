@@ -4,7 +4,8 @@
  * ggml never multiplies a Q4_0/Q4_1/Q8_0 weight by fp32 activations: each activation row is first
  * quantized to the weight type's "vec_dot_type" (Q8_1 for Q4_1, Q8_0 for Q4_0 and Q8_0) and the
  * products are integer sums per block, scaled by the fp16 block scales. The functions here repeat
- * that arithmetic bit for bit as ggml's x86 code (AVX2 build) does it:
+ * that arithmetic bit for bit as ggml's x86 kernels do it (AVX2 maddubs/madd and AVX-512 VNNI dpbusd
+ * give the same lane sums; the fixtures' oracle ran the VNNI build):
  * - quantization: amax per 32-block, d = amax / 127, q = round-half-even(x * (127 / amax)),
  *   d (and for Q8_1 s = d * sum(q)) stored as fp16;
  * - dot product: 8 float lanes, lane i accumulating fma(d_w * d_a, (float)sum_{j<4} w[4i+j]*a[4i+j])
