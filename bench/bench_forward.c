@@ -7,7 +7,7 @@
  * is reported at the end (the fill run touches the full context).
  *
  * usage: bench_forward [-m model] [-t threads] [-r repeats] [-c n_ctx] [-d d1,d2,...] [--kv f16|f32]
- *                      [--json out.json]
+ *                      [--numerics ggml|exact] [--json out.json]
  */
 #include <math.h>
 #include <stdio.h>
@@ -51,6 +51,7 @@ int main(int argc, char **argv)
     int threads = 2, reps = 3, n_ctx = 8192, nd = 3;
     int depths[MAX_DEPTHS] = { 0, 2048, 8192 - PP - TG };
     sp_kv_type kvt = SP_KV_F16;
+    sp_numerics num = SP_NUMERICS_GGML;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "-m") && v) { model = v; i++; }
@@ -58,6 +59,10 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "-r") && v) { reps = atoi(v); i++; }
         else if (!strcmp(a, "-c") && v) { n_ctx = atoi(v); i++; }
         else if (!strcmp(a, "--json") && v) { json = v; i++; }
+        else if (!strcmp(a, "--numerics") && v && (!strcmp(v, "ggml") || !strcmp(v, "exact"))) {
+            num = !strcmp(v, "exact") ? SP_NUMERICS_EXACT : SP_NUMERICS_GGML;
+            i++;
+        }
         else if (!strcmp(a, "--kv") && v) { kvt = !strcmp(v, "f32") ? SP_KV_F32 : SP_KV_F16; i++; }
         else if (!strcmp(a, "-d") && v) {
             nd = 0;
@@ -69,7 +74,7 @@ int main(int argc, char **argv)
             i++;
         } else {
             fprintf(stderr, "usage: %s [-m model] [-t threads] [-r repeats] [-c n_ctx] [-d d1,d2] [--kv f16|f32] "
-                            "[--json out.json]\n", argv[0]);
+                            "[--numerics ggml|exact] [--json out.json]\n", argv[0]);
             return 2;
         }
     }
@@ -87,6 +92,7 @@ int main(int argc, char **argv)
     p.n_ctx = n_ctx;
     p.n_threads = threads;
     p.kv_type = kvt;
+    p.numerics = num;
     sp_ctx_t *c = sp_ctx_new(m, &p);
     int32_t *tok = malloc(sizeof(int32_t) * (size_t)n_ctx);
     float *logits = malloc(sizeof(float) * (size_t)hp->n_vocab);
@@ -99,8 +105,8 @@ int main(int argc, char **argv)
         s ^= s << 13; s ^= s >> 7; s ^= s << 17;
         tok[i] = (int32_t)(s % (uint64_t)hp->n_vocab);
     }
-    printf("model %s, %d threads, n_ctx %d, kv %s, %d repeats\n", model, threads, n_ctx,
-           kvt == SP_KV_F16 ? "f16" : "f32", reps);
+    printf("model %s, %d threads, n_ctx %d, kv %s, numerics %s, %d repeats\n", model, threads, n_ctx,
+           kvt == SP_KV_F16 ? "f16" : "f32", num == SP_NUMERICS_GGML ? "ggml" : "exact", reps);
     /* warm-up: page in the weights, let OpenBLAS set up its buffers */
     if (sp_ctx_prefill(c, tok, 64, logits, NULL) != 0) {
         fprintf(stderr, "bench_forward: %s\n", sp_last_error());
@@ -145,8 +151,9 @@ int main(int argc, char **argv)
     printf("\n| test | depth | tokens/s (mean ± sd) |\n|---|---:|---:|\n");
     FILE *jf = json ? fopen(json, "w") : NULL;
     if (jf)
-        fprintf(jf, "{\n  \"model\": \"%s\", \"threads\": %d, \"n_ctx\": %d, \"kv\": \"%s\", \"repeats\": %d,\n  \"results\": [\n",
-                model, threads, n_ctx, kvt == SP_KV_F16 ? "f16" : "f32", reps);
+        fprintf(jf, "{\n  \"model\": \"%s\", \"threads\": %d, \"n_ctx\": %d, \"kv\": \"%s\", \"numerics\": \"%s\", "
+                "\"repeats\": %d,\n  \"results\": [\n",
+                model, threads, n_ctx, kvt == SP_KV_F16 ? "f16" : "f32", num == SP_NUMERICS_GGML ? "ggml" : "exact", reps);
     for (int di = 0; di < nd; di++) {
         double mu, sd;
         mean_sd(pp[di], reps, &mu, &sd);

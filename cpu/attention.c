@@ -13,6 +13,14 @@
  * - Decode (n_q == 1, no window): keys are split among the threads; each keeps (m, l, o) per head
  *   over its slice and the caller merges the partials (split-K "flash decoding").
  * fp16 caches are converted block by block to fp32 scratch; fp32 caches are read in place.
+ * - GGML numerics with an fp16 cache (llama.cpp without flash attention): the query is rounded to
+ *   fp16 before K.q, the scores are scaled after the product, and the softmax probabilities are
+ *   normalized and then rounded to fp16 before P.V. The main path (exact_*_unit, see the section
+ *   "bit for bit" below) also repeats llama.cpp's summation orders and exp, so its outputs are the
+ *   oracle's bits; it keeps each query's full score row in the thread scratch. When that does not
+ *   fit (very long contexts) or head_dim % 16 != 0, a two-pass fallback rounds the same values but
+ *   sums in sgemm order: pass 1 finds each row's max and sum (online), pass 2 recomputes the scores
+ *   and accumulates fp16(exp(s - max) / sum) V.
  */
 #include "ops.h"
 
@@ -138,21 +146,42 @@ static void scale_row(float *x, int n, float s)
 typedef struct att_job {
     sp_cpu *c;
     const sp_attn_args *a;
+    bool r16;             /* GGML numerics over an fp16 cache: fp16 queries and probabilities */
     int G, BQ, n_qb;
     int n_slices;         /* decode: key slices */
+    int phase;            /* decode_unit_r16: 0 = max and sum, 1 = P.V */
     float *lse;           /* [n_head][n_window] */
 } att_job;
 
-/* Gather the scaled queries of KV head g, queries [q0, q0+bq), as rows hh*bq + i. */
-static void gather_q(const sp_attn_args *a, int G, int g, int q0, int bq, float *qs)
+/* Round n floats to the nearest fp16 value (ties to even), in place. */
+static void round16(float *x, int n)
+{
+    int i = 0;
+#ifdef __AVX2__
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(x + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT)));
+#endif
+    for (; i < n; i++)
+        x[i] = sp_fp16_to_f32(sp_f32_to_fp16(x[i]));
+}
+
+/* Gather the queries of KV head g, queries [q0, q0+bq), as rows hh*bq + i: scaled (then the scores
+ * need no scaling), or for r16 rounded to fp16 and unscaled (the scores are scaled after K.q, as
+ * ggml's softmax does). */
+static void gather_q(const sp_attn_args *a, int G, int g, int q0, int bq, float *qs, bool r16)
 {
     int D = a->head_dim;
     for (int hh = 0; hh < G; hh++)
         for (int i = 0; i < bq; i++) {
             const float *src = a->q + (size_t)(q0 + i) * a->ldq + (size_t)(g * G + hh) * D;
             float *dst = qs + ((size_t)hh * bq + i) * D;
-            for (int d = 0; d < D; d++)
-                dst[d] = src[d] * a->scale;
+            if (r16) {
+                memcpy(dst, src, sizeof(float) * D);
+                round16(dst, D);
+            } else {
+                for (int d = 0; d < D; d++)
+                    dst[d] = src[d] * a->scale;
+            }
         }
 }
 
@@ -164,7 +193,7 @@ static void prefill_unit(void *arg, int t, int ith)
     att_scr sc = carve(j->c, ith, G, D);
     int qb = j->n_qb - 1 - t / a->n_kv_head, g = t % a->n_kv_head;
     int q0 = qb * j->BQ, bq = a->n_q - q0 < j->BQ ? a->n_q - q0 : j->BQ, R = G * bq;
-    gather_q(a, G, g, q0, bq, sc.qs);
+    gather_q(a, G, g, q0, bq, sc.qs, false);
     for (int r = 0; r < R; r++) {
         sc.m[r] = -INFINITY;
         sc.l[r] = 0.0f;
@@ -211,6 +240,65 @@ static void prefill_unit(void *arg, int t, int ith)
     }
 }
 
+/* prefill_unit for GGML numerics over an fp16 cache (see DESIGN). */
+static void prefill_unit_r16(void *arg, int t, int ith)
+{
+    att_job *j = arg;
+    const sp_attn_args *a = j->a;
+    int G = j->G, D = a->head_dim;
+    att_scr sc = carve(j->c, ith, G, D);
+    int qb = j->n_qb - 1 - t / a->n_kv_head, g = t % a->n_kv_head;
+    int q0 = qb * j->BQ, bq = a->n_q - q0 < j->BQ ? a->n_q - q0 : j->BQ, R = G * bq;
+    gather_q(a, G, g, q0, bq, sc.qs, true);
+    for (int r = 0; r < R; r++) {
+        sc.m[r] = -INFINITY;
+        sc.l[r] = 0.0f;
+    }
+    memset(sc.o, 0, sizeof(float) * (size_t)R * D);
+    int pos_first = a->q_pos0 + q0, kend = pos_first + bq;
+    for (int pass = 0; pass < 2; pass++)
+        for (int kb = 0; kb < kend; kb += ATT_BK) {
+            int nk = kend - kb < ATT_BK ? kend - kb : ATT_BK;
+            const float *K = kv_block(a, a->k, g, kb, nk, sc.kf);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, nk, D, a->scale, sc.qs, D, K, D, 0.0f, sc.s,
+                        ATT_BK);
+            for (int r = 0; r < R; r++) {
+                float *srow = sc.s + (size_t)r * ATT_BK;
+                int pos = pos_first + r % bq;
+                int valid = pos - kb + 1 < nk ? pos - kb + 1 : nk;
+                if (valid <= 0) {
+                    memset(srow, 0, sizeof(float) * nk);
+                    continue;
+                }
+                if (pass == 0) {
+                    float mx = row_max(srow, valid);
+                    float m_new = mx > sc.m[r] ? mx : sc.m[r];
+                    float corr = expf(sc.m[r] - m_new);
+                    sc.l[r] = sc.l[r] * corr + exp_sub_sum(srow, valid, m_new);
+                    sc.m[r] = m_new;
+                } else {
+                    exp_sub_sum(srow, valid, sc.m[r]);
+                    scale_row(srow, valid, (float)(1.0 / (double)sc.l[r]));
+                    round16(srow, valid);
+                    if (valid < nk)
+                        memset(srow + valid, 0, sizeof(float) * (nk - valid));
+                }
+            }
+            if (pass == 1) {
+                const float *V = kv_block(a, a->v, g, kb, nk, sc.vf);
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, D, nk, 1.0f, sc.s, ATT_BK, V, D, 1.0f,
+                            sc.o, D);
+            }
+        }
+    for (int r = 0; r < R; r++) {
+        int hh = r / bq, i = r % bq, h = g * G + hh, qi = q0 + i;
+        memcpy(a->out + (size_t)qi * a->ldo + (size_t)h * D, sc.o + (size_t)r * D, sizeof(float) * D);
+        int wi = qi - (a->n_q - a->n_window);
+        if (a->n_window > 0 && wi >= 0)
+            j->lse[(size_t)h * a->n_window + wi] = sc.m[r] + logf(sc.l[r]);
+    }
+}
+
 static void window_unit(void *arg, int t, int ith)
 {
     att_job *j = arg;
@@ -226,8 +314,8 @@ static void window_unit(void *arg, int t, int ith)
     const float *K = kv_block(a, a->k, g, kb, nk, sc.kf);
     for (int w0 = 0; w0 < W; w0 += j->BQ) {
         int bw = W - w0 < j->BQ ? W - w0 : j->BQ, R = G * bw;
-        gather_q(a, G, g, wq0 + w0, bw, sc.qs);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, nk, D, 1.0f, sc.qs, D, K, D, 0.0f,
+        gather_q(a, G, g, wq0 + w0, bw, sc.qs, j->r16);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, nk, D, j->r16 ? a->scale : 1.0f, sc.qs, D, K, D, 0.0f,
                     sc.s, ATT_BK);
         for (int r = 0; r < R; r++) {
             int hh = r / bw, wi = w0 + r % bw, h = g * G + hh;
@@ -355,7 +443,7 @@ static void decode_unit(void *arg, int slice, int ith)
     att_scr sc = carve(j->c, ith, G, D);
     float *part = j->c->shared + (size_t)slice * a->n_head * (D + 2);   /* [n_head][m, l, o[D]] */
     for (int g = 0; g < a->n_kv_head; g++) {
-        gather_q(a, G, g, 0, 1, sc.qs);
+        gather_q(a, G, g, 0, 1, sc.qs, false);
         for (int hh = 0; hh < G; hh++) {
             sc.m[hh] = -INFINITY;
             sc.l[hh] = 0.0f;
@@ -389,6 +477,308 @@ static void decode_unit(void *arg, int slice, int ith)
     }
 }
 
+/* Decode with GGML numerics over an fp16 cache, phase `j->phase`: 0 = each slice's per-head max and
+ * sum into part[0], part[1]; 1 = with the global max and 1/sum placed in part[0], part[1] by the
+ * caller, the slice's sum of fp16(exp(s - max) / sum) V into part[2..]. */
+static void decode_unit_r16(void *arg, int slice, int ith)
+{
+    att_job *j = arg;
+    const sp_attn_args *a = j->a;
+    int G = j->G, D = a->head_dim, n_keys = a->q_pos0 + 1;
+    int k0 = (int)((int64_t)n_keys * slice / j->n_slices), k1 = (int)((int64_t)n_keys * (slice + 1) / j->n_slices);
+    att_scr sc = carve(j->c, ith, G, D);
+    float *part = j->c->shared + (size_t)slice * a->n_head * (D + 2);   /* [n_head][m, l, o[D]] */
+    for (int g = 0; g < a->n_kv_head; g++) {
+        gather_q(a, G, g, 0, 1, sc.qs, true);
+        for (int hh = 0; hh < G; hh++) {
+            float *p = part + (size_t)(g * G + hh) * (D + 2);
+            if (j->phase == 0) {
+                p[0] = -INFINITY;
+                p[1] = 0.0f;
+            } else {
+                memset(p + 2, 0, sizeof(float) * D);
+            }
+        }
+        for (int kb = k0; kb < k1; kb += DEC_BK) {
+            int nk = k1 - kb < DEC_BK ? k1 - kb : DEC_BK;
+            const float *K = kv_block(a, a->k, g, kb, nk, sc.kf);
+            dec_scores(sc.qs, G, K, nk, D, sc.s);
+            const float *V = j->phase ? kv_block(a, a->v, g, kb, nk, sc.vf) : NULL;
+            for (int hh = 0; hh < G; hh++) {
+                float *srow = sc.s + (size_t)hh * DEC_BK;
+                float *p = part + (size_t)(g * G + hh) * (D + 2);
+                scale_row(srow, nk, a->scale);
+                if (j->phase == 0) {
+                    float mx = row_max(srow, nk);
+                    float m_new = mx > p[0] ? mx : p[0];
+                    float corr = expf(p[0] - m_new);
+                    p[1] = p[1] * corr + exp_sub_sum(srow, nk, m_new);
+                    p[0] = m_new;
+                } else {
+                    exp_sub_sum(srow, nk, p[0]);
+                    scale_row(srow, nk, p[1]);
+                    round16(srow, nk);
+                    dec_accum(p + 2, V, srow, nk, D);
+                }
+            }
+        }
+    }
+}
+
+static void decode_r16(sp_cpu *c, const sp_attn_args *a, att_job *j)
+{
+    int D = a->head_dim;
+    j->phase = 0;
+    sp_pool_for(c->pool, j->n_slices, decode_unit_r16, j);
+    for (int h = 0; h < a->n_head; h++) {
+        float M = -INFINITY;
+        double L = 0.0;
+        for (int t = 0; t < j->n_slices; t++) {
+            float m = c->shared[((size_t)t * a->n_head + h) * (D + 2)];
+            M = m > M ? m : M;
+        }
+        for (int t = 0; t < j->n_slices; t++) {
+            const float *p = c->shared + ((size_t)t * a->n_head + h) * (D + 2);
+            if (p[0] != -INFINITY)
+                L += (double)expf(p[0] - M) * p[1];
+        }
+        float inv = (float)(1.0 / L);
+        for (int t = 0; t < j->n_slices; t++) {
+            float *p = c->shared + ((size_t)t * a->n_head + h) * (D + 2);
+            p[0] = M;
+            p[1] = inv;
+        }
+    }
+    j->phase = 1;
+    sp_pool_for(c->pool, j->n_slices, decode_unit_r16, j);
+    for (int h = 0; h < a->n_head; h++) {
+        float *dst = a->out + (size_t)h * D;
+        memset(dst, 0, sizeof(float) * D);
+        for (int t = 0; t < j->n_slices; t++)
+            axpy(dst, c->shared + ((size_t)t * a->n_head + h) * (D + 2) + 2, 1.0f, D);
+    }
+}
+
+/* ---- GGML numerics over an fp16 cache, bit for bit --------------------------------------------
+ * llama.cpp (no flash attention, fp16 cache, x86 build with AVX-512 as the oracle's) computes, per
+ * query head and query at position P over keys 0..P (masked keys contribute exact zeros):
+ *   s_k = scale * dot(fp16(q), K_k)          prefill (>= 2 tokens): tinyBLAS, 16 lanes (lane l takes
+ *                                             elements 16c+l, fma chain over c), 512-bit reduction;
+ *                                             decode: ggml_vec_dot_f16, 4 x 16 lanes over 64-element
+ *                                             steps, reduced as (a0+a2)+(a1+a3), then 512-bit reduction
+ *   e_k = exp_ggml(s_k - max), sum = double sum over 16-key chunks of the chunk's 512-bit reduction
+ *   p_k = fp16(e_k * (float)(1 / sum))
+ *   o_d = sum_k p_k V_kd                       prefill: 16 lanes by key mod 16 (tinyBLAS); decode:
+ *                                             64 lanes by key mod 64 (ggml_vec_dot_f16), same reductions
+ * A 512-bit reduction of lanes lo[0..7], hi[0..7] equals sp_hsum256(lo + hi). Everything below
+ * follows those orders, so the outputs are the oracle's bits. One task = one query head and a block of
+ * queries (prefill) or one query head (decode); each task's score row and lane accumulators live in its
+ * thread's scratch (exact_fits() says whether they do; otherwise the two-pass path above is used). */
+#ifdef __AVX2__
+enum { EX_BQ = 16, SP_ATT_MAX_G = 64 };  /* queries per prefill task; GQA group size limit of this path */
+
+static inline float red16(__m256 lo, __m256 hi)
+{
+    return sp_hsum256(_mm256_add_ps(hi, lo));
+}
+
+static inline __m256 ld16(const uint16_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)p));
+}
+
+/* ggml_vec_dot_f16 order: D a multiple of 16; the part past the last multiple of 64 in double. */
+static float dot_vd(const float *q, const uint16_t *k, int D)
+{
+    __m256 a[8];
+    for (int i = 0; i < 8; i++)
+        a[i] = _mm256_setzero_ps();
+    int np = D & ~63;
+    for (int i = 0; i < np; i += 64)
+        for (int j = 0; j < 8; j++)
+            a[j] = _mm256_fmadd_ps(ld16(k + i + 8 * j), _mm256_loadu_ps(q + i + 8 * j), a[j]);
+    __m256 lo = _mm256_add_ps(_mm256_add_ps(a[0], a[4]), _mm256_add_ps(a[2], a[6]));
+    __m256 hi = _mm256_add_ps(_mm256_add_ps(a[1], a[5]), _mm256_add_ps(a[3], a[7]));
+    double r = red16(lo, hi);
+    for (int i = np; i < D; i++)
+        r += (double)(q[i] * sp_fp16_to_f32(k[i]));
+    return (float)r;
+}
+
+/* s[0..n) scores -> fp16-valued probabilities in place (s has room for n rounded up to 16). Returns
+ * max + log(sum) (for window scores). */
+static float softmax_ggml(float *s, int n)
+{
+    int n16 = (n + 15) & ~15;
+    for (int i = n; i < n16; i++)
+        s[i] = -INFINITY;
+    float mx = row_max(s, n);
+    __m256 vm = _mm256_set1_ps(mx);
+    double sum = 0.0;
+    for (int i = 0; i < n16; i += 16) {
+        __m256 lo = sp_exp256_ggml(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm));
+        __m256 hi = sp_exp256_ggml(_mm256_sub_ps(_mm256_loadu_ps(s + i + 8), vm));
+        _mm256_storeu_ps(s + i, lo);
+        _mm256_storeu_ps(s + i + 8, hi);
+        sum += (double)red16(lo, hi);
+    }
+    __m256 inv = _mm256_set1_ps((float)(1.0 / sum));
+    for (int i = 0; i < n16; i += 8)
+        _mm256_storeu_ps(s + i, _mm256_cvtph_ps(_mm256_cvtps_ph(_mm256_mul_ps(_mm256_loadu_ps(s + i), inv),
+                                                                _MM_FROUND_TO_NEAREST_INT)));
+    return mx + logf((float)sum);
+}
+
+/* out[D] = sum_k p[k] V[k] with nl lane accumulators (16: tinyBLAS, 64: ggml_vec_dot_f16) in acc. */
+static void pv_lanes(const float *p, const uint16_t *V, int n, int D, int nl, float *acc, float *out)
+{
+    memset(acc, 0, sizeof(float) * (size_t)nl * D);
+    for (int k = 0; k < n; k++) {
+        if (p[k] == 0.0f)
+            continue;                   /* fma(0, v, a) == a for finite v */
+        float *a = acc + (size_t)(k & (nl - 1)) * D;
+        const uint16_t *v = V + (size_t)k * D;
+        __m256 pk = _mm256_set1_ps(p[k]);
+        for (int d = 0; d < D; d += 8)
+            _mm256_storeu_ps(a + d, _mm256_fmadd_ps(ld16(v + d), pk, _mm256_loadu_ps(a + d)));
+    }
+    for (int d = 0; d < D; d += 8) {
+        __m256 y[16];
+        for (int l = 0; l < 16; l++) {
+            const float *a = acc + (size_t)l * D + d;
+            if (nl == 64)
+                y[l] = _mm256_add_ps(_mm256_add_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(a + (size_t)32 * D)),
+                                     _mm256_add_ps(_mm256_loadu_ps(a + (size_t)16 * D), _mm256_loadu_ps(a + (size_t)48 * D)));
+            else
+                y[l] = _mm256_loadu_ps(a);
+        }
+        __m256 t[8];
+        for (int l = 0; l < 8; l++)
+            t[l] = _mm256_add_ps(y[l + 8], y[l]);
+        __m256 r = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[0], t[4]), _mm256_add_ps(t[2], t[6])),
+                                 _mm256_add_ps(_mm256_add_ps(t[1], t[5]), _mm256_add_ps(t[3], t[7])));
+        _mm256_storeu_ps(out + d, r);
+    }
+}
+
+/* Prefill: tinyBLAS order on fp32 copies of the row (k converted once for the G heads sharing it). */
+static inline float dot_tb_f(const float *q, const float *k, int D)
+{
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+    for (int c = 0; c < D; c += 16) {
+        lo = _mm256_fmadd_ps(_mm256_loadu_ps(q + c), _mm256_loadu_ps(k + c), lo);
+        hi = _mm256_fmadd_ps(_mm256_loadu_ps(q + c + 8), _mm256_loadu_ps(k + c + 8), hi);
+    }
+    return red16(lo, hi);
+}
+
+static inline void cvt_row(const uint16_t *h, float *f, int D)
+{
+    for (int d = 0; d < D; d += 8)
+        _mm256_storeu_ps(f + d, ld16(h + d));
+}
+
+/* 16-lane accumulators acc[16][D] -> out[D] in the 512-bit reduction order. */
+static void reduce_lanes16(const float *acc, int D, float *out)
+{
+    for (int d = 0; d < D; d += 8) {
+        __m256 t[8];
+        for (int l = 0; l < 8; l++)
+            t[l] = _mm256_add_ps(_mm256_loadu_ps(acc + (size_t)(l + 8) * D + d), _mm256_loadu_ps(acc + (size_t)l * D + d));
+        __m256 r = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[0], t[4]), _mm256_add_ps(t[2], t[6])),
+                                 _mm256_add_ps(_mm256_add_ps(t[1], t[5]), _mm256_add_ps(t[3], t[7])));
+        _mm256_storeu_ps(out + d, r);
+    }
+}
+
+static size_t exact_scratch(int n_keys, int D, int nl, int G)
+{
+    size_t n16 = (size_t)((n_keys + 15) & ~15);
+    if (nl == 64)                                   /* decode: one head per task */
+        return n16 + 64 * (size_t)D + (size_t)D + 64;
+    return (size_t)G * (n16 + 16 * (size_t)D + (size_t)D) + 2 * (size_t)D + 64;
+}
+
+static bool exact_fits(const sp_cpu *c, const sp_attn_args *a)
+{
+    int n_keys = a->q_pos0 + a->n_q, G = a->n_head / a->n_kv_head;
+    return a->head_dim % 16 == 0 && a->head_dim <= 256 && G <= SP_ATT_MAX_G &&
+           c->thread_floats >= exact_scratch(n_keys, a->head_dim, a->n_q == 1 ? 64 : 16, G);
+}
+
+/* Decode (n_q == 1): one query head per task, ggml_vec_dot_f16 orders. */
+static void exact_decode_unit(void *arg, int h, int ith)
+{
+    att_job *j = arg;
+    const sp_attn_args *a = j->a;
+    int D = a->head_dim, g = h / j->G, n = a->q_pos0 + 1;
+    float *s = j->c->thread_scratch + (size_t)ith * j->c->thread_floats;
+    float *acc = s + ((n + 15) & ~15), *q16 = acc + (size_t)64 * D;
+    const uint16_t *K = (const uint16_t *)a->k + (size_t)g * a->kv_head_stride;
+    const uint16_t *V = (const uint16_t *)a->v + (size_t)g * a->kv_head_stride;
+    memcpy(q16, a->q + (size_t)h * D, sizeof(float) * D);
+    round16(q16, D);
+    for (int k = 0; k < n; k++)
+        s[k] = dot_vd(q16, K + (size_t)k * D, D) * a->scale;
+    float lse = softmax_ggml(s, n);
+    pv_lanes(s, V, n, D, 64, acc, a->out + (size_t)h * D);
+    if (a->n_window > 0)                /* n_window == n_q == 1 */
+        j->lse[h] = lse;
+}
+
+/* Prefill: the G query heads of KV head g x EX_BQ queries per task, tinyBLAS orders; each key and
+ * value row is converted to fp32 once for the G heads. */
+static void exact_prefill_unit(void *arg, int t, int ith)
+{
+    att_job *j = arg;
+    const sp_attn_args *a = j->a;
+    int D = a->head_dim, G = j->G;
+    int nqb = (a->n_q + EX_BQ - 1) / EX_BQ;
+    int g = t % a->n_kv_head, qb = nqb - 1 - t / a->n_kv_head;
+    int q0 = qb * EX_BQ, q1 = a->n_q - q0 < EX_BQ ? a->n_q : q0 + EX_BQ;
+    size_t n16 = (size_t)((a->q_pos0 + a->n_q + 15) & ~15);
+    float *base = j->c->thread_scratch + (size_t)ith * j->c->thread_floats;
+    float *s = base, *acc = s + (size_t)G * n16, *q16 = acc + (size_t)G * 16 * D, *kf = q16 + (size_t)G * D;
+    const uint16_t *K = (const uint16_t *)a->k + (size_t)g * a->kv_head_stride;
+    const uint16_t *V = (const uint16_t *)a->v + (size_t)g * a->kv_head_stride;
+    for (int qi = q0; qi < q1; qi++) {
+        int n = a->q_pos0 + qi + 1;
+        for (int hh = 0; hh < G; hh++) {
+            memcpy(q16 + (size_t)hh * D, a->q + (size_t)qi * a->ldq + (size_t)(g * G + hh) * D, sizeof(float) * D);
+            round16(q16 + (size_t)hh * D, D);
+        }
+        for (int k = 0; k < n; k++) {
+            cvt_row(K + (size_t)k * D, kf, D);
+            for (int hh = 0; hh < G; hh++)
+                s[(size_t)hh * n16 + k] = dot_tb_f(q16 + (size_t)hh * D, kf, D) * a->scale;
+        }
+        float lse[SP_ATT_MAX_G];
+        for (int hh = 0; hh < G; hh++)
+            lse[hh] = softmax_ggml(s + (size_t)hh * n16, n);
+        memset(acc, 0, sizeof(float) * (size_t)G * 16 * D);
+        for (int k = 0; k < n; k++) {
+            cvt_row(V + (size_t)k * D, kf, D);
+            for (int hh = 0; hh < G; hh++) {
+                float p = s[(size_t)hh * n16 + k];
+                if (p == 0.0f)
+                    continue;           /* fma(0, v, a) == a for finite v */
+                float *ac = acc + ((size_t)hh * 16 + (k & 15)) * D;
+                __m256 pk = _mm256_set1_ps(p);
+                for (int d = 0; d < D; d += 8)
+                    _mm256_storeu_ps(ac + d, _mm256_fmadd_ps(_mm256_loadu_ps(kf + d), pk, _mm256_loadu_ps(ac + d)));
+            }
+        }
+        for (int hh = 0; hh < G; hh++) {
+            int h = g * G + hh;
+            reduce_lanes16(acc + (size_t)hh * 16 * D, D, a->out + (size_t)qi * a->ldo + (size_t)h * D);
+            int wi = qi - (a->n_q - a->n_window);
+            if (a->n_window > 0 && wi >= 0)
+                j->lse[(size_t)h * a->n_window + wi] = lse[hh];
+        }
+    }
+}
+#endif
+
 int sp_op_attention(sp_cpu *c, const sp_attn_args *a)
 {
     if (a->n_q <= 0 || a->q_pos0 < 0 || a->n_head <= 0 || a->n_kv_head <= 0 || a->head_dim <= 0 ||
@@ -405,14 +795,30 @@ int sp_op_attention(sp_cpu *c, const sp_attn_args *a)
         c->shared_floats < sp_op_attention_shared_scratch(c->n_threads, a->n_head, a->head_dim, a->n_window))
         return sp_error(ENOSPC, "attention: cpu scratch too small for %d heads x %d dims, window %d", a->n_head,
                         a->head_dim, a->n_window);
-    att_job j = { .c = c, .a = a, .G = a->n_head / a->n_kv_head, .lse = c->shared };
+    att_job j = { .c = c, .a = a, .G = a->n_head / a->n_kv_head, .lse = c->shared,
+                  .r16 = c->numerics == SP_NUMERICS_GGML && a->kv_type == SP_KV_F16 };
     j.BQ = ATT_ROWS / j.G > 0 ? ATT_ROWS / j.G : 1;
     j.n_qb = (a->n_q + j.BQ - 1) / j.BQ;
+#ifdef __AVX2__
+    if (j.r16 && exact_fits(c, a)) {
+        if (a->n_q == 1)
+            sp_pool_for(c->pool, a->n_head, exact_decode_unit, &j);
+        else
+            sp_pool_for(c->pool, a->n_kv_head * ((a->n_q + EX_BQ - 1) / EX_BQ), exact_prefill_unit, &j);
+        if (a->n_window > 0)
+            sp_pool_for(c->pool, a->n_kv_head * ((a->q_pos0 + a->n_q + ATT_BK - 1) / ATT_BK), window_unit, &j);
+        return 0;
+    }
+#endif
 
     if (a->n_q == 1 && a->n_window == 0) {
         int D = a->head_dim;
         int nsl = (a->q_pos0 + 1) / DEC_MIN_KEYS;
         j.n_slices = nsl < 1 ? 1 : nsl > DEC_SLICES ? DEC_SLICES : nsl;
+        if (j.r16) {
+            decode_r16(c, a, &j);
+            return 0;
+        }
         sp_pool_for(c->pool, j.n_slices, decode_unit, &j);
         for (int h = 0; h < a->n_head; h++) {
             float M = -INFINITY, L = 0.0f;
@@ -434,7 +840,7 @@ int sp_op_attention(sp_cpu *c, const sp_attn_args *a)
         }
         return 0;
     }
-    sp_pool_for(c->pool, a->n_kv_head * j.n_qb, prefill_unit, &j);
+    sp_pool_for(c->pool, a->n_kv_head * j.n_qb, j.r16 ? prefill_unit_r16 : prefill_unit, &j);
     if (a->n_window > 0)
         sp_pool_for(c->pool, a->n_kv_head * ((a->q_pos0 + a->n_q + ATT_BK - 1) / ATT_BK), window_unit, &j);
     return 0;

@@ -2,13 +2,23 @@
  *
  * DESIGN: weights are never converted or re-quantized at load; they stay memory-mapped in the GGUF
  * file (Q4_1/Q8_0 for the default model: 4-6x fewer bytes than fp32, which is what decode is bound by).
- * - Few tokens (decode): rows are split among the pool's threads; each dot product reads the stored
- *   blocks directly. For a Q4_1 block w_j = d*q_j + m, so sum_j w_j x_j = d*sum_j(q_j x_j) + m*sum_j x_j
- *   with the per-block sums of x computed once per token: the weights used are exactly ggml's
- *   dequantized values, only the summation order differs. Q8_0 (w = d*q), F16 and F32 have direct
- *   kernels; every other supported type is dequantized row by row into scratch.
- * - Many tokens (prefill): each thread dequantizes blocks of MM_RB rows exactly (cpu/dequant.c) into
- *   its scratch and calls sgemm on them; OpenBLAS itself runs single-threaded (see sp_cpu_new).
+ * Two numerics (sp_cpu.numerics, see ops.h):
+ * - GGML (default for models): like llama.cpp's CPU backend, each activation row is quantized to 8
+ *   bits per 32-block (Q8_1 for Q4_1 weights, Q8_0 for Q4_0/Q8_0; cpu/quant_act.c) and every product
+ *   is an integer block dot product, for any number of tokens. Tokens are processed in groups that
+ *   fit the context's qact buffer: the pool's threads quantize the group's rows into tiles of 8
+ *   tokens (quant_act.h layout), then the weight rows are split among the threads, each computing
+ *   its rows for MM_QTILE tokens at a time (those tokens' quantized activations stay in L1 while the
+ *   rows stream by; each weight block is unpacked once per 8 tokens). Weight types without an
+ *   integer kernel take the EXACT path below.
+ * - EXACT, few tokens (decode): rows are split among the pool's threads; each dot product reads the
+ *   stored blocks directly. For a Q4_1 block w_j = d*q_j + m, so sum_j w_j x_j = d*sum_j(q_j x_j) +
+ *   m*sum_j x_j with the per-block sums of x computed once per token: the weights used are exactly
+ *   ggml's dequantized values, only the summation order differs. Q8_0 (w = d*q), F16 and F32 have
+ *   direct kernels; every other supported type is dequantized row by row into scratch.
+ * - EXACT, many tokens (prefill): each thread dequantizes blocks of MM_RB rows exactly
+ *   (cpu/dequant.c) into its scratch and calls sgemm on them; OpenBLAS itself runs single-threaded
+ *   (see sp_cpu_new).
  */
 #include "ops.h"
 
@@ -22,6 +32,7 @@
 #include "dequant.h"
 #include "fp16.h"
 #include "gguf.h"
+#include "quant_act.h"
 #include "simd.h"
 #include "sp_error.h"
 
@@ -29,6 +40,7 @@ enum {
     MM_RB = 128,           /* weight rows dequantized per sgemm call */
     MM_GEMM_MIN_TOK = 8,   /* below this many tokens, dot products beat dequant + sgemm */
     MM_GEMV_UNIT = 16,     /* rows per unit of work on the dot-product path */
+    MM_QTILE = 32,         /* GGML: tokens per tile of quantized activations (~20 KiB at 576 columns) */
     QK = 32,
     Q4_1_BYTES = 20,
     Q8_0_BYTES = 34,
@@ -196,6 +208,11 @@ typedef struct mm_job {
     int64_t unit;             /* rows per unit of work */
     int64_t units[SP_MM_MAX + 1]; /* cumulative unit counts per matrix */
     int err;                  /* set by any thread whose dequant failed */
+    /* GGML numerics: the group's activations quantized per format in tiles of SP_ACT_TILE tokens
+     * (quant_act.h), NULL when no matrix needs that format */
+    const uint8_t *qa[3];     /* indexed by sp_act_type */
+    size_t qa_stride[3];      /* bytes per tile */
+    const float *qx;          /* quantization input (rows of the group), row stride ldx */
 } mm_job;
 
 /* Rows [r0, r0+nr) of one matrix for all n tokens. */
@@ -206,6 +223,17 @@ static int mm_rows(mm_job *j, int ith, int wi, int64_t r0, int64_t nr)
     int ldy = j->ldy[wi];
     int64_t cols = w->cols, nb = cols / QK;
     float *scr = j->c->thread_scratch + (size_t)ith * j->c->thread_floats;
+    sp_act_type at = j->c->numerics == SP_NUMERICS_GGML ? sp_act_type_for(w->type) : SP_ACT_NONE;
+    if (at != SP_ACT_NONE) {
+        for (int t0 = 0; t0 < j->n; t0 += MM_QTILE) {
+            int nt = j->n - t0 < MM_QTILE ? j->n - t0 : MM_QTILE;
+            const uint8_t *tiles = j->qa[at] + (size_t)(t0 / SP_ACT_TILE) * j->qa_stride[at];
+            for (int64_t r = r0; r < r0 + nr; r++)
+                sp_dot_rows(w->type, (const uint8_t *)w->data + (size_t)r * w->row_bytes, nb, tiles, nt,
+                            y + (size_t)t0 * ldy + r, (size_t)ldy);
+        }
+        return 0;
+    }
     if (j->gemm) {
         if (sp_dequant(w->type, (const uint8_t *)w->data + (size_t)r0 * w->row_bytes, scr, nr * cols) != 0)
             return -EINVAL;
@@ -267,8 +295,20 @@ static void mm_unit(void *arg, int u, int ith)
         }
     if (j->swiglu)
         for (int t = 0; t < j->n; t++)
-            sp_op_swiglu(j->y[0] + (size_t)t * j->ldy[0] + r0, j->y[0] + (size_t)t * j->ldy[0] + r0,
+            (j->c->numerics == SP_NUMERICS_GGML ? sp_op_swiglu_ggml : sp_op_swiglu)(j->y[0] + (size_t)t * j->ldy[0] + r0, j->y[0] + (size_t)t * j->ldy[0] + r0,
                          j->y[1] + (size_t)t * j->ldy[1] + r0, (int)nr);
+}
+
+/* Quantize token u of the group into every format the job needs. */
+static void quant_unit(void *arg, int u, int ith)
+{
+    (void)ith;
+    mm_job *j = arg;
+    const float *xr = j->qx + (size_t)u * j->ldx;
+    for (int t = SP_ACT_Q8_0; t <= SP_ACT_Q8_1; t++)
+        if (j->qa[t])
+            sp_quant_row_tiled((sp_act_type)t, xr, j->w[0]->cols,
+                               (uint8_t *)j->qa[t] + (size_t)(u / SP_ACT_TILE) * j->qa_stride[t], u % SP_ACT_TILE);
 }
 
 int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const *y, const int *ldy, const float *x,
@@ -277,8 +317,9 @@ int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const 
     if (nw < 1 || nw > SP_MM_MAX || (swiglu && (nw != 2 || w[0]->rows != w[1]->rows)))
         return sp_error(EINVAL, "matmul: bad job (%d matrices, swiglu=%d)", nw, (int)swiglu);
     mm_job j = { .c = c, .nw = nw, .w = w, .y = y, .ldy = ldy, .x = x, .n = n, .ldx = ldx, .swiglu = swiglu };
-    j.gemm = n >= MM_GEMM_MIN_TOK;
+    bool ggml = c->numerics == SP_NUMERICS_GGML;
     int64_t cols_q41 = 0, total_rows = 0;
+    bool all_q = true;                /* GGML: every matrix has an integer kernel */
     for (int i = 0; i < nw; i++) {
         if (!sp_op_matmul_supported(w[i]->type))
             return sp_error(EINVAL, "matmul: unsupported weight type %s", sp_ggml_type_name(w[i]->type));
@@ -291,24 +332,60 @@ int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const 
         if (c->thread_floats < sp_op_matmul_scratch(w[i]->cols) || c->xs_floats < (size_t)(w[i]->cols / QK) * MM_GEMM_MIN_TOK)
             return sp_error(ENOSPC, "matmul: thread scratch %zu floats < %zu needed for %lld columns",
                             c->thread_floats, sp_op_matmul_scratch(w[i]->cols), (long long)w[i]->cols);
+        sp_act_type at = ggml ? sp_act_type_for(w[i]->type) : SP_ACT_NONE;
+        if (at != SP_ACT_NONE)
+            j.qa_stride[at] = sp_act_tile_bytes(at, w[i]->cols);
+        all_q = all_q && at != SP_ACT_NONE;
         if (w[i]->type == SP_TYPE_Q4_1)
             cols_q41 = w[i]->cols;
         total_rows += w[i]->rows;
     }
+    /* Tokens per pass: all of them, or (GGML) as many as the quantized-activation buffer holds. */
+    int group = n;
+    size_t tile_bytes = j.qa_stride[SP_ACT_Q8_0] + j.qa_stride[SP_ACT_Q8_1];
+    if (tile_bytes) {
+        /* c->qact for a group: [Q8_0 tiles][Q8_1 tiles] */
+        size_t fit = (c->qact_bytes / tile_bytes) * SP_ACT_TILE;
+        if (fit < 1)
+            return sp_error(ENOSPC, "matmul: quantized-activation buffer %zu bytes < %zu for one tile of rows",
+                            c->qact_bytes, tile_bytes);
+        group = fit < (size_t)n ? (int)fit : n;
+        j.qa[SP_ACT_Q8_0] = j.qa_stride[SP_ACT_Q8_0] ? (const uint8_t *)c->qact : NULL;
+        j.qa[SP_ACT_Q8_1] = j.qa_stride[SP_ACT_Q8_1] ? (const uint8_t *)c->qact + (size_t)(fit / SP_ACT_TILE) *
+                                                                                      j.qa_stride[SP_ACT_Q8_0]
+                                                     : NULL;
+    }
     /* Units: MM_RB-row blocks for sgemm; for dot products ~64 units per job (>= 16 rows) so that the
      * threads balance without paying a claim per handful of rows. */
+    j.gemm = group >= MM_GEMM_MIN_TOK && !all_q;
     j.unit = j.gemm ? MM_RB : (((total_rows / 64) + 15) & ~(int64_t)15);
     if (j.unit < MM_GEMV_UNIT)
         j.unit = MM_GEMV_UNIT;
     for (int i = 0; i < nw; i++)
         j.units[i + 1] = j.units[i] + (w[i]->rows + j.unit - 1) / j.unit;
-    if (!j.gemm && cols_q41)      /* per-block sums of x: the m term of every Q4_1 row */
-        for (int t = 0; t < n; t++)
-            block_sums(x + (size_t)t * ldx, cols_q41 / QK, c->xs + (size_t)t * (cols_q41 / QK));
     int n_units = (int)(swiglu ? j.units[1] : j.units[nw]);
-    sp_pool_for(c->pool, n_units, mm_unit, &j);
-    if (j.err)
-        return sp_error(EINVAL, "matmul: cannot dequantize the weights");
+    float *yg[SP_MM_MAX];
+    for (int t0 = 0; t0 < n; t0 += group) {
+        int g = n - t0 < group ? n - t0 : group;
+        j.n = g;
+        j.x = x + (size_t)t0 * ldx;
+        for (int i = 0; i < nw; i++)
+            yg[i] = y[i] + (size_t)t0 * ldy[i];
+        j.y = yg;
+        if (tile_bytes) {
+            j.qx = j.x;
+            if (g == 1)
+                quant_unit(&j, 0, 0);
+            else
+                sp_pool_for(c->pool, g, quant_unit, &j);
+        }
+        if (!j.gemm && cols_q41 && !ggml)   /* per-block sums of x: the m term of every Q4_1 row */
+            for (int t = 0; t < g; t++)
+                block_sums(j.x + (size_t)t * ldx, cols_q41 / QK, c->xs + (size_t)t * (cols_q41 / QK));
+        sp_pool_for(c->pool, n_units, mm_unit, &j);
+        if (j.err)
+            return sp_error(EINVAL, "matmul: cannot dequantize the weights");
+    }
     return 0;
 }
 

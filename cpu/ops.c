@@ -40,6 +40,12 @@ sp_cpu *sp_cpu_new(int n_threads, size_t thread_floats, size_t shared_floats)
         goto fail;
     }
     c->xs_floats = thread_floats / 16 + 64;
+    c->numerics = SP_NUMERICS_EXACT;
+    c->qact_bytes = thread_floats * sizeof(float);
+    if (c->qact_bytes && !(c->qact = aligned_alloc(64, (c->qact_bytes + 63) & ~(size_t)63))) {
+        sp_error(ENOMEM, "cpu context: cannot allocate %zu bytes of quantized activations", c->qact_bytes);
+        goto fail;
+    }
     if (!(c->xs = malloc(c->xs_floats * sizeof(float)))) {
         sp_error(ENOMEM, "cpu context: out of memory");
         goto fail;
@@ -62,6 +68,7 @@ void sp_cpu_free(sp_cpu *c)
     free(c->thread_scratch);
     free(c->shared);
     free(c->xs);
+    free(c->qact);
     free(c);
 }
 
@@ -76,6 +83,17 @@ void sp_op_rmsnorm(float *y, const float *x, const float *w, int n, float eps)
         y[i] = x[i] * scale * w[i];
 }
 
+void sp_op_rmsnorm_ggml(float *y, const float *x, const float *w, int n, float eps)
+{
+    double ss = 0.0;
+    for (int i = 0; i < n; i++)
+        ss += (double)(x[i] * x[i]);
+    float mean = (float)(ss / n);
+    float scale = 1.0f / sqrtf(mean + eps);
+    for (int i = 0; i < n; i++)
+        y[i] = (x[i] * scale) * w[i];
+}
+
 void sp_rope_table_fill(float *table, int n_pos, int head_dim, double base)
 {
     int half = head_dim / 2;
@@ -85,6 +103,21 @@ void sp_rope_table_fill(float *table, int n_pos, int head_dim, double base)
             double th = (double)p * inv;
             table[((size_t)p * half + i) * 2 + 0] = (float)cos(th);
             table[((size_t)p * half + i) * 2 + 1] = (float)sin(th);
+        }
+    }
+}
+
+void sp_rope_table_fill_ggml(float *table, int n_pos, int head_dim, float base)
+{
+    int half = head_dim / 2;
+    const float scale = powf(base, -2.0f / (float)head_dim);
+    for (int p = 0; p < n_pos; p++) {
+        float theta = (float)p;
+        float *row = table + (size_t)p * half * 2;
+        for (int i = 0; i < half; i++) {
+            row[2 * i + 0] = cosf(theta);
+            row[2 * i + 1] = sinf(theta);
+            theta *= scale;
         }
     }
 }
@@ -106,6 +139,24 @@ void sp_op_rope(float *x, int n_tok, int n_heads, int head_dim, int ld, const in
                 v[b] = x0 * s + x1 * c;
             }
         }
+    }
+}
+
+void sp_op_swiglu_ggml(float *out, const float *gate, const float *up, int n)
+{
+    int i = 0;
+#ifdef __AVX2__
+    const __m256 one = _mm256_set1_ps(1.0f);
+    for (; i + 8 <= n; i += 8) {
+        __m256 g = _mm256_loadu_ps(gate + i);
+        __m256 e = sp_exp256_ggml(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        __m256 s = _mm256_div_ps(g, _mm256_add_ps(one, e));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(s, _mm256_loadu_ps(up + i)));
+    }
+#endif
+    for (; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
     }
 }
 

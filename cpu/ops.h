@@ -17,6 +17,18 @@
 
 /* ---- execution context ---------------------------------------------------------------------- */
 
+/* How the matrix products and attention round intermediate values.
+ * GGML: what llama.cpp's CPU backend computes (the reference users compare against): activations
+ *   quantized to 8 bits per 32-block before every Q4_0/Q4_1/Q8_0 product (integer dot products,
+ *   cpu/quant_act.h); with an fp16 KV cache, queries and softmax probabilities rounded to fp16 for
+ *   the K.q and P.V products, the probabilities normalized before that rounding. Weight types without
+ *   an integer kernel are multiplied in fp32 as in EXACT.
+ * EXACT: fp32 activations against the exact dequantized weights (an fp32 reference forward pass). */
+typedef enum sp_numerics {
+    SP_NUMERICS_GGML = 0,
+    SP_NUMERICS_EXACT = 1,
+} sp_numerics;
+
 typedef struct sp_cpu {
     sp_pool_t *pool;         /* n_threads threads (caller included) */
     int n_threads;
@@ -26,6 +38,10 @@ typedef struct sp_cpu {
     float *shared;           /* [shared_floats] scratch shared by one op's threads */
     size_t xs_floats;
     float *xs;               /* [xs_floats] per-block input sums for the Q4_1 dot products */
+    sp_numerics numerics;    /* SP_NUMERICS_EXACT after sp_cpu_new; the owner may change it between ops */
+    size_t qact_bytes;       /* = thread_floats * sizeof(float): >= 3 * MM_RB quantized rows of any
+                              * matrix the thread scratch is sized for */
+    void *qact;              /* [qact_bytes] activations quantized for the integer products (GGML) */
 } sp_cpu;
 
 /* Create the pool and scratch. thread_floats / shared_floats: the maximum over the ops the caller
@@ -47,13 +63,22 @@ typedef enum sp_rope_mode {
 /* Fill table[p][i] = {cos, sin}(p * base^(-2i/head_dim)) for p < n_pos, i < head_dim/2, computed in
  * double then rounded (table: n_pos * head_dim floats). */
 void sp_rope_table_fill(float *table, int n_pos, int head_dim, double base);
+/* Same table computed as ggml does (SP_NUMERICS_GGML): in float, theta_i = p * s^i with
+ * s = powf(base, -2/head_dim) accumulated by repeated multiplication, then cosf / sinf. */
+void sp_rope_table_fill_ggml(float *table, int n_pos, int head_dim, float base);
 /* Rotate n_tok rows of n_heads heads in place: x[t*ld + h*head_dim + ...], token t at position
  * pos[t] (< the table's n_pos; not checked here). head_dim must be even. */
 void sp_op_rope(float *x, int n_tok, int n_heads, int head_dim, int ld, const int32_t *pos,
                 const float *table, sp_rope_mode mode);
 
+/* The same as ggml computes it (SP_NUMERICS_GGML): sum of the fp32 squares accumulated in double,
+ * mean and scale rounded to float, y = (x * scale) * w. */
+void sp_op_rmsnorm_ggml(float *y, const float *x, const float *w, int n, float eps);
+
 /* out[i] = silu(gate[i]) * up[i]; out may alias gate or up. */
 void sp_op_swiglu(float *out, const float *gate, const float *up, int n);
+/* The same with ggml's exp (SP_NUMERICS_GGML): silu(g) = g / (1 + exp(-g)) with sp_exp256_ggml. */
+void sp_op_swiglu_ggml(float *out, const float *gate, const float *up, int n);
 
 /* Vectorized expf over n elements (relative error < 2e-7 on [-87, 88]; -inf -> 0). */
 void sp_op_exp(float *y, const float *x, int n);

@@ -201,6 +201,146 @@ typedef struct sp_gpu_attn_desc {
 size_t sp_gpu_attention_scratch_floats(int n_q, int q_pos0, int n_head, int head_dim, int n_window);
 int sp_gpu_attention(void *stream, sp_gpu_attn_desc d);
 
+/* ---- KV compression (DESIGN §4.2, §4.4, §5.2) -------------------------------------------------- */
+
+/* Context scores from window scores, as sp_kv_scores_prepare (runtime/kv_select.h): per head h,
+ * out[h][a] = pool over |j - a| <= kernel/2 of raw[h][j] (optionally / (l - j)), a < l_c = l -
+ * window. Same float expressions in the same order as the CPU: bit-identical output. */
+typedef struct sp_gpu_kv_prepare_desc {
+    const float *raw;        /* [n_heads][l] window scores */
+    int n_heads;
+    int64_t l, window;       /* l_c = max(l - window, 0) */
+    int kernel;              /* odd >= 1 */
+    int pool_type;           /* sp_pool_type: 0 = max, 1 = avg (zero pad, divide by kernel) */
+    bool divide_by_l_minus_a;
+    float *out;              /* [n_heads][l_c] */
+} sp_gpu_kv_prepare_desc;
+int sp_gpu_kv_scores_prepare(void *stream, sp_gpu_kv_prepare_desc d);
+
+/* Per-row top-k as sp_kv_topk: idx[r][0..k') = the indices of the k' = min(k, n) best scores of row
+ * r (score descending, lower index on ties, NaN below everything, -0 == +0), ascending. One block
+ * per row: an exact 8-pass radix select on a (score, index) key, then an ordered compaction. */
+typedef struct sp_gpu_kv_topk_desc {
+    const float *s;          /* [n_rows][ld] */
+    int n_rows;
+    int64_t n, ld;           /* n <= INT32_MAX */
+    int64_t k;               /* clamped to [0, n] */
+    int32_t *idx;            /* [n_rows][idx_ld] */
+    int64_t idx_ld;          /* >= min(k, n) */
+} sp_gpu_kv_topk_desc;
+int sp_gpu_kv_topk(void *stream, sp_gpu_kv_topk_desc d);
+
+/* Codebook build on the device, output identical to sp_codebook_build (runtime/codebook.h) when no
+ * pair's fp32 cosine lies within the GEMM's rounding of theta (cuBLAS and OpenBLAS sum in different
+ * orders; every decision is made once per pair, so the graph is symmetric either way):
+ *   unit/mag per vector as sp_codebook_unit (double norm, one thread per vector: bit-identical);
+ *   adjacency: SGEMM tiles of the upper triangle (cuBLAS, fp32, no TF32), cos > theta written to
+ *   both bits of a bitset; self-loops always;
+ *   degrees: deg[a] = sum over neighbours b of mu[b] (int64);
+ *   greedy cover in ONE single-block kernel: pick the uncovered vertex of max degree (lowest
+ *   index on ties), cover its uncovered neighbours, subtract mu(c) from the uncovered neighbours
+ *   of every vertex c covered in the round (integer atomics: exact, order-free). No host round trip.
+ * Memory (scratch, sp_gpu_codebook_scratch_bytes): n*ceil(n/64)*8 bytes of adjacency + a tile of
+ * T*n floats (T = max(1, min(n, 2^24 / n)): <= 64 MiB) + (n + ceil(n/64) + 1)*8 + n*4 bytes.
+ * Time: n^2*d flops of SGEMM (upper triangle), O(n^2/64) word operations for the degrees and the
+ * cover updates, O(n) per pick (a block-wide arg-max): O(n * entries / 1024) per thread.
+ * Uses (and sets the stream of) the cuBLAS handle b: one handle per thread, as sp_gpu_gemm. */
+typedef struct sp_gpu_codebook_desc {
+    const float *x;          /* [n][d] */
+    int64_t n;               /* <= INT32_MAX */
+    int d;
+    const uint32_t *mu;      /* [n] multiplicities >= 1, or NULL (all 1) */
+    float theta;
+    uint32_t *index;         /* [n] entry of each vector */
+    uint32_t *rep;           /* [n] (first n_entries used) the vector of each entry */
+    int64_t *n_entries;      /* one int64 */
+    float *mag;              /* [n] */
+    float *unit;             /* [n][d] */
+    void *scratch;           /* sp_gpu_codebook_scratch_bytes(n) bytes, 8-byte aligned */
+    size_t scratch_bytes;
+} sp_gpu_codebook_desc;
+size_t sp_gpu_codebook_scratch_bytes(int64_t n);
+int sp_gpu_codebook_build(sp_gpu_blas *b, void *stream, sp_gpu_codebook_desc d);
+
+/* Decode-time codebook match, as sp_codebook_match for n_vec vectors at once: vector i (unit,
+ * fp32 [d]) against its codebook entries + i*ent_stride (fp16 [n_ent[i]][d]): best[i] = the entry
+ * with the largest cosine (lowest index on ties) when that cosine is > theta, else -1 (the caller
+ * appends); best_cos[i] = that cosine (-inf with no entries). Dot products in fp32 with a
+ * different summation order than the CPU: indices agree unless two cosines (or a cosine and theta)
+ * are within fp32 rounding. One warp per entry, one block per vector. */
+typedef struct sp_gpu_codebook_match_desc {
+    const float *u;          /* [n_vec][d] unit vectors */
+    int n_vec, d;
+    const uint16_t *entries; /* fp16, codebook of vector i at entries + i*ent_stride */
+    int64_t ent_stride;      /* elements */
+    const int64_t *n_ent;    /* [n_vec] device */
+    float theta;
+    int64_t *best;           /* [n_vec] */
+    float *best_cos;         /* [n_vec] or NULL */
+} sp_gpu_codebook_match_desc;
+int sp_gpu_codebook_match(void *stream, sp_gpu_codebook_match_desc d);
+
+/* The decode-tail coding step of sp_kv_tail_append (runtime/kv_segment.c) for one token's K (or V)
+ * of n_vec KV heads: vector v = x + v*ldx (fp32, raw) is split into magnitude and unit direction as
+ * sp_codebook_unit does (bit-identical), matched against its segment codebook (seg_cb +
+ * seg_off[v]*d, seg_n[v] fp16 entries) and its tail entries (tail_ent + v*tail_stride, tail_n[v]
+ * of them); the segment entry wins when both are above theta and its cosine is >= the tail's;
+ * with neither above theta the direction is appended (fp16, round to nearest even) as tail entry
+ * tail_n[v] and tail_n[v] is incremented on the device. Writes idx[v*out_stride] (combined
+ * numbering: tail entries follow the segment's) and mag[v*out_stride] (fp16 magnitude).
+ * With the tail's buffers in a device copy of sp_kv_tail.mem: tail_ent = k_ent (or v_ent),
+ * tail_stride = cap*d, tail_n = n_new_k, idx = k_idx + n, mag = k_mag + n, out_stride = cap.
+ * The caller keeps n < cap (a full tail would get idx UINT32_MAX). Cosines: as
+ * sp_gpu_codebook_match (a near-tie may pick differently than the CPU). */
+enum { SP_GPU_CODE_MAX_D = 4096 };
+typedef struct sp_gpu_codebook_code_desc {
+    const float *x;          /* [n_vec][ldx] */
+    int n_vec, d;
+    int64_t ldx;
+    const uint16_t *seg_cb;  /* fp16 entries of all heads */
+    const int64_t *seg_off;  /* [n_vec] first entry of vector v's codebook, device */
+    const int64_t *seg_n;    /* [n_vec] its entry count, device */
+    uint16_t *tail_ent;      /* fp16 [n_vec][tail_stride] */
+    int64_t tail_stride;     /* elements, >= tail_cap*d */
+    int64_t *tail_n;         /* [n_vec] device, updated */
+    int64_t tail_cap;        /* entries per vector */
+    float theta;
+    uint32_t *idx;           /* idx[v*out_stride] */
+    uint16_t *mag;           /* mag[v*out_stride] */
+    int64_t out_stride;
+} sp_gpu_codebook_code_desc;
+int sp_gpu_codebook_code(void *stream, sp_gpu_codebook_code_desc d);
+
+/* Compressed decode attention over a layer segment + decode tail for every KV head of the layer,
+ * same semantics as sp_segattn_decode (cpu/segment_attn.h): keys gathered from the segment's
+ * sections (entry x magnitude, or raw fp16), rotated at their stored position with the RoPE table,
+ * membership masks per query head; values of coded tokens as a per-entry weight scatter then a
+ * GEMV over the codebook. The kernel reads the segment's own header from seg_dev (a device copy
+ * of the segment bytes, validated on the host by sp_kv_segment_open) and the tail from tail_dev
+ * (a device copy of tail->mem: the host struct gives its layout and token count).
+ * One block per KV head; scores/weights in scratch (sp_gpu_segattn_scratch_floats).
+ * Limits: head_dim even (else -EINVAL), <= 256 and group * head_dim <= 8192 (queries and one
+ * rotated key per warp in shared memory, <= 40 KiB); else -ENOTSUP.
+ * Weight scatter uses float atomics: the last bits of the output can vary between runs. */
+struct sp_kv_segment;
+struct sp_kv_tail;
+typedef struct sp_gpu_segattn_desc {
+    const struct sp_kv_segment *seg; /* host view (counts, layout) */
+    const void *seg_dev;        /* device copy of seg->buf (seg->size bytes) */
+    const struct sp_kv_tail *tail;   /* host struct or NULL */
+    const void *tail_dev;       /* device copy of tail->mem (tail->mem_bytes) or NULL */
+    const float *q;             /* [n_q_heads][head_dim], rotated at the query position */
+    const float *rope_table;    /* [rope_n_pos][head_dim/2][cos, sin] */
+    int64_t rope_n_pos;
+    int mode;                   /* sp_rope_mode */
+    float scale;
+    float *out;                 /* [n_q_heads][head_dim] */
+    float *scratch;
+    size_t scratch_floats;
+} sp_gpu_segattn_desc;
+size_t sp_gpu_segattn_scratch_floats(const struct sp_kv_segment *seg, const struct sp_kv_tail *tail);
+int sp_gpu_segattn_decode(void *stream, sp_gpu_segattn_desc d);
+
 /* ---- sampling --------------------------------------------------------------------------------- */
 
 /* Greedy: out[r] = index of the largest logits[r*ld + i], i < n (lowest index on ties; NaN never
@@ -212,6 +352,25 @@ typedef struct sp_gpu_argmax_desc {
     int32_t *out;            /* [n_rows], device */
 } sp_gpu_argmax_desc;
 int sp_gpu_argmax(void *stream, sp_gpu_argmax_desc d);
+
+/* Temperature + top-k + top-p, as sp_sampler_sample (runtime/sampler.c) given the same uniform
+ * number u01 = (the sampler's pcg32 draw) / 2^32: candidates are the top_k best logits (NaN ->
+ * -inf, lower id on ties), probabilities expf((l - max)/T) summed in double, the top-p prefix, then
+ * the first candidate whose cumulative sum exceeds u01 * sum. temperature <= 0 or top_k == 1:
+ * greedy. One block per call; supports 1 <= effective k <= SP_GPU_SAMPLE_MAX_K (else -ENOTSUP:
+ * fall back to the CPU). CUDA's expf may differ from libm's by an ulp: the token agrees unless u
+ * falls within that rounding of a cumulative boundary. */
+enum { SP_GPU_SAMPLE_MAX_K = 1024 };
+typedef struct sp_gpu_sample_desc {
+    const float *logits;     /* [n] */
+    int64_t n;
+    float temperature;
+    int top_k;
+    float top_p;
+    double u01;              /* in [0, 1) */
+    int32_t *out;            /* one int32, device */
+} sp_gpu_sample_desc;
+int sp_gpu_sample(void *stream, sp_gpu_sample_desc d);
 
 /* ---- the device tier --------------------------------------------------------------------------- */
 

@@ -7,21 +7,7 @@
  * block per lane for the quantized types), the n <= SP_GPU_GEMV_MAX_N input vectors are all applied
  * while the row is in registers, fp32 accumulation, one warp reduction per vector. Quantized
  * blocks are factored as d*sum(q*x) (+ m*sum(x)), the same algebra as the CPU's block dot. */
-#include <cublas_v2.h>
-
-#include "gpu_common.cuh"
-
-struct sp_gpu_blas {
-    cublasHandle_t h;
-};
-
-static int cublas_check(cublasStatus_t s, const char *expr, const char *file, int line)
-{
-    if (s == CUBLAS_STATUS_SUCCESS)
-        return 0;
-    return sp_error(EIO, "%s:%d: %s failed: %s (%d)", file, line, expr, cublasGetStatusString(s), (int)s);
-}
-#define SP_CUBLAS_CHECK(expr) cublas_check((expr), #expr, __FILE__, __LINE__)
+#include "gpu_blas.cuh"
 
 extern "C" sp_gpu_blas *sp_gpu_blas_create(void)
 {

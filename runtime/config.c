@@ -50,6 +50,8 @@ static const char *const pool_names[] = {"max", "avg", NULL};
 static const char *const gqa_names[] = {"query_head", "kv_head", NULL};
 static const char *const order_names[] = {"shallow-first", "deep-first", NULL};
 static const char *const direct_names[] = {"auto", "on", "off", NULL};
+static const char *const numerics_names[] = {"ggml", "exact", NULL};
+_Static_assert(SP_NUMERICS_GGML == 0 && SP_NUMERICS_EXACT == 1, "numerics_names order");
 
 #define OFF(f) offsetof(sp_config, f)
 #define LEN(f) sizeof(((sp_config *)0)->f)
@@ -138,6 +140,9 @@ static const key_def keys[] = {
 
     {"runtime", "threads", KT_INT, OFF(runtime.threads), 0, .imin = 0, .imax = 4096, .def = "0",
      .help = "compute threads; 0 = all cores"},
+    {"runtime", "numerics", KT_ENUM, OFF(runtime.numerics), 0, .enums = numerics_names, .def = "ggml",
+     .help = "forward-pass arithmetic: ggml = llama.cpp's CPU backend (8-bit activations, fp16 attention, "
+             "same summation order); exact = fp32 on the dequantized weights"},
     {"runtime", "seed", KT_INT, OFF(runtime.seed), 0, .imin = 0, .imax = INT64_MAX, .def = "42",
      .help = "random seed (sampling, synthetic data)"},
     {"runtime", "stats_json", KT_STRING, OFF(runtime.stats_json), LEN(runtime.stats_json),

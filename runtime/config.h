@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "ops.h"    /* sp_numerics */
+
 #define SP_CONFIG_PATH_MAX 1024
 #define SP_CONFIG_MASK_MAX 256
 #define SP_CONFIG_ORIGIN_MAX 96
@@ -80,6 +82,7 @@ typedef struct sp_config {
     } spill;
     struct {
         int64_t threads;                /* compute threads; 0 = all cores */
+        sp_numerics numerics;           /* rounding of the CPU forward pass (ggml = llama.cpp's) */
         int64_t seed;                   /* RNG seed, 0..2^63-1 */
         char stats_json[SP_CONFIG_PATH_MAX]; /* write run statistics here; "" = off */
     } runtime;

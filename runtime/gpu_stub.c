@@ -164,6 +164,60 @@ int sp_gpu_argmax(void *stream, sp_gpu_argmax_desc d)
     return no_cuda("gpu argmax");
 }
 
+int sp_gpu_kv_scores_prepare(void *stream, sp_gpu_kv_prepare_desc d)
+{
+    (void)stream, (void)d;
+    return no_cuda("gpu kv scores prepare");
+}
+
+int sp_gpu_kv_topk(void *stream, sp_gpu_kv_topk_desc d)
+{
+    (void)stream, (void)d;
+    return no_cuda("gpu kv topk");
+}
+
+size_t sp_gpu_codebook_scratch_bytes(int64_t n)
+{
+    (void)n;
+    return 0;
+}
+
+int sp_gpu_codebook_build(sp_gpu_blas *b, void *stream, sp_gpu_codebook_desc d)
+{
+    (void)b, (void)stream, (void)d;
+    return no_cuda("gpu codebook build");
+}
+
+int sp_gpu_codebook_match(void *stream, sp_gpu_codebook_match_desc d)
+{
+    (void)stream, (void)d;
+    return no_cuda("gpu codebook match");
+}
+
+int sp_gpu_codebook_code(void *stream, sp_gpu_codebook_code_desc d)
+{
+    (void)stream, (void)d;
+    return no_cuda("gpu codebook code");
+}
+
+size_t sp_gpu_segattn_scratch_floats(const struct sp_kv_segment *seg, const struct sp_kv_tail *tail)
+{
+    (void)seg, (void)tail;
+    return 0;
+}
+
+int sp_gpu_segattn_decode(void *stream, sp_gpu_segattn_desc d)
+{
+    (void)stream, (void)d;
+    return no_cuda("gpu segment attention");
+}
+
+int sp_gpu_sample(void *stream, sp_gpu_sample_desc d)
+{
+    (void)stream, (void)d;
+    return no_cuda("gpu sample");
+}
+
 const sp_tier_device_ops *sp_gpu_tier_ops_create(int dev)
 {
     (void)dev;

@@ -16,6 +16,7 @@
 #include "kv_tiered.h"
 
 #include "kv_segment.h"
+#include "model.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -37,7 +38,8 @@ struct sp_kv_tiered {
     sp_sched_t *sched;
     bool in_step;
     int next, held, failed, side_layer;
-    sp_tier_mem side, bounce;
+    bool side_paused;         /* the side read borrowed the scheduler's staging buffer */
+    sp_tier_mem bounce;
     sp_kv_tiered_stats st;    /* placement counters + scheduler stats of retired schedulers */
     uint64_t *old_wait, *old_acq; /* [L] per-layer scheduler counters of retired schedulers */
 };
@@ -109,10 +111,19 @@ sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o)
     return t;
 }
 
+static void side_release(sp_kv_tiered_t *t)
+{
+    if (t->side_paused)
+        sp_sched_resume(t->sched);
+    t->side_paused = false;
+    t->side_layer = -1;
+}
+
 static void retire_sched(sp_kv_tiered_t *t)
 {
     if (!t->sched)
         return;
+    side_release(t);
     sp_sched_stats s;
     sp_sched_sync(t->sched);
     sp_sched_get_stats(t->sched, &s);
@@ -143,7 +154,6 @@ void sp_kv_tiered_free(sp_kv_tiered_t *t)
         return;
     retire_sched(t);
     if (t->o.tiers) {
-        sp_tiers_release(t->o.tiers, &t->side);
         sp_tiers_release(t->o.tiers, &t->bounce);
         for (int l = 0; t->have && l < t->o.n_layers; l++)
             if (t->have[l])
@@ -220,8 +230,6 @@ int sp_kv_tiered_place(sp_kv_tiered_t *t, int layer, const void *bytes, size_t s
     if (t->planned) {
         /* a new prefill / recompression: the old plan and its ring are void */
         retire_sched(t);
-        sp_tiers_release(t->o.tiers, &t->side);
-        t->side_layer = -1;
         t->planned = false;
         memset(t->fresh, 0, (size_t)t->o.n_layers * sizeof *t->fresh);
         t->n_fresh = 0;
@@ -249,7 +257,7 @@ int sp_kv_tiered_place(sp_kv_tiered_t *t, int layer, const void *bytes, size_t s
     t->st.placed_bytes[loc.tier] += size;
     t->st.placed_layers[loc.tier]++;
     t->st.place_ns += now_ns() - t0;
-    if (t->n_fresh == t->o.n_layers)
+    if (t->n_fresh == t->o.n_layers && !t->o.defer_plan)
         return sp_kv_tiered_finalize(t);
     return 0;
 }
@@ -266,9 +274,12 @@ static int move_layer(sp_kv_tiered_t *t, int l, sp_tier_kind dst, size_t max_siz
     memset(&fresh, 0, sizeof fresh);
     fresh.nvme_id = -1;
     int rc;
-    if (dst == SP_TIER_HOST && src->tier != SP_TIER_HOST) {
-        /* read straight into the new host allocation */
-        rc = sp_tiers_alloc(t->o.tiers, SP_TIER_HOST, SP_TAG_KV, size, 0, &fresh.mem);
+    bool direct = (dst == SP_TIER_HOST && src->tier != SP_TIER_HOST) ||
+                  (dst == SP_TIER_DEVICE && src->tier == SP_TIER_NVME &&
+                   sp_tiers_device_is_host(t->o.tiers));
+    if (direct) {
+        /* read straight into the new allocation (host memory, or the CPU arena's device) */
+        rc = sp_tiers_alloc(t->o.tiers, dst, SP_TAG_KV, size, 0, &fresh.mem);
         if (rc == -ENOSPC)
             return 1;
         if (rc < 0)
@@ -276,10 +287,10 @@ static int move_layer(sp_kv_tiered_t *t, int l, sp_tier_kind dst, size_t max_siz
         rc = sp_tiers_seg_read(t->o.tiers, src, fresh.mem.ptr, size);
         if (rc < 0) {
             sp_tiers_release(t->o.tiers, &fresh.mem);
-            return sp_error(-rc, "kv tiered: layer %d: moving %s -> host failed: %s", l,
-                            sp_tier_name(src->tier), sp_last_error());
+            return sp_error(-rc, "kv tiered: layer %d: moving %s -> %s failed: %s", l,
+                            sp_tier_name(src->tier), sp_tier_name(dst), sp_last_error());
         }
-        fresh.tier = SP_TIER_HOST;
+        fresh.tier = dst;
         fresh.size = size;
     } else {
         const void *from;
@@ -458,10 +469,8 @@ int sp_kv_tiered_step_begin(sp_kv_tiered_t *t)
     int rc = ensure_planned(t);
     if (rc < 0)
         return rc;
-    if (t->side_layer >= 0) {
-        sp_tiers_release(t->o.tiers, &t->side);
-        t->side_layer = -1;
-    }
+    if (t->side_layer >= 0)
+        side_release(t);
     if (t->held >= 0) {
         sp_sched_release(t->sched, t->held);
         t->next = t->held + 1;
@@ -517,33 +526,41 @@ int sp_kv_tiered_acquire(sp_kv_tiered_t *t, int layer, const void **bytes, size_
         *size = n;
         return 0;
     }
-    /* Out of step or out of order: a synchronous read that leaves the ring alone. */
+    /* Out of step or out of order: a synchronous read that leaves the ring alone. Device and host
+     * copies are readable in place (host ones verified first); nvme is read into the scheduler's
+     * staging buffer, borrowed while the worker is held. */
     const sp_seg_loc *loc = &t->locs[layer];
-    if (loc->tier == SP_TIER_DEVICE) {
+    if (loc->tier == SP_TIER_DEVICE || loc->tier == SP_TIER_HOST) {
+        rc = loc->tier == SP_TIER_HOST && t->o.verify_checksums
+                 ? verify_host(NULL, layer, loc->mem.ptr, loc->size) : 0;
+        if (rc < 0) {
+            t->failed = layer;
+            return rc;
+        }
         t->side_layer = layer;
         *bytes = loc->mem.ptr;
         *size = loc->size;
+        t->st.side_reads += loc->tier == SP_TIER_HOST;
         return 0;
     }
-    rc = sp_tiers_alloc(t->o.tiers, SP_TIER_HOST, SP_TAG_STAGING, loc->size, 0, &t->side);
-    if (rc < 0) {
-        t->failed = layer;
-        return sp_error(-rc, "kv tiered: out-of-order read of layer %d: %s", layer, sp_last_error());
+    void *buf;
+    size_t cap;
+    rc = sp_sched_pause(t->sched, &buf, &cap);
+    if (rc == 0) {
+        t->side_paused = true;
+        rc = sp_tiers_seg_read(t->o.tiers, loc, buf, cap);
     }
-    rc = sp_tiers_seg_read(t->o.tiers, loc, t->side.ptr, t->side.size);
-    if (rc == 0 && loc->tier == SP_TIER_HOST && t->o.verify_checksums)
-        rc = verify_host(NULL, layer, t->side.ptr, loc->size);
     if (rc < 0) {
         char msg[768];
         snprintf(msg, sizeof msg, "%s", sp_last_error());
-        sp_tiers_release(t->o.tiers, &t->side);
+        side_release(t);
         t->failed = layer;
         return sp_error(-rc, "kv tiered: layer %d: read from %s failed: %s", layer,
                         sp_tier_name(loc->tier), msg);
     }
     t->st.side_reads++;
     t->side_layer = layer;
-    *bytes = t->side.ptr;
+    *bytes = buf;
     *size = loc->size;
     return 0;
 }
@@ -557,8 +574,7 @@ int sp_kv_tiered_release(sp_kv_tiered_t *t, int layer)
         return 0;
     }
     if (layer >= 0 && layer == t->side_layer) {
-        sp_tiers_release(t->o.tiers, &t->side);
-        t->side_layer = -1;
+        side_release(t);
         return 0;
     }
     if (layer < 0 || layer != t->held)
@@ -749,4 +765,97 @@ void sp_kv_tiered_stats_json(sp_kv_tiered_t *t, FILE *out)
                 t->have[l] ? t->locs[l].size : (size_t)0, acq, (double)wait / 1e6);
     }
     fprintf(out, "]}");
+}
+
+/* ---- tiering for a context -------------------------------------------------------------------- */
+
+struct sp_kv_tiering {
+    sp_tiers_t *tiers;
+    sp_kv_tiered_t *kvt;
+    uint64_t weights, scratch, tails;
+};
+
+sp_kv_tiered_t *sp_kv_tiering_provider_of(sp_kv_tiering_t *tg) { return tg ? tg->kvt : NULL; }
+
+void sp_kv_tiering_free(sp_kv_tiering_t *tg)
+{
+    if (!tg)
+        return;
+    sp_kv_tiered_free(tg->kvt);
+    sp_tiers_free(tg->tiers);
+    free(tg);
+}
+
+int sp_kv_tiering_attach(sp_kv_tiering_t **out, const sp_config *cfg, const sp_model_t *m,
+                         sp_ctx_t *ctx, bool compressing)
+{
+    *out = NULL;
+    if (!compressing || (!cfg->tiers.device_budget && !cfg->tiers.host_budget))
+        return 0;
+    sp_kv_tiering_t *tg = calloc(1, sizeof *tg);
+    if (!tg)
+        return sp_error(ENOMEM, "tiers: out of memory");
+    sp_tiers_opts to;
+    sp_tiers_opts_from_config(&to, cfg);
+    int rc = -ENOMEM;
+    if (!(tg->tiers = sp_tiers_create(&to)))
+        goto fail;
+    tg->weights = sp_gguf_file_size(sp_model_gguf(m));
+    tg->scratch = sp_ctx_get_stats(ctx).buffer_bytes;
+    if ((rc = sp_tiers_reserve(tg->tiers, SP_TIER_HOST, SP_TAG_WEIGHTS, tg->weights)) < 0 ||
+        (rc = sp_tiers_reserve(tg->tiers, SP_TIER_DEVICE, SP_TAG_SCRATCH, tg->scratch)) < 0)
+        goto fail;
+    sp_kv_tiered_opts ko;
+    sp_kv_tiered_opts_from_config(&ko, cfg, tg->tiers, sp_model_hparams(m)->n_layer);
+    ko.defer_plan = true;
+    rc = -ENOMEM;
+    if (!(tg->kvt = sp_kv_tiered_create(&ko)))
+        goto fail;
+    sp_kv_provider p = sp_kv_tiered_provider(tg->kvt);
+    if ((rc = sp_ctx_set_kv_provider(ctx, &p)) < 0)
+        goto fail;
+    *out = tg;
+    return 0;
+fail:
+    sp_kv_tiering_free(tg);
+    return rc;
+}
+
+int sp_kv_tiering_after_prefill(sp_kv_tiering_t *tg, sp_ctx_t *ctx)
+{
+    if (!tg || tg->kvt->n_have == 0)
+        return 0; /* nothing was compressed into segments: nothing to place */
+    /* with a provider the context's KV bytes are its decode tails (and nothing else) */
+    uint64_t tails = sp_ctx_get_stats(ctx).kv_bytes;
+    if (tails > tg->tails) {
+        int rc = sp_tiers_reserve(tg->tiers, SP_TIER_DEVICE, SP_TAG_SCRATCH, tails - tg->tails);
+        if (rc < 0)
+            return sp_error(-rc, "decode tails: %s", sp_last_error());
+        tg->tails = tails;
+    }
+    return sp_kv_tiered_finalize(tg->kvt);
+}
+
+int sp_kv_tiering_report(sp_kv_tiering_t *tg, FILE *out, const char *json_path)
+{
+    if (!tg)
+        return 0;
+    if (out) {
+        fprintf(out, "device tier: %.2f MiB scratch + decode tails charged; host tier: %.2f MiB "
+                     "weights (memory-mapped GGUF) charged\n",
+                (double)(tg->scratch + tg->tails) / 1048576.0, (double)tg->weights / 1048576.0);
+        sp_kv_tiered_print_stats(tg->kvt, out);
+    }
+    if (json_path && json_path[0]) {
+        FILE *f = fopen(json_path, "w");
+        if (!f)
+            return sp_error(errno, "stats_json: cannot write %s: %s", json_path, strerror(errno));
+        fprintf(f, "{\"weights_bytes\":%" PRIu64 ",\"scratch_bytes\":%" PRIu64 ",\"tail_bytes\":%" PRIu64
+                   ",\"kv_tiers\":", tg->weights, tg->scratch, tg->tails);
+        sp_kv_tiered_stats_json(tg->kvt, f);
+        fprintf(f, "}\n");
+        if (fclose(f) != 0)
+            return sp_error(EIO, "stats_json: writing %s failed", json_path);
+    }
+    return 0;
 }

@@ -17,8 +17,10 @@
  *                  ring, so layer λ+d is fetched while λ computes (d = [spill] prefetch_depth;
  *                  0 = synchronous on the caller's thread). A step abandoned half-way (an error
  *                  in the model) is drained at the next step_begin so the ring stays aligned.
- *   acquire outside a step, or out of order (statistics): a synchronous read into a temporary
- *                  host buffer charged to the host tier (staging), freed at release.
+ *   acquire outside a step, or out of order (statistics): synchronous; device and host copies are
+ *                  handed out in place (host ones checksum-verified), nvme ones are read into the
+ *                  scheduler's staging buffer while its worker is held (sp_sched_pause), so no
+ *                  extra memory is needed; release resumes the worker.
  * Integrity: reads from nvme are verified by the store (xxHash64, one re-read, then -EBADMSG);
  * reads from the host tier verify the segment's own checksum (kv_segment.h) when verify_checksums
  * is on. A failed fetch fails that acquire (and so the decode call) with a message: wrong bytes are
@@ -55,6 +57,9 @@ typedef struct {
     bool verify_checksums;        /* [spill] verify_checksums: host-tier reads check the segment */
     const sp_tier_kind *force;    /* tests/benchmarks: [n_layers] exact tiers instead of the
                                      policy (still within budgets); NULL = policy */
+    bool defer_plan;              /* do not plan at the last place(): the owner calls
+                                     sp_kv_tiered_finalize (after charging what the prefill left on
+                                     the tiers, e.g. decode tails), else the first step_begin does */
 } sp_kv_tiered_opts;
 
 /* Fill opts from a configuration for a model of n_layers layers (tiers must be set by caller). */
@@ -106,5 +111,41 @@ void sp_kv_tiered_print_stats(sp_kv_tiered_t *t, FILE *out);
 
 /* The same as one JSON object (no trailing newline), per-layer tier and wait time included. */
 void sp_kv_tiered_stats_json(sp_kv_tiered_t *t, FILE *out);
+
+/* ---- a context's tiering, as `spindle run` sets it up ---------------------------------------- */
+
+/* Accounting on a CPU-only run (DESIGN §6: weights and scratch are accounted):
+ *   - the weights stay in the memory-mapped GGUF, i.e. host memory: charged to the host tier (tag
+ *     weights; the GGUF file size). On a GPU run they would be charged to the device tier;
+ *   - the context's activation and scratch buffers and its decode tails are what decode computes on:
+ *     charged to the device tier (tag scratch);
+ *   - KV segments, streaming slots and the staging buffer: charged by the provider (tag kv/staging).
+ * Not charged: the prefill's transient full-precision cache (and captured scores), which a CPU
+ * prefill computes in ordinary host memory and frees right after compression.
+ * Tiering is attached only when a policy compresses (segments exist) and a device or host budget
+ * is set; otherwise every layer would stay resident anyway and the context keeps its segments. */
+struct sp_model;
+struct sp_ctx;
+typedef struct sp_kv_tiering sp_kv_tiering_t;
+
+/* Create tiers and the provider from cfg for ctx (before its first prefill) and set it on ctx.
+ * *out = NULL (and 0 returned) when tiering is not needed. Returns 0 or a negative errno with a
+ * message (a reservation that does not fit names the tier and the budget key). */
+int sp_kv_tiering_attach(sp_kv_tiering_t **out, const sp_config *cfg, const struct sp_model *m,
+                         struct sp_ctx *ctx, bool compressing);
+
+/* After the first prefill: charge the decode tails to the device tier, then plan and move the
+ * segments. Accepts NULL (no-op). Returns 0 or a negative errno with a message. */
+int sp_kv_tiering_after_prefill(sp_kv_tiering_t *tg, struct sp_ctx *ctx);
+
+/* Print the per-tier summary to `out` (may be NULL) and write the JSON statistics to json_path
+ * (may be NULL or ""). Accepts tg == NULL (no-op). Returns 0 or a negative errno (JSON file). */
+int sp_kv_tiering_report(sp_kv_tiering_t *tg, FILE *out, const char *json_path);
+
+/* Free the provider and the tiers (removing the spill file). Call after the context is freed.
+ * Accepts NULL. */
+void sp_kv_tiering_free(sp_kv_tiering_t *tg);
+
+sp_kv_tiered_t *sp_kv_tiering_provider_of(sp_kv_tiering_t *tg);
 
 #endif

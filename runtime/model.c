@@ -309,6 +309,7 @@ struct sp_ctx {
     size_t work_floats;
     sp_kv_layer_stats *lst;  /* [n_layer] for sp_ctx_kv_stats */
     double compress_s, scores_s;
+    double attn_s;           /* attention time of one-token chunks (decode) */
 };
 
 enum { KV_PLAIN = 0, KV_CAPTURE = 1, KV_SEG = 2 };
@@ -318,6 +319,7 @@ sp_ctx_params sp_ctx_default_params(void)
     sp_ctx_params p;
     memset(&p, 0, sizeof(p));
     p.kv_type = SP_KV_F16;
+    p.numerics = SP_NUMERICS_GGML;
     p.chunk = 512;
     return p;
 }
@@ -335,7 +337,8 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
     if (p.chunk == 0)
         p.chunk = 512;
     if (p.n_ctx < 1 || p.n_ctx > (1 << 22) || p.n_threads < 1 || p.n_threads > 1024 || p.chunk < 1 ||
-        (p.kv_type != SP_KV_F16 && p.kv_type != SP_KV_F32) || p.n_window < 0 || p.n_window > p.chunk) {
+        (p.kv_type != SP_KV_F16 && p.kv_type != SP_KV_F32) || p.n_window < 0 || p.n_window > p.chunk ||
+        (p.numerics != SP_NUMERICS_GGML && p.numerics != SP_NUMERICS_EXACT)) {
         sp_error(EINVAL, "context: bad parameters (n_ctx=%d n_threads=%d chunk=%d kv_type=%d n_window=%d; need "
                  "1 <= n_ctx <= 4194304, n_window <= chunk)", p.n_ctx, p.n_threads, p.chunk, (int)p.kv_type, p.n_window);
         return NULL;
@@ -381,6 +384,7 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
     c->cpu = sp_cpu_new(p.n_threads, tf > ta ? tf : ta, sf);
     if (!c->cpu)
         goto fail;
+    c->cpu->numerics = p.numerics;
     c->kv = sp_kvcache_new(p.kv_type, hp->n_layer, hp->n_kv_head, hp->head_dim, p.n_ctx);
     if (!c->kv)
         goto fail;
@@ -412,7 +416,10 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
         *dst[i] = sizes[i] ? cur : NULL;
         cur += (sizes[i] + 15) & ~(size_t)15;
     }
-    sp_rope_table_fill(c->rope, p.n_ctx, hp->head_dim, hp->rope_base);
+    if (p.numerics == SP_NUMERICS_GGML)
+        sp_rope_table_fill_ggml(c->rope, p.n_ctx, hp->head_dim, hp->rope_base);
+    else
+        sp_rope_table_fill(c->rope, p.n_ctx, hp->head_dim, hp->rope_base);
     c->st.kv_bytes = sp_kvcache_bytes(c->kv);
     c->st.buffer_bytes = total * sizeof(float) + (size_t)p.n_threads * c->cpu->thread_floats * sizeof(float) +
                          c->cpu->shared_floats * sizeof(float);
@@ -484,6 +491,11 @@ static void add_bias(float *x, const float *b, int n, int width)
     for (int t = 0; t < n; t++)
         for (int i = 0; i < width; i++)
             x[(size_t)t * width + i] += b[i];
+}
+
+static void rmsnorm(const sp_ctx_t *c, float *y, const float *x, const float *w, int n, float eps)
+{
+    (c->p.numerics == SP_NUMERICS_GGML ? sp_op_rmsnorm_ggml : sp_op_rmsnorm)(y, x, w, n, eps);
 }
 
 static int matmul(sp_ctx_t *c, const sp_wmat *w, const float *x, int n, float *y)
@@ -662,7 +674,7 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
     for (int l = 0; l < hp->n_layer; l++) {
         const sp_layer *ly = &m->layers[l];
         for (int t = 0; t < n; t++)
-            sp_op_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, ly->attn_norm, E, hp->norm_eps);
+            rmsnorm(c, c->xn + (size_t)t * E, c->x + (size_t)t * E, ly->attn_norm, E, hp->norm_eps);
         const sp_wmat *wqkv[3] = { &ly->wq, &ly->wk, &ly->wv };
         float *yqkv[3] = { c->q, c->k, c->v };
         int ldqkv[3] = { Q, KV, KV };
@@ -672,6 +684,7 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
         add_bias(c->k, ly->bk, n, KV);
         add_bias(c->v, ly->bv, n, KV);
         sp_op_rope(c->q, n, hp->n_head, D, Q, c->pos, c->rope, hp->rope_mode);
+        double ta = n == 1 ? now_s() : 0;
         if (c->mode == KV_SEG) {
             /* Compressed: keys stay pre-RoPE (the segment attention rotates them). */
             if ((rc = seg_attention(c, l, n, pos0)) != 0)
@@ -696,11 +709,13 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
             if (c->mode == KV_CAPTURE && (rc = capture_scores(c, l, &aa)) != 0)
                 return rc;
         }
+        if (n == 1)
+            c->attn_s += now_s() - ta;
         if ((rc = matmul(c, &ly->wo, c->att, n, c->xn)) != 0)
             return rc;
         add_rows(c->x, c->xn, (size_t)n * E);
         for (int t = 0; t < n; t++)
-            sp_op_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, ly->ffn_norm, E, hp->norm_eps);
+            rmsnorm(c, c->xn + (size_t)t * E, c->x + (size_t)t * E, ly->ffn_norm, E, hp->norm_eps);
         const sp_wmat *wgu[2] = { &ly->w_gate, &ly->w_up };
         float *ygu[2] = { c->gate, c->up };
         int ldgu[2] = { F, F };
@@ -716,7 +731,7 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
     bool all = logits_all || c->p.on_hidden;
     int t0 = all ? 0 : n - 1;
     for (int t = t0; t < n; t++)
-        sp_op_rmsnorm(c->xn + (size_t)t * E, c->x + (size_t)t * E, m->output_norm, E, hp->norm_eps);
+        rmsnorm(c, c->xn + (size_t)t * E, c->x + (size_t)t * E, m->output_norm, E, hp->norm_eps);
     if (c->p.on_hidden)
         c->p.on_hidden(c->p.hidden_user, hp->n_layer + 1, pos0, n, c->xn);
     if (logits_all && (rc = matmul(c, &m->output, c->xn, n, logits_all)) != 0)
@@ -1129,8 +1144,10 @@ int sp_ctx_decode(sp_ctx_t *c, int32_t tok, float *logits)
     if (c->mode == KV_PLAIN && (rc = kv_ensure_cache(c)) < 0)
         return rc;
     double t0 = now_s();
+    c->attn_s = 0;
     rc = forward_chunk(c, &tok, 1, false, logits, NULL);
     c->st.decode_s += now_s() - t0;
+    c->st.decode_attn_s += c->attn_s;
     c->st.decode_tokens += rc == 0;
     return rc;
 }

@@ -67,6 +67,7 @@ typedef struct sp_ctx_params {
     int n_ctx;               /* 0: the model's context_length */
     int n_threads;           /* 0: online CPUs */
     sp_kv_type kv_type;      /* SP_KV_F16 (default) or SP_KV_F32 */
+    sp_numerics numerics;    /* SP_NUMERICS_GGML (default: llama.cpp's rounding) or SP_NUMERICS_EXACT */
     int chunk;               /* prefill chunk (tokens per pass), default 512 */
     int n_window;            /* window scores over the last n_window prompt tokens; 0 = off; <= chunk */
     sp_window_fn on_window;
@@ -92,6 +93,7 @@ typedef struct sp_ctx_params {
 typedef struct sp_ctx_stats {
     double prefill_s, decode_s;      /* wall seconds spent in prefill / decode */
     int64_t prefill_tokens, decode_tokens;
+    double decode_attn_s;            /* part of decode_s spent in attention (full cache or segment) */
     size_t kv_bytes;                 /* KV storage the context holds: the fp16 cache (full n_ctx) while
                                         allocated, plus owned segments and decode tails when compressed
                                         (segments given to a provider are not counted) */

@@ -21,6 +21,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 typedef struct {
     sp_tier_mem mem;   /* device slot */
@@ -42,6 +45,8 @@ struct sp_sched {
     pthread_cond_t cv;
     pthread_t worker;
     bool worker_on, stop;
+    bool paused;       /* sp_sched_pause: the worker takes no new job */
+    bool busy;         /* the worker is running a job (outside the lock) */
     uint64_t acquired, released, written, loaded;
     bool holding;      /* a streamed layer is acquired and not yet released */
     int wb_err;
@@ -76,6 +81,10 @@ static int fetch(sp_sched_t *s, slot_t *sl, int layer, uint64_t moved[SP_TIER_CO
             rc = sp_tiers_to_device(s->o.tiers, sl->mem.ptr, loc->mem.ptr, loc->size);
             moved[SP_TIER_HOST][SP_TIER_DEVICE] += loc->size;
         }
+    } else if (sp_tiers_device_is_host(s->o.tiers)) {
+        /* CPU arena: the slot is host memory; the store reads (and verifies) straight into it */
+        rc = sp_tiers_seg_read(s->o.tiers, loc, sl->mem.ptr, sl->mem.size);
+        moved[SP_TIER_NVME][SP_TIER_DEVICE] += loc->size;
     } else {
         rc = sp_tiers_seg_read(s->o.tiers, loc, s->staging.ptr, s->staging.size);
         if (rc == 0) {
@@ -132,12 +141,19 @@ static void merge_moved(sp_sched_t *s, uint64_t moved[SP_TIER_COUNT][SP_TIER_COU
 static void *worker_main(void *arg)
 {
     sp_sched_t *s = arg;
+    /* The worker sleeps on I/O most of the time but must run the moment a read completes or a slot
+     * frees, also while the compute threads spin-wait on every core: ask for a slightly higher
+     * priority (nice -5) where permitted; without the privilege it keeps the default. */
+    if (setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -5) != 0)
+        errno = 0;
     pthread_mutex_lock(&s->lock);
     for (;;) {
-        while (!s->stop && s->written == s->released && s->loaded >= s->released + (uint64_t)s->R)
+        while (!s->stop && (s->paused || (s->written == s->released &&
+                                           s->loaded >= s->released + (uint64_t)s->R)))
             pthread_cond_wait(&s->cv, &s->lock);
         if (s->stop)
             break;
+        s->busy = true;
         uint64_t moved[SP_TIER_COUNT][SP_TIER_COUNT] = {{0}};
         if (s->written < s->released) {
             slot_t *sl = &s->slots[s->written % (uint64_t)s->R];
@@ -161,6 +177,7 @@ static void *worker_main(void *arg)
             pthread_mutex_lock(&s->lock);
             s->loaded++;
         }
+        s->busy = false;
         merge_moved(s, moved);
         pthread_cond_broadcast(&s->cv);
     }
@@ -429,6 +446,38 @@ double sp_sched_hit_rate(sp_sched_t *s)
     sp_sched_stats st;
     sp_sched_get_stats(s, &st);
     return st.acquires ? (double)st.hits / (double)st.acquires : 1.0;
+}
+
+int sp_sched_pause(sp_sched_t *s, void **staging, size_t *cap)
+{
+    *staging = NULL;
+    *cap = 0;
+    if (!s || s->n_str == 0 || !s->staging.ptr)
+        return sp_error(ENOENT, "scheduler: no staging buffer (nothing is streamed)");
+    if (s->holding)
+        return sp_error(EINVAL, "scheduler: pause while a streamed layer is acquired");
+    pthread_mutex_lock(&s->lock);
+    if (s->paused) {
+        pthread_mutex_unlock(&s->lock);
+        return sp_error(EINVAL, "scheduler: already paused");
+    }
+    s->paused = true;
+    while (s->busy)
+        pthread_cond_wait(&s->cv, &s->lock);
+    pthread_mutex_unlock(&s->lock);
+    *staging = s->staging.ptr;
+    *cap = s->staging.size;
+    return 0;
+}
+
+void sp_sched_resume(sp_sched_t *s)
+{
+    if (!s)
+        return;
+    pthread_mutex_lock(&s->lock);
+    s->paused = false;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->lock);
 }
 
 void sp_sched_layer_stats(sp_sched_t *s, int layer, uint64_t *acquires, uint64_t *wait_ns)

@@ -3,7 +3,7 @@
  * Layers whose segment lives on the device tier are used in place. The others ("streamed" layers,
  * in increasing layer order) cycle through a ring of d+1 device slots: while the caller computes
  * layer λ, a worker thread brings the next d streamed layers nvme -> host staging -> device slot
- * (on CPU the host -> device copy is the device ops' memcpy). Releasing a layer frees its slot,
+ * (on the CPU arena, whose slots are host memory, the store reads straight into the slot). Releasing a layer frees its slot,
  * writes the layer back to its home tier if it was marked dirty (decode tail appended), and lets
  * the worker start on the streamed layer d+1 positions later, wrapping into the next step, so the
  * first layers of step t+1 are fetched while the last layers of step t compute.
@@ -81,6 +81,13 @@ int sp_sched_sync(sp_sched_t *s);
 
 void sp_sched_get_stats(sp_sched_t *s, sp_sched_stats *out);
 double sp_sched_hit_rate(sp_sched_t *s); /* hits / acquires of streamed layers; 1 when none */
+
+/* Borrow the host staging buffer for a synchronous read outside the ring (statistics, out-of-order
+ * access): waits until the worker finishes its current job and keeps it from starting another
+ * until sp_sched_resume. No streamed layer may be acquired meanwhile. Returns 0 (*staging, *cap
+ * set), -ENOENT when nothing is streamed (no staging buffer) or -EINVAL. */
+int sp_sched_pause(sp_sched_t *s, void **staging, size_t *cap);
+void sp_sched_resume(sp_sched_t *s); /* accepts NULL */
 
 /* Per-layer counters: acquires of the layer while streamed and the time spent waiting for it. */
 void sp_sched_layer_stats(sp_sched_t *s, int layer, uint64_t *acquires, uint64_t *wait_ns);

@@ -365,6 +365,8 @@ void sp_tiers_seg_free(sp_tiers_t *ts, sp_seg_loc *loc)
     loc->nvme_id = -1;
 }
 
+bool sp_tiers_device_is_host(const sp_tiers_t *ts) { return ts && !ts->opts.device_ops; }
+
 int sp_tiers_to_device(sp_tiers_t *ts, void *dst, const void *src, size_t n)
 {
     return ts->dev.to_device(ts->dev.ctx, dst, src, n);

@@ -100,6 +100,10 @@ int sp_tiers_seg_put(sp_tiers_t *ts, sp_tier_kind want, unsigned flags, const vo
 int sp_tiers_seg_read(sp_tiers_t *ts, const sp_seg_loc *loc, void *dst, size_t cap);
 void sp_tiers_seg_free(sp_tiers_t *ts, sp_seg_loc *loc); /* accepts a freed one */
 
+/* True when device memory is ordinary host memory (the CPU arena): the nvme store can then read
+ * straight into a device buffer, with no staging copy. */
+bool sp_tiers_device_is_host(const sp_tiers_t *ts);
+
 /* Copies between a host buffer and device memory through the device ops (memcpy on CPU). */
 int sp_tiers_to_device(sp_tiers_t *ts, void *dst_dev, const void *src_host, size_t n);
 int sp_tiers_to_host(sp_tiers_t *ts, void *dst_host, const void *src_dev, size_t n);

@@ -1,8 +1,10 @@
 /* test_model.c - the forward pass of the default model against independent oracles:
  * (a) per-layer hidden states vs a numpy fp32 forward pass (fp32 KV), relative L2 error <= 1e-4;
- * (b) teacher-forced top-1 agreement with llama.cpp >= 99% on three prompts (fp16 KV);
- * (c) the demo prompt's greedy 32-token continuation identical to llama.cpp's;
- * (d) decode == prefill: logits of token t via decode vs via one prefill, within a stated tolerance;
+ * (b) teacher-forced top-1 agreement with llama.cpp >= 99% on each of three prompts (fp16 KV, default
+ *     GGML numerics);
+ * (c) the demo prompt's greedy 32-token continuation identical to llama.cpp's (default numerics);
+ * (d) decode == prefill (EXACT numerics): logits of token t via decode vs via one prefill, within a
+ *     stated tolerance;
  * (e) no heap allocation in decode (malloc/calloc/realloc/aligned allocators interposed, counter armed
  *     only around decode calls);
  * (f) a prompt longer than n_ctx is an error naming the limit, and the context stays usable;
@@ -120,6 +122,7 @@ Test(model, hidden_states_match_numpy_fp32_reference, .timeout = 300)
     sp_ctx_params p = sp_ctx_default_params();
     p.on_hidden = on_hidden;
     p.hidden_user = &cp;
+    p.numerics = SP_NUMERICS_EXACT;          /* the reference is an fp32 forward pass */
     sp_ctx_t *c = new_ctx(m, 64, SP_KV_F32, &p);
     float *logits = malloc(4 * (size_t)n_vocab);
     cr_assert_eq(sp_ctx_prefill(c, ids, n_tok, logits, NULL), 0, "%s", sp_last_error());
@@ -145,17 +148,19 @@ Test(model, hidden_states_match_numpy_fp32_reference, .timeout = 300)
 }
 
 /* ---- (b) teacher-forced agreement with llama.cpp ---------------------------------------------
- * llama.cpp's CPU backend quantizes activations to 8 bits for every Q4_1/Q8_0 product, which moves
- * its logits by ~0.2 (sd) against an fp32 computation, and this model has many near-ties: llama.cpp
- * against itself (flash attention on vs off, same fp16 cache) agrees on only 95.8% of the medium
- * prompt's positions. So overall top-1 agreement >= 99% is not reachable by an exact fp32 forward
- * pass (the numpy reference itself gets 15/16 on the short prompt). The test asserts instead:
- * >= 99% agreement where llama.cpp's top-1 leads its top-2 by >= DECISIVE logits, our top-1 within
- * llama.cpp's top-2 on >= 99% of positions, and >= 93% overall top-1 agreement. A real defect (RoPE
- * layout, a wrong head mapping, a mis-scaled block) breaks all three. */
+ * The default (GGML) numerics compute what llama.cpp's CPU backend computes: 8-bit activations for
+ * the Q4_1/Q8_0 products, fp16 queries and probabilities in attention. The requirement is overall
+ * top-1 agreement >= 99% on every prompt. Also printed, for information: agreement where llama.cpp's
+ * top-1 leads its top-2 by >= DECISIVE logits, how often our top-1 is in llama.cpp's top-2, and the
+ * largest logit difference at llama.cpp's top-1 token. */
 #define DECISIVE 0.5
 
-static void check_agreement(const char *fixture)
+typedef struct agreement {
+    int n, agree, decisive, agree_decisive, in_top2;
+    double max_dl;
+} agreement;
+
+static agreement measure_agreement(const char *fixture, sp_numerics num)
 {
     size_t size;
     uint8_t *buf = read_fixture(fixture, &size);
@@ -171,11 +176,12 @@ static void check_agreement(const char *fixture)
     memcpy(topl, buf + 24 + 4 * (size_t)n + 4 * (size_t)n * k, 4 * (size_t)n * k);
     sp_model_t *m = load_model();
     cr_assert_eq(V, sp_model_hparams(m)->n_vocab);
-    sp_ctx_t *c = new_ctx(m, 4096, SP_KV_F16, NULL);
+    sp_ctx_params p = sp_ctx_default_params();
+    p.numerics = num;
+    sp_ctx_t *c = new_ctx(m, 4096, SP_KV_F16, &p);
     enum { SLICE = 256 };
     float *logits = malloc(sizeof(float) * SLICE * (size_t)V);
-    int agree = 0, decisive = 0, agree_decisive = 0, in_top2 = 0;
-    double max_dl = 0;
+    agreement r = { .n = n };
     for (int p0 = 0; p0 < n; p0 += SLICE) {
         int cnt = n - p0 < SLICE ? n - p0 : SLICE;
         cr_assert_eq(sp_ctx_prefill(c, ids + p0, cnt, NULL, logits), 0, "%s", sp_last_error());
@@ -184,26 +190,32 @@ static void check_agreement(const char *fixture)
             const int32_t *lt = top + (size_t)(p0 + t) * k;
             const float *ll = topl + (size_t)(p0 + t) * k;
             int32_t a = sp_sampler_greedy(row, V);
-            agree += a == lt[0];
-            in_top2 += a == lt[0] || a == lt[1];
+            r.agree += a == lt[0];
+            r.in_top2 += a == lt[0] || a == lt[1];
             if (ll[0] - ll[1] >= DECISIVE) {
-                decisive++;
-                agree_decisive += a == lt[0];
+                r.decisive++;
+                r.agree_decisive += a == lt[0];
             }
             double dl = fabs(row[lt[0]] - ll[0]);
-            max_dl = dl > max_dl ? dl : max_dl;
+            r.max_dl = dl > r.max_dl ? dl : r.max_dl;
         }
     }
-    double frac = (double)agree / n, fdec = decisive ? (double)agree_decisive / decisive : 1.0;
-    printf("%s: top-1 agreement %d/%d = %.2f%%; where llama.cpp's top-1 leads by >= %.1f: %d/%d = %.2f%%; "
-           "ours in llama.cpp's top-2 %.2f%%; max |logit diff| at llama.cpp's top-1 %.3f\n", fixture, agree, n,
-           100 * frac, DECISIVE, agree_decisive, decisive, 100 * fdec, 100.0 * in_top2 / n, max_dl);
-    cr_assert(fdec >= 0.99, "%s: top-1 agreement on decisive positions %.2f%% < 99%%", fixture, 100 * fdec);
-    cr_assert((double)in_top2 / n >= 0.99, "%s: our top-1 in llama.cpp's top-2 only %.2f%%", fixture, 100.0 * in_top2 / n);
-    cr_assert(frac >= 0.93, "%s: top-1 agreement %.2f%% < 93%%", fixture, 100 * frac);
+    printf("%s (%s numerics): top-1 agreement %d/%d = %.2f%%; where llama.cpp's top-1 leads by >= %.1f: "
+           "%d/%d; ours in llama.cpp's top-2 %.2f%%; max |logit diff| at llama.cpp's top-1 %.3f\n", fixture,
+           num == SP_NUMERICS_GGML ? "ggml" : "exact", r.agree, n, 100.0 * r.agree / n, DECISIVE, r.agree_decisive,
+           r.decisive, 100.0 * r.in_top2 / n, r.max_dl);
+    fflush(stdout);
     sp_ctx_free(c);
     sp_model_free(m);
     free(buf); free(ids); free(top); free(topl); free(logits);
+    return r;
+}
+
+static void check_agreement(const char *fixture)
+{
+    agreement r = measure_agreement(fixture, SP_NUMERICS_GGML);
+    cr_assert((double)r.agree / r.n >= 0.99, "%s: top-1 agreement %d/%d = %.2f%% < 99%%", fixture, r.agree, r.n,
+              100.0 * r.agree / r.n);
 }
 
 Test(model, agreement_short, .timeout = 300) { check_agreement("logits/short.bin"); }
@@ -260,8 +272,9 @@ Test(model, greedy_continuation_matches_llama_cpp, .timeout = 300)
 
 /* ---- (d) decode == prefill, (e) no allocation in decode ------------------------------------- */
 
-/* Tolerance: both paths use the same cached K/V (fp32 here) but different summation orders (sgemm
- * vs per-row dot products), so logits agree to float rounding: max |diff| <= 1e-5 * max |logit|. */
+/* Tolerance (EXACT numerics): both paths use the same cached K/V (fp32 here) but different summation
+ * orders (sgemm vs per-row dot products), so logits agree to float rounding: max |diff| <= 1e-5 *
+ * max |logit|. The decode path under the default numerics is checked by (c). */
 Test(model, decode_equals_prefill_and_never_allocates, .timeout = 300)
 {
     sp_model_t *m = load_model();
@@ -271,9 +284,12 @@ Test(model, decode_equals_prefill_and_never_allocates, .timeout = 300)
     for (int i = 0; i < N; i++)
         ids[i] = (int32_t)((i * 7919 + 13) % V);
     float *all = malloc(sizeof(float) * N * (size_t)V), *one = malloc(sizeof(float) * V);
-    sp_ctx_t *a = new_ctx(m, 256, SP_KV_F32, NULL);
+    sp_ctx_params ep = sp_ctx_default_params();
+    ep.numerics = SP_NUMERICS_EXACT;     /* GGML numerics re-quantize activations: any rounding-order
+                                          * difference may flip an 8-bit code, so no float tolerance holds */
+    sp_ctx_t *a = new_ctx(m, 256, SP_KV_F32, &ep);
     cr_assert_eq(sp_ctx_prefill(a, ids, N, NULL, all), 0, "%s", sp_last_error());
-    sp_ctx_t *b = new_ctx(m, 256, SP_KV_F32, NULL);
+    sp_ctx_t *b = new_ctx(m, 256, SP_KV_F32, &ep);
     cr_assert_eq(sp_ctx_prefill(b, ids, P, one, NULL), 0, "%s", sp_last_error());
     double worst = 0, scale = 0;
     for (int t = P; t < N; t++) {

@@ -203,7 +203,7 @@ Test(sched, prefetch_hides_latency_when_compute_is_slower)
             void *p;
             size_t n;
             cr_assert_eq(sp_sched_acquire(s, l, &p, &n), 0);
-            usleep(3000); /* "compute" far slower than a 20 KB read */
+            usleep(20000); /* "compute" far slower than a 20 KB read, even on a loaded machine */
             sp_sched_release(s, l);
         }
     }
@@ -212,21 +212,23 @@ Test(sched, prefetch_hides_latency_when_compute_is_slower)
     sp_sched_get_stats(s, &st);
     cr_assert_leq(st.stalls, 2, "stalls %lu", (unsigned long)st.stalls);
     cr_assert_gt(sp_sched_hit_rate(s), 0.9);
-    cr_assert_eq(st.bytes[SP_TIER_NVME][SP_TIER_HOST], st.bytes[SP_TIER_HOST][SP_TIER_DEVICE]);
+    /* CPU arena: nvme reads land in the device slot directly, no staging hop */
+    cr_assert_eq(st.bytes[SP_TIER_NVME][SP_TIER_HOST], 0);
+    cr_assert_eq(st.bytes[SP_TIER_HOST][SP_TIER_DEVICE], 0);
     uint64_t total = 0, prefetched_ahead = 0;
     for (int l = 0; l < L; l++)
         total += m.size[l];
     for (int l = 0; l < 3; l++) /* the worker may already hold step 6's first d+1 layers */
         prefetched_ahead += m.size[l];
-    cr_assert_geq(st.bytes[SP_TIER_NVME][SP_TIER_HOST], 5 * total);
-    cr_assert_leq(st.bytes[SP_TIER_NVME][SP_TIER_HOST], 5 * total + prefetched_ahead);
+    cr_assert_geq(st.bytes[SP_TIER_NVME][SP_TIER_DEVICE], 5 * total);
+    cr_assert_leq(st.bytes[SP_TIER_NVME][SP_TIER_DEVICE], 5 * total + prefetched_ahead);
     char *text = NULL;
     size_t len = 0;
     FILE *f = open_memstream(&text, &len);
     sp_sched_stats_json(s, f);
     fclose(f);
     cr_assert(strstr(text, "\"prefetch_depth\":2"), "%s", text);
-    cr_assert(strstr(text, "\"nvme->host\":"), "%s", text);
+    cr_assert(strstr(text, "\"nvme->device\":"), "%s", text);
     cr_assert(strstr(text, "\"per_layer\":[{\"layer\":0"), "%s", text);
     free(text);
     sp_sched_free(s);

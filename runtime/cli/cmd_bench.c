@@ -273,6 +273,7 @@ int sp_cmd_bench(int argc, char **argv)
     int n_ctx = max_d + (int)(pp > tg ? pp : tg);
     p.n_ctx = n_ctx;
     p.n_threads = threads;
+    p.numerics = c.cfg.runtime.numerics;
     if (!(ctx = sp_ctx_new(m, &p))) {
         sp_cli_error("%s", sp_last_error());
         goto out;

@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kv_tiered.h"
 #include "chat.h"
 #include "cli.h"
 #include "model.h"
@@ -242,6 +243,7 @@ int sp_cmd_run(int argc, char **argv)
     sp_model_t *model = NULL;
     sp_tokenizer_t *tok = NULL;
     sp_ctx_t *ctx = NULL;
+    sp_kv_tiering_t *tiering = NULL;
     sp_sampler_t *smp = NULL;
     char *text = NULL;
     int32_t *ids = NULL;
@@ -284,6 +286,7 @@ int sp_cmd_run(int argc, char **argv)
     sp_ctx_params cp = sp_ctx_default_params();
     cp.n_ctx = (int)c.cfg.model.n_ctx;
     cp.n_threads = sp_cli_threads(&c.cfg);
+    cp.numerics = c.cfg.runtime.numerics;
     progress prog = {.tty = isatty(STDERR_FILENO), .last_quarter = 0};
     cp.on_progress = on_progress;
     cp.progress_user = &prog;
@@ -315,7 +318,7 @@ int sp_cmd_run(int argc, char **argv)
     if (compress && c.cfg.model.n_ctx == 0)
         cp.n_ctx = (int)((int64_t)n_ids + o.n_predict < hp->n_ctx_train ? (int64_t)n_ids + o.n_predict
                                                                           : hp->n_ctx_train);
-    if (!(ctx = sp_ctx_new(model, &cp))) {
+    if (!(ctx = sp_ctx_new(model, &cp)) || sp_kv_tiering_attach(&tiering, &c.cfg, model, ctx, compress) < 0) {
         sp_cli_error("%s", sp_last_error());
         goto out;
     }
@@ -331,7 +334,7 @@ int sp_cmd_run(int argc, char **argv)
     t_load = now_s() - t_load;
 
     prog.t0 = now_s();
-    if (sp_ctx_prefill(ctx, ids, (int)n_ids, logits, NULL) < 0) {
+    if (sp_ctx_prefill(ctx, ids, (int)n_ids, logits, NULL) < 0 || sp_kv_tiering_after_prefill(tiering, ctx) < 0) {
         sp_cli_error("run: prefill failed: %s", sp_last_error());
         goto out;
     }
@@ -370,6 +373,8 @@ int sp_cmd_run(int argc, char **argv)
     }
     if (o.stats)
         print_kv_stats(&ks, &kvo, hp);
+    if (sp_kv_tiering_report(tiering, o.stats ? stderr : NULL, c.cfg.runtime.stats_json) < 0)
+        sp_cli_error("run: %s", sp_last_error());
     sp_ctx_stats st = sp_ctx_get_stats(ctx);
     double kv_tok = 2.0 * hp->n_layer * hp->n_kv_head * hp->head_dim * 2.0;
     fprintf(stderr,
@@ -399,6 +404,7 @@ out:
     free(text);
     sp_sampler_free(smp);
     sp_ctx_free(ctx);
+    sp_kv_tiering_free(tiering);
     sp_tokenizer_free(tok);
     sp_model_free(model);
     return rc;

@@ -1,0 +1,327 @@
+/* bench_overlap.c - does prefetch hide the spill? The real model's decode step with every
+ * non-resident layer's segment on NVMe (d = 0, 1, 2, 4) and with a host/NVMe mix, against the
+ * all-resident step, side by side in one process; and spilled == resident, bit for bit, on every
+ * step (issue 4, items 6 and 8).
+ *
+ * Usage: bench_overlap MODEL HAYSTACK_DIR [tokens=8064] [threads=2] [steps=16] [repeats=5]
+ *                      [spill_dir=/tmp] [json_out] [commit]
+ *
+ * 1. Tokenize the haystack texts (files of HAYSTACK_DIR in name order) and prefill the first
+ *    `tokens` tokens once, under spindle compression (default options), keeping the prefill state.
+ * 2. Each repeat runs every variant in turn (same load for all): a fresh tier set and tiered
+ *    provider with forced placement (the deepest 8 layers on the device, the others as the variant
+ *    says), sp_ctx_recompress places the segments (spill writes), then `steps` teacher-forced
+ *    decode steps. The first step warms the pipeline and is not timed. Variant 0 is all-resident.
+ * 3. Per variant: decode step time mean ± sd over repeats (each repeat's mean over its steps), the
+ *    ratio to the all-resident step of the same repeat (mean ± sd), stall % (time acquire waited /
+ *    step time), prefetch hit rate, NVMe bytes read per step, the store's I/O mode (O_DIRECT means
+ *    every read goes to the disk, not the page cache), and whether every step's logits equal the
+ *    resident ones bit for bit.
+ */
+#include <dirent.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "kv_tiered.h"
+#include "model.h"
+#include "sp_error.h"
+#include "tokenizer.h"
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* The files of dir in name order, concatenated until at least `want` bytes. */
+static char *read_texts(const char *dir, size_t want, size_t *len)
+{
+    DIR *d = opendir(dir);
+    if (!d)
+        return NULL;
+    char **names = NULL;
+    int n = 0, cap = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.')
+            continue;
+        if (n == cap) {
+            cap = cap ? 2 * cap : 64;
+            names = realloc(names, (size_t)cap * sizeof *names);
+        }
+        names[n++] = strdup(e->d_name);
+    }
+    closedir(d);
+    qsort(names, (size_t)n, sizeof *names, cmp_str);
+    size_t bcap = want + (1 << 20), off = 0;
+    char *buf = malloc(bcap);
+    for (int i = 0; i < n; i++) {
+        if (off < want) {
+            char path[4096];
+            snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+            FILE *f = fopen(path, "rb");
+            if (f) {
+                size_t r;
+                while (off < bcap - 1 && (r = fread(buf + off, 1, bcap - 1 - off, f)) > 0)
+                    off += r;
+                fclose(f);
+            }
+        }
+        free(names[i]);
+    }
+    free(names);
+    buf[off] = '\0';
+    *len = off;
+    return buf;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void mean_sd(const double *x, int n, double *m, double *sd)
+{
+    double s = 0, q = 0;
+    for (int i = 0; i < n; i++)
+        s += x[i];
+    *m = s / n;
+    for (int i = 0; i < n; i++)
+        q += (x[i] - *m) * (x[i] - *m);
+    *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
+}
+
+/* Forwards to the current provider so one context can be re-placed into fresh ones. */
+typedef struct {
+    sp_kv_tiered_t *cur;
+} swap_t;
+static int sw_place(void *u, int l, const void *b, size_t n) { return sp_kv_tiered_place(((swap_t *)u)->cur, l, b, n); }
+static int sw_step(void *u) { return sp_kv_tiered_step_begin(((swap_t *)u)->cur); }
+static int sw_acq(void *u, int l, const void **b, size_t *n) { return sp_kv_tiered_acquire(((swap_t *)u)->cur, l, b, n); }
+static int sw_rel(void *u, int l) { return sp_kv_tiered_release(((swap_t *)u)->cur, l); }
+
+enum { PINNED = 8, MAXV = 8 };
+
+typedef struct {
+    const char *name;
+    char kind;  /* 'R' resident, 'N' non-resident on nvme, 'M' host/nvme alternating */
+    int d;
+    double *step_ms, *ratio, *stall_pct, *hit, *nvme_mb;
+    bool identical;
+    char mode[64];
+} variant;
+
+int main(int argc, char **argv)
+{
+    if (argc < 3) {
+        fprintf(stderr, "usage: bench_overlap MODEL HAYSTACK_DIR [tokens=8064] [threads=2] [steps=16] "
+                        "[repeats=5] [spill_dir=/tmp] [json_out] [commit]\n");
+        return 2;
+    }
+    int tokens = argc > 3 ? atoi(argv[3]) : 8064, threads = argc > 4 ? atoi(argv[4]) : 2;
+    int steps = argc > 5 ? atoi(argv[5]) : 16, reps = argc > 6 ? atoi(argv[6]) : 5;
+    const char *spill = argc > 7 ? argv[7] : "/tmp", *json = argc > 8 ? argv[8] : NULL;
+    const char *commit = argc > 9 ? argv[9] : "unknown";
+    if (steps < 2 || reps < 1 || tokens < 64) {
+        fprintf(stderr, "bench_overlap: need steps >= 2, repeats >= 1, tokens >= 64\n");
+        return 2;
+    }
+    double load0[3] = {0};
+    if (getloadavg(load0, 3) < 0)
+        load0[0] = -1;
+
+    sp_model_t *m = sp_model_load(argv[1]);
+    if (!m) {
+        fprintf(stderr, "bench_overlap: %s\n", sp_last_error());
+        return 1;
+    }
+    const sp_hparams *hp = sp_model_hparams(m);
+    const int L = hp->n_layer, V = hp->n_vocab;
+    sp_tokenizer_t *tok = sp_tokenizer_from_gguf(sp_model_gguf(m));
+    size_t tlen = 0;
+    char *text = read_texts(argv[2], (size_t)tokens * 6, &tlen);
+    int32_t *ids = malloc(sizeof(int32_t) * (tlen + 16)); /* a token covers at least one byte */
+    size_t n_ids = 0;
+    if (!tok || !text || sp_tokenizer_encode(tok, text, tlen, true, false, ids, tlen + 16, &n_ids) < 0 ||
+        n_ids < (size_t)tokens + (size_t)steps) {
+        fprintf(stderr, "bench_overlap: not enough text in %s for %d tokens (%s)\n", argv[2], tokens + steps,
+                sp_last_error());
+        return 1;
+    }
+    free(text);
+    sp_tokenizer_free(tok);
+
+    sp_kv_opts o;
+    sp_kv_opts_defaults(&o);
+    sp_ctx_params cp = sp_ctx_default_params();
+    cp.n_ctx = tokens + steps + 1;
+    cp.n_threads = threads;
+    cp.kv_opts = &o;
+    cp.keep_prefill_state = true;
+    sp_ctx_t *c = sp_ctx_new(m, &cp);
+    sp_tiers_opts to;
+    memset(&to, 0, sizeof to);
+    to.nvme = (sp_uring_store_opts){.dir = spill, .queue_depth = 32, .block_size = 1 << 20,
+                                    .register_buffers = true, .verify_checksums = true};
+    swap_t sw = {0};
+    sp_tiers_t *ts0 = sp_tiers_create(&to);
+    sp_kv_tiered_opts ko = {.n_layers = L, .tiers = ts0, .resident_deep_layers = L, .verify_checksums = true};
+    sw.cur = ts0 ? sp_kv_tiered_create(&ko) : NULL;
+    sp_kv_provider prov = {&sw, sw_place, sw_step, sw_acq, sw_rel};
+    if (!c || !sw.cur || sp_ctx_set_kv_provider(c, &prov) < 0) {
+        fprintf(stderr, "bench_overlap: %s\n", sp_last_error());
+        return 1;
+    }
+    float *logits = malloc(sizeof(float) * (size_t)V);
+    float *ref = malloc(sizeof(float) * (size_t)V * (size_t)steps);
+    fprintf(stderr, "bench_overlap: prefill %d tokens (%d threads)...\n", tokens, threads);
+    double t0 = now_s();
+    if (sp_ctx_prefill(c, ids, tokens, logits, NULL) < 0) {
+        fprintf(stderr, "bench_overlap: prefill: %s\n", sp_last_error());
+        return 1;
+    }
+    double prefill_s = now_s() - t0;
+    uint64_t kv_bytes = 0, spilled_bytes = 0;
+    for (int l = 0; l < L; l++) {
+        kv_bytes += sp_kv_tiered_loc(sw.cur, l)->size;
+        if (l < L - PINNED)
+            spilled_bytes += sp_kv_tiered_loc(sw.cur, l)->size;
+    }
+    fprintf(stderr, "bench_overlap: prefill %.1f s; segments %.2f MiB, %.2f MiB of them in the %d "
+                    "non-resident layers\n", prefill_s, kv_bytes / 1048576.0, spilled_bytes / 1048576.0,
+            L - PINNED);
+
+    variant vs[MAXV] = {
+        {.name = "all resident", .kind = 'R', .d = 0},
+        {.name = "non-resident on nvme, d=2", .kind = 'N', .d = 2},
+        {.name = "non-resident on nvme, d=0", .kind = 'N', .d = 0},
+        {.name = "non-resident on nvme, d=1", .kind = 'N', .d = 1},
+        {.name = "non-resident on nvme, d=4", .kind = 'N', .d = 4},
+        {.name = "host/nvme alternating, d=2", .kind = 'M', .d = 2},
+    };
+    int nv = 6;
+    for (int v = 0; v < nv; v++) {
+        vs[v].step_ms = calloc((size_t)reps, sizeof(double));
+        vs[v].ratio = calloc((size_t)reps, sizeof(double));
+        vs[v].stall_pct = calloc((size_t)reps, sizeof(double));
+        vs[v].hit = calloc((size_t)reps, sizeof(double));
+        vs[v].nvme_mb = calloc((size_t)reps, sizeof(double));
+        vs[v].identical = true;
+        snprintf(vs[v].mode, sizeof vs[v].mode, "-");
+    }
+    sp_tiers_t *cur_ts = ts0;
+    for (int r = 0; r < reps; r++) {
+        for (int v = 0; v < nv; v++) {
+            variant *x = &vs[v];
+            sp_tier_kind force[256];
+            for (int l = 0; l < L; l++)
+                force[l] = l >= L - PINNED || x->kind == 'R' ? SP_TIER_DEVICE
+                         : x->kind == 'M' && l % 2            ? SP_TIER_HOST
+                                                              : SP_TIER_NVME;
+            sp_tiers_t *ts = sp_tiers_create(&to);
+            sp_kv_tiered_opts k2 = {.n_layers = L, .tiers = ts, .resident_deep_layers = PINNED,
+                                    .prefetch_depth = x->d, .verify_checksums = true, .force = force};
+            sp_kv_tiered_t *old = sw.cur;
+            sw.cur = ts ? sp_kv_tiered_create(&k2) : NULL;
+            if (!sw.cur || sp_ctx_recompress(c, &o) < 0) {
+                fprintf(stderr, "bench_overlap: %s: %s\n", x->name, sp_last_error());
+                return 1;
+            }
+            sp_kv_tiered_free(old);
+            sp_tiers_free(cur_ts);
+            cur_ts = ts;
+            double sum = 0;
+            sp_kv_tiered_stats s0, s1;
+            for (int s = 0; s < steps; s++) {
+                if (s == 1)
+                    sp_kv_tiered_get_stats(sw.cur, &s0);
+                double a = now_s();
+                if (sp_ctx_decode(c, ids[tokens + s], logits) < 0) {
+                    fprintf(stderr, "bench_overlap: %s: decode: %s\n", x->name, sp_last_error());
+                    return 1;
+                }
+                if (s >= 1)
+                    sum += now_s() - a;
+                if (x->kind == 'R' && v == 0)
+                    memcpy(ref + (size_t)s * V, logits, sizeof(float) * (size_t)V);
+                else if (memcmp(ref + (size_t)s * V, logits, sizeof(float) * (size_t)V) != 0)
+                    x->identical = false;
+            }
+            sp_kv_tiered_get_stats(sw.cur, &s1);
+            int timed = steps - 1;
+            x->step_ms[r] = 1e3 * sum / timed;
+            uint64_t acq = s1.sched.acquires - s0.sched.acquires, hits = s1.sched.hits - s0.sched.hits;
+            x->hit[r] = acq ? (double)hits / (double)acq : 1.0;
+            x->stall_pct[r] = 100.0 * (double)(s1.sched.wait_ns - s0.sched.wait_ns) / 1e9 / sum;
+            x->nvme_mb[r] = (double)(s1.sched.bytes[SP_TIER_NVME][SP_TIER_HOST] + s1.sched.bytes[SP_TIER_NVME][SP_TIER_DEVICE] -
+                                     s0.sched.bytes[SP_TIER_NVME][SP_TIER_HOST] - s0.sched.bytes[SP_TIER_NVME][SP_TIER_DEVICE]) /
+                            1e6 / timed;
+            if (x->kind != 'R') {
+                sp_uring_store_t *st = sp_tiers_nvme_store(ts);
+                if (st)
+                    snprintf(x->mode, sizeof x->mode, "%s", sp_uring_store_mode_name(sp_uring_store_mode(st)));
+            }
+            x->ratio[r] = x->step_ms[r] / vs[0].step_ms[r];
+            fprintf(stderr, "  repeat %d  %-28s %8.2f ms/step  x%.3f  stall %5.1f%%  hits %5.1f%%  nvme %.2f MB/step%s\n",
+                    r, x->name, x->step_ms[r], x->ratio[r], x->stall_pct[r], 100 * x->hit[r], x->nvme_mb[r],
+                    x->identical ? "" : "  LOGITS DIFFER");
+        }
+    }
+    double load1[3] = {0};
+    if (getloadavg(load1, 3) < 0)
+        load1[0] = -1;
+    printf("\nbench_overlap: %d-token prompt, %d threads, %d timed steps x %d repeats, load %.2f -> %.2f\n",
+           tokens, threads, steps - 1, reps, load0[0], load1[0]);
+    printf("%-28s %18s %16s %14s %12s %12s %s\n", "variant", "step ms", "vs resident", "stall %", "hit rate",
+           "nvme MB/step", "logits");
+    FILE *f = json ? fopen(json, "w") : NULL;
+    if (json && !f)
+        fprintf(stderr, "bench_overlap: cannot write %s\n", json);
+    if (f)
+        fprintf(f, "{\"bench\":\"overlap\",\"commit\":\"%s\",\"model\":\"%s\",\"prompt_tokens\":%d,\"threads\":%d,"
+                   "\"timed_steps\":%d,\"repeats\":%d,\"load_before\":%.2f,\"load_after\":%.2f,\"prefill_s\":%.2f,"
+                   "\"resident_deep_layers\":%d,\"segment_bytes\":%llu,\"non_resident_bytes\":%llu,"
+                   "\"target\":\"nvme d=2 step <= 1.10 x resident step\",\"variants\":[",
+                commit, argv[1], tokens, threads, steps - 1, reps, load0[0], load1[0], prefill_s, PINNED,
+                (unsigned long long)kv_bytes, (unsigned long long)spilled_bytes);
+    for (int v = 0; v < nv; v++) {
+        variant *x = &vs[v];
+        double ms, mss, ra, ras, st, sts, hi, his, nm, nms;
+        mean_sd(x->step_ms, reps, &ms, &mss);
+        mean_sd(x->ratio, reps, &ra, &ras);
+        mean_sd(x->stall_pct, reps, &st, &sts);
+        mean_sd(x->hit, reps, &hi, &his);
+        mean_sd(x->nvme_mb, reps, &nm, &nms);
+        printf("%-28s %9.2f ± %6.2f %8.3f ± %5.3f %7.1f ± %4.1f %6.3f ± %4.3f %12.2f %s (%s)\n", x->name, ms, mss, ra,
+               ras, st, sts, hi, his, nm, x->identical ? "bit-identical" : "DIFFER", x->mode);
+        if (f)
+            fprintf(f, "%s{\"name\":\"%s\",\"prefetch_depth\":%d,\"step_ms\":[%.3f,%.3f],\"ratio_to_resident\":[%.4f,%.4f],"
+                       "\"stall_pct\":[%.2f,%.2f],\"hit_rate\":[%.4f,%.4f],\"nvme_mb_per_step\":%.3f,\"io_mode\":\"%s\","
+                       "\"logits_bit_identical\":%s}",
+                    v ? "," : "", x->name, x->d, ms, mss, ra, ras, st, sts, hi, his, nm, x->mode,
+                    x->identical ? "true" : "false");
+    }
+    if (f) {
+        fprintf(f, "],\"note\":\"[mean, sd] over repeats; each repeat's value is the mean over its timed steps "
+                   "(the first decode step after placement warms the pipeline and is not timed); variants run "
+                   "in turn within each repeat\"}\n");
+        fclose(f);
+    }
+    sp_ctx_free(c);
+    sp_kv_tiered_free(sw.cur);
+    sp_tiers_free(cur_ts);
+    for (int v = 0; v < nv; v++) {
+        free(vs[v].step_ms);
+        free(vs[v].ratio);
+        free(vs[v].stall_pct);
+        free(vs[v].hit);
+        free(vs[v].nvme_mb);
+    }
+    free(ref);
+    free(logits);
+    free(ids);
+    sp_model_free(m);
+    return 0;
+}
