@@ -6,21 +6,7 @@ bin=${SPINDLE_BIN:?SPINDLE_BIN not set}
 model=${SPINDLE_MODEL:?SPINDLE_MODEL not set}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
-
-# expect NAME EXPECTED_EXIT PATTERN -- command...
-expect() {
-  local name=$1 want=$2 pattern=$3
-  shift 4
-  local out rc
-  out=$("$@" 2>&1 </dev/null); rc=$?
-  if [ "$rc" -ne "$want" ] || ! grep -qE -- "$pattern" <<<"$out"; then
-    echo "FAIL $name: exit $rc (want $want), output:"; echo "$out" | head -5
-    fails=$((fails + 1))
-  else
-    passes=$((passes + 1))
-  fi
-}
+. "$(dirname "$0")/support/cli_lib.sh"
 
 printf 'not a model' >"$tmp/text.gguf"
 head -c 100 "$model" >"$tmp/trunc.gguf"

@@ -9,22 +9,7 @@ bin=${SPINDLE_BIN:?SPINDLE_BIN not set}
 model=${SPINDLE_MODEL:?SPINDLE_MODEL not set}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-fails=0; passes=0
-
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
-
-expect() {
-  local name=$1 want=$2 pattern=$3
-  shift 4
-  local out rc
-  out=$("$@" 2>&1 </dev/null); rc=$?
-  if [ "$rc" -ne "$want" ] || ! grep -qE -- "$pattern" <<<"$out"; then
-    echo "FAIL $name: exit $rc (want $want), output:"; echo "$out" | tail -5
-    fails=$((fails + 1))
-  else
-    passes=$((passes + 1))
-  fi
-}
+. "$(dirname "$0")/support/cli_lib.sh"
 
 ev=("$bin" eval -m "$model" -t 2)
 expect bad-text 2 "unknown text 'shakespeare'" -- "${ev[@]}" --texts shakespeare

@@ -8,23 +8,7 @@ bin=${SPINDLE_BIN:?SPINDLE_BIN not set}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 mkdir "$tmp/spill"
-fails=0; passes=0
-
-fail() { echo "FAIL $1"; fails=$((fails + 1)); }
-
-# expect NAME EXPECTED_EXIT PATTERN -- command...
-expect() {
-  local name=$1 want=$2 pattern=$3
-  shift 4
-  local out rc
-  out=$("$@" 2>&1 </dev/null); rc=$?
-  if [ "$rc" -ne "$want" ] || ! grep -qE -- "$pattern" <<<"$out"; then
-    echo "FAIL $name: exit $rc (want $want), output:"; echo "$out" | head -5
-    fails=$((fails + 1))
-  else
-    passes=$((passes + 1))
-  fi
-}
+. "$(dirname "$0")/support/cli_lib.sh"
 
 # A small grid. --set makes (1 MiB, QD 4) the target cell: the [spill] keys must reach io-bench.
 out=$("$bin" io-bench --dir "$tmp/spill" --size 4MiB --blocks 64KiB,1MiB --qd 1,4 --repeats 2 \

@@ -5,20 +5,7 @@
 set -u
 bin=${SPINDLE_BIN:?SPINDLE_BIN not set}
 model=${SPINDLE_MODEL:?SPINDLE_MODEL not set}
-fails=0; passes=0
-
-expect() {
-  local name=$1 want=$2 pattern=$3
-  shift 4
-  local out rc
-  out=$("$@" 2>&1 </dev/null); rc=$?
-  if [ "$rc" -ne "$want" ] || ! grep -qE -- "$pattern" <<<"$out"; then
-    echo "FAIL $name: exit $rc (want $want), output:"; echo "$out" | tail -5
-    fails=$((fails + 1))
-  else
-    passes=$((passes + 1))
-  fi
-}
+. "$(dirname "$0")/support/cli_lib.sh"
 
 run=("$bin" run -m "$model" -t 2 -n 4)
 prompt="Note 1: the river near house 7 is quiet. Note 2: the lamp near house 44 is bright. Note 3: the garden near house 81 is quiet. Note 4: the violin near house 17 is bright. Which house has the lamp?"
