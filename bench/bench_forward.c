@@ -18,24 +18,7 @@
 
 #include "model.h"
 #include "sp_error.h"
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void mean_sd(const double *x, int n, double *m, double *sd)
-{
-    double s = 0, ss = 0;
-    for (int i = 0; i < n; i++)
-        s += x[i];
-    *m = s / n;
-    for (int i = 0; i < n; i++)
-        ss += (x[i] - *m) * (x[i] - *m);
-    *sd = n > 1 ? sqrt(ss / (n - 1)) : 0.0;
-}
+#include "sp_time.h"
 
 enum { MAX_DEPTHS = 8, MAX_REP = 32, PP = 512, TG = 64 };
 
@@ -123,27 +106,27 @@ int main(int argc, char **argv)
             sp_ctx_reset(c);
             if (d && sp_ctx_prefill(c, tok, d, NULL, NULL) != 0)
                 goto fail;
-            double t0 = now_s();
+            double t0 = sp_now_s();
             if (sp_ctx_prefill(c, tok + d, PP, logits, NULL) != 0)
                 goto fail;
-            pp[di][r] = PP / (now_s() - t0);
+            pp[di][r] = PP / (sp_now_s() - t0);
             sp_ctx_reset(c);
             if (d && sp_ctx_prefill(c, tok, d, logits, NULL) != 0)
                 goto fail;
             int32_t t = tok[d];
-            t0 = now_s();
+            t0 = sp_now_s();
             for (int i = 0; i < TG; i++)
                 if (sp_ctx_decode(c, t, logits) != 0)
                     goto fail;
                 else
                     t = tok[(d + i + 1) % n_ctx];
-            tg[di][r] = TG / (now_s() - t0);
+            tg[di][r] = TG / (sp_now_s() - t0);
         }
         sp_ctx_reset(c);
-        double t0 = now_s();
+        double t0 = sp_now_s();
         if (sp_ctx_prefill(c, tok, n_ctx, logits, NULL) != 0)
             goto fail;
-        fill[r] = n_ctx / (now_s() - t0);
+        fill[r] = n_ctx / (sp_now_s() - t0);
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
@@ -156,17 +139,17 @@ int main(int argc, char **argv)
                 model, threads, n_ctx, kvt == SP_KV_F16 ? "f16" : "f32", num == SP_NUMERICS_GGML ? "ggml" : "exact", reps);
     for (int di = 0; di < nd; di++) {
         double mu, sd;
-        mean_sd(pp[di], reps, &mu, &sd);
+        sp_mean_sd(pp[di], reps, &mu, &sd);
         printf("| pp%d | %d | %.1f ± %.1f |\n", PP, depths[di], mu, sd);
         if (jf)
             fprintf(jf, "    {\"test\": \"pp%d\", \"depth\": %d, \"mean\": %.2f, \"sd\": %.2f},\n", PP, depths[di], mu, sd);
-        mean_sd(tg[di], reps, &mu, &sd);
+        sp_mean_sd(tg[di], reps, &mu, &sd);
         printf("| tg%d | %d | %.1f ± %.1f |\n", TG, depths[di], mu, sd);
         if (jf)
             fprintf(jf, "    {\"test\": \"tg%d\", \"depth\": %d, \"mean\": %.2f, \"sd\": %.2f},\n", TG, depths[di], mu, sd);
     }
     double mu, sd;
-    mean_sd(fill, reps, &mu, &sd);
+    sp_mean_sd(fill, reps, &mu, &sd);
     printf("| fill%d | 0 | %.1f ± %.1f |\n", n_ctx, mu, sd);
     printf("\npeak RSS %.1f MiB (limit 1536 MiB); KV cache %.1f MiB; activations+scratch %.1f MiB\n",
            ru.ru_maxrss / 1024.0, st.kv_bytes / 1048576.0, st.buffer_bytes / 1048576.0);

@@ -27,6 +27,7 @@
 #include "model.h"
 #include "sp_error.h"
 #include "tokenizer.h"
+#include "sp_time.h"
 
 static int cmp_str(const void *a, const void *b)
 {
@@ -85,17 +86,6 @@ static void cpu_model(char *buf, size_t n)
             break;
         }
     fclose(f);
-}
-
-static void mean_sd(const double *x, int n, double *m, double *sd)
-{
-    double s = 0, q = 0;
-    for (int i = 0; i < n; i++)
-        s += x[i];
-    *m = s / n;
-    for (int i = 0; i < n; i++)
-        q += (x[i] - *m) * (x[i] - *m);
-    *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
 }
 
 static sp_ctx_t *new_ctx(const sp_model_t *m, int n_ctx, int threads, const sp_kv_opts *o, bool keep)
@@ -222,10 +212,10 @@ int main(int argc, char **argv)
         }
     }
     double mfs, sfs, mfa, sfa, mss, sss, msa, ssa;
-    mean_sd(fs, reps, &mfs, &sfs);
-    mean_sd(fa, reps, &mfa, &sfa);
-    mean_sd(ss, reps, &mss, &sss);
-    mean_sd(sa, reps, &msa, &ssa);
+    sp_mean_sd(fs, reps, &mfs, &sfs);
+    sp_mean_sd(fa, reps, &mfa, &sfa);
+    sp_mean_sd(ss, reps, &mss, &sss);
+    sp_mean_sd(sa, reps, &msa, &ssa);
     sp_ctx_kv_stats(c, &ks);
     double load2[3] = { 0 };
     if (getloadavg(load2, 3) < 0)

@@ -30,6 +30,7 @@
 #include "model.h"
 #include "sp_error.h"
 #include "tokenizer.h"
+#include "sp_time.h"
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
@@ -73,24 +74,6 @@ static char *read_texts(const char *dir, size_t want, size_t *len)
     buf[off] = '\0';
     *len = off;
     return buf;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void mean_sd(const double *x, int n, double *m, double *sd)
-{
-    double s = 0, q = 0;
-    for (int i = 0; i < n; i++)
-        s += x[i];
-    *m = s / n;
-    for (int i = 0; i < n; i++)
-        q += (x[i] - *m) * (x[i] - *m);
-    *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
 }
 
 /* Forwards to the current provider so one context can be re-placed into fresh ones. */
@@ -177,12 +160,12 @@ int main(int argc, char **argv)
     float *logits = malloc(sizeof(float) * (size_t)V);
     float *ref = malloc(sizeof(float) * (size_t)V * (size_t)steps);
     fprintf(stderr, "bench_overlap: prefill %d tokens (%d threads)...\n", tokens, threads);
-    double t0 = now_s();
+    double t0 = sp_now_s();
     if (sp_ctx_prefill(c, ids, tokens, logits, NULL) < 0) {
         fprintf(stderr, "bench_overlap: prefill: %s\n", sp_last_error());
         return 1;
     }
-    double prefill_s = now_s() - t0;
+    double prefill_s = sp_now_s() - t0;
     uint64_t kv_bytes = 0, spilled_bytes = 0;
     for (int l = 0; l < L; l++) {
         kv_bytes += sp_kv_tiered_loc(sw.cur, l)->size;
@@ -237,13 +220,13 @@ int main(int argc, char **argv)
             for (int s = 0; s < steps; s++) {
                 if (s == 1)
                     sp_kv_tiered_get_stats(sw.cur, &s0);
-                double a = now_s();
+                double a = sp_now_s();
                 if (sp_ctx_decode(c, ids[tokens + s], logits) < 0) {
                     fprintf(stderr, "bench_overlap: %s: decode: %s\n", x->name, sp_last_error());
                     return 1;
                 }
                 if (s >= 1)
-                    sum += now_s() - a;
+                    sum += sp_now_s() - a;
                 if (x->kind == 'R' && v == 0)
                     memcpy(ref + (size_t)s * V, logits, sizeof(float) * (size_t)V);
                 else if (memcmp(ref + (size_t)s * V, logits, sizeof(float) * (size_t)V) != 0)
@@ -289,11 +272,11 @@ int main(int argc, char **argv)
     for (int v = 0; v < nv; v++) {
         variant *x = &vs[v];
         double ms, mss, ra, ras, st, sts, hi, his, nm, nms;
-        mean_sd(x->step_ms, reps, &ms, &mss);
-        mean_sd(x->ratio, reps, &ra, &ras);
-        mean_sd(x->stall_pct, reps, &st, &sts);
-        mean_sd(x->hit, reps, &hi, &his);
-        mean_sd(x->nvme_mb, reps, &nm, &nms);
+        sp_mean_sd(x->step_ms, reps, &ms, &mss);
+        sp_mean_sd(x->ratio, reps, &ra, &ras);
+        sp_mean_sd(x->stall_pct, reps, &st, &sts);
+        sp_mean_sd(x->hit, reps, &hi, &his);
+        sp_mean_sd(x->nvme_mb, reps, &nm, &nms);
         printf("%-28s %9.2f ± %6.2f %8.3f ± %5.3f %7.1f ± %4.1f %6.3f ± %4.3f %12.2f %s (%s)\n", x->name, ms, mss, ra,
                ras, st, sts, hi, his, nm, x->identical ? "bit-identical" : "DIFFER", x->mode);
         if (f)

@@ -20,6 +20,7 @@
 #include "ops.h"
 #include "segment_attn.h"
 #include "sp_error.h"
+#include "sp_time.h"
 
 enum { HQ = 9, HK = 3, G = 3, D = 64, W = 32 };
 
@@ -54,24 +55,6 @@ static void cpu_model(char *buf, size_t n)
     fclose(f);
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void mean_sd(const double *x, int n, double *m, double *sd)
-{
-    double s = 0, ss = 0;
-    for (int i = 0; i < n; i++)
-        s += x[i];
-    *m = s / n;
-    for (int i = 0; i < n; i++)
-        ss += (x[i] - *m) * (x[i] - *m);
-    *sd = n > 1 ? sqrt(ss / (n - 1)) : 0;
-}
-
 /* Clustered vectors: n_c centres; each token = magnitude · (centre + noise), the noise level of
  * each token drawn from [noise/4, noise) so that some tokens merge under θ and others do not. */
 static void clustered(float *x, int64_t l, int n_c, double noise, double mag_lo, double mag_hi)
@@ -98,7 +81,7 @@ static double read_bandwidth(void)
     double best = 0;
     volatile uint64_t sink = 0;
     for (int r = 0; r < 3; r++) {
-        double t0 = now_s();
+        double t0 = sp_now_s();
         uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
         for (size_t i = 0; i < n; i += 4) {
             s0 += b[i];
@@ -107,7 +90,7 @@ static double read_bandwidth(void)
             s3 += b[i + 3];
         }
         sink += s0 + s1 + s2 + s3;
-        double bw = (double)n * 8 / (now_s() - t0);
+        double bw = (double)n * 8 / (sp_now_s() - t0);
         best = bw > best ? bw : best;
     }
     (void)sink;
@@ -174,10 +157,10 @@ int main(int argc, char **argv)
     int nb = reps < 16 ? reps : 16;
     sp_kv_segment tmp;
     for (int r = 0; r < nb; r++) {
-        double t0 = now_s();
+        double t0 = sp_now_s();
         if (sp_kv_segment_build(&tmp, 0, k, v, D, &sel, true, 0.98f, 0.95f, &info) < 0)
             goto fail;
-        tb[r] = now_s() - t0;
+        tb[r] = sp_now_s() - t0;
         tcb[r] = info.seconds_codebook;
         sp_kv_segment_free(&tmp);
     }
@@ -193,10 +176,10 @@ int main(int argc, char **argv)
     double t0s[16];
     int64_t n0 = 0, e0 = 0;
     for (int r = 0; r < nb; r++) {
-        double t0 = now_s();
+        double t0 = sp_now_s();
         if (sp_kv_segment_build(&tmp, 0, k, v, D, &sel0, true, 0.98f, 0.95f, &info) < 0)
             goto fail;
-        t0s[r] = now_s() - t0;
+        t0s[r] = sp_now_s() - t0;
         n0 = info.coded_vectors;
         e0 = info.entries_k + info.entries_v;
         sp_kv_segment_free(&tmp);
@@ -232,19 +215,19 @@ int main(int argc, char **argv)
     double tf[64], ts[64];
     reps = reps < 64 ? reps : 64;
     for (int r = 0; r < reps; r++) { /* interleaved so drift hits both equally */
-        double t0 = now_s();
+        double t0 = sp_now_s();
         for (int it = 0; it < iters; it++)
             for (int h = 0; h < HK; h++)
                 sp_segattn_full_fp16(k16 + (size_t)h * L * D, v16 + (size_t)h * L * D, L, D,
                                      q + h * G * D, G, 0.125f, out + h * G * D, work);
-        tf[r] = (now_s() - t0) / iters;
-        t0 = now_s();
+        tf[r] = (sp_now_s() - t0) / iters;
+        t0 = sp_now_s();
         for (int it = 0; it < iters; it++)
             for (int h = 0; h < HK; h++)
                 if (sp_segattn_decode(&seg, NULL, h, q + h * G * D, table, L + 1, SP_ROPE_NORM,
                                       0.125f, out + h * G * D, work) < 0)
                     goto fail;
-        ts[r] = (now_s() - t0) / iters;
+        ts[r] = (sp_now_s() - t0) / iters;
     }
     /* Decode append: code one new token (3 KV heads, K and V) against this segment's codebooks. */
     sp_kv_tail tail;
@@ -253,7 +236,7 @@ int main(int argc, char **argv)
     double ta[64];
     for (int r = 0; r < reps; r++) {
         sp_kv_tail_reset(&tail);
-        double t0 = now_s();
+        double t0 = sp_now_s();
         for (int j = 0; j < 256; j++) {
             int64_t src = (int64_t)(urand() * (double)L);
             float nk[HK * D], nv[HK * D];
@@ -264,17 +247,17 @@ int main(int argc, char **argv)
             if (sp_kv_tail_append(&tail, &seg, nk, nv, (int32_t)(L + j)) < 0)
                 goto fail;
         }
-        ta[r] = (now_s() - t0) / 256;
+        ta[r] = (sp_now_s() - t0) / 256;
     }
     sp_kv_tail_free(&tail);
     double bw = read_bandwidth();
     double mf, sf, ms, ss, mb, sb, mc, sc, m0, s0, ma, sa;
-    mean_sd(ta, reps, &ma, &sa);
-    mean_sd(tf, reps, &mf, &sf);
-    mean_sd(ts, reps, &ms, &ss);
-    mean_sd(tb, nb, &mb, &sb);
-    mean_sd(tcb, nb, &mc, &sc);
-    mean_sd(t0s, nb, &m0, &s0);
+    sp_mean_sd(ta, reps, &ma, &sa);
+    sp_mean_sd(tf, reps, &mf, &sf);
+    sp_mean_sd(ts, reps, &ms, &ss);
+    sp_mean_sd(tb, nb, &mb, &sb);
+    sp_mean_sd(tcb, nb, &mc, &sc);
+    sp_mean_sd(t0s, nb, &m0, &s0);
     int64_t kept = 0, ek = 0, ev = 0;
     for (int h = 0; h < HK; h++) {
         kept += seg.head[h].n_kept;

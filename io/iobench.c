@@ -14,6 +14,7 @@
 
 #include "sp_error.h"
 #include "uring_store.h"
+#include "sp_time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -35,28 +36,10 @@ const char *sp_iobench_engine_key(sp_iob_engine e)
     return (unsigned)e < SP_IOB_ENGINE_COUNT ? n[e] : "?";
 }
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
-}
-
 static void drop_cache(int fd)
 {
     fdatasync(fd);
     posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-}
-
-static void mean_sd(const double *v, int n, double *mean, double *sd)
-{
-    double s = 0, q = 0;
-    for (int i = 0; i < n; i++)
-        s += v[i];
-    *mean = s / n;
-    for (int i = 0; i < n; i++)
-        q += (v[i] - *mean) * (v[i] - *mean);
-    *sd = n > 1 ? sqrt(q / (n - 1)) : 0;
 }
 
 bool sp_iobench_fio_version(char *buf, size_t len)
@@ -130,13 +113,13 @@ static double ours_once(sp_uring_store_t *s, int sync_fd, sp_iob_engine e, bool 
 {
     if (!write && e != SP_IOB_URING_DIRECT)
         drop_cache(sync_fd);
-    double t0 = now_s();
+    double t0 = sp_now_s();
     int rc = sp_uring_store_stream(s, write, size);
     if (rc < 0)
         return rc;
     if (write && e != SP_IOB_URING_DIRECT && fdatasync(sync_fd) != 0)
         return sp_error(errno, "io-bench: fdatasync %s: %s", sp_uring_store_path(s), strerror(errno));
-    double t = now_s() - t0;
+    double t = sp_now_s() - t0;
     return (double)size / t / 1e9;
 }
 
@@ -197,9 +180,9 @@ static int run_cell(const sp_iobench_opts *o, sp_iob_engine e, size_t bs, int qd
             if (theirs <= 0)
                 fio_ok = false;
         }
-        mean_sd(row->ours_gbs, o->repeats, &row->mean_gbs, &row->sd_gbs);
+        sp_mean_sd(row->ours_gbs, o->repeats, &row->mean_gbs, &row->sd_gbs);
         if (fio_ok)
-            mean_sd(row->fio_gbs, o->repeats, &row->fio_mean_gbs, &row->fio_sd_gbs);
+            sp_mean_sd(row->fio_gbs, o->repeats, &row->fio_mean_gbs, &row->fio_sd_gbs);
         else if (fio)
             sp_notice("io-bench: fio failed on some passes; fio columns left empty");
         (*n_rows)++;

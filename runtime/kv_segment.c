@@ -19,6 +19,7 @@
 #include "codebook.h"
 #include "fp16.h"
 #include "sp_error.h"
+#include "sp_time.h"
 
 #define HDR_BYTES SP_KV_SEG_ALIGN
 
@@ -99,13 +100,6 @@ static void map_views(sp_kv_segment *seg)
 #undef SEC
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void to_fp16(uint16_t *dst, const float *src, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
@@ -165,7 +159,7 @@ int sp_kv_segment_build(sp_kv_segment *seg, int layer, const float *k, const flo
                           (long long)maxk);
             goto free_scratch;
         }
-        double t0 = now_s();
+        double t0 = sp_now_s();
         uint32_t ib = 2;
         for (int i = 0; i < nkv; i++) {
             int64_t n = sel->n_kept[i];
@@ -192,7 +186,7 @@ int sp_kv_segment_build(sp_kv_segment *seg, int layer, const float *k, const flo
         }
         h.index_bytes = ib;
         if (info)
-            info->seconds_codebook = now_s() - t0;
+            info->seconds_codebook = sp_now_s() - t0;
     }
 
     uint64_t off = HDR_BYTES;

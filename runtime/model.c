@@ -29,6 +29,7 @@
 #include "kvcache.h"
 #include "segment_attn.h"
 #include "sp_error.h"
+#include "sp_time.h"
 
 typedef struct sp_layer {
     const float *attn_norm, *ffn_norm;   /* [n_embd] fp32 (owned by model->vecs) */
@@ -471,13 +472,6 @@ sp_ctx_stats sp_ctx_get_stats(const sp_ctx_t *c)
     return c->st;
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void add_rows(float *x, const float *y, size_t n)
 {
     for (size_t i = 0; i < n; i++)
@@ -543,7 +537,7 @@ static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_args *aa)
             memcpy(c->sc_win + ((size_t)layer * H + h) * cap, c->win + (size_t)h * nk, sizeof(float) * nk);
     if (!c->sc_col && !c->sc_pinf)
         return 0;
-    double t0 = now_s();
+    double t0 = sp_now_s();
     sp_attn_args x = *aa;
     x.out = c->attx;
     x.win = c->win;
@@ -578,7 +572,7 @@ static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_args *aa)
                 dst[j] += src[j] * inv;
         }
     }
-    c->scores_s += now_s() - t0;
+    c->scores_s += sp_now_s() - t0;
     return 0;
 }
 
@@ -684,7 +678,7 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
         add_bias(c->k, ly->bk, n, KV);
         add_bias(c->v, ly->bv, n, KV);
         sp_op_rope(c->q, n, hp->n_head, D, Q, c->pos, c->rope, hp->rope_mode);
-        double ta = n == 1 ? now_s() : 0;
+        double ta = n == 1 ? sp_now_s() : 0;
         if (c->mode == KV_SEG) {
             /* Compressed: keys stay pre-RoPE (the segment attention rotates them). */
             if ((rc = seg_attention(c, l, n, pos0)) != 0)
@@ -710,7 +704,7 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
                 return rc;
         }
         if (n == 1)
-            c->attn_s += now_s() - ta;
+            c->attn_s += sp_now_s() - ta;
         if ((rc = matmul(c, &ly->wo, c->att, n, c->xn)) != 0)
             return rc;
         add_rows(c->x, c->xn, (size_t)n * E);
@@ -837,7 +831,7 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
     const sp_hparams *hp = &c->m->hp;
     int L = hp->n_layer, H = hp->n_head, KVH = hp->n_kv_head, D = hp->head_dim, G = H / KVH;
     int64_t l = c->l0, cap = c->st_cap, tcap = c->p.n_ctx - l;
-    double t0 = now_s();
+    double t0 = sp_now_s();
     int rc = sp_kv_opts_validate_relaxed(o, L, l);
     if (rc < 0)
         return rc;
@@ -925,7 +919,7 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
     c->work_floats = wf;
     c->kvo = *o;
     c->mode = KV_SEG;
-    c->compress_s = now_s() - t0;
+    c->compress_s = sp_now_s() - t0;
 out:
     if (rc < 0)
         kv_drop_segments(c);
@@ -1082,7 +1076,7 @@ int sp_ctx_prefill(sp_ctx_t *c, const int32_t *tok, int n, float *logits_last, f
     int rc = check_tokens(c, tok, n);
     if (rc)
         return rc;
-    double t0 = now_s();
+    double t0 = sp_now_s();
     bool capture = c->kv_on && c->mode == KV_PLAIN && c->n_past == 0;
     if (capture) {
         if ((rc = kv_capture_begin(c, n)) < 0)
@@ -1129,7 +1123,7 @@ int sp_ctx_prefill(sp_ctx_t *c, const int32_t *tok, int n, float *logits_last, f
         }
         kv_update_bytes(c);
     }
-    c->st.prefill_s += now_s() - t0;
+    c->st.prefill_s += sp_now_s() - t0;
     c->st.prefill_tokens += n;
     return 0;
 }
@@ -1143,10 +1137,10 @@ int sp_ctx_decode(sp_ctx_t *c, int32_t tok, float *logits)
         return sp_ctx_prefill(c, &tok, 1, logits, NULL);
     if (c->mode == KV_PLAIN && (rc = kv_ensure_cache(c)) < 0)
         return rc;
-    double t0 = now_s();
+    double t0 = sp_now_s();
     c->attn_s = 0;
     rc = forward_chunk(c, &tok, 1, false, logits, NULL);
-    c->st.decode_s += now_s() - t0;
+    c->st.decode_s += sp_now_s() - t0;
     c->st.decode_attn_s += c->attn_s;
     c->st.decode_tokens += rc == 0;
     return rc;

@@ -18,6 +18,7 @@
 #include "cli.h"
 #include "model.h"
 #include "sp_error.h"
+#include "sp_time.h"
 
 enum { MAX_DEPTHS = 16, MAX_REPEATS = 64 };
 
@@ -41,24 +42,6 @@ static void usage(FILE *out)
           "                        'none' to skip)\n"
           "  --json FILE           write the results as JSON\n",
           out);
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static void mean_sd(const double *x, int n, double *m, double *sd)
-{
-    double s = 0, ss = 0;
-    for (int i = 0; i < n; i++)
-        s += x[i];
-    *m = s / n;
-    for (int i = 0; i < n; i++)
-        ss += (x[i] - *m) * (x[i] - *m);
-    *sd = n > 1 ? sqrt(ss / (n - 1)) : 0.0;
 }
 
 static int parse_depths(const char *s, int *d, int *n)
@@ -307,23 +290,23 @@ int sp_cmd_bench(int argc, char **argv)
             sp_ctx_reset(ctx);
             if (d && sp_ctx_prefill(ctx, tok, d, NULL, NULL) < 0)
                 goto fail;
-            double t0 = now_s();
+            double t0 = sp_now_s();
             if (sp_ctx_prefill(ctx, tok + d, (int)pp, logits, NULL) < 0)
                 goto fail;
-            ppv[r] = pp / (now_s() - t0);
+            ppv[r] = pp / (sp_now_s() - t0);
             sp_ctx_reset(ctx);
             if (d && sp_ctx_prefill(ctx, tok, d, NULL, NULL) < 0)
                 goto fail;
-            t0 = now_s();
+            t0 = sp_now_s();
             for (int i = 0; i < tg; i++)
                 if (sp_ctx_decode(ctx, tok[d + i], logits) < 0)
                     goto fail;
-            tgv[r] = tg / (now_s() - t0);
+            tgv[r] = tg / (sp_now_s() - t0);
         }
         bench_row *row = &rows[di];
         row->depth = d;
-        mean_sd(ppv, (int)reps, &row->pp_mean, &row->pp_sd);
-        mean_sd(tgv, (int)reps, &row->tg_mean, &row->tg_sd);
+        sp_mean_sd(ppv, (int)reps, &row->pp_mean, &row->pp_sd);
+        sp_mean_sd(tgv, (int)reps, &row->tg_mean, &row->tg_sd);
         row->lpp_mean = row->ltg_mean = -1;
     }
     fputc('\n', stderr);

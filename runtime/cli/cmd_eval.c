@@ -34,6 +34,7 @@
 #include "sampler.h"
 #include "sp_error.h"
 #include "tokenizer.h"
+#include "sp_time.h"
 
 #define MAXL 8     /* lengths */
 #define MAXP 8     /* policies */
@@ -173,19 +174,12 @@ typedef struct evalctx {
     double warm[MAXP][MAXT][MAXL];
 } evalctx;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void progress(evalctx *E, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void progress(evalctx *E, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "eval [%6.0fs] ", now_s() - E->t0);
+    fprintf(stderr, "eval [%6.0fs] ", sp_now_s() - E->t0);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
@@ -500,9 +494,9 @@ static int prefill_prompt(evalctx *E, const int32_t *toks, int n, double *secs)
     int rc = sp_ctx_set_policy(E->ctx, &k);
     if (rc < 0)
         return rc;
-    double t = now_s();
+    double t = sp_now_s();
     rc = sp_ctx_prefill(E->ctx, toks, n - 1, NULL, NULL);
-    *secs = now_s() - t;
+    *secs = sp_now_s() - t;
     return rc;
 }
 
@@ -553,7 +547,7 @@ static void checkpoint(evalctx *E)
     FILE *f = fopen(tmp, "w");
     if (!f)
         return;
-    write_json(E, f, now_s() - E->t0, false);
+    write_json(E, f, sp_now_s() - E->t0, false);
     if (fclose(f) == 0)
         rename(tmp, E->o->json);
     else
@@ -607,10 +601,10 @@ static int fid_point_at(evalctx *E, const fid_run *fr, fid_pol *fp, int pi, doub
     pt->fp16_bytes = st.fp16_bytes;
     pt->compress_s = st.compress_s;
     sp_eval_acc acc = {0};
-    double t0 = now_s();
+    double t0 = sp_now_s();
     if ((rc = teacher_force(E, tf, T, false, &acc)) < 0)
         return rc;
-    pt->tf_s = now_s() - t0;
+    pt->tf_s = sp_now_s() - t0;
     pt->kl = sp_eval_acc_kl(&acc);
     pt->kl_max = acc.kl_max;
     pt->top1 = sp_eval_acc_top1(&acc);
@@ -644,10 +638,10 @@ static int run_fidelity_one(evalctx *E, const char *tname, const int32_t *all, i
     fr->fp16_bytes = st.fp16_bytes;
     fr->scores_s = st.scores_s;
     sp_eval_acc ref = {0};
-    double t = now_s();
+    double t = sp_now_s();
     if ((rc = teacher_force(E, tf, T, true, &ref)) < 0)
         return rc;
-    fr->ref_s = now_s() - t;
+    fr->ref_s = sp_now_s() - t;
     fr->full_ppl = sp_eval_acc_ppl(&ref);
     progress(E, "fidelity %s N=%d: prefill %.1f s, full reference %d tokens %.1f s, ppl %.3f", tname, N,
              fr->prefill_s, T, fr->ref_s, fr->full_ppl);
@@ -1476,7 +1470,7 @@ int sp_cmd_eval(int argc, char **argv)
         o.haystack = hay_dir;
     }
 
-    evalctx E = {.o = &o, .c = &c, .t0 = now_s()};
+    evalctx E = {.o = &o, .c = &c, .t0 = sp_now_s()};
     int rc = SP_EXIT_FAIL;
     char *hay = NULL;
     size_t hay_len = 0;
@@ -1549,7 +1543,7 @@ int sp_cmd_eval(int argc, char **argv)
             goto out;
         }
     }
-    double wall = now_s() - E.t0;
+    double wall = sp_now_s() - E.t0;
     print_summary(&E);
     rc = SP_EXIT_OK;
     if (o.json) {
@@ -1571,7 +1565,7 @@ int sp_cmd_eval(int argc, char **argv)
         rc = SP_EXIT_FAIL;
     else if (o.out)
         progress(&E, "plots in %s (quality_kl.png, quality_top1.png, quality_ppl.png, retrieval.png)", o.out);
-    progress(&E, "done in %.0f s", now_s() - E.t0);
+    progress(&E, "done in %.0f s", sp_now_s() - E.t0);
 out:
     free(hay);
     free(E.fr);

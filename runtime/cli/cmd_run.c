@@ -15,6 +15,7 @@
 #include "sampler.h"
 #include "sp_error.h"
 #include "tokenizer.h"
+#include "sp_time.h"
 
 static void usage(FILE *out)
 {
@@ -47,13 +48,6 @@ typedef struct run_opts {
     int64_t top_k;
 } run_opts;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 /* Progress for long prefills: a bar on a TTY, a line per quarter otherwise, nothing for the first
  * two seconds so short prompts stay quiet. */
 typedef struct progress {
@@ -65,7 +59,7 @@ typedef struct progress {
 static void on_progress(void *user, int done, int total)
 {
     progress *p = user;
-    double el = now_s() - p->t0;
+    double el = sp_now_s() - p->t0;
     if (el < 2.0 || total <= 0)
         return;
     double rate = done / el;
@@ -249,7 +243,7 @@ int sp_cmd_run(int argc, char **argv)
     int32_t *ids = NULL;
     float *logits = NULL;
 
-    double t_load = now_s();
+    double t_load = sp_now_s();
     if (!(model = sp_model_load(c.cfg.model.path))) {
         sp_cli_error("%s", sp_last_error());
         goto out;
@@ -331,9 +325,9 @@ int sp_cmd_run(int argc, char **argv)
         sp_cli_error("run: %s", smp ? "out of memory for logits" : sp_last_error());
         goto out;
     }
-    t_load = now_s() - t_load;
+    t_load = sp_now_s() - t_load;
 
-    prog.t0 = now_s();
+    prog.t0 = sp_now_s();
     if (sp_ctx_prefill(ctx, ids, (int)n_ids, logits, NULL) < 0 || sp_kv_tiering_after_prefill(tiering, ctx) < 0) {
         sp_cli_error("run: prefill failed: %s", sp_last_error());
         goto out;
