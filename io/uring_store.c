@@ -17,6 +17,8 @@
 #define _GNU_SOURCE /* O_DIRECT */
 #include "uring_store.h"
 
+#include "huge_map.h"
+
 #include "sp_error.h"
 
 #include <errno.h>
@@ -30,7 +32,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -38,7 +39,6 @@
 
 #define ALIGN 4096u
 #define MAX_BOUNCE_BYTES (256u << 20) /* cap on bounce memory: queue_depth x block_size */
-#define HUGE_ALIGN (2u << 20)         /* x86-64/arm64 transparent huge page size */
 
 /* ---- signal-safe registry of spill paths ---- */
 
@@ -142,9 +142,8 @@ struct sp_uring_store {
     struct io_uring ring;
     unsigned n_slots;
     size_t block_size;
-    uint8_t *bounce;     /* n_slots x block_size, 2 MiB aligned inside bounce_map */
-    void *bounce_map;    /* the mmap()ed range holding bounce, bounce_map_len bytes */
-    size_t bounce_map_len;
+    uint8_t *bounce;     /* n_slots x block_size, huge-page backed (sp_huge_map) */
+    size_t bounce_len;   /* bytes mapped at bounce */
     bool stream_filled;  /* bounce holds the stream-write pattern (sp_uring_store_stream) */
     sp_req *reqs;        /* n_slots */
     int *free_slots;     /* n_slots: stack of idle slot indices during one do_io */
@@ -206,28 +205,11 @@ static int probe_direct(const char *path, unsigned faults)
     return fd;
 }
 
-/* Bounce memory: an anonymous mapping aligned to 2 MiB and advised MADV_HUGEPAGE, then touched so
- * it is populated before it is registered. Why: an O_DIRECT request is built from the buffer's
- * physical segments; with 4 KiB pages a 4 MiB request has 1024 of them, more than a virtio/NVMe
- * queue takes in one command (max_segments is often 128..254), so the block layer splits it and
- * the device sees many small commands. Huge pages make a 4 MiB buffer two segments. Measured on
- * the development VM (virtio-blk, 1 GiB file, QD 32): 1 MiB reads went from ~1.4 to ~2.3 GB/s and
- * 4 MiB reads from ~1.2 to ~3.0 GB/s. Where THP is off the advice is ignored and nothing breaks. */
+/* Bounce memory: huge-page backed (huge_map.h says why), populated before it is registered. */
 static int bounce_alloc(sp_uring_store_t *s, size_t bytes)
 {
-    size_t len = round_up(bytes, HUGE_ALIGN) + HUGE_ALIGN; /* room to align the start */
-    void *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (map == MAP_FAILED)
-        return -errno;
-    uintptr_t a = ((uintptr_t)map + HUGE_ALIGN - 1) & ~(uintptr_t)(HUGE_ALIGN - 1);
-    s->bounce_map = map;
-    s->bounce_map_len = len;
-    s->bounce = (uint8_t *)a;
-#ifdef MADV_HUGEPAGE
-    madvise(s->bounce, round_up(bytes, HUGE_ALIGN), MADV_HUGEPAGE); /* advice only: may fail */
-#endif
-    memset(s->bounce, 0, bytes); /* fault it in now, not inside the first timed request */
-    return 0;
+    s->bounce = sp_huge_map(bytes, &s->bounce_len);
+    return s->bounce ? 0 : -errno;
 }
 
 /* Ring flags, best first. COOP_TASKRUN lets completions run at the next io_uring_enter instead of
@@ -394,8 +376,7 @@ void sp_uring_store_close(sp_uring_store_t *s)
     if (s->path[0])
         unlink(s->path);
     unregister_path(s->reg_slot);
-    if (s->bounce_map)
-        munmap(s->bounce_map, s->bounce_map_len);
+    sp_huge_unmap(s->bounce, s->bounce_len);
     free(s->reqs);
     free(s->free_slots);
     XXH64_freeState(s->hstate); /* accepts NULL */

@@ -380,6 +380,7 @@ static int make_plan(sp_kv_tiered_t *t)
     p->order = t->o.order;
     p->prefetch_depth = t->o.prefetch_depth;
     p->nvme_unavailable = t->nvme_broken;
+    p->slot_granule = sp_tiers_dma_granule(t->o.tiers);
     for (int k = 0; k < SP_TIER_COUNT; k++) {
         p->budget[k] = sp_tiers_budget(t->o.tiers, (sp_tier_kind)k);
         p->used[k] = sp_tiers_used(t->o.tiers, (sp_tier_kind)k, -1);

@@ -105,15 +105,16 @@ int sp_placement_plan(const sp_placement_opts *o, sp_tier_kind *tier_out, sp_pla
     uint64_t run = 0;
     for (int i = 0; i < nf; i++)
         run += o->seg_bytes[rank[i]];
-    size_t slot = 0;
+    size_t slot = 0, dev_slot = 0; /* largest streamed segment; what one device slot is charged */
     int R = 0;
     for (;; k--) {
         slot = 0;
         for (int i = k; i < nf; i++)
             if (o->seg_bytes[rank[i]] > slot)
                 slot = o->seg_bytes[rank[i]];
+        dev_slot = sp_tier_dma_round(slot, o->slot_granule);
         R = slots_for(o->prefetch_depth, nf - k);
-        uint64_t need = pinned + run + (uint64_t)R * slot;
+        uint64_t need = pinned + run + (uint64_t)R * dev_slot;
         if (need <= av[SP_TIER_DEVICE])
             break;
         if (k == 0) {
@@ -124,7 +125,7 @@ int sp_placement_plan(const sp_placement_opts *o, sp_tier_kind *tier_out, sp_pla
                                     " left of the %" PRIu64 "-byte budget after %" PRIu64 " bytes of "
                                     "weights/scratch; raise [tiers] device_budget, lower "
                                     "resident_deep_layers or prefetch_depth",
-                            o->resident_deep_layers, pinned, R, R == 1 ? "" : "s", slot,
+                            o->resident_deep_layers, pinned, R, R == 1 ? "" : "s", dev_slot,
                             o->prefetch_depth, need, av[SP_TIER_DEVICE], o->budget[SP_TIER_DEVICE],
                             o->used[SP_TIER_DEVICE]);
         }
@@ -136,10 +137,10 @@ int sp_placement_plan(const sp_placement_opts *o, sp_tier_kind *tier_out, sp_pla
         tier_out[rank[i]] = SP_TIER_DEVICE;
     sum->n_streamed = nf - k;
     sum->n_slots = R;
-    sum->slot_bytes = slot;
+    sum->slot_bytes = R ? dev_slot : 0;
     sum->layers[SP_TIER_DEVICE] = o->resident_deep_layers + k;
     sum->seg_bytes[SP_TIER_DEVICE] = pinned + run;
-    sum->need[SP_TIER_DEVICE] = o->used[SP_TIER_DEVICE] + pinned + run + (uint64_t)R * slot;
+    sum->need[SP_TIER_DEVICE] = o->used[SP_TIER_DEVICE] + pinned + run + (uint64_t)R * dev_slot;
 
     /* 4. host run, after the staging buffer */
     uint64_t host = 0;

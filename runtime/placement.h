@@ -43,6 +43,8 @@ typedef struct {
     sp_spill_order order;
     int prefetch_depth;               /* d >= 0 */
     bool nvme_unavailable;            /* the spill directory cannot be used: no nvme tier */
+    size_t slot_granule;              /* device slots are charged sp_tier_dma_round(slot, granule)
+                                         (0/1: exact; sp_tiers_dma_granule() matches the tiers) */
 } sp_placement_opts;
 
 typedef struct {
@@ -51,7 +53,8 @@ typedef struct {
     uint64_t need[SP_TIER_COUNT];     /* used + segments + slots/staging: the tier's total after */
     int n_streamed;                   /* layers not on the device */
     int n_slots;                      /* device slots R (0 when nothing is streamed) */
-    size_t slot_bytes;                /* largest streamed segment (0 when nothing is streamed) */
+    size_t slot_bytes;                /* device bytes per slot: the largest streamed segment, rounded
+                                         per slot_granule (0 when nothing is streamed) */
 } sp_placement_summary;
 
 /* Fill the options' placement knobs from a configuration (budgets, resident_deep_layers, order,

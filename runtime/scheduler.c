@@ -226,7 +226,8 @@ sp_sched_t *sp_sched_create(const sp_sched_opts *o)
     }
     for (int i = 0; i < s->R; i++) {
         s->slots[i].layer = -1;
-        if (sp_tiers_alloc(o->tiers, SP_TIER_DEVICE, SP_TAG_KV, o->slot_bytes, 0, &s->slots[i].mem) < 0) {
+        if (sp_tiers_alloc(o->tiers, SP_TIER_DEVICE, SP_TAG_KV, o->slot_bytes, SP_TIER_DMA,
+                           &s->slots[i].mem) < 0) {
             sp_error(ENOSPC, "scheduler: cannot allocate %d device slots of %zu bytes (prefetch_depth "
                              "%d): %s", s->R, o->slot_bytes, o->prefetch_depth, sp_last_error());
             goto fail;

@@ -7,6 +7,7 @@
 #include "tier.h"
 
 #include "host_pool.h"
+#include "huge_map.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -14,6 +15,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 struct sp_tiers {
     pthread_mutex_t lock;
@@ -39,13 +41,16 @@ const char *sp_tier_tag_name(sp_tier_tag t)
 
 /* ---- the CPU "device": capacity-limited host memory behind the same ops table ---- */
 
+/* Every arena buffer is its own mapping (page-rounded), so a huge-page one (SP_TIER_DMA, see
+ * mem_obtain) is freed by the same munmap. */
+static size_t page_round(size_t size) { return (size ? size + 4095 : 4096) / 4096 * 4096; }
 static void *cpu_alloc(void *ctx, size_t size)
 {
     (void)ctx;
-    void *p = NULL;
-    return posix_memalign(&p, 4096, size ? size : 1) == 0 ? p : NULL;
+    void *p = mmap(NULL, page_round(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    return p == MAP_FAILED ? NULL : p;
 }
-static void cpu_free(void *ctx, void *p, size_t size) { (void)ctx; (void)size; free(p); }
+static void cpu_free(void *ctx, void *p, size_t size) { (void)ctx; munmap(p, page_round(size)); }
 static int cpu_copy(void *ctx, void *dst, const void *src, size_t n)
 {
     (void)ctx;
@@ -135,12 +140,29 @@ static void describe_full(sp_tiers_t *ts, sp_tier_kind t, char *msg, size_t len)
              n ? "; " : "", sp_tier_name(t), used_total(ts, t), ts->opts.budget[t], budget_key(t));
 }
 
-static int mem_obtain(sp_tiers_t *ts, sp_tier_kind t, sp_tier_tag tag, size_t size, sp_tier_mem *out)
+/* SP_TIER_DMA on the CPU arena, large enough to be rounded (sp_tier_dma_round): huge pages, charged
+ * at the rounded size. */
+static bool wants_huge(const sp_tiers_t *ts, sp_tier_kind t, unsigned flags, size_t size)
+{
+    return (flags & SP_TIER_DMA) && t == SP_TIER_DEVICE && sp_tiers_device_is_host(ts) &&
+           size >= SP_HUGE_PAGE / 2;
+}
+
+static int mem_obtain(sp_tiers_t *ts, sp_tier_kind t, sp_tier_tag tag, size_t size, unsigned flags,
+                      sp_tier_mem *out)
 {
     memset(out, 0, sizeof *out);
     out->tier = t;
     out->tag = tag;
     out->size = size;
+    if (wants_huge(ts, t, flags, size)) {
+        size_t mapped;
+        out->ptr = sp_huge_map(size, &mapped);
+        if (!out->ptr)
+            return sp_error(ENOMEM, "tier device (%s): huge-page allocation of %zu bytes failed: %s",
+                            ts->dev.name, size, strerror(errno));
+        return 0; /* mapped == size: the caller rounded it; cpu_free's munmap releases it */
+    }
     if (t == SP_TIER_DEVICE) {
         out->ptr = ts->dev.alloc(ts->dev.ctx, size);
         if (!out->ptr)
@@ -183,16 +205,17 @@ int sp_tiers_alloc(sp_tiers_t *ts, sp_tier_kind tier, sp_tier_tag tag, size_t si
     char why[512] = "";
     sp_tier_kind last = (flags & SP_TIER_SPILL) ? SP_TIER_HOST : tier;
     for (sp_tier_kind t = tier; t <= last; t++) {
+        size_t n = wants_huge(ts, t, flags, size) ? sp_tier_dma_round(size, SP_HUGE_PAGE) : size;
         pthread_mutex_lock(&ts->lock);
-        bool ok = charge(ts, t, tag, size);
+        bool ok = charge(ts, t, tag, n);
         if (!ok)
             describe_full(ts, t, why, sizeof why);
         pthread_mutex_unlock(&ts->lock);
         if (!ok)
             continue;
-        int rc = mem_obtain(ts, t, tag, size, out);
+        int rc = mem_obtain(ts, t, tag, n, flags, out);
         if (rc < 0) {
-            uncharge(ts, t, tag, size);
+            uncharge(ts, t, tag, n);
             return rc;
         }
         return 0;
@@ -366,6 +389,7 @@ void sp_tiers_seg_free(sp_tiers_t *ts, sp_seg_loc *loc)
 }
 
 bool sp_tiers_device_is_host(const sp_tiers_t *ts) { return ts && !ts->opts.device_ops; }
+size_t sp_tiers_dma_granule(const sp_tiers_t *ts) { return sp_tiers_device_is_host(ts) ? SP_HUGE_PAGE : 1; }
 
 int sp_tiers_to_device(sp_tiers_t *ts, void *dst, const void *src, size_t n)
 {

@@ -1,7 +1,7 @@
 /* test_placement.c - the placement policy: hand-computed tables, then thousands of random
  * combinations (layer counts, segment sizes, budgets, weights/scratch already charged, pinned
- * layers, spill order, prefetch depth, nvme unavailable) checked against an exhaustive search over
- * every (device run, host run) split and against the invariants: pinned layers on the device,
+ * layers, spill order, prefetch depth, nvme unavailable, slot granule) checked against an
+ * exhaustive search over every (device run, host run) split and against the invariants: pinned layers on the device,
  * budgets never exceeded (slots and staging included), spill order respected. */
 #include <criterion/criterion.h>
 
@@ -118,6 +118,29 @@ Test(placement, hand_computed_cases)
     }
 }
 
+Test(placement, slots_are_charged_at_the_granule)
+{
+    /* 6 x 100 B, layer 5 pinned, d = 1 (2 slots), device 400 B: exact slots leave room for one more
+     * layer ("HHHHDD"); 150-byte slots do not ("HHHHHD"); a granule over twice the slot is ignored */
+    static const struct { size_t granule; const char *tiers; size_t slot; } cases[] = {
+        {0, "HHHHDD", 100}, {1, "HHHHDD", 100}, {150, "HHHHHD", 150}, {256, "HHHHDD", 100}};
+    size_t sizes[6] = {100, 100, 100, 100, 100, 100};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        sp_placement_opts o = {.n_layers = 6, .seg_bytes = sizes, .budget = {400, 0, 0},
+                               .resident_deep_layers = 1, .order = SP_SPILL_SHALLOW_FIRST,
+                               .prefetch_depth = 1, .slot_granule = cases[i].granule};
+        sp_tier_kind tier[6];
+        sp_placement_summary sum;
+        cr_assert_eq(sp_placement_plan(&o, tier, &sum), 0, "%s", sp_last_error());
+        char got[7] = {0};
+        for (int l = 0; l < 6; l++)
+            got[l] = tier_char(tier[l]);
+        cr_assert_str_eq(got, cases[i].tiers, "granule %zu", cases[i].granule);
+        cr_assert_eq(sum.slot_bytes, cases[i].slot, "granule %zu", cases[i].granule);
+        cr_assert_leq(sum.need[D], 400);
+    }
+}
+
 /* ---- exhaustive reference over every contiguous split ---------------------------------------- */
 
 static uint64_t r4k(uint64_t n) { return (n + 4095) / 4096 * 4096; }
@@ -151,7 +174,9 @@ static bool feasible(const sp_placement_opts *o, const int *rank, int nf, int k,
     }
     int ns = nf - k;
     int R = ns == 0 ? 0 : (o->prefetch_depth + 1 < ns ? o->prefetch_depth + 1 : ns);
-    dev += (uint64_t)R * slot;
+    /* a device slot of at least half a granule is charged rounded up to the granule */
+    size_t g = o->slot_granule, dev_slot = g > 1 && slot >= g / 2 ? (slot + g - 1) / g * g : slot;
+    dev += (uint64_t)R * dev_slot;
     if (ns)
         host += slot;
     need[0] = dev;
@@ -207,6 +232,7 @@ Test(placement, random_combinations_match_exhaustive_search)
         o.order = rnd() % 2 ? SP_SPILL_SHALLOW_FIRST : SP_SPILL_DEEP_FIRST;
         o.prefetch_depth = (int)(rnd() % 3 ? rnd() % 3 : 4);
         o.nvme_unavailable = rnd() % 6 == 0;
+        o.slot_granule = rnd() % 3 == 0 ? 4096 * (1 + rnd() % 16) : rnd() % 2; /* huge-page slots */
 
         bool over = false;
         for (int t = 0; t < 3; t++)

@@ -5,6 +5,7 @@
 
 #include "config.h"
 #include "host_pool.h"
+#include "huge_map.h"
 #include "sp_error.h"
 #include "tier.h"
 #include "topology.h"
@@ -12,6 +13,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -113,6 +115,66 @@ Test(tier, reservations_count_against_the_budget)
     /* an unlimited tier takes any reservation */
     cr_assert_eq(sp_tiers_reserve(ts, SP_TIER_HOST, SP_TAG_WEIGHTS, 1ull << 40), 0);
     sp_tiers_unreserve(ts, SP_TIER_HOST, SP_TAG_WEIGHTS, 1ull << 40);
+    sp_tiers_free(ts);
+}
+
+Test(tier, dma_buffers_on_the_cpu_arena_are_huge_pages_charged_at_their_rounded_size)
+{
+    const size_t huge = SP_HUGE_PAGE;
+    sp_tiers_t *ts = make(3 * huge, 0, 0);
+    cr_assert_eq(sp_tiers_dma_granule(ts), huge);
+    sp_tier_mem a, b, c;
+    /* 1.4 MB: rounded to one huge page, aligned, charged (and sized) as such */
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_KV, 1400000, SP_TIER_DMA, &a), 0);
+    cr_assert_eq(a.size, huge);
+    cr_assert_eq((uintptr_t)a.ptr % huge, 0);
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_DEVICE, SP_TAG_KV), huge);
+    memset(a.ptr, 7, a.size);
+    /* under half a huge page: exact size, ordinary pages */
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_KV, 100000, SP_TIER_DMA, &b), 0);
+    cr_assert_eq(b.size, 100000);
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_DEVICE, SP_TAG_KV), huge + 100000);
+    /* the rounded size is what must fit: 2 MiB + 1 B would need 4 MiB, but only 4 MiB - 100000 B
+     * are left */
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_KV, huge + 1, SP_TIER_DMA, &c), -ENOSPC);
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_KV, huge + 1, 0, &c), 0,
+                 "without the flag the exact size fits");
+    sp_tiers_release(ts, &c);
+    /* the host tier ignores the flag */
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_HOST, SP_TAG_STAGING, 1400000, SP_TIER_DMA, &c), 0);
+    cr_assert_eq(c.size, 1400000);
+    sp_tiers_release(ts, &a);
+    sp_tiers_release(ts, &b);
+    sp_tiers_release(ts, &c);
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_DEVICE, -1), 0);
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_HOST, -1), 0);
+    sp_tiers_free(ts);
+}
+
+static void *fake_dev_alloc(void *ctx, size_t n) { (void)ctx; return malloc(n); }
+static void fake_dev_free(void *ctx, void *p, size_t n) { (void)ctx; (void)n; free(p); }
+static int fake_dev_copy(void *ctx, void *d, const void *s, size_t n)
+{
+    (void)ctx;
+    memcpy(d, s, n);
+    return 0;
+}
+
+Test(tier, dma_flag_changes_nothing_on_a_real_device)
+{
+    static const sp_tier_device_ops ops = {"fake", fake_dev_alloc, fake_dev_free, fake_dev_copy,
+                                           fake_dev_copy, NULL};
+    sp_tiers_opts o;
+    memset(&o, 0, sizeof o);
+    o.device_ops = &ops;
+    sp_tiers_t *ts = sp_tiers_create(&o);
+    cr_assert(ts);
+    cr_assert_eq(sp_tiers_dma_granule(ts), 1);
+    sp_tier_mem a;
+    cr_assert_eq(sp_tiers_alloc(ts, SP_TIER_DEVICE, SP_TAG_KV, 1400000, SP_TIER_DMA, &a), 0);
+    cr_assert_eq(a.size, 1400000);
+    cr_assert_eq(sp_tiers_used(ts, SP_TIER_DEVICE, -1), 1400000);
+    sp_tiers_release(ts, &a);
     sp_tiers_free(ts);
 }
 
