@@ -1,5 +1,5 @@
 /* uring_store.c - NVMe spill store: segments in one spill file, io_uring with O_DIRECT and
- * registered buffers, xxHash64 per segment, fault injection, signal-safe cleanup.
+ * registered buffers, an XXH3-64 checksum per segment, fault injection, signal-safe cleanup.
  *
  * DESIGN
  * - Space: segments occupy 4 KiB-aligned extents of the file (first fit over a sorted free list,
@@ -113,7 +113,7 @@ static atomic_flag notice_no_direct = ATOMIC_FLAG_INIT, notice_no_uring = ATOMIC
 typedef struct {
     uint64_t off, alloc; /* extent in the file (4 KiB multiples) */
     size_t size;         /* payload bytes */
-    uint64_t hash;       /* XXH64(payload, seed 0) */
+    uint64_t hash;       /* XXH3_64bits(payload) */
     bool used;
 } seg_rec;
 
@@ -149,7 +149,7 @@ struct sp_uring_store {
     int *free_slots;     /* n_slots: stack of idle slot indices during one do_io */
     bool zero_copy;      /* aligned caller buffers bypass the bounce slots */
     bool broken;         /* a failed drain left requests in flight: refuse further I/O */
-    XXH64_state_t *hstate; /* streaming checksum of the segment being moved (under lock) */
+    XXH3_state_t *hstate; /* streaming checksum of the segment being moved (under lock) */
     bool verify;
     seg_rec *segs;
     size_t n_segs, cap_segs;
@@ -334,7 +334,7 @@ sp_uring_store_t *sp_uring_store_open(const sp_uring_store_opts *o)
     }
     s->reqs = calloc(s->n_slots, sizeof *s->reqs);
     s->free_slots = calloc(s->n_slots, sizeof *s->free_slots);
-    s->hstate = XXH64_createState();
+    s->hstate = XXH3_createState();
     if (!s->reqs || !s->free_slots || !s->hstate) {
         sp_error(ENOMEM, "spill store: out of memory");
         goto fail;
@@ -379,7 +379,7 @@ void sp_uring_store_close(sp_uring_store_t *s)
     sp_huge_unmap(s->bounce, s->bounce_len);
     free(s->reqs);
     free(s->free_slots);
-    XXH64_freeState(s->hstate); /* accepts NULL */
+    XXH3_freeState(s->hstate); /* accepts NULL */
     free(s->segs);
     free(s->free_ext);
     pthread_mutex_destroy(&s->lock);
@@ -569,26 +569,26 @@ static void deliver(sp_uring_store_t *s, const sp_req *r, uint8_t *ubuf, size_t 
  * into it; only a ragged tail goes through a bounce slot. The ring path keeps the slots busy while
  * the copy of a finished piece runs, so copies overlap the device's work on the others.
  *
- * Hashing: with hs (already reset) the payload is fed to XXH64 while I/O is in flight: on writes
+ * Hashing: with hs (already reset) the payload is fed to XXH3 while I/O is in flight: on writes
  * one block per round before waiting, on reads each completed piece in file order (a bitmap
- * remembers pieces that finish early). XXH64's streaming form gives exactly the one-shot value,
+ * remembers pieces that finish early). XXH3's streaming form gives exactly the one-shot value,
  * so the stored checksums are unchanged; the hashing just hides behind the device's time. */
 /* Feed the payload of pieces [*hashed, ...) that are complete, in order, to the hash. */
-static void hash_ready(const sp_uring_store_t *s, XXH64_state_t *hs, const uint8_t *ubuf,
+static void hash_ready(const sp_uring_store_t *s, XXH3_state_t *hs, const uint8_t *ubuf,
                        size_t len_payload, const uint8_t *piece_done, size_t n_pieces, size_t *hashed)
 {
     while (*hashed < n_pieces && piece_done[*hashed / 8] & (1u << (*hashed % 8))) {
         size_t uo = *hashed * s->block_size;
         if (uo < len_payload) {
             size_t pay = len_payload - uo < s->block_size ? len_payload - uo : s->block_size;
-            XXH64_update(hs, ubuf + uo, pay);
+            XXH3_64bits_update(hs, ubuf + uo, pay);
         }
         (*hashed)++;
     }
 }
 
 static int do_io(sp_uring_store_t *s, bool write, uint64_t off, uint8_t *ubuf, size_t len_payload,
-                 size_t len_io, XXH64_state_t *hs)
+                 size_t len_io, XXH3_state_t *hs)
 {
     const size_t bs = s->block_size;
     const size_t n_pieces = (len_io + bs - 1) / bs;
@@ -731,12 +731,12 @@ static int do_io(sp_uring_store_t *s, bool write, uint64_t off, uint8_t *ubuf, s
             size_t upto = hashed + (size_t)(seen ? seen : 1) * bs;
             if (upto > len_payload)
                 upto = len_payload;
-            XXH64_update(hs, ubuf + hashed, upto - hashed);
+            XXH3_64bits_update(hs, ubuf + hashed, upto - hashed);
             hashed = upto;
         }
     }
     if (hs && write && !err && hashed < len_payload)
-        XXH64_update(hs, ubuf + hashed, len_payload - hashed); /* psync, or the last round */
+        XXH3_64bits_update(hs, ubuf + hashed, len_payload - hashed); /* psync, or the last round */
     if (inflight > 0) {
         /* Drain so no completion can land in a buffer after we return. Submitting again covers
          * requests that were queued but never reached the kernel; a timeout bounds the wait when
@@ -793,9 +793,9 @@ int64_t sp_uring_store_put(sp_uring_store_t *s, const void *bytes, size_t size)
     seg_rec *g = &s->segs[id];
     uint64_t alloc = round_up(size ? size : 1, ALIGN);
     uint64_t off = extent_alloc(s, alloc);
-    XXH64_reset(s->hstate, 0);
+    XXH3_64bits_reset(s->hstate);
     rc = do_io(s, true, off, (uint8_t *)bytes, size, alloc, size ? s->hstate : NULL);
-    uint64_t hash = size ? XXH64_digest(s->hstate) : XXH64(bytes, 0, 0);
+    uint64_t hash = size ? XXH3_64bits_digest(s->hstate) : XXH3_64bits(bytes, 0);
     if (rc < 0) {
         extent_free(s, off, alloc);
         goto out;
@@ -827,11 +827,11 @@ int sp_uring_store_get(sp_uring_store_t *s, int64_t id, void *dst, size_t cap)
         goto out;
     }
     for (int attempt = 0; attempt < 2; attempt++) {
-        XXH64_reset(s->hstate, 0);
+        XXH3_64bits_reset(s->hstate);
         rc = do_io(s, false, g.off, dst, g.size, g.alloc, s->verify && g.size ? s->hstate : NULL);
         if (rc < 0 || !s->verify)
             break;
-        uint64_t h = g.size ? XXH64_digest(s->hstate) : XXH64(dst, 0, 0);
+        uint64_t h = g.size ? XXH3_64bits_digest(s->hstate) : XXH3_64bits(dst, 0);
         if (h == g.hash)
             break;
         if (attempt == 0) {
@@ -839,7 +839,7 @@ int sp_uring_store_get(sp_uring_store_t *s, int64_t id, void *dst, size_t cap)
             continue;
         }
         rc = sp_error(EBADMSG, "spill file %s: segment %" PRId64 " (%zu bytes at offset %" PRIu64
-                               ") fails its checksum (stored xxh64 %016" PRIx64 ", read %016" PRIx64
+                               ") fails its checksum (stored xxh3 %016" PRIx64 ", read %016" PRIx64
                                "); refusing to use it", s->path, id, g.size, g.off, g.hash, h);
     }
     if (rc < 0)

@@ -1,5 +1,5 @@
 /* uring_store.h - the NVMe tier's spill store: opaque byte segments in one spill file, moved with
- * io_uring (O_DIRECT when the file system allows), each segment guarded by an xxHash64.
+ * io_uring (O_DIRECT when the file system allows), each segment guarded by an XXH3-64 checksum.
  *
  * A store owns one file `<dir>/spindle-<pid>-<rand>.seg`, created O_EXCL and removed on close, on
  * a failed open, and on SIGINT/SIGTERM (an async-signal-safe handler unlinks every registered spill
@@ -59,7 +59,7 @@ typedef struct {
     unsigned queue_depth;     /* 1..256 */
     size_t block_size;        /* bytes per request, multiple of 4096 */
     bool register_buffers;    /* registered buffers + files when the kernel allows */
-    bool verify_checksums;    /* verify xxHash64 on every read */
+    bool verify_checksums;    /* verify the XXH3-64 checksum on every read */
     bool no_uring;            /* pread/pwrite even where io_uring works (benchmarks), no notice */
     unsigned open_faults;     /* test only: SP_FAULT_NO_URING | SP_FAULT_NO_ODIRECT | SP_FAULT_DIR_RO */
 } sp_uring_store_opts;

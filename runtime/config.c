@@ -134,7 +134,7 @@ static const key_def keys[] = {
     {"spill", "prefetch_depth", KT_INT, OFF(spill.prefetch_depth), 0, .imin = 0, .imax = 16,
      .def = "2", .help = "layers fetched ahead of the one computing; 0 = synchronous"},
     {"spill", "verify_checksums", KT_BOOL, OFF(spill.verify_checksums), 0, .def = "true",
-     .help = "verify each spilled segment's xxHash64 on read"},
+     .help = "verify each spilled segment's XXH3-64 checksum on read"},
     {"spill", "register_buffers", KT_BOOL, OFF(spill.register_buffers), 0, .def = "true",
      .help = "use io_uring registered buffers and files (fixed reads/writes)"},
 

@@ -77,7 +77,7 @@ typedef struct sp_config {
         int64_t queue_depth;            /* io_uring submission queue depth, 1..256 */
         uint64_t block_size;            /* bytes per I/O request, 4 KiB..16 MiB, multiple of 4 KiB */
         int64_t prefetch_depth;         /* d: layers fetched ahead; 0 = synchronous */
-        bool verify_checksums;          /* verify each segment's xxHash64 on read */
+        bool verify_checksums;          /* verify each segment's XXH3-64 checksum on read */
         bool register_buffers;          /* io_uring registered buffers and files */
     } spill;
     struct {

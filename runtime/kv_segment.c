@@ -62,8 +62,8 @@ static uint64_t checksum(const void *buf, uint64_t total)
     sp_kv_seg_header h;
     memcpy(&h, buf, sizeof h);
     h.checksum = 0;
-    uint64_t seed = XXH64(&h, sizeof h, 0);
-    return XXH64((const uint8_t *)buf + HDR_BYTES, total - HDR_BYTES, seed);
+    uint64_t seed = XXH3_64bits(&h, sizeof h);
+    return XXH3_64bits_withSeed((const uint8_t *)buf + HDR_BYTES, total - HDR_BYTES, seed);
 }
 
 /* Point the per-head views into the bytes (counts already validated). */

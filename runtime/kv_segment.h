@@ -4,7 +4,9 @@
  * Layout (all integers little-endian host order; every section starts on a 4 KiB boundary so a
  * segment moves with one O_DIRECT read and one host->device copy):
  *   [0, 4096)  sp_kv_seg_header: magic "SKV1", version, layer, shape, per-KV-head counts, section
- *              offsets/lengths, xxHash64 (seed 0) of the whole buffer with the checksum field = 0.
+ *              offsets/lengths, and a checksum: XXH3-64 of the bytes after the header, seeded
+ *              with XXH3-64 of the header itself (checksum field = 0). XXH3 hashes ~2x faster than
+ *              XXH64 here, and every host/nvme read of a segment is verified.
  *   sections, KV heads one after another inside each section (head h starts after heads < h):
  *     POS   int32 [n_kept]         original positions of listed tokens (ascending): context tokens
  *                                  (< l - window), then folded decode tokens (>= l)
@@ -36,7 +38,7 @@
 #include "kv_select.h"
 
 #define SP_KV_SEG_MAGIC 0x31564b53u /* "SKV1" */
-#define SP_KV_SEG_VERSION 1u
+#define SP_KV_SEG_VERSION 2u /* 2: XXH3-64 checksum (1 used XXH64) */
 #define SP_KV_SEG_ALIGN 4096u
 #define SP_KV_SEG_MAX_KV_HEADS 64
 
@@ -58,7 +60,7 @@ typedef struct sp_kv_seg_header {
     int64_t l;             /* prompt length */
     int64_t window;        /* raw window tokens per KV head */
     uint64_t total_bytes;  /* whole segment incl. this header */
-    uint64_t checksum;     /* xxHash64, seed 0, of total_bytes with this field zero */
+    uint64_t checksum;     /* XXH3-64 (see the layout above), computed with this field zero */
     uint64_t sec_off[SP_KV_SEC_COUNT]; /* byte offset from the segment start (0 = absent) */
     uint64_t sec_len[SP_KV_SEC_COUNT]; /* bytes used (the next section starts 4 KiB-aligned) */
     int64_t n_kept[SP_KV_SEG_MAX_KV_HEADS];  /* listed context tokens per KV head */

@@ -21,7 +21,7 @@
  *                  handed out in place (host ones checksum-verified), nvme ones are read into the
  *                  scheduler's staging buffer while its worker is held (sp_sched_pause), so no
  *                  extra memory is needed; release resumes the worker.
- * Integrity: reads from nvme are verified by the store (xxHash64, one re-read, then -EBADMSG);
+ * Integrity: reads from nvme are verified by the store (XXH3-64, one re-read, then -EBADMSG);
  * reads from the host tier verify the segment's own checksum (kv_segment.h) when verify_checksums
  * is on. A failed fetch fails that acquire (and so the decode call) with a message: wrong bytes are
  * never handed out. Faults while writing (EIO, ENOSPC on disk, a missing or read-only spill

@@ -36,7 +36,7 @@ typedef struct {
     /* Optional: called on the host-side bytes of every fetch from the host tier, before they are
      * copied to the device (on the worker thread for d > 0). Nonzero (a negative errno, message set
      * with sp_error) fails the fetch: the acquire then reports it and no bytes are handed out.
-     * Reads from the nvme tier are verified by the store itself (xxHash64 of the spilled bytes). */
+     * Reads from the nvme tier are verified by the store itself (XXH3-64 of the spilled bytes). */
     int (*verify)(void *user, int layer, const void *bytes, size_t size);
     void *verify_user;
 } sp_sched_opts;

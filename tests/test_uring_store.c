@@ -415,7 +415,7 @@ Test(store, sigterm_removes_spill_file)
     cr_assert_neq(access(path, F_OK), 0, "%s survived SIGTERM", path);
 }
 
-/* The stored checksum is XXH64(payload, seed 0) whatever the path (it is computed while the I/O is
+/* The stored checksum is XXH3_64bits(payload) whatever the path (it is computed while the I/O is
  * in flight): a byte changed on disk in any piece, including the ragged tail, is caught, and the
  * message quotes the stored value, which must equal the one-shot hash of what was put. */
 static void on_disk_corruption(int direct, bool aligned, bool no_uring)
@@ -425,7 +425,7 @@ static void on_disk_corruption(int direct, bool aligned, bool no_uring)
     tbuf sb = buf_alloc(n, aligned), db = buf_alloc(n, aligned);
     fill(sb.p, n, 77);
     char want[32];
-    snprintf(want, sizeof want, "stored xxh64 %016llx", (unsigned long long)XXH64(sb.p, n, 0));
+    snprintf(want, sizeof want, "stored xxh3 %016llx", (unsigned long long)XXH3_64bits(sb.p, n));
     for (size_t k = 0; k < sizeof spots / sizeof spots[0]; k++) {
         sp_uring_store_opts o = opts(direct, 4, 65536, 0);
         o.no_uring = no_uring;
