@@ -830,8 +830,15 @@ int sp_kv_tiering_after_prefill(sp_kv_tiering_t *tg, sp_ctx_t *ctx)
     uint64_t tails = sp_ctx_get_stats(ctx).kv_bytes;
     if (tails > tg->tails) {
         int rc = sp_tiers_reserve(tg->tiers, SP_TIER_DEVICE, SP_TAG_SCRATCH, tails - tg->tails);
-        if (rc < 0)
-            return sp_error(-rc, "decode tails: %s", sp_last_error());
+        if (rc < 0) {
+            /* The tails are sized once for every token left in the context (decode never
+             * allocates), so a short prompt in a long context asks for the most. */
+            int left = sp_ctx_n_ctx(ctx) - sp_ctx_n_past(ctx);
+            return sp_error(-rc, "decode tails for the %d tokens left in the context (context %d, "
+                                 "prompt %d) need %" PRIu64 " bytes on the device: %s; lower the "
+                                 "context size (-c / [model] n_ctx) or raise [tiers] device_budget",
+                            left, sp_ctx_n_ctx(ctx), sp_ctx_n_past(ctx), tails, sp_last_error());
+        }
         tg->tails = tails;
     }
     return sp_kv_tiered_finalize(tg->kvt);

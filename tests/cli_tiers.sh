@@ -3,7 +3,7 @@
 # NVMe give the same text as the all-resident run and print the per-tier summary; the JSON
 # statistics are written; a device budget too small for the context fails naming the key; an
 # unusable spill directory falls back to memory (or fails naming [spill] dir); no spill file is
-# ever left behind.
+# ever left behind; decode tails too big for the device budget are refused with the way out.
 set -u
 bin=${SPINDLE_BIN:?SPINDLE_BIN not set}
 model=${SPINDLE_MODEL:?SPINDLE_MODEL not set}
@@ -69,6 +69,16 @@ fi
 # 5. unwritable stats_json: the run reports it
 out=$("${run[@]}" --set tiers.device_budget=1GiB --set runtime.stats_json=/nonexistent/dir/s.json -p "$prompt" 2>&1)
 grep -q 'stats_json' <<<"$out" && passes=$((passes + 1)) || fail json-unwritable "$out"
+# 6. a short prompt in a long context: the decode tails for every token left do not fit; the
+#    message says why and names both ways out
+out=$("${run[@]}" -c 4096 --set tiers.device_budget=24MiB -p "$prompt" 2>&1)
+rc=$?
+if [ $rc -eq 0 ] || ! grep -q 'tokens left in the context' <<<"$out" || ! grep -q -- '-c / \[model\] n_ctx' <<<"$out" ||
+   ! grep -q 'device_budget' <<<"$out"; then
+  fail tails-too-big "$out"
+else
+  passes=$((passes + 1))
+fi
 
 left=$(find "$spill" -name 'spindle-*' | wc -l)
 [ "$left" -eq 0 ] && passes=$((passes + 1)) || fail leaked-spill-file "$(ls -la "$spill")"
