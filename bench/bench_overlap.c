@@ -20,6 +20,8 @@
  * 4. The ceiling: an all-resident step while a separate thread reads the same nvme bytes (see
  *    side_reader), and those reads alone. If the ceiling is above the target, no prefetch schedule
  *    can meet it on this machine: the disk and the decode share its memory bandwidth.
+ * 5. Fewer layers on nvme at d = 2 (the shallowest 6, 11, 16; the rest resident, as a larger device
+ *    budget would place them): how many bytes per step prefetch hides on this machine.
  */
 #include <dirent.h>
 #include <math.h>
@@ -90,7 +92,7 @@ static int sw_step(void *u) { return sp_kv_tiered_step_begin(((swap_t *)u)->cur)
 static int sw_acq(void *u, int l, const void **b, size_t *n) { return sp_kv_tiered_acquire(((swap_t *)u)->cur, l, b, n); }
 static int sw_rel(void *u, int l) { return sp_kv_tiered_release(((swap_t *)u)->cur, l); }
 
-enum { PINNED = 8, MAXV = 8 };
+enum { PINNED = 8, MAXV = 12 };
 
 /* The hardware ceiling of overlap: the same NVMe bytes as the streamed variants, read by a thread of
  * its own while an all-resident decode step runs, with no dependency between the two. A step is
@@ -197,8 +199,9 @@ static void side_close(side_reader *r)
 typedef struct {
     const char *name;
     char kind;  /* 'R' resident, 'N' non-resident on nvme, 'M' host/nvme alternating, 'C' ceiling:
-                   resident + the non-resident layers' bytes read from nvme in parallel (side_reader) */
-    int d;
+                   resident + the non-resident layers' bytes read from nvme in parallel (side_reader),
+                   'K' only the shallowest n_nvme layers on nvme (a larger device budget) */
+    int d, n_nvme;
     double *step_ms, *ratio, *stall_pct, *hit, *nvme_mb, *io_ms; /* io_ms: 'C' reads alone */
     bool identical;
     char mode[64];
@@ -292,8 +295,11 @@ int main(int argc, char **argv)
         {.name = "non-resident on nvme, d=4", .kind = 'N', .d = 4},
         {.name = "host/nvme alternating, d=2", .kind = 'M', .d = 2},
         {.name = "ceiling: resident + reads", .kind = 'C', .d = 0},
+        {.name = "shallowest 6 on nvme, d=2", .kind = 'K', .d = 2, .n_nvme = 6},
+        {.name = "shallowest 11 on nvme, d=2", .kind = 'K', .d = 2, .n_nvme = 11},
+        {.name = "shallowest 16 on nvme, d=2", .kind = 'K', .d = 2, .n_nvme = 16},
     };
-    int nv = 7;
+    int nv = 10;
     for (int v = 0; v < nv; v++) {
         vs[v].step_ms = calloc((size_t)reps, sizeof(double));
         vs[v].ratio = calloc((size_t)reps, sizeof(double));
@@ -311,6 +317,7 @@ int main(int argc, char **argv)
             sp_tier_kind force[256];
             for (int l = 0; l < L; l++)
                 force[l] = l >= L - PINNED || x->kind == 'R' || x->kind == 'C' ? SP_TIER_DEVICE
+                         : x->kind == 'K'                     ? (l < x->n_nvme ? SP_TIER_NVME : SP_TIER_DEVICE)
                          : x->kind == 'M' && l % 2            ? SP_TIER_HOST
                                                               : SP_TIER_NVME;
             sp_tiers_t *ts = sp_tiers_create(&to);
@@ -420,14 +427,19 @@ int main(int argc, char **argv)
         printf("%-28s %9.2f ± %6.2f %8.3f ± %5.3f %7.1f ± %4.1f %6.3f ± %4.3f %12.2f %s (%s)\n", x->name, ms, mss, ra,
                ras, st, sts, hi, his, nm, x->identical ? "bit-identical" : "DIFFER", x->mode);
         if (f)
-            fprintf(f, "%s{\"name\":\"%s\",\"prefetch_depth\":%d,\"step_ms\":[%.3f,%.3f],\"ratio_to_resident\":[%.4f,%.4f],"
+            fprintf(f, "%s{\"name\":\"%s\",\"nvme_layers\":%d,\"prefetch_depth\":%d,\"step_ms\":[%.3f,%.3f],\"ratio_to_resident\":[%.4f,%.4f],"
                        "\"stall_pct\":[%.2f,%.2f],\"hit_rate\":[%.4f,%.4f],\"nvme_mb_per_step\":%.3f,\"io_mode\":\"%s\","
                        "\"logits_bit_identical\":%s}",
-                    v ? "," : "", x->name, x->d, ms, mss, ra, ras, st, sts, hi, his, nm, x->mode,
+                    v ? "," : "", x->name,
+                    x->kind == 'K' ? x->n_nvme : x->kind == 'N' || x->kind == 'C' ? L - PINNED : x->kind == 'M' ? (L - PINNED) / 2 : 0,
+                    x->d, ms, mss, ra, ras, st, sts, hi, his, nm, x->mode,
                     x->identical ? "true" : "false");
     }
     double io, ios;
-    sp_mean_sd(vs[nv - 1].io_ms, reps, &io, &ios);
+    int vc = 0;
+    while (vs[vc].kind != 'C')
+        vc++;
+    sp_mean_sd(vs[vc].io_ms, reps, &io, &ios);
     printf("%-28s %9.2f ± %6.2f ms per step's nvme bytes with nothing else running\n", "reads alone", io, ios);
     if (f) {
         fprintf(f, "],\"reads_alone_ms\":[%.3f,%.3f],\"note\":\"[mean, sd] over repeats; each repeat's value is the mean over its timed steps "
