@@ -19,8 +19,8 @@
 #include "ops.h"
 #include "segment_attn.h"
 #include "sp_error.h"
+#include "support/spill_dir.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -32,22 +32,11 @@ static char dir[256];
 
 static void make_dir(void)
 {
-    snprintf(dir, sizeof dir, "/tmp/sp-kvt-XXXXXX");
-    cr_assert(mkdtemp(dir));
+    spill_dir_make(dir, sizeof dir, "sp-kvt");
     sp_set_notice_sink(NULL, NULL);
 }
 
-static void remove_dir(void)
-{
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    cr_assert_eq(n, 0, "spill file leaked");
-    rmdir(dir);
-}
+static void remove_dir(void) { spill_dir_remove_checked(dir); }
 
 TestSuite(kvt, .init = make_dir, .fini = remove_dir, .timeout = 300);
 

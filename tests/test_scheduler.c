@@ -6,9 +6,9 @@
 
 #include "scheduler.h"
 #include "sp_error.h"
+#include "support/spill_dir.h"
 #include "tier.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,23 +17,8 @@
 
 static char dir[256];
 
-static void make_dir(void)
-{
-    snprintf(dir, sizeof dir, "/tmp/sp-sched-XXXXXX");
-    cr_assert(mkdtemp(dir));
-}
-
-static void remove_dir(void)
-{
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    cr_assert_eq(n, 0, "spill file leaked");
-    rmdir(dir);
-}
+static void make_dir(void) { spill_dir_make(dir, sizeof dir, "sp-sched"); }
+static void remove_dir(void) { spill_dir_remove_checked(dir); }
 
 TestSuite(sched, .init = make_dir, .fini = remove_dir);
 

@@ -11,9 +11,9 @@
 #include "kv_tiered.h"
 #include "model.h"
 #include "sp_error.h"
+#include "support/spill_dir.h"
 #include "tokenizer.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,21 +53,13 @@ static void setup(void)
     cr_assert_geq(n, PROMPT + STEPS);
     sp_tokenizer_free(tok);
     free(text);
-    snprintf(dir, sizeof dir, "/tmp/sp-spillm-XXXXXX");
-    cr_assert(mkdtemp(dir));
+    spill_dir_make(dir, sizeof dir, "sp-spillm");
 }
 
 static void teardown(void)
 {
     sp_model_free(g_model);
-    DIR *d = opendir(dir);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    cr_assert_eq(n, 0, "spill file leaked");
-    rmdir(dir);
+    spill_dir_remove_checked(dir);
 }
 
 TestSuite(spill_model, .init = setup, .fini = teardown, .timeout = 600);

@@ -7,10 +7,10 @@
 #include "host_pool.h"
 #include "huge_map.h"
 #include "sp_error.h"
+#include "support/spill_dir.h"
 #include "tier.h"
 #include "topology.h"
 
-#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -21,29 +21,9 @@
 
 static char dir[256];
 
-static void make_dir(void)
-{
-    snprintf(dir, sizeof dir, "/tmp/sp-tier-XXXXXX");
-    cr_assert(mkdtemp(dir));
-}
-
-static int count_files(void)
-{
-    DIR *d = opendir(dir);
-    cr_assert(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
-}
-
-static void remove_dir(void)
-{
-    cr_assert_eq(count_files(), 0, "spill file leaked in %s", dir);
-    rmdir(dir);
-}
+static void make_dir(void) { spill_dir_make(dir, sizeof dir, "sp-tier"); }
+static int count_files(void) { return spill_dir_count(dir); }
+static void remove_dir(void) { spill_dir_remove_checked(dir); }
 
 TestSuite(tier, .init = make_dir, .fini = remove_dir);
 

@@ -7,9 +7,9 @@
 #include <criterion/criterion.h>
 
 #include "sp_error.h"
+#include "support/spill_dir.h"
 #include "uring_store.h"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <errno.h>
 #include <signal.h>
@@ -23,30 +23,9 @@
 
 static char dir[256];
 
-static void make_dir(void)
-{
-    const char *base = getenv("TMPDIR");
-    snprintf(dir, sizeof dir, "%s/sp-store-XXXXXX", base && *base ? base : "/tmp");
-    cr_assert(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-}
-
-static int count_files(void)
-{
-    DIR *d = opendir(dir);
-    cr_assert(d);
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(d)))
-        n += e->d_name[0] != '.';
-    closedir(d);
-    return n;
-}
-
-static void remove_dir(void)
-{
-    cr_assert_eq(count_files(), 0, "a spill file was left in %s", dir);
-    rmdir(dir);
-}
+static void make_dir(void) { spill_dir_make(dir, sizeof dir, "sp-store"); }
+static int count_files(void) { return spill_dir_count(dir); }
+static void remove_dir(void) { spill_dir_remove_checked(dir); }
 
 TestSuite(store, .init = make_dir, .fini = remove_dir);
 
