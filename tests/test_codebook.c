@@ -7,15 +7,10 @@
 
 #include "codebook.h"
 #include "fp16.h"
+#include "support/xorshift.h"
 
 static uint64_t rng = 0x2545f4914f6cdd1dull;
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
-}
+static double urand(void) { return xorshift64_unit(&rng); }
 
 static void angles(float *x, const double *deg, int n)
 {

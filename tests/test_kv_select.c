@@ -7,14 +7,12 @@
 
 #include "kv_select.h"
 #include "sp_error.h"
+#include "support/xorshift.h"
 
 static uint64_t rng = 0x9e3779b97f4a7c15ull;
 static float frand(void) /* uniform [-1, 1) */
 {
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (float)((rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+    return (float)xorshift64_unit(&rng) * 2.0f - 1.0f;
 }
 
 Test(kv_select, pool_hand_cases)

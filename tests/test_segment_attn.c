@@ -12,32 +12,14 @@
 #include "ops.h"
 #include "segment_attn.h"
 #include "sp_error.h"
+#include "support/kv_fixture.h"
+#include "support/xorshift.h"
 
 static uint64_t rng = 0xfeedfacecafebeefull;
-static double urand(void)
-{
-    rng ^= rng << 13;
-    rng ^= rng >> 7;
-    rng ^= rng << 17;
-    return (double)(rng >> 11) * (1.0 / 9007199254740992.0);
-}
+static double urand(void) { return xorshift64_unit(&rng); }
 
-static void make_kv(float *k, float *v, int hk, int l, int d)
-{
-    float c[8][128];
-    for (int i = 0; i < 8; i++)
-        for (int j = 0; j < d; j++)
-            c[i][j] = (float)(urand() * 2 - 1);
-    for (int h = 0; h < hk; h++)
-        for (int t = 0; t < l; t++) {
-            int a = (int)(urand() * 8), b = (int)(urand() * 8);
-            double s = 0.5 + 2 * urand();
-            for (int j = 0; j < d; j++) {
-                k[((size_t)h * l + t) * d + j] = (float)(s * (c[a][j] + 0.05 * (urand() * 2 - 1)));
-                v[((size_t)h * l + t) * d + j] = (float)(c[b][j] + 0.1 * (urand() * 2 - 1));
-            }
-        }
-}
+/* Clustered K/V [hk][l][d] so the codebook has something to merge (drawn from this file's rng). */
+static void make_kv(float *k, float *v, int hk, int l, int d) { kv_fixture_clustered(&rng, k, v, hk, l, d); }
 
 /* Exact attention of `group` queries over keys k [n][d] (pre-RoPE, rotated here with the forward
  * pass's sp_op_rope) at positions pos, values v, in double. */
