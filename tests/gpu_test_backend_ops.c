@@ -25,105 +25,20 @@
 #include "gpu.h"
 #include "ops.h"
 #include "sp_error.h"
-
-enum { GUARD = 256, GUARD_BYTE = 0xA5, MAX_PRINT = 5 };
-
-typedef enum { RES_OK, RES_FAIL, RES_UNSUP } res_t;
-
-static void *g_stream;
-static bool g_dead;          /* a sync failed: the CUDA context is unusable, skip the rest */
+#include "support/gpu_harness.h"
 
 /* ---- random inputs ---- */
 
-static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
-static uint64_t rng_u64(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static float rng_uniform(float lo, float hi) { return lo + (hi - lo) * (float)((rng_u64() >> 40) * 0x1.0p-24); }
-static float rng_normal(void)
-{
-    float u1 = rng_uniform(1e-7f, 1.0f), u2 = rng_uniform(0.0f, 1.0f);
-    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
-}
 static void fill_normal(float *x, size_t n, float s)
 {
     for (size_t i = 0; i < n; i++)
-        x[i] = rng_normal() * s;
+        x[i] = gh_rng_normal() * s;
 }
 static void fill_bytes(void *p, size_t n)
 {
     uint8_t *b = p;
     for (size_t i = 0; i < n; i++)
-        b[i] = (uint8_t)rng_u64();
-}
-
-/* ---- device buffers with guards ---- */
-
-typedef struct dbuf {
-    uint8_t *base;   /* GUARD | payload | GUARD */
-    size_t size;
-} dbuf;
-
-static void *dptr(const dbuf *b) { return b->base ? b->base + GUARD : NULL; }
-
-/* Allocate a guarded buffer; payload filled with `fill` (0xFF: NaN for fp32 and fp16). */
-static int dbuf_new(dbuf *b, size_t size, int fill)
-{
-    b->size = size;
-    b->base = sp_gpu_alloc(size + 2 * GUARD);
-    if (!b->base)
-        return -ENOMEM;
-    int rc = sp_gpu_memset(g_stream, b->base, GUARD_BYTE, size + 2 * GUARD);
-    if (!rc && size)
-        rc = sp_gpu_memset(g_stream, b->base + GUARD, fill, size);
-    return rc;
-}
-
-static int dbuf_upload(dbuf *b, const void *host, size_t size)
-{
-    int rc = dbuf_new(b, size, 0);
-    if (!rc && size)
-        rc = sp_gpu_memcpy_h2d(g_stream, b->base + GUARD, host, size);
-    return rc;
-}
-
-static void dbuf_free(dbuf *b)
-{
-    sp_gpu_free(b->base);
-    b->base = NULL;
-}
-
-/* Copy the payload back (after a stream sync) and check both guards. Returns 0, or -1 when a guard
- * was overwritten (message printed), or a CUDA error. */
-static int dbuf_download(const dbuf *b, void *host, const char *name)
-{
-    uint8_t *all = malloc(b->size + 2 * GUARD);
-    if (!all)
-        return -ENOMEM;
-    int rc = sp_gpu_memcpy_d2h(g_stream, all, b->base, b->size + 2 * GUARD);
-    if (!rc)
-        rc = sp_gpu_stream_sync(g_stream);
-    if (rc) {
-        g_dead = true;
-        free(all);
-        return rc;
-    }
-    for (size_t i = 0; i < GUARD; i++) {
-        if (all[i] != GUARD_BYTE || all[GUARD + b->size + i] != GUARD_BYTE) {
-            printf("    %s: guard byte %s the output overwritten (offset %zu)\n", name,
-                   all[i] != GUARD_BYTE ? "before" : "after", i);
-            free(all);
-            return -1;
-        }
-    }
-    if (host)
-        memcpy(host, all + GUARD, b->size);
-    free(all);
-    return 0;
+        b[i] = (uint8_t)gh_rng_u64();
 }
 
 /* ---- comparison ---- */
@@ -156,7 +71,7 @@ static void compare(cmp *c, const char *name, const float *got, const float *ref
             if (err / tol > c->max_ratio)
                 c->max_ratio = err / tol;
         }
-        if (bad && c->n_bad++ < MAX_PRINT) {
+        if (bad && c->n_bad++ < GH_MAX_PRINT) {
             if (isfinite(g) && isfinite(r))
                 printf("    %s[%lld]: gpu %.9g cpu %.9g (err %.3g, tol %.3g)\n", name, (long long)i, g, r, err, tol);
             else
@@ -178,7 +93,7 @@ static void compare_exact32(cmp *c, const char *name, const float *got, const fl
             if (e > c->max_err)
                 c->max_err = e;
         }
-        if (bad && c->n_bad++ < MAX_PRINT)
+        if (bad && c->n_bad++ < GH_MAX_PRINT)
             printf("    %s[%lld]: gpu %.9g (0x%08x) cpu %.9g (0x%08x)\n", name, (long long)i, got[i], a, ref[i], b);
     }
 }
@@ -195,7 +110,7 @@ static void compare_exact16(cmp *c, const char *name, const uint16_t *got, const
             if (e > c->max_err)
                 c->max_err = e;
         }
-        if (bad && c->n_bad++ < MAX_PRINT)
+        if (bad && c->n_bad++ < GH_MAX_PRINT)
             printf("    %s[%lld]: gpu 0x%04x (%.6g) cpu %.9g -> 0x%04x (%.6g)\n", name, (long long)i, got[i],
                    sp_fp16_to_f32(got[i]), ref[i], want, sp_fp16_to_f32(want));
     }
@@ -203,33 +118,12 @@ static void compare_exact16(cmp *c, const char *name, const uint16_t *got, const
 
 /* ---- reporting ---- */
 
-static int n_pass, n_fail, n_unsup;
-
-static res_t report(const char *op, const char *shape, int rc, const cmp *c, const char *tol)
+static void report(const char *op, const char *shape, int rc, const cmp *c, const char *tol)
 {
-    if (rc == -ENOTSUP) {
-        printf("%s %s: unsupported (%s)\n", op, shape, sp_last_error());
-        n_unsup++;
-        return RES_UNSUP;
-    }
-    if (rc) {
-        printf("%s %s: FAIL (error %d: %s)\n", op, shape, rc, rc == -1 ? "guard bytes overwritten" : sp_last_error());
-        n_fail++;
-        return RES_FAIL;
-    }
-    if (c->n_bad) {
-        printf("%s %s: FAIL (%lld mismatches, max err %.3g = %.3g x tol; tol %s)\n", op, shape, (long long)c->n_bad,
-               c->max_err, c->max_ratio, tol);
-        n_fail++;
-        return RES_FAIL;
-    }
-    printf("%s %s: ok (max err %.3g = %.3g x tol; tol %s)\n", op, shape, c->max_err, c->max_ratio, tol);
-    n_pass++;
-    return RES_OK;
+    char summary[256];
+    snprintf(summary, sizeof summary, "max err %.3g = %.3g x tol; tol %s", c->max_err, c->max_ratio, tol);
+    gh_report(op, shape, rc, c->n_bad, summary);
 }
-
-static const char *g_filter;
-static bool selected(const char *op) { return !g_filter || strstr(op, g_filter); }
 
 /* ---- dequant: exact ---- */
 
@@ -240,7 +134,7 @@ static void case_dequant(uint32_t type, int64_t rows, int64_t cols, sp_gpu_dtype
     snprintf(op, sizeof op, "dequant_%s_to_%s", sp_ggml_type_name(type), out == SP_GPU_F16 ? "f16" : "f32");
     snprintf(shape, sizeof shape, "[%lld x %lld] src_row+%d dst_ld+%d src_off+%d", (long long)rows, (long long)cols,
              src_pad, dst_pad, src_offset);
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     cmp c = {0};
     dbuf src = {0}, dst = {0};
@@ -262,7 +156,7 @@ static void case_dequant(uint32_t type, int64_t rows, int64_t cols, sp_gpu_dtype
         goto done;
     sp_gpu_dequant_desc d = {.type = type, .rows = rows, .cols = cols, .src = (uint8_t *)dptr(&src) + src_offset,
                              .src_row_bytes = row_bytes, .dst = dptr(&dst), .dst_ld = ld, .dst_type = out};
-    if ((rc = sp_gpu_dequant(g_stream, d)) || (rc = dbuf_download(&dst, got, "dst")))
+    if ((rc = sp_gpu_dequant(gh_stream, d)) || (rc = dbuf_download(&dst, got, "dst")))
         goto done;
     for (int64_t r = 0; r < rows; r++) {
         char nm[32];
@@ -292,7 +186,7 @@ static void case_rmsnorm(int rows, int n, int pad, float eps, bool in_place)
     const char *op = "rmsnorm";
     char shape[96];
     snprintf(shape, sizeof shape, "[%d x %d] ld+%d eps %g%s", rows, n, pad, eps, in_place ? " in place" : "");
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     int64_t ld = n + pad;
     cmp c = {0};
@@ -304,7 +198,7 @@ static void case_rmsnorm(int rows, int n, int pad, float eps, bool in_place)
         goto done;
     fill_normal(hx, (size_t)(rows * ld), 2.0f);
     for (int i = 0; i < n; i++)
-        hw[i] = rng_uniform(0.5f, 1.5f);
+        hw[i] = gh_rng_uniform(0.5f, 1.5f);
     for (int r = 0; r < rows; r++)
         sp_op_rmsnorm(ref + r * ld, hx + r * ld, hw, n, eps);
     if ((rc = dbuf_upload(&x, hx, sizeof(float) * (size_t)(rows * ld))) || (rc = dbuf_upload(&w, hw, sizeof(float) * n)) ||
@@ -313,7 +207,7 @@ static void case_rmsnorm(int rows, int n, int pad, float eps, bool in_place)
     dbuf *out = in_place ? &x : &y;
     sp_gpu_rmsnorm_desc d = {.n_rows = rows, .n = n, .x = dptr(&x), .ldx = ld, .y = dptr(out), .ldy = ld,
                              .w = dptr(&w), .eps = eps};
-    if ((rc = sp_gpu_rmsnorm(g_stream, d)) || (rc = dbuf_download(out, got, "y")))
+    if ((rc = sp_gpu_rmsnorm(gh_stream, d)) || (rc = dbuf_download(out, got, "y")))
         goto done;
     for (int r = 0; r < rows; r++) {
         char nm[32];
@@ -337,7 +231,7 @@ static void case_rope(int n_tok, int n_heads, int head_dim, int pad, int mode, b
     snprintf(op, sizeof op, "rope_%s", mode == SP_ROPE_NORM ? "norm" : "neox");
     snprintf(shape, sizeof shape, "[%d tok x %d heads x %d] ld+%d pos<%d %s base %g", n_tok, n_heads, head_dim, pad,
              max_pos, table ? "table" : "computed", base);
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     int64_t ld = (int64_t)n_heads * head_dim + pad, n = n_tok * ld;
     cmp c = {0};
@@ -351,7 +245,7 @@ static void case_rope(int n_tok, int n_heads, int head_dim, int pad, int mode, b
         goto done;
     fill_normal(hx, n, 1.0f);
     for (int t = 0; t < n_tok; t++)
-        hp[t] = t == 0 ? max_pos - 1 : (int32_t)(rng_u64() % (uint64_t)max_pos);
+        hp[t] = t == 0 ? max_pos - 1 : (int32_t)(gh_rng_u64() % (uint64_t)max_pos);
     sp_rope_table_fill(htab, max_pos, head_dim, base);
     memcpy(ref, hx, sizeof(float) * n);
     sp_op_rope(ref, n_tok, n_heads, head_dim, (int)ld, hp, htab, (sp_rope_mode)mode);
@@ -371,7 +265,7 @@ static void case_rope(int n_tok, int n_heads, int head_dim, int pad, int mode, b
         goto done;
     sp_gpu_rope_desc d = {.x = dptr(&x), .n_tok = n_tok, .n_heads = n_heads, .head_dim = head_dim, .ld = ld,
                           .pos = dptr(&pos), .table = table ? dptr(&tab) : NULL, .base = base, .mode = mode};
-    if ((rc = sp_gpu_rope(g_stream, d)) || (rc = dbuf_download(&x, got, "x")))
+    if ((rc = sp_gpu_rope(gh_stream, d)) || (rc = dbuf_download(&x, got, "x")))
         goto done;
     compare(&c, "x", got, ref, mag, NULL, n, EW_ATOL, EW_RTOL);
 done:
@@ -392,7 +286,7 @@ static void case_swiglu(int64_t n, float range)
     const char *op = "swiglu";
     char shape[64];
     snprintf(shape, sizeof shape, "[%lld] |gate|<%g", (long long)n, range);
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     cmp c = {0};
     dbuf g = {0}, u = {0}, o = {0};
@@ -402,15 +296,15 @@ static void case_swiglu(int64_t n, float range)
     if (!hg || !hu || !ref || !got)
         goto done;
     for (int64_t i = 0; i < n; i++) {
-        hg[i] = rng_uniform(-range, range);
-        hu[i] = rng_normal();
+        hg[i] = gh_rng_uniform(-range, range);
+        hu[i] = gh_rng_normal();
     }
     sp_op_swiglu(ref, hg, hu, (int)n);
     if ((rc = dbuf_upload(&g, hg, sizeof(float) * n)) || (rc = dbuf_upload(&u, hu, sizeof(float) * n)) ||
         (rc = dbuf_new(&o, sizeof(float) * n, 0xFF)))
         goto done;
     sp_gpu_swiglu_desc d = {.n = n, .gate = dptr(&g), .up = dptr(&u), .out = dptr(&o)};
-    if ((rc = sp_gpu_swiglu(g_stream, d)) || (rc = dbuf_download(&o, got, "out")))
+    if ((rc = sp_gpu_swiglu(gh_stream, d)) || (rc = dbuf_download(&o, got, "out")))
         goto done;
     compare(&c, "out", got, ref, NULL, NULL, n, EW_ATOL, EW_RTOL);
 done:
@@ -458,7 +352,7 @@ static void case_gemm(sp_gpu_blas *blas, int64_t rows, int64_t cols, int n, sp_g
     char shape[128];
     snprintf(shape, sizeof shape, "W[%lld x %lld] x %d tok, x %s%s", (long long)rows, (long long)cols, n,
              xt == SP_GPU_F16 ? "f16" : "f32", accumulate ? ", y +=" : "");
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     cmp c = {0};
     dbuf w = {0}, x = {0}, x16 = {0}, y = {0};
@@ -470,7 +364,7 @@ static void case_gemm(sp_gpu_blas *blas, int64_t rows, int64_t cols, int n, sp_g
     if (!hw || !hx16 || !hx || !y0 || !ref || !mag || !got)
         goto done;
     for (size_t i = 0; i < nw; i++)
-        hw[i] = sp_f32_to_fp16(rng_normal() * 0.05f);
+        hw[i] = sp_f32_to_fp16(gh_rng_normal() * 0.05f);
     fill_normal(hx, nx, 1.0f);
     for (size_t i = 0; i < nx; i++) {
         hx16[i] = sp_f32_to_fp16(hx[i]);
@@ -494,7 +388,7 @@ static void case_gemm(sp_gpu_blas *blas, int64_t rows, int64_t cols, int n, sp_g
     sp_gpu_gemm_desc d = {.rows = rows, .cols = cols, .w = dptr(&w), .ldw = cols, .n = n, .x = dptr(&x), .ldx = cols,
                           .x_type = xt, .y = dptr(&y), .ldy = rows, .accumulate = accumulate,
                           .x16 = xt == SP_GPU_F32 ? dptr(&x16) : NULL};
-    if ((rc = sp_gpu_gemm(blas, g_stream, d)) || (rc = dbuf_download(&y, got, "y")) ||
+    if ((rc = sp_gpu_gemm(blas, gh_stream, d)) || (rc = dbuf_download(&y, got, "y")) ||
         (xt == SP_GPU_F32 && (rc = dbuf_download(&x16, NULL, "x16"))))
         goto done;
     /* fp16 products are exact in fp32; the budget is fp32 accumulation order (1e-4 x sum|terms|) plus,
@@ -523,15 +417,15 @@ static void fill_weights(uint32_t type, uint8_t *w, int64_t rows, int64_t cols, 
     for (int64_t r = 0; r < rows; r++) {
         uint8_t *row = w + r * row_bytes;
         for (int64_t b = 0; b < nb; b++) {
-            uint16_t d = sp_f32_to_fp16(rng_uniform(0.001f, 0.01f)), m = sp_f32_to_fp16(-rng_uniform(0.0f, 0.08f));
+            uint16_t d = sp_f32_to_fp16(gh_rng_uniform(0.001f, 0.01f)), m = sp_f32_to_fp16(-gh_rng_uniform(0.0f, 0.08f));
             switch (type) {
             case SP_TYPE_F16: {
-                uint16_t h = sp_f32_to_fp16(rng_normal() * 0.05f);
+                uint16_t h = sp_f32_to_fp16(gh_rng_normal() * 0.05f);
                 memcpy(row + 2 * b, &h, 2);
                 break;
             }
             case SP_TYPE_F32: {
-                float f = rng_normal() * 0.05f;
+                float f = gh_rng_normal() * 0.05f;
                 memcpy(row + 4 * b, &f, 4);
                 break;
             }
@@ -556,7 +450,7 @@ static void case_gemv(uint32_t type, int64_t rows, int64_t cols, int n, int row_
     snprintf(op, sizeof op, "gemv_%s", sp_ggml_type_name(type));
     snprintf(shape, sizeof shape, "W[%lld x %lld] row+%dB x %d vec%s", (long long)rows, (long long)cols, row_pad, n,
              accumulate ? ", y +=" : "");
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     cmp c = {0};
     dbuf w = {0}, x = {0}, y = {0};
@@ -582,7 +476,7 @@ static void case_gemv(uint32_t type, int64_t rows, int64_t cols, int n, int row_
         goto done;
     sp_gpu_gemv_desc d = {.w_type = type, .rows = rows, .cols = cols, .w = dptr(&w), .w_row_bytes = row_bytes, .n = n,
                           .x = dptr(&x), .ldx = cols, .y = dptr(&y), .ldy = rows, .accumulate = accumulate};
-    if ((rc = sp_gpu_gemv(g_stream, d)) || (rc = dbuf_download(&y, got, "y")))
+    if ((rc = sp_gpu_gemv(gh_stream, d)) || (rc = dbuf_download(&y, got, "y")))
         goto done;
     compare(&c, "y", got, ref, mag, NULL, (int64_t)ny, 1e-6, 1e-4);
 done:
@@ -611,7 +505,7 @@ static void case_attention(int n_q, int q_pos0, int n_head, int n_kv_head, int h
     int n_keys = q_pos0 + n_q;
     snprintf(shape, sizeof shape, "n_q %d pos0 %d heads %d/%d d %d window %d |q|x%g kv_stride+%d", n_q, q_pos0, n_head,
              n_kv_head, head_dim, n_window, q_scale, stride_pad);
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     cmp c = {0};
     dbuf q = {0}, k = {0}, v = {0}, out = {0}, win = {0}, scr = {0};
@@ -628,8 +522,8 @@ static void case_attention(int n_q, int q_pos0, int n_head, int n_kv_head, int h
         goto done;
     fill_normal(hq, nq, q_scale);
     for (size_t i = 0; i < nkv; i++) {
-        hk[i] = sp_f32_to_fp16(rng_normal());
-        hv[i] = sp_f32_to_fp16(rng_normal());
+        hk[i] = sp_f32_to_fp16(gh_rng_normal());
+        hv[i] = sp_f32_to_fp16(gh_rng_normal());
     }
     /* masked: the padding columns of out and win are not part of the contract */
     for (int t = 0; t < n_q; t++)
@@ -658,7 +552,7 @@ static void case_attention(int n_q, int q_pos0, int n_head, int n_kv_head, int h
                           .kv_head_stride = stride, .scale = a.scale, .n_window = n_window,
                           .win = n_window ? dptr(&win) : NULL, .win_ld = win_ld, .scratch = dptr(&scr),
                           .scratch_floats = nscr};
-    if ((rc = sp_gpu_attention(g_stream, d)) || (rc = dbuf_download(&out, got, "out")) ||
+    if ((rc = sp_gpu_attention(gh_stream, d)) || (rc = dbuf_download(&out, got, "out")) ||
         (n_window && (rc = dbuf_download(&win, wgot, "win"))) || (rc = dbuf_download(&scr, NULL, "scratch")))
         goto done;
     compare(&c, "out", got, ref, NULL, oskip, (int64_t)no, ATT_ATOL, ATT_RTOL);
@@ -700,7 +594,7 @@ static void case_argmax(int rows, int64_t n, int pad)
     const char *op = "argmax";
     char shape[96];
     snprintf(shape, sizeof shape, "[%d x %lld] ld+%d (ties, NaN, -inf rows)", rows, (long long)n, pad);
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     cmp c = {0};
     int64_t ld = n + pad;
@@ -739,11 +633,11 @@ static void case_argmax(int rows, int64_t n, int pad)
     if ((rc = dbuf_upload(&l, hl, sizeof(float) * (size_t)(rows * ld))) || (rc = dbuf_new(&o, sizeof(int32_t) * rows, 0xFF)))
         goto done;
     sp_gpu_argmax_desc d = {.logits = dptr(&l), .n_rows = rows, .n = n, .ld = ld, .out = dptr(&o)};
-    if ((rc = sp_gpu_argmax(g_stream, d)) || (rc = dbuf_download(&o, got, "out")))
+    if ((rc = sp_gpu_argmax(gh_stream, d)) || (rc = dbuf_download(&o, got, "out")))
         goto done;
     for (int r = 0; r < rows; r++) {
         int32_t want = argmax_ref(hl + r * ld, n);
-        if (got[r] != want && c.n_bad++ < MAX_PRINT)
+        if (got[r] != want && c.n_bad++ < GH_MAX_PRINT)
             printf("    row %d: gpu %d cpu %d\n", r, got[r], want);
     }
 done:
@@ -758,28 +652,15 @@ done:
 
 int main(int argc, char **argv)
 {
-    int nd = sp_gpu_device_count();
-    if (nd <= 0) {
-        printf("no CUDA device (%d): skipped\n", nd);
-        return 77;
-    }
-    g_filter = argc > 1 ? argv[1] : NULL;
-    char desc[256];
-    if (sp_gpu_describe(0, desc, sizeof desc) || sp_gpu_set_device(0) || sp_gpu_stream_create(&g_stream)) {
-        fprintf(stderr, "device setup: %s\n", sp_last_error());
-        return 1;
-    }
-    printf("device 0: %s\n", desc);
-    sp_gpu_blas *blas = sp_gpu_blas_create();
-    if (!blas) {
-        fprintf(stderr, "cublas: %s\n", sp_last_error());
-        return 1;
-    }
+    sp_gpu_blas *blas;
+    int status = gh_begin(argc, argv, 0x9E3779B97F4A7C15ull, &blas);
+    if (status)
+        return status;
 
     static const uint32_t types[] = {SP_TYPE_F32, SP_TYPE_F16, SP_TYPE_BF16, SP_TYPE_Q8_0, SP_TYPE_Q4_0, SP_TYPE_Q4_1,
                                      SP_TYPE_Q5_0, SP_TYPE_Q5_1, SP_TYPE_Q4_K, SP_TYPE_Q5_K, SP_TYPE_Q6_K};
-    for (size_t i = 0; i < sizeof types / sizeof types[0] && !g_dead; i++)
-        for (int o = 0; o < 2 && !g_dead; o++) {
+    for (size_t i = 0; i < sizeof types / sizeof types[0] && !gh_dead; i++)
+        for (int o = 0; o < 2 && !gh_dead; o++) {
             sp_gpu_dtype out = o ? SP_GPU_F16 : SP_GPU_F32;
             case_dequant(types[i], 3, 512, out, 0, 0, 0);
             case_dequant(types[i], 7, 1024, out, 5, 3, 1);  /* padded rows, odd source address */
@@ -789,11 +670,11 @@ int main(int argc, char **argv)
         {1, 576, 0, 1e-5f, false}, {5, 576, 24, 1e-5f, false}, {3, 1536, 0, 1e-6f, true}, {2, 4096, 7, 1e-6f, false},
         {4, 65, 0, 1e-5f, false},
     };
-    for (size_t i = 0; i < sizeof norm / sizeof norm[0] && !g_dead; i++)
+    for (size_t i = 0; i < sizeof norm / sizeof norm[0] && !gh_dead; i++)
         case_rmsnorm(norm[i].rows, norm[i].n, norm[i].pad, norm[i].eps, norm[i].in_place);
 
-    for (int mode = 0; mode < 2 && !g_dead; mode++)
-        for (int table = 0; table < 2 && !g_dead; table++) {
+    for (int mode = 0; mode < 2 && !gh_dead; mode++)
+        for (int table = 0; table < 2 && !gh_dead; table++) {
             case_rope(7, 9, 64, 0, mode, table, 1e5, 8192);
             case_rope(5, 3, 64, 16, mode, table, 1e5, 64);
             case_rope(3, 4, 128, 0, mode, table, 1e4, 32768);
@@ -807,14 +688,14 @@ int main(int argc, char **argv)
     struct { int64_t rows, cols; int n; } mm[] = {
         {576, 576, 17}, {1536, 576, 64}, {576, 1536, 33}, {192, 200, 5}, {49152, 576, 3},
     };
-    for (size_t i = 0; i < sizeof mm / sizeof mm[0] && !g_dead; i++)
-        for (int xt = 0; xt < 2 && !g_dead; xt++)
+    for (size_t i = 0; i < sizeof mm / sizeof mm[0] && !gh_dead; i++)
+        for (int xt = 0; xt < 2 && !gh_dead; xt++)
             case_gemm(blas, mm[i].rows, mm[i].cols, mm[i].n, xt ? SP_GPU_F16 : SP_GPU_F32, false);
-    if (!g_dead)
+    if (!gh_dead)
         case_gemm(blas, 576, 1536, 9, SP_GPU_F32, true);
 
     static const uint32_t gv_types[] = {SP_TYPE_F16, SP_TYPE_F32, SP_TYPE_Q8_0, SP_TYPE_Q4_1, SP_TYPE_Q4_0, SP_TYPE_Q6_K};
-    for (size_t i = 0; i < sizeof gv_types / sizeof gv_types[0] && !g_dead; i++) {
+    for (size_t i = 0; i < sizeof gv_types / sizeof gv_types[0] && !gh_dead; i++) {
         uint32_t t = gv_types[i];
         case_gemv(t, 576, 576, 1, 0, false);
         case_gemv(t, 1536, 576, 4, 0, false);
@@ -823,7 +704,7 @@ int main(int argc, char **argv)
         if (t == SP_TYPE_F16 || t == SP_TYPE_Q8_0)
             case_gemv(t, 49152, 576, 1, 0, false); /* the tied LM head */
     }
-    if (!g_dead)
+    if (!gh_dead)
         case_gemv(SP_TYPE_F16, 33, 200, 3, 0, false);  /* cols % 8 != 0: scalar path */
 
     struct { int n_q, pos0, h, hkv, d, win; float qs; int pad; } at[] = {
@@ -842,19 +723,14 @@ int main(int argc, char **argv)
         {1, 300, 2, 1, 256, 0, 1.0f, 0},
         {1, 10, 4, 2, 80, 0, 1.0f, 0},   /* decode head_dim 80: unsupported on the GPU */
     };
-    for (size_t i = 0; i < sizeof at / sizeof at[0] && !g_dead; i++)
+    for (size_t i = 0; i < sizeof at / sizeof at[0] && !gh_dead; i++)
         case_attention(at[i].n_q, at[i].pos0, at[i].h, at[i].hkv, at[i].d, at[i].win, at[i].qs, at[i].pad);
 
-    if (!g_dead) {
+    if (!gh_dead) {
         case_argmax(10, 49152, 0);
         case_argmax(3, 1000, 5);
         case_argmax(2, 1, 0);
     }
 
-    if (g_dead)
-        printf("CUDA context lost after an asynchronous error (%s): remaining cases not run\n", sp_last_error());
-    printf("%d passed, %d failed, %d unsupported\n", n_pass, n_fail, n_unsup);
-    sp_gpu_blas_free(blas);
-    sp_gpu_stream_destroy(g_stream);
-    return n_fail || g_dead ? 1 : 0;
+    return gh_end(blas);
 }

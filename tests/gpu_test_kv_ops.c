@@ -39,112 +39,15 @@
 #include "sampler.h"
 #include "segment_attn.h"
 #include "sp_error.h"
-
-enum { GUARD = 256, GUARD_BYTE = 0xA5, MAX_PRINT = 5 };
-
-static void *g_stream;
-static bool g_dead;
-static const char *g_filter;
-static int n_pass, n_fail, n_unsup;
-
-static bool selected(const char *op) { return !g_filter || strstr(op, g_filter); }
-
-/* ---- random numbers ---- */
-
-static uint64_t rng_state = 0x2545F4914F6CDD1Dull;
-static uint64_t rng_u64(void)
-{
-    uint64_t z = (rng_state += 0x9E3779B97F4A7C15ull);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    return z ^ (z >> 31);
-}
-static float urand(float lo, float hi) { return lo + (hi - lo) * (float)((rng_u64() >> 40) * 0x1.0p-24); }
-static float nrand(void)
-{
-    float u1 = urand(1e-7f, 1.0f), u2 = urand(0.0f, 1.0f);
-    return sqrtf(-2.0f * logf(u1)) * cosf(6.2831853f * u2);
-}
-
-/* ---- guarded device buffers ---- */
-
-typedef struct dbuf {
-    uint8_t *base;
-    size_t size;
-} dbuf;
-
-static void *dptr(const dbuf *b) { return b->base ? b->base + GUARD : NULL; }
-
-static int dbuf_new(dbuf *b, size_t size, int fill)
-{
-    b->size = size;
-    b->base = sp_gpu_alloc(size + 2 * GUARD);
-    if (!b->base)
-        return -ENOMEM;
-    int rc = sp_gpu_memset(g_stream, b->base, GUARD_BYTE, size + 2 * GUARD);
-    if (!rc && size)
-        rc = sp_gpu_memset(g_stream, b->base + GUARD, fill, size);
-    return rc;
-}
-
-static int dbuf_upload(dbuf *b, const void *host, size_t size)
-{
-    int rc = dbuf_new(b, size, 0);
-    if (!rc && size)
-        rc = sp_gpu_memcpy_h2d(g_stream, b->base + GUARD, host, size);
-    return rc;
-}
-
-static void dbuf_free(dbuf *b)
-{
-    sp_gpu_free(b->base);
-    b->base = NULL;
-}
-
-/* Sync, copy the payload back, check the guards: 0, -1 (guard overwritten, printed) or an error. */
-static int dbuf_download(const dbuf *b, void *host, const char *name)
-{
-    uint8_t *all = malloc(b->size + 2 * GUARD);
-    if (!all)
-        return -ENOMEM;
-    int rc = sp_gpu_memcpy_d2h(g_stream, all, b->base, b->size + 2 * GUARD);
-    if (!rc)
-        rc = sp_gpu_stream_sync(g_stream);
-    if (rc) {
-        g_dead = true;
-        free(all);
-        return rc;
-    }
-    for (size_t i = 0; i < GUARD; i++)
-        if (all[i] != GUARD_BYTE || all[GUARD + b->size + i] != GUARD_BYTE) {
-            printf("    %s: guard byte %s the output overwritten (offset %zu)\n", name,
-                   all[i] != GUARD_BYTE ? "before" : "after", i);
-            free(all);
-            return -1;
-        }
-    if (host)
-        memcpy(host, all + GUARD, b->size);
-    free(all);
-    return 0;
-}
+#include "support/gpu_harness.h"
 
 /* ---- reporting ---- */
 
 static void report(const char *op, const char *shape, int rc, int64_t n_bad, double max_err, const char *tol)
 {
-    if (rc == -ENOTSUP) {
-        printf("%s %s: unsupported (%s)\n", op, shape, sp_last_error());
-        n_unsup++;
-    } else if (rc) {
-        printf("%s %s: FAIL (error %d: %s)\n", op, shape, rc, rc == -1 ? "guard bytes overwritten" : sp_last_error());
-        n_fail++;
-    } else if (n_bad) {
-        printf("%s %s: FAIL (%lld mismatches, max err %.3g; %s)\n", op, shape, (long long)n_bad, max_err, tol);
-        n_fail++;
-    } else {
-        printf("%s %s: ok (max err %.3g; %s)\n", op, shape, max_err, tol);
-        n_pass++;
-    }
+    char summary[256];
+    snprintf(summary, sizeof summary, "max err %.3g; %s", max_err, tol);
+    gh_report(op, shape, rc, n_bad, summary);
 }
 
 static bool same_bits(float a, float b)
@@ -163,7 +66,7 @@ static void case_prepare(int heads, int64_t l, int64_t window, int kernel, sp_po
     char shape[128];
     snprintf(shape, sizeof shape, "[%d x %lld] window %lld kernel %d %s%s", heads, (long long)l, (long long)window,
              kernel, pool == SP_POOL_MAX ? "max" : "avg", divide ? " /(l-a)" : "");
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     int64_t lc = l > window ? l - window : 0, bad = 0;
     size_t no = (size_t)heads * (size_t)(lc ? lc : 1);
@@ -174,7 +77,7 @@ static void case_prepare(int heads, int64_t l, int64_t window, int kernel, sp_po
     if (!raw || !want || !got)
         goto done;
     for (int64_t i = 0; i < heads * l; i++)
-        raw[i] = i % 17 == 0 ? 0.5f : urand(0.0f, 3.0f);   /* repeated values: pooling ties */
+        raw[i] = i % 17 == 0 ? 0.5f : gh_rng_uniform(0.0f, 3.0f);   /* repeated values: pooling ties */
     if ((rc = sp_kv_scores_prepare(raw, heads, l, window, kernel, pool, divide, want)))
         goto done;
     if ((rc = dbuf_upload(&dr, raw, sizeof(float) * (size_t)heads * (size_t)l)) ||
@@ -182,10 +85,10 @@ static void case_prepare(int heads, int64_t l, int64_t window, int kernel, sp_po
         goto done;
     sp_gpu_kv_prepare_desc d = {.raw = dptr(&dr), .n_heads = heads, .l = l, .window = window, .kernel = kernel,
                                 .pool_type = (int)pool, .divide_by_l_minus_a = divide, .out = dptr(&dout)};
-    if ((rc = sp_gpu_kv_scores_prepare(g_stream, d)) || (rc = dbuf_download(&dout, got, "out")))
+    if ((rc = sp_gpu_kv_scores_prepare(gh_stream, d)) || (rc = dbuf_download(&dout, got, "out")))
         goto done;
     for (int64_t i = 0; i < heads * lc; i++)
-        if (!same_bits(got[i], want[i]) && bad++ < MAX_PRINT)
+        if (!same_bits(got[i], want[i]) && bad++ < GH_MAX_PRINT)
             printf("    out[%lld]: gpu %.9g cpu %.9g\n", (long long)i, got[i], want[i]);
 done:
     report(op, shape, rc, bad, 0.0, "bit-exact");
@@ -204,7 +107,7 @@ static void case_topk(int rows, int64_t n, int64_t k, int pad)
     char shape[128];
     snprintf(shape, sizeof shape, "[%d x %lld] ld+%d k %lld (ties, NaN, -0/+0, -inf)", rows, (long long)n, pad,
              (long long)k);
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     int64_t ld = n + pad, kk = k < 0 ? 0 : k > n ? n : k, bad = 0;
     float *s = malloc(sizeof(float) * (size_t)(rows * ld));
@@ -217,7 +120,7 @@ static void case_topk(int rows, int64_t n, int64_t k, int pad)
         float *x = s + r * ld;
         for (int64_t i = 0; i < n; i++) {
             /* few distinct values: many ties at the cut */
-            x[i] = r % 3 == 0 ? (float)(rng_u64() % 16) * 0.25f : urand(-2.0f, 2.0f);
+            x[i] = r % 3 == 0 ? (float)(gh_rng_u64() % 16) * 0.25f : gh_rng_uniform(-2.0f, 2.0f);
             if (r % 3 == 1 && i % 11 == 0)
                 x[i] = i % 2 ? -0.0f : 0.0f;
             if (r % 3 == 2 && i % 13 == 0)
@@ -231,7 +134,7 @@ static void case_topk(int rows, int64_t n, int64_t k, int pad)
         goto done;
     sp_gpu_kv_topk_desc d = {.s = dptr(&ds), .n_rows = rows, .n = n, .ld = ld, .k = k, .idx = dptr(&di),
                              .idx_ld = kk};
-    if ((rc = sp_gpu_kv_topk(g_stream, d)) || (rc = dbuf_download(&di, got, "idx")))
+    if ((rc = sp_gpu_kv_topk(gh_stream, d)) || (rc = dbuf_download(&di, got, "idx")))
         goto done;
     for (int r = 0; r < rows; r++) {
         int64_t m = sp_kv_topk(s + r * ld, n, k, want);
@@ -240,7 +143,7 @@ static void case_topk(int rows, int64_t n, int64_t k, int pad)
             goto done;
         }
         for (int64_t i = 0; i < kk; i++)
-            if (got[r * kk + i] != want[i] && bad++ < MAX_PRINT)
+            if (got[r * kk + i] != want[i] && bad++ < GH_MAX_PRINT)
                 printf("    row %d idx[%lld]: gpu %d cpu %d\n", r, (long long)i, got[r * kk + i], want[i]);
     }
 done:
@@ -260,12 +163,12 @@ static void make_clusters(float *x, int64_t n, int d, int n_c, float noise, int 
 {
     float *c = malloc(sizeof(float) * (size_t)n_c * d);
     for (int i = 0; i < n_c * d; i++)
-        c[i] = nrand();
+        c[i] = gh_rng_normal();
     for (int64_t v = 0; v < n; v++) {
-        int ci = (int)(rng_u64() % (uint64_t)n_c);
-        float m = urand(0.2f, 5.0f);
+        int ci = (int)(gh_rng_u64() % (uint64_t)n_c);
+        float m = gh_rng_uniform(0.2f, 5.0f);
         for (int i = 0; i < d; i++)
-            x[v * d + i] = zeros && v % zeros == zeros - 1 ? 0.0f : m * (c[ci * d + i] + noise * nrand());
+            x[v * d + i] = zeros && v % zeros == zeros - 1 ? 0.0f : m * (c[ci * d + i] + noise * gh_rng_normal());
     }
     free(c);
 }
@@ -295,12 +198,12 @@ static void make_lattice(float *x, int64_t n, int d, int span)
     for (int64_t v = 0; v < n; v++) {
         float *xv = x + v * d;
         memset(xv, 0, sizeof(float) * (size_t)d);
-        float m = (float)(1 << (rng_u64() % 4));
+        float m = (float)(1 << (gh_rng_u64() % 4));
         for (int c = 0; c < 4;) {
-            int i = (int)(rng_u64() % (uint64_t)span);
+            int i = (int)(gh_rng_u64() % (uint64_t)span);
             if (xv[i] != 0.0f)
                 continue;
-            xv[i] = rng_u64() & 1 ? m : -m;
+            xv[i] = gh_rng_u64() & 1 ? m : -m;
             c++;
         }
     }
@@ -318,7 +221,7 @@ static void case_codebook(sp_gpu_blas *blas, int64_t n, int d, int n_c, float no
     else
         snprintf(shape, sizeof shape, "[%lld x %d] %d clusters noise %g theta %g mu %s%s", (long long)n, d, n_c,
                  (double)noise, (double)theta, max_mu ? "1..G" : "NULL", zeros ? " zero vectors" : "");
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     int64_t bad = 0, ne = -1;
     double margin = 0;
@@ -337,7 +240,7 @@ static void case_codebook(sp_gpu_blas *blas, int64_t n, int d, int n_c, float no
     else
         make_clusters(x, n, d, n_c, noise, zeros);
     for (int64_t i = 0; i < n; i++)
-        mu[i] = max_mu ? 1 + (uint32_t)(rng_u64() % (uint64_t)max_mu) : 1;
+        mu[i] = max_mu ? 1 + (uint32_t)(gh_rng_u64() % (uint64_t)max_mu) : 1;
     if ((rc = sp_codebook_build(x, n, d, max_mu ? mu : NULL, theta, &cb)))
         goto done;
     margin = n_c < 0 ? INFINITY : theta_margin(cb.unit, n, d, theta);
@@ -357,7 +260,7 @@ static void case_codebook(sp_gpu_blas *blas, int64_t n, int d, int n_c, float no
     sp_gpu_codebook_desc desc = {.x = dptr(&dx), .n = n, .d = d, .mu = max_mu ? dptr(&dmu) : NULL, .theta = theta,
                                  .index = dptr(&di), .rep = dptr(&dr), .n_entries = dptr(&dne), .mag = dptr(&dm),
                                  .unit = dptr(&du), .scratch = dptr(&dsc), .scratch_bytes = sb};
-    if ((rc = sp_gpu_codebook_build(blas, g_stream, desc)) || (rc = dbuf_download(&dne, &ne, "n_entries")) ||
+    if ((rc = sp_gpu_codebook_build(blas, gh_stream, desc)) || (rc = dbuf_download(&dne, &ne, "n_entries")) ||
         (rc = dbuf_download(&di, index, "index")) || (rc = dbuf_download(&dr, rep, "rep")) ||
         (rc = dbuf_download(&dm, mag, "mag")) || (rc = dbuf_download(&du, unit, "unit")) ||
         (rc = dbuf_download(&dsc, NULL, "scratch")))
@@ -367,16 +270,16 @@ static void case_codebook(sp_gpu_blas *blas, int64_t n, int d, int n_c, float no
         bad++;
     }
     for (int64_t e = 0; e < cb.n_entries && e < ne; e++)
-        if (rep[e] != cb.rep[e] && bad++ < MAX_PRINT)
+        if (rep[e] != cb.rep[e] && bad++ < GH_MAX_PRINT)
             printf("    rep[%lld]: gpu %u cpu %u\n", (long long)e, rep[e], cb.rep[e]);
     for (int64_t i = 0; i < n; i++) {
-        if (index[i] != cb.index[i] && bad++ < MAX_PRINT)
+        if (index[i] != cb.index[i] && bad++ < GH_MAX_PRINT)
             printf("    index[%lld]: gpu %u cpu %u\n", (long long)i, index[i], cb.index[i]);
-        if (!same_bits(mag[i], cb.mag[i]) && bad++ < MAX_PRINT)
+        if (!same_bits(mag[i], cb.mag[i]) && bad++ < GH_MAX_PRINT)
             printf("    mag[%lld]: gpu %.9g cpu %.9g\n", (long long)i, mag[i], cb.mag[i]);
     }
     for (int64_t i = 0; i < n * d; i++)
-        if (!same_bits(unit[i], cb.unit[i]) && bad++ < MAX_PRINT)
+        if (!same_bits(unit[i], cb.unit[i]) && bad++ < GH_MAX_PRINT)
             printf("    unit[%lld]: gpu %.9g cpu %.9g\n", (long long)i, unit[i], cb.unit[i]);
     snprintf(tol, sizeof tol, "identical; %lld entries; closest pair cosine %.2g from theta", (long long)ne, margin);
 done:
@@ -406,7 +309,7 @@ static void case_match(int n_vec, int d, int64_t max_ent, float theta)
     char shape[128];
     snprintf(shape, sizeof shape, "%d vectors d %d up to %lld entries theta %g", n_vec, d, (long long)max_ent,
              (double)theta);
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     int64_t bad = 0, skipped = 0;
     double max_err = 0;
@@ -421,19 +324,19 @@ static void case_match(int n_vec, int d, int64_t max_ent, float theta)
     if (!ent || !u || !x || !cosg || !nent || !best)
         goto done;
     for (int v = 0; v < n_vec; v++) {
-        nent[v] = v % 7 == 0 ? 0 : (int64_t)(rng_u64() % (uint64_t)(max_ent + 1));
+        nent[v] = v % 7 == 0 ? 0 : (int64_t)(gh_rng_u64() % (uint64_t)(max_ent + 1));
         for (int64_t e = 0; e < nent[v]; e++) {
             for (int i = 0; i < d; i++)
-                x[i] = nrand();
+                x[i] = gh_rng_normal();
             sp_codebook_unit(x, d, x, &mag);
             for (int i = 0; i < d; i++)
                 ent[v * stride + e * d + i] = sp_f32_to_fp16(x[i]);
         }
         /* half the vectors near an entry (cos ~ 0.9 .. 1), the rest random */
-        int64_t near = nent[v] && v % 2 ? (int64_t)(rng_u64() % (uint64_t)nent[v]) : -1;
+        int64_t near = nent[v] && v % 2 ? (int64_t)(gh_rng_u64() % (uint64_t)nent[v]) : -1;
         for (int i = 0; i < d; i++)
             x[i] = (near >= 0 ? 4.0f * sp_fp16_to_f32(ent[v * stride + near * d + i]) * sqrtf((float)d) : 0.0f) +
-                   nrand();
+                   gh_rng_normal();
         sp_codebook_unit(x, d, u + (size_t)v * d, &mag);
     }
     if ((rc = dbuf_upload(&de, ent, sizeof(uint16_t) * stride * n_vec)) ||
@@ -444,7 +347,7 @@ static void case_match(int n_vec, int d, int64_t max_ent, float theta)
     sp_gpu_codebook_match_desc md = {.u = dptr(&du), .n_vec = n_vec, .d = d, .entries = dptr(&de),
                                      .ent_stride = (int64_t)stride, .n_ent = dptr(&dn), .theta = theta,
                                      .best = dptr(&db), .best_cos = dptr(&dc)};
-    if ((rc = sp_gpu_codebook_match(g_stream, md)) || (rc = dbuf_download(&db, best, "best")) ||
+    if ((rc = sp_gpu_codebook_match(gh_stream, md)) || (rc = dbuf_download(&db, best, "best")) ||
         (rc = dbuf_download(&dc, cosg, "best_cos")))
         goto done;
     for (int v = 0; v < n_vec; v++) {
@@ -472,7 +375,7 @@ static void case_match(int n_vec, int d, int64_t max_ent, float theta)
         double err = nent[v] ? fabs((double)cosg[v] - cc) : 0;
         max_err = err > max_err ? err : max_err;
         bool cos_bad = nent[v] ? err > 1e-5 : cosg[v] != -INFINITY;
-        if ((best[v] != want || cos_bad) && bad++ < MAX_PRINT)
+        if ((best[v] != want || cos_bad) && bad++ < GH_MAX_PRINT)
             printf("    vector %d (%lld entries): gpu %lld (cos %.7g) cpu %lld (cos %.7g)\n", v, (long long)nent[v],
                    (long long)best[v], cosg[v], (long long)want, cc);
     }
@@ -522,7 +425,7 @@ static void case_tail_code(int hq, int hk, int l, int d, int w, int keep, int n_
     const char *op = "tail_code";
     char shape[128];
     snprintf(shape, sizeof shape, "hq %d hk %d l %d d %d window %d keep %d, %d tokens", hq, hk, l, d, w, keep, n_tail);
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     int64_t bad = 0;
     size_t kvn = (size_t)hk * l * d;
@@ -542,7 +445,7 @@ static void case_tail_code(int hq, int hk, int l, int d, int w, int keep, int n_
     make_clusters(k, (int64_t)hk * l, d, 24, 0.15f, 0);
     make_clusters(v, (int64_t)hk * l, d, 24, 0.2f, 0);
     for (int i = 0; i < hq * (l - w); i++)
-        sc[i] = urand(0.0f, 1.0f);
+        sc[i] = gh_rng_uniform(0.0f, 1.0f);
     if ((rc = sp_kv_selection_init(&sel, hq, hk, l, w)) || (rc = sp_kv_select_scores(&sel, sc, keep, SP_GQA_QUERY_HEAD)) ||
         (rc = sp_kv_segment_build(&seg, 0, k, v, d, &sel, true, 0.9f, 0.85f, NULL)) ||
         (rc = sp_kv_tail_init(&t, &seg, n_tail, 0.9f, 0.85f)))
@@ -567,8 +470,8 @@ static void case_tail_code(int hq, int hk, int l, int d, int w, int keep, int n_
     for (int j = 0; j < n_tail && !rc; j++) {
         for (int i = 0; i < hk * d; i++) {   /* odd tokens repeat context vectors, even ones are new */
             int h = i / d, c = i % d;
-            nk[i] = j % 2 ? k[(size_t)h * l * d + (size_t)(j * 7 % l) * d + c] : urand(-2.0f, 2.0f);
-            nv[i] = j % 2 ? v[(size_t)h * l * d + (size_t)(j * 7 % l) * d + c] : urand(-1.0f, 1.0f);
+            nk[i] = j % 2 ? k[(size_t)h * l * d + (size_t)(j * 7 % l) * d + c] : gh_rng_uniform(-2.0f, 2.0f);
+            nv[i] = j % 2 ? v[(size_t)h * l * d + (size_t)(j * 7 % l) * d + c] : gh_rng_uniform(-1.0f, 1.0f);
         }
         bool tie = false;
         for (int h = 0; h < hk; h++)
@@ -581,7 +484,7 @@ static void case_tail_code(int hq, int hk, int l, int d, int w, int keep, int n_
         if ((rc = sp_kv_tail_append(&t, &seg, nk, nv, l + j)))
             goto done;
         for (int kv = 0; kv < 2 && !rc; kv++) {
-            if ((rc = sp_gpu_memcpy_h2d(g_stream, dptr(&dx), kv ? nv : nk, sizeof(float) * (size_t)hk * d)))
+            if ((rc = sp_gpu_memcpy_h2d(gh_stream, dptr(&dx), kv ? nv : nk, sizeof(float) * (size_t)hk * d)))
                 break;
             sp_gpu_codebook_code_desc cd = {
                 .x = dptr(&dx), .n_vec = hk, .d = d, .ldx = d,
@@ -590,7 +493,7 @@ static void case_tail_code(int hq, int hk, int l, int d, int w, int keep, int n_
                 .tail_ent = TDEV(kv ? t.v_ent : t.k_ent), .tail_stride = t.cap * d, .tail_n = TDEV(kv ? t.n_new_v : t.n_new_k),
                 .tail_cap = t.cap, .theta = kv ? t.theta_v : t.theta_k, .idx = (uint32_t *)TDEV(kv ? t.v_idx : t.k_idx) + j,
                 .mag = (uint16_t *)TDEV(kv ? t.v_mag : t.k_mag) + j, .out_stride = t.cap};
-            rc = sp_gpu_codebook_code(g_stream, cd);
+            rc = sp_gpu_codebook_code(gh_stream, cd);
         }
         tokens++;
     }
@@ -601,7 +504,7 @@ static void case_tail_code(int hq, int hk, int l, int d, int w, int keep, int n_
      * the kernel's (the host writes it) */
     size_t from = (size_t)((const uint8_t *)t.k_idx - (const uint8_t *)t.mem);
     for (size_t i = from; i < t.mem_bytes; i++)
-        if (got[i] != ((const uint8_t *)t.mem)[i] && bad++ < MAX_PRINT)
+        if (got[i] != ((const uint8_t *)t.mem)[i] && bad++ < GH_MAX_PRINT)
             printf("    tail byte %zu (part starting at %zu): gpu 0x%02x cpu 0x%02x\n", i, from, got[i],
                    ((const uint8_t *)t.mem)[i]);
 done:
@@ -632,7 +535,7 @@ static void case_segattn(int hq, int hk, int l, int d, int w, int keep, sp_rope_
     char shape[160];
     snprintf(shape, sizeof shape, "hq %d hk %d l %d d %d window %d keep %d %s %s tail %d%s", hq, hk, l, d, w, keep,
              mode == SP_ROPE_NORM ? "norm" : "neox", coded ? "coded" : "raw", n_tail, dense ? " dense" : "");
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     int G = hq / hk, npos = l + n_tail + 4;
     int64_t bad = 0;
@@ -653,7 +556,7 @@ static void case_segattn(int hq, int hk, int l, int d, int w, int keep, sp_rope_
     make_clusters(k, (int64_t)hk * l, d, 24, 0.15f, 0);
     make_clusters(v, (int64_t)hk * l, d, 24, 0.2f, 0);
     for (int i = 0; i < hq * (l - w); i++)
-        sc[i] = urand(0.0f, 1.0f);
+        sc[i] = gh_rng_uniform(0.0f, 1.0f);
     if ((rc = sp_kv_selection_init(&sel, hq, hk, l, w)))
         goto done;
     if (dense)
@@ -666,15 +569,15 @@ static void case_segattn(int hq, int hk, int l, int d, int w, int keep, sp_rope_
     for (int j = 0; j < n_tail; j++) {   /* odd tokens repeat context vectors (entry reuse), even ones are new */
         for (int i = 0; i < hk * d; i++) {
             int h = i / d, c = i % d;
-            nk[i] = j % 2 ? k[(size_t)h * l * d + (size_t)(j * 5 % l) * d + c] : urand(-2.0f, 2.0f);
-            nv[i] = j % 2 ? v[(size_t)h * l * d + (size_t)(j * 5 % l) * d + c] : urand(-1.0f, 1.0f);
+            nk[i] = j % 2 ? k[(size_t)h * l * d + (size_t)(j * 5 % l) * d + c] : gh_rng_uniform(-2.0f, 2.0f);
+            nv[i] = j % 2 ? v[(size_t)h * l * d + (size_t)(j * 5 % l) * d + c] : gh_rng_uniform(-1.0f, 1.0f);
         }
         if ((rc = sp_kv_tail_append(&t, &seg, nk, nv, l + j)))
             goto done;
     }
     sp_rope_table_fill(table, npos, d, 10000.0);
     for (int i = 0; i < hq * d; i++)
-        q[i] = urand(-1.0f, 1.0f) * 2.0f;
+        q[i] = gh_rng_uniform(-1.0f, 1.0f) * 2.0f;
     for (int h = 0; h < hk; h++)
         if ((rc = sp_segattn_reference(&seg, &t, h, q + (size_t)h * G * d, table, npos, mode, 1.0f / sqrtf((float)d),
                                        want + (size_t)h * G * d)))
@@ -689,12 +592,12 @@ static void case_segattn(int hq, int hk, int l, int d, int w, int keep, sp_rope_
                               .rope_table = dptr(&dtab), .rope_n_pos = npos, .mode = (int)mode,
                               .scale = 1.0f / sqrtf((float)d), .out = dptr(&dout), .scratch = dptr(&dsc),
                               .scratch_floats = sf};
-    if ((rc = sp_gpu_segattn_decode(g_stream, sd)) || (rc = dbuf_download(&dout, got, "out")) ||
+    if ((rc = sp_gpu_segattn_decode(gh_stream, sd)) || (rc = dbuf_download(&dout, got, "out")) ||
         (rc = dbuf_download(&dsc, NULL, "scratch")))
         goto done;
     for (int i = 0; i < hq * d; i++) {
         double err = fabs((double)got[i] - want[i]), tol = 1e-4 + 1e-4 * fabs(want[i]);
-        if (!(err <= tol) && bad++ < MAX_PRINT)
+        if (!(err <= tol) && bad++ < GH_MAX_PRINT)
             printf("    out[%d]: gpu %.9g ref %.9g\n", i, got[i], want[i]);
         if (err > max_err)
             max_err = err;
@@ -749,7 +652,7 @@ static void case_sample(int64_t n, float temperature, int top_k, float top_p, in
     char shape[128];
     snprintf(shape, sizeof shape, "n %lld T %g top_k %d top_p %g x%d%s", (long long)n, (double)temperature, top_k,
              (double)top_p, draws, specials ? " (NaN, -inf, ties)" : "");
-    if (!selected(op))
+    if (!gh_selected(op))
         return;
     int64_t bad = 0;
     float *l = malloc(sizeof(float) * (size_t)n);
@@ -762,7 +665,7 @@ static void case_sample(int64_t n, float temperature, int top_k, float top_p, in
     if (!l || !smp)
         goto done;
     for (int64_t i = 0; i < n; i++) {
-        l[i] = nrand() * 3.0f;
+        l[i] = gh_rng_normal() * 3.0f;
         if (specials && i % 97 == 0)
             l[i] = i % 2 ? NAN : -INFINITY;
         if (specials && i % 101 == 0)
@@ -776,9 +679,9 @@ static void case_sample(int64_t n, float temperature, int top_k, float top_p, in
         double u = greedy ? 0.0 : (double)pcg32(&g) / 4294967296.0;   /* greedy draws nothing */
         sp_gpu_sample_desc d = {.logits = dptr(&dl), .n = n, .temperature = temperature, .top_k = top_k,
                                 .top_p = top_p, .u01 = u, .out = dptr(&dout)};
-        if ((rc = sp_gpu_sample(g_stream, d)) || (rc = dbuf_download(&dout, &got, "out")))
+        if ((rc = sp_gpu_sample(gh_stream, d)) || (rc = dbuf_download(&dout, &got, "out")))
             break;
-        if (got != want && bad++ < MAX_PRINT)
+        if (got != want && bad++ < GH_MAX_PRINT)
             printf("    draw %d (u %.9f): gpu %d cpu %d\n", r, u, got, want);
     }
 done:
@@ -793,37 +696,24 @@ done:
 
 int main(int argc, char **argv)
 {
-    int nd = sp_gpu_device_count();
-    if (nd <= 0) {
-        printf("no CUDA device (%d): skipped\n", nd);
-        return 77;
-    }
-    g_filter = argc > 1 ? argv[1] : NULL;
-    char desc[256];
-    if (sp_gpu_describe(0, desc, sizeof desc) || sp_gpu_set_device(0) || sp_gpu_stream_create(&g_stream)) {
-        fprintf(stderr, "device setup: %s\n", sp_last_error());
-        return 1;
-    }
-    printf("device 0: %s\n", desc);
-    sp_gpu_blas *blas = sp_gpu_blas_create();
-    if (!blas) {
-        fprintf(stderr, "cublas: %s\n", sp_last_error());
-        return 1;
-    }
+    sp_gpu_blas *blas;
+    int status = gh_begin(argc, argv, 0x2545F4914F6CDD1Dull, &blas);
+    if (status)
+        return status;
 
     struct { int h; int64_t l, w; int k; sp_pool_type p; bool div; } pr[] = {
         {9, 700, 32, 7, SP_POOL_MAX, false}, {9, 700, 32, 7, SP_POOL_AVG, false}, {4, 300, 16, 5, SP_POOL_MAX, true},
         {4, 300, 16, 5, SP_POOL_AVG, true}, {2, 40, 32, 13, SP_POOL_AVG, false}, {3, 10, 32, 7, SP_POOL_MAX, false},
         {1, 5000, 64, 1, SP_POOL_MAX, true},
     };
-    for (size_t i = 0; i < sizeof pr / sizeof pr[0] && !g_dead; i++)
+    for (size_t i = 0; i < sizeof pr / sizeof pr[0] && !gh_dead; i++)
         case_prepare(pr[i].h, pr[i].l, pr[i].w, pr[i].k, pr[i].p, pr[i].div);
 
     struct { int rows; int64_t n, k; int pad; } tk[] = {
         {9, 668, 150, 0}, {6, 668, 1, 3}, {6, 668, 667, 0}, {6, 668, 668, 0}, {3, 668, 1000, 0}, {3, 100, 0, 0},
         {4, 40000, 4096, 5}, {2, 1, 1, 0}, {3, 513, 257, 0},
     };
-    for (size_t i = 0; i < sizeof tk / sizeof tk[0] && !g_dead; i++)
+    for (size_t i = 0; i < sizeof tk / sizeof tk[0] && !gh_dead; i++)
         case_topk(tk[i].rows, tk[i].n, tk[i].k, tk[i].pad);
 
     struct { int64_t n; int d, nc; float noise, theta; int mu, zeros; } cbc[] = {
@@ -833,10 +723,10 @@ int main(int argc, char **argv)
         {600, 64, -10, 0, 0.25f, 0, 0}, {600, 64, -10, 0, 0.5f, 3, 0}, {2000, 32, -14, 0, 0.0f, 4, 0},
         {129, 16, -6, 0, 0.25f, 2, 0},
     };
-    for (size_t i = 0; i < sizeof cbc / sizeof cbc[0] && !g_dead; i++)
+    for (size_t i = 0; i < sizeof cbc / sizeof cbc[0] && !gh_dead; i++)
         case_codebook(blas, cbc[i].n, cbc[i].d, cbc[i].nc, cbc[i].noise, cbc[i].theta, cbc[i].mu, cbc[i].zeros);
 
-    if (!g_dead) {
+    if (!gh_dead) {
         case_match(64, 64, 300, 0.9f);
         case_match(33, 128, 1000, 0.8f);
         case_match(7, 32, 1, 0.5f);
@@ -851,7 +741,7 @@ int main(int argc, char **argv)
         {2, 2, 90, 16, 4, 86, SP_ROPE_NORM, true, 0, false}, {8, 2, 400, 128, 16, 0, SP_ROPE_NEOX, true, 4, true},
         {4, 4, 200, 64, 64, 60, SP_ROPE_NORM, false, 0, true}, {8, 1, 2000, 64, 32, 500, SP_ROPE_NORM, true, 8, false},
     };
-    for (size_t i = 0; i < sizeof sa / sizeof sa[0] && !g_dead; i++)
+    for (size_t i = 0; i < sizeof sa / sizeof sa[0] && !gh_dead; i++)
         case_segattn(sa[i].hq, sa[i].hk, sa[i].l, sa[i].d, sa[i].w, sa[i].keep, sa[i].m, sa[i].coded, sa[i].tail,
                      sa[i].dense);
 
@@ -860,13 +750,8 @@ int main(int argc, char **argv)
         {1000, 0.7f, 0, 0.9f, 30, true}, {49152, 0.0f, 40, 0.95f, 5, true}, {49152, 0.9f, 1, 0.5f, 5, false},
         {49152, 1.0f, 2000, 0.9f, 2, false}, {10, 1.0f, 40, 0.01f, 20, false},
     };
-    for (size_t i = 0; i < sizeof smp / sizeof smp[0] && !g_dead; i++)
+    for (size_t i = 0; i < sizeof smp / sizeof smp[0] && !gh_dead; i++)
         case_sample(smp[i].n, smp[i].t, smp[i].k, smp[i].p, smp[i].draws, smp[i].sp);
 
-    if (g_dead)
-        printf("CUDA context lost after an asynchronous error (%s): remaining cases not run\n", sp_last_error());
-    printf("%d passed, %d failed, %d unsupported\n", n_pass, n_fail, n_unsup);
-    sp_gpu_blas_free(blas);
-    sp_gpu_stream_destroy(g_stream);
-    return n_fail || g_dead ? 1 : 0;
+    return gh_end(blas);
 }
