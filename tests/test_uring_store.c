@@ -102,42 +102,44 @@ Test(store, direct_round_trip_and_file_lifecycle)
     cr_assert_eq(sp_uring_store_registered_paths(), before);
 }
 
-Test(store, buffered_mode_round_trip)
+/* Open with these options, check the I/O mode the store settled on, round-trip, close. */
+static void round_trip_in_mode(int direct, unsigned qd, size_t bs, unsigned faults, sp_store_mode want)
 {
-    sp_uring_store_opts o = opts(2, 4, 4096, 0);
+    sp_uring_store_opts o = opts(direct, qd, bs, faults);
     sp_uring_store_t *s = sp_uring_store_open(&o);
     cr_assert(s, "%s", sp_last_error());
-    cr_assert_eq(sp_uring_store_mode(s), SP_STORE_MODE_URING_BUFFERED);
+    cr_assert_eq(sp_uring_store_mode(s), want);
     round_trip(s);
     sp_uring_store_close(s);
+}
+
+Test(store, buffered_mode_round_trip)
+{
+    round_trip_in_mode(2, 4, 4096, 0, SP_STORE_MODE_URING_BUFFERED);
 }
 
 Test(store, no_uring_falls_back_to_pread)
 {
-    sp_uring_store_opts o = opts(0, 32, 1 << 20, SP_FAULT_NO_URING);
-    sp_uring_store_t *s = sp_uring_store_open(&o);
-    cr_assert(s, "%s", sp_last_error());
-    cr_assert_eq(sp_uring_store_mode(s), SP_STORE_MODE_PSYNC);
-    round_trip(s);
-    sp_uring_store_close(s);
+    round_trip_in_mode(0, 32, 1 << 20, SP_FAULT_NO_URING, SP_STORE_MODE_PSYNC);
 }
 
 Test(store, odirect_refused_falls_back_to_buffered)
 {
-    sp_uring_store_opts o = opts(0, 8, 65536, SP_FAULT_NO_ODIRECT);
-    sp_uring_store_t *s = sp_uring_store_open(&o);
-    cr_assert(s, "%s", sp_last_error());
-    cr_assert_eq(sp_uring_store_mode(s), SP_STORE_MODE_URING_BUFFERED);
-    round_trip(s);
-    sp_uring_store_close(s);
+    round_trip_in_mode(0, 8, 65536, SP_FAULT_NO_ODIRECT, SP_STORE_MODE_URING_BUFFERED);
+}
+
+/* The open must fail with a message containing `what` and leave no file behind. */
+static void open_fails_without_leaking(int direct, unsigned faults, const char *what)
+{
+    sp_uring_store_opts o = opts(direct, 8, 65536, faults);
+    cr_assert_null(sp_uring_store_open(&o));
+    cr_assert(strstr(sp_last_error(), what), "%s", sp_last_error());
+    cr_assert_eq(count_files(), 0);
 }
 
 Test(store, odirect_required_but_refused_fails_without_leaking)
 {
-    sp_uring_store_opts o = opts(1, 8, 65536, SP_FAULT_NO_ODIRECT);
-    cr_assert_null(sp_uring_store_open(&o));
-    cr_assert(strstr(sp_last_error(), "O_DIRECT"), "%s", sp_last_error());
-    cr_assert_eq(count_files(), 0);
+    open_fails_without_leaking(1, SP_FAULT_NO_ODIRECT, "O_DIRECT");
 }
 
 Test(store, missing_dir_fails_with_message)
@@ -151,13 +153,7 @@ Test(store, missing_dir_fails_with_message)
     cr_assert(strstr(sp_last_error(), "[spill] dir"));
 }
 
-Test(store, read_only_dir_fails_without_leaking)
-{
-    sp_uring_store_opts o = opts(0, 8, 65536, SP_FAULT_DIR_RO);
-    cr_assert_null(sp_uring_store_open(&o));
-    cr_assert(strstr(sp_last_error(), "Read-only"), "%s", sp_last_error());
-    cr_assert_eq(count_files(), 0);
-}
+Test(store, read_only_dir_fails_without_leaking) { open_fails_without_leaking(0, SP_FAULT_DIR_RO, "Read-only"); }
 
 /* Open a small-block store so one segment spans many requests. */
 static sp_uring_store_t *small_store(int direct)
