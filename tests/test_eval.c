@@ -13,6 +13,7 @@
 
 #include "eval.h"
 #include "model.h"
+#include "support/model_fixture.h"
 #include "tokenizer.h"
 
 /* ---- metrics ---- */
@@ -336,8 +337,7 @@ static int count_tokens(void *user, const char *text, size_t len)
 
 Test(eval_needle, real_tokenizer_and_haystack, .timeout = 60)
 {
-    const char *mp = getenv("SPINDLE_MODEL");
-    cr_assert(mp && access(mp, R_OK) == 0, "SPINDLE_MODEL not set or unreadable");
+    const char *mp = model_fixture_path();
     const char *sh = getenv("SPINDLE_SHARED");
     char dir[4096];
     snprintf(dir, sizeof dir, "%s/data/haystack/pg_essays", sh ? sh : "/work/shared");

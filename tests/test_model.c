@@ -20,17 +20,11 @@
 
 #include "model.h"
 #include "support/alloc_counter.h"
+#include "support/model_fixture.h"
 #include "sampler.h"
 #include "sp_error.h"
 
 /* ---- fixtures ------------------------------------------------------------------------------- */
-
-static const char *model_path(void)
-{
-    const char *p = getenv("SPINDLE_MODEL");
-    cr_assert(p && access(p, R_OK) == 0, "SPINDLE_MODEL not set or unreadable (%s)", p ? p : "unset");
-    return p;
-}
 
 static void *read_fixture(const char *rel, size_t *size)
 {
@@ -49,13 +43,6 @@ static void *read_fixture(const char *rel, size_t *size)
     fclose(f);
     *size = (size_t)n;
     return buf;
-}
-
-static sp_model_t *load_model(void)
-{
-    sp_model_t *m = sp_model_load(model_path());
-    cr_assert_not_null(m, "load: %s", sp_last_error());
-    return m;
 }
 
 static sp_ctx_t *new_ctx(const sp_model_t *m, int n_ctx, sp_kv_type kv, sp_ctx_params *extra)
@@ -112,7 +99,7 @@ Test(model, hidden_states_match_numpy_fp32_reference, .timeout = 300)
     memcpy(ref_h, buf + 28 + 4 * (size_t)n_tok, 4 * (size_t)n_rows * n_tok * n_embd);
     memcpy(ref_logits, buf + need - 4 * (size_t)n_vocab, 4 * (size_t)n_vocab);
 
-    sp_model_t *m = load_model();
+    sp_model_t *m = model_fixture_load();
     const sp_hparams *hp = sp_model_hparams(m);
     cr_assert_eq(n_rows, hp->n_layer + 1);
     cr_assert_eq(n_embd, hp->n_embd);
@@ -174,7 +161,7 @@ static agreement measure_agreement(const char *fixture, sp_numerics num)
     memcpy(ids, buf + 24, 4 * (size_t)n);
     memcpy(top, buf + 24 + 4 * (size_t)n, 4 * (size_t)n * k);
     memcpy(topl, buf + 24 + 4 * (size_t)n + 4 * (size_t)n * k, 4 * (size_t)n * k);
-    sp_model_t *m = load_model();
+    sp_model_t *m = model_fixture_load();
     cr_assert_eq(V, sp_model_hparams(m)->n_vocab);
     sp_ctx_params p = sp_ctx_default_params();
     p.numerics = num;
@@ -252,7 +239,7 @@ Test(model, greedy_continuation_matches_llama_cpp, .timeout = 300)
     int32_t prompt[512], want[64], got[64];
     int np = parse_ids(txt, "prompt_ids", prompt, 512), ng = parse_ids(txt, "greedy_ids", want, 64);
     cr_assert(np > 0 && ng == 32, "demo.tsv: %d prompt ids, %d greedy ids", np, ng);
-    sp_model_t *m = load_model();
+    sp_model_t *m = model_fixture_load();
     int V = sp_model_hparams(m)->n_vocab;
     sp_ctx_t *c = new_ctx(m, 1024, SP_KV_F16, NULL);
     float *logits = malloc(sizeof(float) * V);
@@ -277,7 +264,7 @@ Test(model, greedy_continuation_matches_llama_cpp, .timeout = 300)
  * max |logit|. The decode path under the default numerics is checked by (c). */
 Test(model, decode_equals_prefill_and_never_allocates, .timeout = 300)
 {
-    sp_model_t *m = load_model();
+    sp_model_t *m = model_fixture_load();
     int V = sp_model_hparams(m)->n_vocab;
     enum { N = 40, P = 24 };
     int32_t ids[N];
@@ -325,7 +312,7 @@ Test(model, decode_equals_prefill_and_never_allocates, .timeout = 300)
 
 Test(model, prompt_longer_than_n_ctx_is_an_error)
 {
-    sp_model_t *m = load_model();
+    sp_model_t *m = model_fixture_load();
     int V = sp_model_hparams(m)->n_vocab;
     sp_ctx_t *c = new_ctx(m, 64, SP_KV_F16, NULL);
     int32_t ids[65];
@@ -367,7 +354,7 @@ static void on_window(void *user, int layer, const float *s, int n_head, int n_k
 
 Test(model, window_scores_are_softmax_mass, .timeout = 300)
 {
-    sp_model_t *m = load_model();
+    sp_model_t *m = model_fixture_load();
     win_check w = { 0 };
     sp_ctx_params p = sp_ctx_default_params();
     p.chunk = 64;

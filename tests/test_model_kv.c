@@ -20,6 +20,7 @@
 #include "kv_segment.h"
 #include "model.h"
 #include "support/alloc_counter.h"
+#include "support/model_fixture.h"
 #include "sampler.h"
 #include "sp_error.h"
 #include "tokenizer.h"
@@ -34,12 +35,8 @@ static int g_n;
 /* A prompt of at least n tokens: numbered facts with repeats, so attention has structure. */
 static void setup(void)
 {
-    const char *p = getenv("SPINDLE_MODEL");
-    cr_assert(p && access(p, R_OK) == 0, "SPINDLE_MODEL not set or unreadable (%s)", p ? p : "unset");
-    g_model = sp_model_load(p);
-    cr_assert_not_null(g_model, "%s", sp_last_error());
-    sp_tokenizer_t *tok = sp_tokenizer_from_gguf(sp_model_gguf(g_model));
-    cr_assert_not_null(tok, "%s", sp_last_error());
+    g_model = model_fixture_load();
+    sp_tokenizer_t *tok = model_fixture_tokenizer(g_model);
     static const char *things[] = { "river", "lamp", "garden", "violin", "harbor", "pencil", "orchard" };
     char text[8192];
     size_t off = 0;

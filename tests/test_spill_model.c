@@ -11,6 +11,7 @@
 #include "kv_tiered.h"
 #include "model.h"
 #include "sp_error.h"
+#include "support/model_fixture.h"
 #include "support/spill_dir.h"
 #include "tokenizer.h"
 
@@ -28,12 +29,8 @@ static char dir[256];
 
 static void setup(void)
 {
-    const char *p = getenv("SPINDLE_MODEL");
-    cr_assert(p && access(p, R_OK) == 0, "SPINDLE_MODEL not set or unreadable (%s)", p ? p : "unset");
-    g_model = sp_model_load(p);
-    cr_assert_not_null(g_model, "%s", sp_last_error());
-    sp_tokenizer_t *tok = sp_tokenizer_from_gguf(sp_model_gguf(g_model));
-    cr_assert_not_null(tok, "%s", sp_last_error());
+    g_model = model_fixture_load();
+    sp_tokenizer_t *tok = model_fixture_tokenizer(g_model);
     char path[1024], *text = calloc(1, 16384);
     const char *shared = getenv("SPINDLE_SHARED");
     snprintf(path, sizeof path, "%s/data/haystack/pg_essays/addiction.txt", shared ? shared : "/work/shared");
