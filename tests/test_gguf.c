@@ -1,12 +1,14 @@
 /* test_gguf.c - the GGUF reader: the real default model (metadata, tensor table, data ranges, rows
  * dequantized against the gguf Python package) and hostile/broken files built in memory by a tiny
- * GGUF writer below, each of which must be rejected with a message naming what is wrong.
+ * GGUF writer (tests/support/gguf_writer), each of which must be rejected with a message naming
+ * what is wrong.
  */
 #include <criterion/criterion.h>
 
 #include "dequant.h"
 #include "gguf.h"
 #include "sp_error.h"
+#include "support/gguf_writer.h"
 
 #include <errno.h>
 #include <math.h>
@@ -16,77 +18,33 @@
 #include <time.h>
 #include <unistd.h>
 
-/* ---- a tiny GGUF writer ---- */
+/* ---- tensor records for the GGUF writer ---- */
 
-struct buf {
-    uint8_t *p;
-    size_t n, cap;
-};
-
-static void put(struct buf *b, const void *src, size_t n)
+static void tinfo(gguf_buf *b, const char *name, uint32_t n_dims, const uint64_t *ne, uint32_t type, uint64_t off)
 {
-    if (n == 0)
-        return;
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-        cr_assert_not_null(b->p);
-    }
-    memcpy(b->p + b->n, src, n);
-    b->n += n;
-}
-static void put_u32(struct buf *b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(struct buf *b, uint64_t v) { put(b, &v, 8); }
-static void put_str(struct buf *b, const char *s)
-{
-    put_u64(b, strlen(s));
-    put(b, s, strlen(s));
-}
-static void header(struct buf *b, uint32_t version, uint64_t n_tensors, uint64_t n_kv)
-{
-    put(b, "GGUF", 4);
-    put_u32(b, version);
-    put_u64(b, n_tensors);
-    put_u64(b, n_kv);
-}
-static void kv_u32(struct buf *b, const char *key, uint32_t v)
-{
-    put_str(b, key);
-    put_u32(b, SP_GGUF_UINT32);
-    put_u32(b, v);
-}
-static void kv_str(struct buf *b, const char *key, const char *v)
-{
-    put_str(b, key);
-    put_u32(b, SP_GGUF_STRING);
-    put_str(b, v);
-}
-static void tinfo(struct buf *b, const char *name, uint32_t n_dims, const uint64_t *ne, uint32_t type, uint64_t off)
-{
-    put_str(b, name);
-    put_u32(b, n_dims);
+    gw_str(b, name);
+    gw_u32(b, n_dims);
     for (uint32_t i = 0; i < n_dims; i++)
-        put_u64(b, ne[i]);
-    put_u32(b, type);
-    put_u64(b, off);
+        gw_u64(b, ne[i]);
+    gw_u32(b, type);
+    gw_u64(b, off);
 }
 /* Pad to the alignment, then n data bytes (a recognizable pattern). */
-static void data(struct buf *b, size_t align, size_t n)
+static void data(gguf_buf *b, size_t align, size_t n)
 {
-    while (b->n % align)
-        put(b, "\0", 1);
+    gw_pad(b, align);
     for (size_t i = 0; i < n; i++) {
         uint8_t v = (uint8_t)(i * 7 + 1);
-        put(b, &v, 1);
+        gw_put(b, &v, 1);
     }
 }
 
 #define NAME "synthetic.gguf"
 
-static sp_gguf_t *open_buf(const struct buf *b) { return sp_gguf_open_buffer(b->p, b->n, NAME); }
+static sp_gguf_t *open_buf(const gguf_buf *b) { return sp_gguf_open_buffer(b->p, b->n, NAME); }
 
 /* The file must be rejected and the message must name the file and contain every word given. */
-static void expect_reject_words(struct buf *b, const char *const *words, size_t n_words)
+static void expect_reject_words(gguf_buf *b, const char *const *words, size_t n_words)
 {
     sp_error_clear();
     sp_gguf_t *g = open_buf(b);
@@ -106,26 +64,26 @@ static void expect_reject_words(struct buf *b, const char *const *words, size_t 
     } while (0)
 
 /* A valid file: 11 keys of every kind, two tensors (F32 [4,2] at 0, Q8_0 [32] at 32). */
-static void valid_file(struct buf *b)
+static void valid_file(gguf_buf *b)
 {
-    header(b, 3, 2, 11);
-    kv_str(b, "general.architecture", "llama");
-    kv_u32(b, "test.u32", 7);
-    put_str(b, "test.f32"); put_u32(b, SP_GGUF_FLOAT32); { float f = 1.5f; put(b, &f, 4); }
-    put_str(b, "test.f64"); put_u32(b, SP_GGUF_FLOAT64); { double d = 0.25; put(b, &d, 8); }
-    put_str(b, "test.bool"); put_u32(b, SP_GGUF_BOOL); put(b, "\1", 1);
-    put_str(b, "test.i8"); put_u32(b, SP_GGUF_INT8); put(b, "\xfb", 1); /* -5 */
-    put_str(b, "test.u64"); put_u32(b, SP_GGUF_UINT64); put_u64(b, 1ull << 40);
-    put_str(b, "test.arr_i32"); put_u32(b, SP_GGUF_ARRAY); put_u32(b, SP_GGUF_INT32); put_u64(b, 3);
-    { int32_t v[3] = {1, -2, 3}; put(b, v, sizeof v); }
-    put_str(b, "test.strs"); put_u32(b, SP_GGUF_ARRAY); put_u32(b, SP_GGUF_STRING); put_u64(b, 3);
-    put_str(b, "a"); put_str(b, ""); put_str(b, "bcd");
+    gw_header(b, 3, 2, 11);
+    gw_kv_str(b, "general.architecture", "llama");
+    gw_kv_u32(b, "test.u32", 7);
+    gw_str(b, "test.f32"); gw_u32(b, SP_GGUF_FLOAT32); { float f = 1.5f; gw_put(b, &f, 4); }
+    gw_str(b, "test.f64"); gw_u32(b, SP_GGUF_FLOAT64); { double d = 0.25; gw_put(b, &d, 8); }
+    gw_str(b, "test.bool"); gw_u32(b, SP_GGUF_BOOL); gw_put(b, "\1", 1);
+    gw_str(b, "test.i8"); gw_u32(b, SP_GGUF_INT8); gw_put(b, "\xfb", 1); /* -5 */
+    gw_str(b, "test.u64"); gw_u32(b, SP_GGUF_UINT64); gw_u64(b, 1ull << 40);
+    gw_str(b, "test.arr_i32"); gw_u32(b, SP_GGUF_ARRAY); gw_u32(b, SP_GGUF_INT32); gw_u64(b, 3);
+    { int32_t v[3] = {1, -2, 3}; gw_put(b, v, sizeof v); }
+    gw_str(b, "test.strs"); gw_u32(b, SP_GGUF_ARRAY); gw_u32(b, SP_GGUF_STRING); gw_u64(b, 3);
+    gw_str(b, "a"); gw_str(b, ""); gw_str(b, "bcd");
     /* [[1u8, 2u8], ["x"]] : an array of arrays, walked but not exposed */
-    put_str(b, "test.nested"); put_u32(b, SP_GGUF_ARRAY); put_u32(b, SP_GGUF_ARRAY); put_u64(b, 2);
-    put_u32(b, SP_GGUF_UINT8); put_u64(b, 2); put(b, "\1\2", 2);
-    put_u32(b, SP_GGUF_STRING); put_u64(b, 1); put_str(b, "x");
-    put_str(b, "test.f32s"); put_u32(b, SP_GGUF_ARRAY); put_u32(b, SP_GGUF_FLOAT32); put_u64(b, 2);
-    { float v[2] = {0.5f, -4.0f}; put(b, v, sizeof v); }
+    gw_str(b, "test.nested"); gw_u32(b, SP_GGUF_ARRAY); gw_u32(b, SP_GGUF_ARRAY); gw_u64(b, 2);
+    gw_u32(b, SP_GGUF_UINT8); gw_u64(b, 2); gw_put(b, "\1\2", 2);
+    gw_u32(b, SP_GGUF_STRING); gw_u64(b, 1); gw_str(b, "x");
+    gw_str(b, "test.f32s"); gw_u32(b, SP_GGUF_ARRAY); gw_u32(b, SP_GGUF_FLOAT32); gw_u64(b, 2);
+    { float v[2] = {0.5f, -4.0f}; gw_put(b, v, sizeof v); }
     tinfo(b, "a", 2, (uint64_t[]){4, 2}, SP_TYPE_F32, 0);
     tinfo(b, "b", 1, (uint64_t[]){32}, SP_TYPE_Q8_0, 32);
     data(b, 32, 32 + 34);
@@ -135,7 +93,7 @@ static void valid_file(struct buf *b)
 
 Test(gguf_synthetic, opens_and_exposes_everything)
 {
-    struct buf b = {0};
+    gguf_buf b = {0};
     valid_file(&b);
     sp_gguf_t *g = open_buf(&b);
     cr_assert_not_null(g, "%s", sp_last_error());
@@ -256,9 +214,9 @@ Test(gguf_synthetic, opens_and_exposes_everything)
 
 Test(gguf_synthetic, version2_alignment_and_known_unsupported_type)
 {
-    struct buf b = {0};
-    header(&b, 2, 2, 1);
-    kv_u32(&b, "general.alignment", 64);
+    gguf_buf b = {0};
+    gw_header(&b, 2, 2, 1);
+    gw_kv_u32(&b, "general.alignment", 64);
     tinfo(&b, "q2k", 1, (uint64_t[]){256}, 10 /* Q2_K: ggml knows it, dequant does not */, 0);
     tinfo(&b, "f", 1, (uint64_t[]){3}, SP_TYPE_F16, 128);
     data(&b, 64, 128 + 6);
@@ -280,8 +238,8 @@ Test(gguf_synthetic, version2_alignment_and_known_unsupported_type)
 
 Test(gguf_synthetic, empty_model_without_tensors_or_keys)
 {
-    struct buf b = {0};
-    header(&b, 3, 0, 0);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 0, 0);
     sp_gguf_t *g = open_buf(&b);
     cr_assert_not_null(g, "%s", sp_last_error());
     cr_expect_eq(sp_gguf_n_kv(g), 0);
@@ -314,133 +272,133 @@ Test(gguf_reject, empty_file_and_directory)
     unlink(path);
     cr_expect_null(sp_gguf_open("/tmp"));
     cr_expect(strstr(sp_last_error(), "not a regular file"), "%s", sp_last_error());
-    struct buf b = {0};
-    put(&b, "", 0);
+    gguf_buf b = {0};
+    gw_put(&b, "", 0);
     expect_reject(&b, "empty file");
 }
 
 Test(gguf_reject, wrong_magic)
 {
-    struct buf b = {0};
-    header(&b, 3, 0, 0);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 0, 0);
     memcpy(b.p, "GGML", 4);
     expect_reject(&b, "not a GGUF file", "magic", "47474d4c");
-    put(&b, "GG", 2);
+    gw_put(&b, "GG", 2);
     expect_reject(&b, "not a GGUF file");
 }
 
 Test(gguf_reject, unsupported_version)
 {
-    struct buf b = {0};
-    header(&b, 1, 0, 0);
+    gguf_buf b = {0};
+    gw_header(&b, 1, 0, 0);
     expect_reject(&b, "unsupported GGUF version 1");
-    header(&b, 4, 0, 0);
+    gw_header(&b, 4, 0, 0);
     expect_reject(&b, "unsupported GGUF version 4");
-    header(&b, 3u << 24, 0, 0); /* a big-endian v3 file */
+    gw_header(&b, 3u << 24, 0, 0); /* a big-endian v3 file */
     expect_reject(&b, "unsupported GGUF version 50331648", "big-endian");
 }
 
 Test(gguf_reject, truncated_header)
 {
-    struct buf b = {0};
-    header(&b, 3, 0, 0);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 0, 0);
     b.n = 4 + 4 + 8 + 3; /* key count cut short */
     expect_reject(&b, "truncated header (key count)");
-    put(&b, "GGUF\3", 5);
+    gw_put(&b, "GGUF\3", 5);
     expect_reject(&b, "truncated header (version)");
 }
 
 Test(gguf_reject, truncated_key_string)
 {
-    struct buf b = {0};
-    header(&b, 3, 0, 1);
-    put_u64(&b, 20);
-    put(&b, "gener", 5);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 0, 1);
+    gw_u64(&b, 20);
+    gw_put(&b, "gener", 5);
     expect_reject(&b, "key #0 name", "string length 20", "truncated");
 }
 
 Test(gguf_reject, absurd_key_count)
 {
-    struct buf b = {0};
-    header(&b, 3, 0, 1ull << 60);
-    kv_u32(&b, "a", 1);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 0, 1ull << 60);
+    gw_kv_u32(&b, "a", 1);
     expect_reject(&b, "key count 1152921504606846976");
-    header(&b, 3, 0, 3); /* plausible but not present */
-    kv_u32(&b, "a", 1);
+    gw_header(&b, 3, 0, 3); /* plausible but not present */
+    gw_kv_u32(&b, "a", 1);
     expect_reject(&b, "key count 3");
 }
 
 Test(gguf_reject, absurd_string_length)
 {
-    struct buf b = {0};
-    header(&b, 3, 0, 1);
-    put_str(&b, "general.name");
-    put_u32(&b, SP_GGUF_STRING);
-    put_u64(&b, 1ull << 63);
-    put(&b, "abcdefgh", 8);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 0, 1);
+    gw_str(&b, "general.name");
+    gw_u32(&b, SP_GGUF_STRING);
+    gw_u64(&b, 1ull << 63);
+    gw_put(&b, "abcdefgh", 8);
     expect_reject(&b, "general.name", "string length 9223372036854775808");
     /* the same inside a string array */
-    header(&b, 3, 0, 1);
-    put_str(&b, "tokens");
-    put_u32(&b, SP_GGUF_ARRAY); put_u32(&b, SP_GGUF_STRING); put_u64(&b, 2);
-    put_str(&b, "ok");
-    put_u64(&b, UINT64_MAX);
-    put(&b, "xx", 2);
+    gw_header(&b, 3, 0, 1);
+    gw_str(&b, "tokens");
+    gw_u32(&b, SP_GGUF_ARRAY); gw_u32(&b, SP_GGUF_STRING); gw_u64(&b, 2);
+    gw_str(&b, "ok");
+    gw_u64(&b, UINT64_MAX);
+    gw_put(&b, "xx", 2);
     expect_reject(&b, "key 'tokens' element 1", "string length 18446744073709551615");
     /* array counts that cannot fit */
-    header(&b, 3, 0, 1);
-    put_str(&b, "scores");
-    put_u32(&b, SP_GGUF_ARRAY); put_u32(&b, SP_GGUF_FLOAT32); put_u64(&b, 1ull << 62);
-    put(&b, "xxxxxxxx", 8);
+    gw_header(&b, 3, 0, 1);
+    gw_str(&b, "scores");
+    gw_u32(&b, SP_GGUF_ARRAY); gw_u32(&b, SP_GGUF_FLOAT32); gw_u64(&b, 1ull << 62);
+    gw_put(&b, "xxxxxxxx", 8);
     expect_reject(&b, "scores", "array length 4611686018427387904");
 }
 
 Test(gguf_reject, unknown_value_type)
 {
-    struct buf b = {0};
-    header(&b, 3, 0, 1);
-    put_str(&b, "weird");
-    put_u32(&b, 13);
-    put_u32(&b, 0);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 0, 1);
+    gw_str(&b, "weird");
+    gw_u32(&b, 13);
+    gw_u32(&b, 0);
     expect_reject(&b, "weird", "unknown value type 13");
-    header(&b, 3, 0, 1);
-    put_str(&b, "weird_arr");
-    put_u32(&b, SP_GGUF_ARRAY); put_u32(&b, 77); put_u64(&b, 1); put_u32(&b, 0);
+    gw_header(&b, 3, 0, 1);
+    gw_str(&b, "weird_arr");
+    gw_u32(&b, SP_GGUF_ARRAY); gw_u32(&b, 77); gw_u64(&b, 1); gw_u32(&b, 0);
     expect_reject(&b, "weird_arr", "unknown value type 77");
 }
 
 Test(gguf_reject, nested_arrays_too_deep)
 {
-    struct buf b = {0};
-    header(&b, 3, 0, 1);
-    put_str(&b, "deep");
-    put_u32(&b, SP_GGUF_ARRAY);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 0, 1);
+    gw_str(&b, "deep");
+    gw_u32(&b, SP_GGUF_ARRAY);
     for (int i = 0; i < 100; i++) {
-        put_u32(&b, SP_GGUF_ARRAY);
-        put_u64(&b, 1);
+        gw_u32(&b, SP_GGUF_ARRAY);
+        gw_u64(&b, 1);
     }
-    put_u32(&b, SP_GGUF_UINT8); put_u64(&b, 0);
+    gw_u32(&b, SP_GGUF_UINT8); gw_u64(&b, 0);
     expect_reject(&b, "deep", "nested deeper");
 }
 
 Test(gguf_reject, duplicate_key)
 {
-    struct buf b = {0};
-    header(&b, 3, 0, 2);
-    kv_u32(&b, "llama.block_count", 30);
-    kv_u32(&b, "llama.block_count", 31);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 0, 2);
+    gw_kv_u32(&b, "llama.block_count", 30);
+    gw_kv_u32(&b, "llama.block_count", 31);
     expect_reject(&b, "duplicate key 'llama.block_count'");
 }
 
 Test(gguf_reject, truncated_tensor_table)
 {
-    struct buf b = {0};
-    header(&b, 3, 1, 0);
-    put_str(&b, "a");
-    put_u32(&b, 1);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 1, 0);
+    gw_str(&b, "a");
+    gw_u32(&b, 1);
     expect_reject(&b, "tensor count 1", "truncated tensor table");
     /* count plausible, second entry cut inside its offset field */
-    header(&b, 3, 2, 0);
+    gw_header(&b, 3, 2, 0);
     tinfo(&b, "a", 1, (uint64_t[]){4}, SP_TYPE_F32, 0);
     tinfo(&b, "b", 1, (uint64_t[]){4}, SP_TYPE_F32, 32);
     b.n -= 2;
@@ -451,23 +409,23 @@ Test(gguf_reject, bad_alignment)
 {
     const uint32_t bad[] = {0, 48, 3};
     for (size_t i = 0; i < 3; i++) {
-        struct buf b = {0};
+        gguf_buf b = {0};
         char want[64];
-        header(&b, 3, 0, 1);
-        kv_u32(&b, "general.alignment", bad[i]);
+        gw_header(&b, 3, 0, 1);
+        gw_kv_u32(&b, "general.alignment", bad[i]);
         snprintf(want, sizeof want, "general.alignment = %u is not a power of two", bad[i]);
         expect_reject(&b, want);
     }
-    struct buf b = {0};
-    header(&b, 3, 0, 1);
-    put_str(&b, "general.alignment"); put_u32(&b, SP_GGUF_UINT64); put_u64(&b, 32);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 0, 1);
+    gw_str(&b, "general.alignment"); gw_u32(&b, SP_GGUF_UINT64); gw_u64(&b, 32);
     expect_reject(&b, "general.alignment has type u64");
 }
 
 Test(gguf_reject, misaligned_tensor_offset)
 {
-    struct buf b = {0};
-    header(&b, 3, 1, 0);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "blk.0.attn_q.weight", 1, (uint64_t[]){4}, SP_TYPE_F32, 4);
     data(&b, 32, 64);
     expect_reject(&b, "tensor 'blk.0.attn_q.weight'", "data offset 4 is not aligned to 32");
@@ -475,30 +433,30 @@ Test(gguf_reject, misaligned_tensor_offset)
 
 Test(gguf_reject, tensor_data_beyond_file)
 {
-    struct buf b = {0};
-    header(&b, 3, 1, 0);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "blk.3.attn_q.weight", 2, (uint64_t[]){32, 4}, SP_TYPE_Q8_0, 32);
     data(&b, 32, 100);
     expect_reject(&b, "tensor 'blk.3.attn_q.weight' data [", "lies outside the file (size");
     /* offset near 2^64: the range sum must not wrap around */
-    header(&b, 3, 1, 0);
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "t", 1, (uint64_t[]){8}, SP_TYPE_F32, UINT64_MAX - 31);
     data(&b, 32, 32);
     expect_reject(&b, "tensor 't'", "outside the file");
     /* no data section at all */
-    header(&b, 3, 1, 0);
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "t", 1, (uint64_t[]){8}, SP_TYPE_F32, 0);
     expect_reject(&b, "tensor 't'", "outside the file");
 }
 
 Test(gguf_reject, n_dims_0_and_5)
 {
-    struct buf b = {0};
-    header(&b, 3, 1, 0);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "t", 0, NULL, SP_TYPE_F32, 0);
     data(&b, 32, 64);
     expect_reject(&b, "tensor 't'", "n_dims = 0");
-    header(&b, 3, 1, 0);
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "t", 5, (uint64_t[]){1, 1, 1, 1, 1}, SP_TYPE_F32, 0);
     data(&b, 32, 64);
     expect_reject(&b, "tensor 't'", "n_dims = 5");
@@ -506,25 +464,25 @@ Test(gguf_reject, n_dims_0_and_5)
 
 Test(gguf_reject, bad_dims)
 {
-    struct buf b = {0};
-    header(&b, 3, 1, 0);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "big", 3, (uint64_t[]){1ull << 32, 1ull << 31, 4}, SP_TYPE_F32, 0);
     data(&b, 32, 64);
     expect_reject(&b, "tensor 'big'", "overflow");
-    header(&b, 3, 1, 0);
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "huge", 1, (uint64_t[]){1ull << 63}, SP_TYPE_F32, 0);
     data(&b, 32, 64);
     expect_reject(&b, "tensor 'huge'", "dimension 0 = 9223372036854775808");
-    header(&b, 3, 1, 0);
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "zero", 2, (uint64_t[]){4, 0}, SP_TYPE_F32, 0);
     data(&b, 32, 64);
     expect_reject(&b, "tensor 'zero'", "dimension 1 = 0");
     /* element count fits in int64 but F32 bytes overflow 64 bits */
-    header(&b, 3, 1, 0);
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "bytes", 1, (uint64_t[]){(1ull << 62) + 8}, SP_TYPE_F32, 0);
     data(&b, 32, 64);
     expect_reject(&b, "tensor 'bytes'");
-    header(&b, 3, 1, 0);
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "odd", 1, (uint64_t[]){33}, SP_TYPE_Q4_1, 0);
     data(&b, 32, 64);
     expect_reject(&b, "tensor 'odd'", "not a multiple of the Q4_1 block size");
@@ -532,8 +490,8 @@ Test(gguf_reject, bad_dims)
 
 Test(gguf_reject, unknown_tensor_type)
 {
-    struct buf b = {0};
-    header(&b, 3, 1, 0);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "mystery", 1, (uint64_t[]){32}, 99, 0);
     data(&b, 32, 64);
     expect_reject(&b, "tensor 'mystery'", "unknown tensor type 99");
@@ -541,8 +499,8 @@ Test(gguf_reject, unknown_tensor_type)
 
 Test(gguf_reject, duplicate_tensor_name)
 {
-    struct buf b = {0};
-    header(&b, 3, 2, 0);
+    gguf_buf b = {0};
+    gw_header(&b, 3, 2, 0);
     tinfo(&b, "output_norm.weight", 1, (uint64_t[]){8}, SP_TYPE_F32, 0);
     tinfo(&b, "output_norm.weight", 1, (uint64_t[]){8}, SP_TYPE_F32, 32);
     data(&b, 32, 64);
@@ -551,15 +509,15 @@ Test(gguf_reject, duplicate_tensor_name)
 
 Test(gguf_reject, bad_tensor_names)
 {
-    struct buf b = {0};
+    gguf_buf b = {0};
     char longname[200];
     memset(longname, 'x', sizeof longname - 1);
     longname[sizeof longname - 1] = '\0';
-    header(&b, 3, 1, 0);
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, longname, 1, (uint64_t[]){8}, SP_TYPE_F32, 0);
     data(&b, 32, 64);
     expect_reject(&b, "tensor #0", "name length 199");
-    header(&b, 3, 1, 0);
+    gw_header(&b, 3, 1, 0);
     tinfo(&b, "", 1, (uint64_t[]){8}, SP_TYPE_F32, 0);
     data(&b, 32, 64);
     expect_reject(&b, "tensor #0", "name length 0");
@@ -568,7 +526,7 @@ Test(gguf_reject, bad_tensor_names)
 /* Every proper prefix of a valid file must be rejected (and must not crash or leak). */
 Test(gguf_reject, every_truncation_of_a_valid_file)
 {
-    struct buf b = {0};
+    gguf_buf b = {0};
     valid_file(&b);
     size_t full = b.n;
     for (size_t n = 0; n < full; n++) {

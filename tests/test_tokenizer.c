@@ -14,6 +14,7 @@
 
 #include "gguf.h"
 #include "sp_error.h"
+#include "support/gguf_writer.h"
 #include "tokenizer.h"
 
 #define DEFAULT_MODEL "/root/.cache/spindle/models/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -659,62 +660,21 @@ Test(tokenizer, bad_descriptions)
     sp_tokenizer_free(NULL);
 }
 
-/* Minimal GGUF v3 writer (metadata only) for hostile-vocabulary tests. */
-typedef struct gbuf {
-    unsigned char *p;
-    size_t n, cap;
-} gbuf;
-
-static void gb_put(gbuf *b, const void *src, size_t n)
-{
-    if (b->n + n > b->cap) {
-        b->cap = (b->n + n) * 2 + 64;
-        b->p = realloc(b->p, b->cap);
-        cr_assert_not_null(b->p);
-    }
-    memcpy(b->p + b->n, src, n);
-    b->n += n;
-}
-static void gb_u32(gbuf *b, uint32_t v) { gb_put(b, &v, 4); }
-static void gb_u64(gbuf *b, uint64_t v) { gb_put(b, &v, 8); }
-static void gb_str(gbuf *b, const char *s)
-{
-    gb_u64(b, strlen(s));
-    gb_put(b, s, strlen(s));
-}
-static void gb_kv_str(gbuf *b, const char *k, const char *v)
-{
-    gb_str(b, k);
-    gb_u32(b, 8);
-    gb_str(b, v);
-}
-static void gb_kv_strs(gbuf *b, const char *k, const char *const *v, size_t n)
-{
-    gb_str(b, k);
-    gb_u32(b, 9);
-    gb_u32(b, 8);
-    gb_u64(b, n);
-    for (size_t i = 0; i < n; i++)
-        gb_str(b, v[i]);
-}
-
-static sp_tokenizer_t *tok_from_kvs(const char *model, bool with_merges, const char *pre, gbuf *b)
+/* Write a GGUF v3 file (metadata only: a 3-token vocabulary with these keys) into b and build the
+ * tokenizer from it: NULL when the tokenizer refuses the vocabulary. */
+static sp_tokenizer_t *tok_from_kvs(const char *model, bool with_merges, const char *pre, gguf_buf *b)
 {
     const char *toks[] = {"a", "b", "ab"};
     const char *merges[] = {"a b"};
     uint64_t n_kv = 2 + (with_merges ? 1 : 0) + (pre ? 1 : 0);
-    gb_put(b, "GGUF", 4);
-    gb_u32(b, 3);
-    gb_u64(b, 0);
-    gb_u64(b, n_kv);
-    gb_kv_str(b, "tokenizer.ggml.model", model);
-    gb_kv_strs(b, "tokenizer.ggml.tokens", toks, 3);
+    gw_header(b, 3, 0, n_kv);
+    gw_kv_str(b, "tokenizer.ggml.model", model);
+    gw_kv_strs(b, "tokenizer.ggml.tokens", toks, 3);
     if (with_merges)
-        gb_kv_strs(b, "tokenizer.ggml.merges", merges, 1);
+        gw_kv_strs(b, "tokenizer.ggml.merges", merges, 1);
     if (pre)
-        gb_kv_str(b, "tokenizer.ggml.pre", pre);
-    while (b->n % 32)
-        gb_put(b, "", 1);
+        gw_kv_str(b, "tokenizer.ggml.pre", pre);
+    gw_pad(b, 32);
     sp_gguf_t *g = sp_gguf_open_buffer(b->p, b->n, "test.gguf");
     cr_assert_not_null(g, "test GGUF rejected: %s", sp_last_error());
     sp_tokenizer_t *t = sp_tokenizer_from_gguf(g);
@@ -724,7 +684,7 @@ static sp_tokenizer_t *tok_from_kvs(const char *model, bool with_merges, const c
 
 Test(tokenizer, gguf_vocabularies)
 {
-    gbuf b = {0};
+    gguf_buf b = {0};
     cr_assert_null(tok_from_kvs("llama", true, "default", &b));
     cr_assert(strstr(sp_last_error(), "tokenizer.ggml.model") && strstr(sp_last_error(), "llama"),
               "message must name key and value: %s", sp_last_error());
