@@ -7,15 +7,7 @@
 
 #include "kv_budget.h"
 #include "sp_error.h"
-
-static char notice[512];
-static int n_notices;
-static void capture(const char *msg, void *user)
-{
-    (void)user;
-    snprintf(notice, sizeof notice, "%s", msg);
-    n_notices++;
-}
+#include "support/notice_capture.h"
 
 static double mean_share(const int64_t *kept, int L, int64_t lc)
 {
@@ -86,14 +78,14 @@ Test(kv_budget, spindle_linear_mean_equals_rc_over_a_grid)
 Test(kv_budget, spindle_linear_fallbacks)
 {
     int64_t kept[4];
-    sp_set_notice_sink(capture, NULL);
-    n_notices = 0;
+    notice_capture nc;
+    notice_capture_start(&nc);
     /* r_c = (0.07·1032 - 32)/1000 = 0.04024 <= β: uniform 40 with a warning */
     cr_assert_eq(sp_kv_budget_spindle_linear(1032, 32, 0.07, 0.05, 4, kept, NULL), 0);
     for (int i = 0; i < 4; i++)
         cr_assert_eq(kept[i], 40);
-    cr_assert_eq(n_notices, 1);
-    cr_assert(strstr(notice, "uniform"), "notice: %s", notice);
+    cr_assert_eq(nc.count, 1);
+    cr_assert(strstr(nc.last, "uniform"), "notice: %s", nc.last);
     /* r·l < l_w: nothing but the window */
     cr_assert_eq(sp_kv_budget_spindle_linear(1032, 32, 0.01, 0.05, 4, kept, NULL), 0);
     cr_assert_eq(kept[0], 0);
@@ -102,7 +94,7 @@ Test(kv_budget, spindle_linear_fallbacks)
     cr_assert_eq(kept[3], 1000);
     cr_assert_eq(sp_kv_budget_spindle_linear(20, 32, 0.3, 0.05, 4, kept, NULL), 0);
     cr_assert_eq(kept[0], 0);
-    sp_set_notice_sink(NULL, NULL);
+    notice_capture_stop();
     cr_assert_lt(sp_kv_budget_spindle_linear(1032, 32, 0.0, 0.05, 4, kept, NULL), 0);
 }
 

@@ -6,15 +6,7 @@
 
 #include "kv_policy.h"
 #include "sp_error.h"
-
-static char notice[512];
-static int n_notices;
-static void capture(const char *msg, void *user)
-{
-    (void)user;
-    snprintf(notice, sizeof notice, "%s", msg);
-    n_notices++;
-}
+#include "support/notice_capture.h"
 
 Test(kv_policy, defaults_match_the_config_defaults)
 {
@@ -99,15 +91,15 @@ Test(kv_policy, window_longer_than_prompt_falls_back_with_notice)
 {
     sp_kv_opts o;
     sp_kv_opts_defaults(&o);
-    sp_set_notice_sink(capture, NULL);
-    n_notices = 0;
+    notice_capture nc;
+    notice_capture_start(&nc);
     cr_assert_eq(sp_kv_opts_validate(&o, 30, 20), 0);
-    cr_assert_eq(n_notices, 1);
-    cr_assert(strstr(notice, "nothing is evicted"), "%s", notice);
-    n_notices = 0;
+    cr_assert_eq(nc.count, 1);
+    cr_assert(strstr(nc.last, "nothing is evicted"), "%s", nc.last);
+    nc.count = 0;
     cr_assert_eq(sp_kv_opts_validate(&o, 30, 2000), 0);
-    cr_assert_eq(n_notices, 0);
-    sp_set_notice_sink(NULL, NULL);
+    cr_assert_eq(nc.count, 0);
+    notice_capture_stop();
 }
 
 Test(kv_policy, names_round_trip_and_allocator_mapping)

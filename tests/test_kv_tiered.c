@@ -19,6 +19,7 @@
 #include "ops.h"
 #include "segment_attn.h"
 #include "sp_error.h"
+#include "support/notice_capture.h"
 #include "support/spill_dir.h"
 
 #include <errno.h>
@@ -477,14 +478,6 @@ Test(kvt, host_tier_corruption_is_detected_sync_and_async)
     free_layers(&ls);
 }
 
-static int notices;
-static void count_notice(const char *msg, void *user)
-{
-    (void)user;
-    (void)msg;
-    notices++;
-}
-
 /* nvme writes fail for a reason other than the budget: the layers fall back to host/device when
  * the budgets allow; otherwise place() fails with a message. */
 static void write_fault(unsigned fault, bool host_room)
@@ -499,16 +492,16 @@ static void write_fault(unsigned fault, bool host_room)
     /* the device holds the pinned layer and the slots only: the rest must leave it */
     sp_tiers_t *ts = make_tiers(3 * biggest, host_room ? 0 : 2 * biggest, 0, NULL, 0);
     sp_uring_store_inject(sp_tiers_nvme_store(ts), fault, -1);
-    notices = 0;
-    sp_set_notice_sink(count_notice, NULL);
+    notice_capture nc;
+    notice_capture_start(&nc);
     sp_kv_tiered_t *t = make_kvt(ts, 4, 1, 1, SP_SPILL_SHALLOW_FIRST, NULL);
     int rc = 0;
     for (int l = 0; l < 4 && rc == 0; l++) {
         rc = sp_kv_tiered_place(t, l, ls.seg[l].buf, sp_kv_segment_size(&ls.seg[l]));
         check_budgets(ts);
     }
-    sp_set_notice_sink(NULL, NULL);
-    cr_assert_geq(notices, 1, "the fallback is announced");
+    notice_capture_stop();
+    cr_assert_geq(nc.count, 1, "the fallback is announced");
     if (host_room) {
         cr_assert_eq(rc, 0, "%s", sp_last_error());
         for (int l = 0; l < 4; l++)
@@ -545,13 +538,13 @@ static void open_problem(const char *spill_dir, unsigned open_faults, bool expec
     /* device: the pinned layer + 2 slots (d = 1) only; host: staging + one layer, or unlimited */
     sp_tiers_t *ts = make_tiers(sp_kv_segment_size(&ls.seg[3]) + 2 * biggest,
                                 host_room ? 0 : 2 * biggest, 0, spill_dir, open_faults);
-    notices = 0;
-    sp_set_notice_sink(count_notice, NULL);
+    notice_capture nc;
+    notice_capture_start(&nc);
     sp_kv_tiered_t *t = make_kvt(ts, 4, 1, 1, SP_SPILL_SHALLOW_FIRST, NULL);
     int rc = 0;
     for (int l = 0; l < 4 && rc == 0; l++)
         rc = sp_kv_tiered_place(t, l, ls.seg[l].buf, sp_kv_segment_size(&ls.seg[l]));
-    sp_set_notice_sink(NULL, NULL);
+    notice_capture_stop();
     if (!host_room && !expect_nvme) {
         cr_assert_lt(rc, 0);
         cr_assert(strstr(sp_last_error(), "[spill] dir"), "%s", sp_last_error());
@@ -569,7 +562,7 @@ static void open_problem(const char *spill_dir, unsigned open_faults, bool expec
             run_step(&p, &ls, 99);
         check_budgets(ts);
     }
-    cr_assert_geq(notices, 1, "the fallback is announced");
+    cr_assert_geq(nc.count, 1, "the fallback is announced");
     sp_kv_tiered_free(t);
     sp_tiers_free(ts);
     free_layers(&ls);
