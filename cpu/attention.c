@@ -185,21 +185,71 @@ static void gather_q(const sp_attn_args *a, int G, int g, int q0, int bq, float 
         }
 }
 
+/* Keys of a block starting at kb (nk keys) that a query at position pos sees (<= 0: none). */
+static inline int valid_keys(int pos, int kb, int nk)
+{
+    return pos - kb + 1 < nk ? pos - kb + 1 : nk;
+}
+
+/* One online-softmax step over a row's n scores: the running max *m and sum *l absorb them, srow
+ * becomes exp(s - new max). Returns the factor exp(old max - new max) that rescales what was summed
+ * before (0 on the first block, where *m = -inf). */
+static inline float softmax_step(float *srow, int n, float *m, float *l)
+{
+    float mx = row_max(srow, n);
+    float m_new = mx > *m ? mx : *m;
+    float corr = expf(*m - m_new);
+    float sum = exp_sub_sum(srow, n, m_new);
+    *l = *l * corr + sum;
+    *m = m_new;
+    return corr;
+}
+
+/* Store lse = m + log(l) of query qi, head h, if qi is one of the last n_window queries. */
+static void store_lse(const att_job *j, int h, int qi, float lse)
+{
+    const sp_attn_args *a = j->a;
+    int wi = qi - (a->n_q - a->n_window);
+    if (a->n_window > 0 && wi >= 0)
+        j->lse[(size_t)h * a->n_window + wi] = lse;
+}
+
+/* One prefill task: KV head g x queries [q0, q0+bq), R = G*bq rows (row r = head hh*bq + query r%bq)
+ * gathered into sc.qs, with m = -inf, l = 0, o = 0; keys 0..kend-1 are visible to some row. */
+typedef struct att_task {
+    att_scr sc;
+    int g, q0, bq, R, pos_first, kend;
+} att_task;
+
+static att_task prefill_begin(const att_job *j, int t, int ith, bool r16)
+{
+    const sp_attn_args *a = j->a;
+    att_task k;
+    int qb = j->n_qb - 1 - t / a->n_kv_head;
+    k.sc = carve(j->c, ith, j->G, a->head_dim);
+    k.g = t % a->n_kv_head;
+    k.q0 = qb * j->BQ;
+    k.bq = a->n_q - k.q0 < j->BQ ? a->n_q - k.q0 : j->BQ;
+    k.R = j->G * k.bq;
+    gather_q(a, j->G, k.g, k.q0, k.bq, k.sc.qs, r16);
+    for (int r = 0; r < k.R; r++) {
+        k.sc.m[r] = -INFINITY;
+        k.sc.l[r] = 0.0f;
+    }
+    memset(k.sc.o, 0, sizeof(float) * (size_t)k.R * a->head_dim);
+    k.pos_first = a->q_pos0 + k.q0;
+    k.kend = k.pos_first + k.bq;
+    return k;
+}
+
 static void prefill_unit(void *arg, int t, int ith)
 {
     att_job *j = arg;
     const sp_attn_args *a = j->a;
     int G = j->G, D = a->head_dim;
-    att_scr sc = carve(j->c, ith, G, D);
-    int qb = j->n_qb - 1 - t / a->n_kv_head, g = t % a->n_kv_head;
-    int q0 = qb * j->BQ, bq = a->n_q - q0 < j->BQ ? a->n_q - q0 : j->BQ, R = G * bq;
-    gather_q(a, G, g, q0, bq, sc.qs, false);
-    for (int r = 0; r < R; r++) {
-        sc.m[r] = -INFINITY;
-        sc.l[r] = 0.0f;
-    }
-    memset(sc.o, 0, sizeof(float) * (size_t)R * D);
-    int pos_first = a->q_pos0 + q0, kend = pos_first + bq;
+    att_task tk = prefill_begin(j, t, ith, false);
+    att_scr sc = tk.sc;
+    int g = tk.g, q0 = tk.q0, bq = tk.bq, R = tk.R, pos_first = tk.pos_first, kend = tk.kend;
     for (int kb = 0; kb < kend; kb += ATT_BK) {
         int nk = kend - kb < ATT_BK ? kend - kb : ATT_BK;
         const float *K = kv_block(a, a->k, g, kb, nk, sc.kf);
@@ -208,20 +258,14 @@ static void prefill_unit(void *arg, int t, int ith)
                     sc.s, ATT_BK);
         for (int r = 0; r < R; r++) {
             float *srow = sc.s + (size_t)r * ATT_BK;
-            int pos = pos_first + r % bq;
-            int valid = pos - kb + 1 < nk ? pos - kb + 1 : nk;
+            int valid = valid_keys(pos_first + r % bq, kb, nk);
             if (valid <= 0) {           /* whole block is in this query's future */
                 memset(srow, 0, sizeof(float) * nk);
                 continue;
             }
-            float mx = row_max(srow, valid);
-            float m_new = mx > sc.m[r] ? mx : sc.m[r];
-            float corr = expf(sc.m[r] - m_new);   /* m = -inf on the first block: corr = 0 */
-            float sum = exp_sub_sum(srow, valid, m_new);
+            float corr = softmax_step(srow, valid, &sc.m[r], &sc.l[r]);
             if (valid < nk)
                 memset(srow + valid, 0, sizeof(float) * (nk - valid));
-            sc.l[r] = sc.l[r] * corr + sum;
-            sc.m[r] = m_new;
             if (corr != 1.0f)
                 scale_row(sc.o + (size_t)r * D, D, corr);
         }
@@ -234,9 +278,7 @@ static void prefill_unit(void *arg, int t, int ith)
         float *dst = a->out + (size_t)qi * a->ldo + (size_t)h * D;
         for (int d = 0; d < D; d++)
             dst[d] = sc.o[(size_t)r * D + d] * inv;
-        int wi = qi - (a->n_q - a->n_window);
-        if (a->n_window > 0 && wi >= 0)
-            j->lse[(size_t)h * a->n_window + wi] = sc.m[r] + logf(sc.l[r]);
+        store_lse(j, h, qi, sc.m[r] + logf(sc.l[r]));
     }
 }
 
@@ -246,16 +288,9 @@ static void prefill_unit_r16(void *arg, int t, int ith)
     att_job *j = arg;
     const sp_attn_args *a = j->a;
     int G = j->G, D = a->head_dim;
-    att_scr sc = carve(j->c, ith, G, D);
-    int qb = j->n_qb - 1 - t / a->n_kv_head, g = t % a->n_kv_head;
-    int q0 = qb * j->BQ, bq = a->n_q - q0 < j->BQ ? a->n_q - q0 : j->BQ, R = G * bq;
-    gather_q(a, G, g, q0, bq, sc.qs, true);
-    for (int r = 0; r < R; r++) {
-        sc.m[r] = -INFINITY;
-        sc.l[r] = 0.0f;
-    }
-    memset(sc.o, 0, sizeof(float) * (size_t)R * D);
-    int pos_first = a->q_pos0 + q0, kend = pos_first + bq;
+    att_task tk = prefill_begin(j, t, ith, true);
+    att_scr sc = tk.sc;
+    int g = tk.g, q0 = tk.q0, bq = tk.bq, R = tk.R, pos_first = tk.pos_first, kend = tk.kend;
     for (int pass = 0; pass < 2; pass++)
         for (int kb = 0; kb < kend; kb += ATT_BK) {
             int nk = kend - kb < ATT_BK ? kend - kb : ATT_BK;
@@ -264,18 +299,13 @@ static void prefill_unit_r16(void *arg, int t, int ith)
                         ATT_BK);
             for (int r = 0; r < R; r++) {
                 float *srow = sc.s + (size_t)r * ATT_BK;
-                int pos = pos_first + r % bq;
-                int valid = pos - kb + 1 < nk ? pos - kb + 1 : nk;
+                int valid = valid_keys(pos_first + r % bq, kb, nk);
                 if (valid <= 0) {
                     memset(srow, 0, sizeof(float) * nk);
                     continue;
                 }
                 if (pass == 0) {
-                    float mx = row_max(srow, valid);
-                    float m_new = mx > sc.m[r] ? mx : sc.m[r];
-                    float corr = expf(sc.m[r] - m_new);
-                    sc.l[r] = sc.l[r] * corr + exp_sub_sum(srow, valid, m_new);
-                    sc.m[r] = m_new;
+                    softmax_step(srow, valid, &sc.m[r], &sc.l[r]);
                 } else {
                     exp_sub_sum(srow, valid, sc.m[r]);
                     scale_row(srow, valid, (float)(1.0 / (double)sc.l[r]));
@@ -293,9 +323,7 @@ static void prefill_unit_r16(void *arg, int t, int ith)
     for (int r = 0; r < R; r++) {
         int hh = r / bq, i = r % bq, h = g * G + hh, qi = q0 + i;
         memcpy(a->out + (size_t)qi * a->ldo + (size_t)h * D, sc.o + (size_t)r * D, sizeof(float) * D);
-        int wi = qi - (a->n_q - a->n_window);
-        if (a->n_window > 0 && wi >= 0)
-            j->lse[(size_t)h * a->n_window + wi] = sc.m[r] + logf(sc.l[r]);
+        store_lse(j, h, qi, sc.m[r] + logf(sc.l[r]));
     }
 }
 
@@ -319,8 +347,7 @@ static void window_unit(void *arg, int t, int ith)
                     sc.s, ATT_BK);
         for (int r = 0; r < R; r++) {
             int hh = r / bw, wi = w0 + r % bw, h = g * G + hh;
-            int pos = a->q_pos0 + wq0 + wi;
-            int valid = pos - kb + 1 < nk ? pos - kb + 1 : nk;
+            int valid = valid_keys(a->q_pos0 + wq0 + wi, kb, nk);
             if (valid <= 0)
                 continue;
             float *srow = sc.s + (size_t)r * ATT_BK;
@@ -336,6 +363,12 @@ static void window_unit(void *arg, int t, int ith)
             }
         }
     }
+}
+
+/* Window scores: one task per KV head x key block (the lse of the window queries are in j->lse). */
+static void window_pass(sp_cpu *c, const sp_attn_args *a, att_job *j)
+{
+    sp_pool_for(c->pool, a->n_kv_head * ((a->q_pos0 + a->n_q + ATT_BK - 1) / ATT_BK), window_unit, j);
 }
 
 static float dot_d(const float *a, const float *b, int n)
@@ -434,14 +467,38 @@ static void dec_accum(float *o, const float *V, const float *p, int nk, int D)
         axpy(o, V + (size_t)k * D, p[k], D);
 }
 
+/* Decode slice `slice`'s partial of head h in the shared scratch: [m, l, o[D]]. */
+static inline float *dec_part(const sp_cpu *c, const sp_attn_args *a, int slice, int h)
+{
+    return c->shared + ((size_t)slice * a->n_head + h) * (size_t)(a->head_dim + 2);
+}
+
+/* Keys [*k0, *k1) of decode slice `slice`. */
+static void dec_slice(const att_job *j, int slice, int *k0, int *k1)
+{
+    int n_keys = j->a->q_pos0 + 1;
+    *k0 = (int)((int64_t)n_keys * slice / j->n_slices);
+    *k1 = (int)((int64_t)n_keys * (slice + 1) / j->n_slices);
+}
+
+/* The largest running max of head h over the decode slices' partials. */
+static float dec_max(const sp_cpu *c, const sp_attn_args *a, int n_slices, int h)
+{
+    float M = -INFINITY;
+    for (int t = 0; t < n_slices; t++) {
+        float m = dec_part(c, a, t, h)[0];
+        M = m > M ? m : M;
+    }
+    return M;
+}
+
 static void decode_unit(void *arg, int slice, int ith)
 {
     att_job *j = arg;
     const sp_attn_args *a = j->a;
-    int G = j->G, D = a->head_dim, n_keys = a->q_pos0 + 1;
-    int k0 = (int)((int64_t)n_keys * slice / j->n_slices), k1 = (int)((int64_t)n_keys * (slice + 1) / j->n_slices);
+    int G = j->G, D = a->head_dim, k0, k1;
+    dec_slice(j, slice, &k0, &k1);
     att_scr sc = carve(j->c, ith, G, D);
-    float *part = j->c->shared + (size_t)slice * a->n_head * (D + 2);   /* [n_head][m, l, o[D]] */
     for (int g = 0; g < a->n_kv_head; g++) {
         gather_q(a, G, g, 0, 1, sc.qs, false);
         for (int hh = 0; hh < G; hh++) {
@@ -456,12 +513,7 @@ static void decode_unit(void *arg, int slice, int ith)
             dec_scores(sc.qs, G, K, nk, D, sc.s);
             for (int hh = 0; hh < G; hh++) {
                 float *srow = sc.s + (size_t)hh * DEC_BK;
-                float mx = row_max(srow, nk);
-                float m_new = mx > sc.m[hh] ? mx : sc.m[hh];
-                float corr = expf(sc.m[hh] - m_new);
-                float sum = exp_sub_sum(srow, nk, m_new);
-                sc.l[hh] = sc.l[hh] * corr + sum;
-                sc.m[hh] = m_new;
+                float corr = softmax_step(srow, nk, &sc.m[hh], &sc.l[hh]);
                 float *o = sc.o + (size_t)hh * D;
                 if (corr != 1.0f)
                     scale_row(o, D, corr);
@@ -469,7 +521,7 @@ static void decode_unit(void *arg, int slice, int ith)
             }
         }
         for (int hh = 0; hh < G; hh++) {
-            float *p = part + (size_t)(g * G + hh) * (D + 2);
+            float *p = dec_part(j->c, a, slice, g * G + hh);
             p[0] = sc.m[hh];
             p[1] = sc.l[hh];
             memcpy(p + 2, sc.o + (size_t)hh * D, sizeof(float) * D);
@@ -484,14 +536,13 @@ static void decode_unit_r16(void *arg, int slice, int ith)
 {
     att_job *j = arg;
     const sp_attn_args *a = j->a;
-    int G = j->G, D = a->head_dim, n_keys = a->q_pos0 + 1;
-    int k0 = (int)((int64_t)n_keys * slice / j->n_slices), k1 = (int)((int64_t)n_keys * (slice + 1) / j->n_slices);
+    int G = j->G, D = a->head_dim, k0, k1;
+    dec_slice(j, slice, &k0, &k1);
     att_scr sc = carve(j->c, ith, G, D);
-    float *part = j->c->shared + (size_t)slice * a->n_head * (D + 2);   /* [n_head][m, l, o[D]] */
     for (int g = 0; g < a->n_kv_head; g++) {
         gather_q(a, G, g, 0, 1, sc.qs, true);
         for (int hh = 0; hh < G; hh++) {
-            float *p = part + (size_t)(g * G + hh) * (D + 2);
+            float *p = dec_part(j->c, a, slice, g * G + hh);
             if (j->phase == 0) {
                 p[0] = -INFINITY;
                 p[1] = 0.0f;
@@ -506,14 +557,10 @@ static void decode_unit_r16(void *arg, int slice, int ith)
             const float *V = j->phase ? kv_block(a, a->v, g, kb, nk, sc.vf) : NULL;
             for (int hh = 0; hh < G; hh++) {
                 float *srow = sc.s + (size_t)hh * DEC_BK;
-                float *p = part + (size_t)(g * G + hh) * (D + 2);
+                float *p = dec_part(j->c, a, slice, g * G + hh);
                 scale_row(srow, nk, a->scale);
                 if (j->phase == 0) {
-                    float mx = row_max(srow, nk);
-                    float m_new = mx > p[0] ? mx : p[0];
-                    float corr = expf(p[0] - m_new);
-                    p[1] = p[1] * corr + exp_sub_sum(srow, nk, m_new);
-                    p[0] = m_new;
+                    softmax_step(srow, nk, &p[0], &p[1]);
                 } else {
                     exp_sub_sum(srow, nk, p[0]);
                     scale_row(srow, nk, p[1]);
@@ -531,20 +578,16 @@ static void decode_r16(sp_cpu *c, const sp_attn_args *a, att_job *j)
     j->phase = 0;
     sp_pool_for(c->pool, j->n_slices, decode_unit_r16, j);
     for (int h = 0; h < a->n_head; h++) {
-        float M = -INFINITY;
+        float M = dec_max(c, a, j->n_slices, h);
         double L = 0.0;
         for (int t = 0; t < j->n_slices; t++) {
-            float m = c->shared[((size_t)t * a->n_head + h) * (D + 2)];
-            M = m > M ? m : M;
-        }
-        for (int t = 0; t < j->n_slices; t++) {
-            const float *p = c->shared + ((size_t)t * a->n_head + h) * (D + 2);
+            const float *p = dec_part(c, a, t, h);
             if (p[0] != -INFINITY)
                 L += (double)expf(p[0] - M) * p[1];
         }
         float inv = (float)(1.0 / L);
         for (int t = 0; t < j->n_slices; t++) {
-            float *p = c->shared + ((size_t)t * a->n_head + h) * (D + 2);
+            float *p = dec_part(c, a, t, h);
             p[0] = M;
             p[1] = inv;
         }
@@ -555,7 +598,7 @@ static void decode_r16(sp_cpu *c, const sp_attn_args *a, att_job *j)
         float *dst = a->out + (size_t)h * D;
         memset(dst, 0, sizeof(float) * D);
         for (int t = 0; t < j->n_slices; t++)
-            axpy(dst, c->shared + ((size_t)t * a->n_head + h) * (D + 2) + 2, 1.0f, D);
+            axpy(dst, dec_part(c, a, t, h) + 2, 1.0f, D);
     }
 }
 
@@ -771,9 +814,7 @@ static void exact_prefill_unit(void *arg, int t, int ith)
         for (int hh = 0; hh < G; hh++) {
             int h = g * G + hh;
             reduce_lanes16(acc + (size_t)hh * 16 * D, D, a->out + (size_t)qi * a->ldo + (size_t)h * D);
-            int wi = qi - (a->n_q - a->n_window);
-            if (a->n_window > 0 && wi >= 0)
-                j->lse[(size_t)h * a->n_window + wi] = lse[hh];
+            store_lse(j, h, qi, lse[hh]);
         }
     }
 }
@@ -806,7 +847,7 @@ int sp_op_attention(sp_cpu *c, const sp_attn_args *a)
         else
             sp_pool_for(c->pool, a->n_kv_head * ((a->n_q + EX_BQ - 1) / EX_BQ), exact_prefill_unit, &j);
         if (a->n_window > 0)
-            sp_pool_for(c->pool, a->n_kv_head * ((a->q_pos0 + a->n_q + ATT_BK - 1) / ATT_BK), window_unit, &j);
+            window_pass(c, a, &j);
         return 0;
     }
 #endif
@@ -821,15 +862,11 @@ int sp_op_attention(sp_cpu *c, const sp_attn_args *a)
         }
         sp_pool_for(c->pool, j.n_slices, decode_unit, &j);
         for (int h = 0; h < a->n_head; h++) {
-            float M = -INFINITY, L = 0.0f;
-            for (int t = 0; t < j.n_slices; t++) {
-                float m = c->shared[((size_t)t * a->n_head + h) * (D + 2)];
-                M = m > M ? m : M;
-            }
+            float M = dec_max(c, a, j.n_slices, h), L = 0.0f;
             float *dst = a->out + (size_t)h * D;
             memset(dst, 0, sizeof(float) * D);
             for (int t = 0; t < j.n_slices; t++) {
-                const float *p = c->shared + ((size_t)t * a->n_head + h) * (D + 2);
+                const float *p = dec_part(c, a, t, h);
                 if (p[0] == -INFINITY)
                     continue;                 /* empty key slice */
                 float w = expf(p[0] - M);
@@ -842,6 +879,6 @@ int sp_op_attention(sp_cpu *c, const sp_attn_args *a)
     }
     sp_pool_for(c->pool, a->n_kv_head * j.n_qb, j.r16 ? prefill_unit_r16 : prefill_unit, &j);
     if (a->n_window > 0)
-        sp_pool_for(c->pool, a->n_kv_head * ((a->q_pos0 + a->n_q + ATT_BK - 1) / ATT_BK), window_unit, &j);
+        window_pass(c, a, &j);
     return 0;
 }
