@@ -90,23 +90,18 @@ static int rd_bytes(struct rd *r, size_t n, const uint8_t **out, const char *wha
     return 0;
 }
 
-static int rd_u32(struct rd *r, uint32_t *v, const char *what)
+/* A little-endian number of n bytes into *v. */
+static int rd_num(struct rd *r, void *v, size_t n, const char *what)
 {
     const uint8_t *b = NULL;
-    int rc = rd_bytes(r, 4, &b, what);
+    int rc = rd_bytes(r, n, &b, what);
     if (rc == 0)
-        memcpy(v, b, 4);
+        memcpy(v, b, n);
     return rc;
 }
 
-static int rd_u64(struct rd *r, uint64_t *v, const char *what)
-{
-    const uint8_t *b = NULL;
-    int rc = rd_bytes(r, 8, &b, what);
-    if (rc == 0)
-        memcpy(v, b, 8);
-    return rc;
-}
+static int rd_u32(struct rd *r, uint32_t *v, const char *what) { return rd_num(r, v, sizeof *v, what); }
+static int rd_u64(struct rd *r, uint64_t *v, const char *what) { return rd_num(r, v, sizeof *v, what); }
 
 /* A length-prefixed string; `what` names it in messages (e.g. "key #3", "tensor #7 name"). */
 static int rd_str(struct rd *r, sp_gguf_str *s, const char *what)
@@ -149,6 +144,18 @@ static size_t vtype_size(uint32_t t)
 
 static bool vtype_valid(uint32_t t) { return t <= SP_GGUF_FLOAT64; }
 
+/* Whether n elements of type et (valid) can fit in the bytes left: a fixed-size element takes its
+ * size, a string at least its 8-byte length, a nested array at least its type and length (12). */
+static int check_arr_len(const struct rd *r, const char *key, uint32_t et, uint64_t n, const char *what)
+{
+    size_t es = vtype_size(et);
+    uint64_t min = es ? es : et == SP_GGUF_STRING ? 8 : 12;
+    if (n > rd_left(r) / min)
+        return sp_error(EINVAL, "%s: key '%s': %s length %" PRIu64 " of %s exceeds the %zu bytes left in the file",
+                        r->name, key, what, n, vtype_name(et), rd_left(r));
+    return 0;
+}
+
 /* Walk over one array body (element type + count + elements) without exposing it; used for
  * arrays nested inside arrays. Work is bounded by the file size: every element consumes bytes. */
 static int skip_array(struct rd *r, int depth, const char *key)
@@ -163,16 +170,13 @@ static int skip_array(struct rd *r, int depth, const char *key)
         return rc;
     if (!vtype_valid(et))
         return sp_error(EINVAL, "%s: key '%s': unknown value type %" PRIu32 " in nested array", r->name, key, et);
+    if ((rc = check_arr_len(r, key, et, n, "nested array")))
+        return rc;
     size_t es = vtype_size(et);
     if (es) {
-        if (n > rd_left(r) / es)
-            return sp_error(EINVAL, "%s: key '%s': nested array length %" PRIu64 " exceeds the file", r->name, key, n);
         r->pos += (size_t)(n * es);
         return 0;
     }
-    uint64_t min = et == SP_GGUF_STRING ? 8 : 12;
-    if (n > rd_left(r) / min)
-        return sp_error(EINVAL, "%s: key '%s': nested array length %" PRIu64 " exceeds the file", r->name, key, n);
     for (uint64_t i = 0; i < n; i++) {
         if (et == SP_GGUF_STRING) {
             sp_gguf_str s;
@@ -210,17 +214,11 @@ static int read_value(struct rd *r, struct kv *kv, const char *keyname)
         return sp_error(EINVAL, "%s: key '%s': unknown value type %" PRIu32 " for array elements", r->name,
                         keyname, kv->elem_type);
     kv->val = r->p + r->pos;
+    if ((rc = check_arr_len(r, keyname, kv->elem_type, kv->n, "array")))
+        return rc;
     es = vtype_size(kv->elem_type);
-    if (es) {
-        if (kv->n > rd_left(r) / es)
-            return sp_error(EINVAL, "%s: key '%s': array length %" PRIu64 " of %s exceeds the %zu bytes left in the file",
-                            r->name, keyname, kv->n, vtype_name(kv->elem_type), rd_left(r));
+    if (es)
         return rd_bytes(r, (size_t)(kv->n * es), &b, keyname);
-    }
-    uint64_t min = kv->elem_type == SP_GGUF_STRING ? 8 : 12;
-    if (kv->n > rd_left(r) / min)
-        return sp_error(EINVAL, "%s: key '%s': array length %" PRIu64 " of %s exceeds the %zu bytes left in the file",
-                        r->name, keyname, kv->n, vtype_name(kv->elem_type), rd_left(r));
     if (kv->elem_type == SP_GGUF_STRING) {
         /* n <= bytes left / 8 <= file size / 8: the index is at most the file's size */
         kv->strs = malloc((size_t)(kv->n ? kv->n : 1) * sizeof *kv->strs);
@@ -665,16 +663,38 @@ static bool int_value(uint32_t type, const uint8_t *p, bool *is_signed, int64_t 
     return true;
 }
 
-int sp_gguf_get_u32(const sp_gguf_t *g, const char *key, uint32_t *out)
+/* The integer value of key (see int_value); 0, -ENOENT or -EINVAL. */
+static int get_int(const sp_gguf_t *g, const char *key, bool *sg, int64_t *s, uint64_t *u)
 {
     const struct kv *kv = get_kv(g, key);
+    if (!kv)
+        return -ENOENT;
+    if (!int_value(kv->type, kv->val, sg, s, u))
+        return sp_error(EINVAL, "%s: key '%s' has type %s, expected an integer", g->name, key, vtype_name(kv->type));
+    return 0;
+}
+
+/* A float value of type f32 or f64 at p, as float. */
+static float float_value(uint32_t type, const uint8_t *p)
+{
+    float f;
+    double d;
+    if (type == SP_GGUF_FLOAT32) {
+        memcpy(&f, p, 4);
+        return f;
+    }
+    memcpy(&d, p, 8);
+    return (float)d;
+}
+
+int sp_gguf_get_u32(const sp_gguf_t *g, const char *key, uint32_t *out)
+{
     bool sg;
     int64_t s = 0;
     uint64_t u = 0;
-    if (!kv)
-        return -ENOENT;
-    if (!int_value(kv->type, kv->val, &sg, &s, &u))
-        return sp_error(EINVAL, "%s: key '%s' has type %s, expected an integer", g->name, key, vtype_name(kv->type));
+    int rc = get_int(g, key, &sg, &s, &u);
+    if (rc)
+        return rc;
     if (sg ? (s < 0 || s > (int64_t)UINT32_MAX) : u > UINT32_MAX)
         return sp_error(EINVAL, "%s: key '%s' = %s%" PRIu64 " does not fit in u32", g->name, key,
                         sg && s < 0 ? "-" : "", sg ? (s < 0 ? (uint64_t)0 - (uint64_t)s : (uint64_t)s) : u);
@@ -684,14 +704,12 @@ int sp_gguf_get_u32(const sp_gguf_t *g, const char *key, uint32_t *out)
 
 int sp_gguf_get_i64(const sp_gguf_t *g, const char *key, int64_t *out)
 {
-    const struct kv *kv = get_kv(g, key);
     bool sg;
     int64_t s = 0;
     uint64_t u = 0;
-    if (!kv)
-        return -ENOENT;
-    if (!int_value(kv->type, kv->val, &sg, &s, &u))
-        return sp_error(EINVAL, "%s: key '%s' has type %s, expected an integer", g->name, key, vtype_name(kv->type));
+    int rc = get_int(g, key, &sg, &s, &u);
+    if (rc)
+        return rc;
     if (!sg && u > INT64_MAX)
         return sp_error(EINVAL, "%s: key '%s' = %" PRIu64 " does not fit in i64", g->name, key, u);
     *out = sg ? s : (int64_t)u;
@@ -703,14 +721,8 @@ int sp_gguf_get_f32(const sp_gguf_t *g, const char *key, float *out)
     const struct kv *kv = get_kv(g, key);
     if (!kv)
         return -ENOENT;
-    if (kv->type == SP_GGUF_FLOAT32) {
-        memcpy(out, kv->val, 4);
-        return 0;
-    }
-    if (kv->type == SP_GGUF_FLOAT64) {
-        double d;
-        memcpy(&d, kv->val, 8);
-        *out = (float)d;
+    if (kv->type == SP_GGUF_FLOAT32 || kv->type == SP_GGUF_FLOAT64) {
+        *out = float_value(kv->type, kv->val);
         return 0;
     }
     return sp_error(EINVAL, "%s: key '%s' has type %s, expected f32 or f64", g->name, key, vtype_name(kv->type));
@@ -753,6 +765,12 @@ static const struct kv *get_arr(const sp_gguf_t *g, const char *key, int *rc)
     return kv;
 }
 
+static int index_error(const sp_gguf_t *g, const char *key, const struct kv *kv, uint64_t i)
+{
+    return sp_error(ERANGE, "%s: key '%s': index %" PRIu64 " out of range (%" PRIu64 " elements)", g->name, key, i,
+                    kv->n);
+}
+
 int sp_gguf_get_arr(const sp_gguf_t *g, const char *key, sp_gguf_vtype *elem_type, uint64_t *n)
 {
     int rc = 0;
@@ -774,8 +792,7 @@ int sp_gguf_arr_str(const sp_gguf_t *g, const char *key, uint64_t i, sp_gguf_str
         return sp_error(EINVAL, "%s: key '%s' is an array of %s, expected strings", g->name, key,
                         vtype_name(kv->elem_type));
     if (i >= kv->n)
-        return sp_error(ERANGE, "%s: key '%s': index %" PRIu64 " out of range (%" PRIu64 " elements)", g->name, key,
-                        i, kv->n);
+        return index_error(g, key, kv, i);
     memcpy(&out->len, kv->strs[i], 8);
     out->ptr = (const char *)kv->strs[i] + 8;
     return 0;
@@ -809,8 +826,7 @@ int sp_gguf_arr_i64(const sp_gguf_t *g, const char *key, uint64_t i, int64_t *ou
         return sp_error(EINVAL, "%s: key '%s' is an array of %s, expected integers", g->name, key,
                         vtype_name(kv->elem_type));
     if (i >= kv->n)
-        return sp_error(ERANGE, "%s: key '%s': index %" PRIu64 " out of range (%" PRIu64 " elements)", g->name, key,
-                        i, kv->n);
+        return index_error(g, key, kv, i);
     int_value(kv->elem_type, kv->val + i * es, &sg, &s, &u);
     if (!sg && u > INT64_MAX)
         return sp_error(EINVAL, "%s: key '%s'[%" PRIu64 "] = %" PRIu64 " does not fit in i64", g->name, key, i, u);
@@ -828,15 +844,8 @@ int sp_gguf_arr_f32(const sp_gguf_t *g, const char *key, uint64_t i, float *out)
         return sp_error(EINVAL, "%s: key '%s' is an array of %s, expected f32 or f64", g->name, key,
                         vtype_name(kv->elem_type));
     if (i >= kv->n)
-        return sp_error(ERANGE, "%s: key '%s': index %" PRIu64 " out of range (%" PRIu64 " elements)", g->name, key,
-                        i, kv->n);
-    if (kv->elem_type == SP_GGUF_FLOAT32) {
-        memcpy(out, kv->val + i * 4, 4);
-    } else {
-        double d;
-        memcpy(&d, kv->val + i * 8, 8);
-        *out = (float)d;
-    }
+        return index_error(g, key, kv, i);
+    *out = float_value(kv->elem_type, kv->val + i * vtype_size(kv->elem_type));
     return 0;
 }
 
