@@ -110,16 +110,32 @@ size_t sp_type_row_bytes(uint32_t type, int64_t n)
 
 /* ---- legacy quants (blocks of 32) ---- */
 
-static void dq_q4_0(const uint8_t *x, float *y, int64_t nb)
+/* Q4_0, Q4_1, Q5_0, Q5_1 in ggml's scalar order: 16 bytes of nibbles (element j in the low nibble of
+ * byte j, element j+16 in the high one), for Q5_* a fifth bit per element from the 32-bit qh; minus 8
+ * (Q4_0) or 16 (Q5_0), times d, plus m for the _1 types. `five` and `has_min` are constants at every
+ * call, so each type compiles to its own loop. */
+static inline void dq_legacy(const uint8_t *x, float *y, int64_t nb, size_t bytes, bool five, bool has_min)
 {
-    for (int64_t i = 0; i < nb; i++, x += Q4_0_BYTES, y += QK) {
+    const int off = has_min ? 0 : five ? 16 : 8;
+    for (int64_t i = 0; i < nb; i++, x += bytes, y += QK) {
         const float d = half_at(x);
-        const uint8_t *qs = x + 2;
+        const float m = has_min ? half_at(x + 2) : 0.0f;
+        const uint8_t *qs = x + (has_min ? 4 : 2);
+        uint32_t qh = 0;
+        if (five) {
+            memcpy(&qh, qs, 4);
+            qs += 4;
+        }
         for (int j = 0; j < QK / 2; j++) {
-            const int x0 = (qs[j] & 0x0F) - 8;
-            const int x1 = (qs[j] >> 4) - 8;
-            y[j] = x0 * d;
-            y[j + QK / 2] = x1 * d;
+            const int x0 = ((qs[j] & 0x0F) | (((qh >> j) << 4) & 0x10)) - off;
+            const int x1 = ((qs[j] >> 4) | ((qh >> (j + 12)) & 0x10)) - off;
+            if (has_min) {
+                y[j] = x0 * d + m;
+                y[j + QK / 2] = x1 * d + m;
+            } else {
+                y[j] = x0 * d;
+                y[j + QK / 2] = x1 * d;
+            }
         }
     }
 }
@@ -146,54 +162,7 @@ static void dq_q4_1(const uint8_t *x, float *y, int64_t nb, bool simd)
         }
     }
 #endif
-    for (; i < nb; i++, x += Q4_1_BYTES, y += QK) {
-        const float d = half_at(x);
-        const float m = half_at(x + 2);
-        const uint8_t *qs = x + 4;
-        for (int j = 0; j < QK / 2; j++) {
-            const int x0 = qs[j] & 0x0F;
-            const int x1 = qs[j] >> 4;
-            y[j] = x0 * d + m;
-            y[j + QK / 2] = x1 * d + m;
-        }
-    }
-}
-
-static void dq_q5_0(const uint8_t *x, float *y, int64_t nb)
-{
-    for (int64_t i = 0; i < nb; i++, x += Q5_0_BYTES, y += QK) {
-        const float d = half_at(x);
-        uint32_t qh;
-        memcpy(&qh, x + 2, 4);
-        const uint8_t *qs = x + 6;
-        for (int j = 0; j < QK / 2; j++) {
-            const uint8_t xh_0 = ((qh >> (j + 0)) << 4) & 0x10;
-            const uint8_t xh_1 = ((qh >> (j + 12))) & 0x10;
-            const int32_t x0 = ((qs[j] & 0x0F) | xh_0) - 16;
-            const int32_t x1 = ((qs[j] >> 4) | xh_1) - 16;
-            y[j] = x0 * d;
-            y[j + QK / 2] = x1 * d;
-        }
-    }
-}
-
-static void dq_q5_1(const uint8_t *x, float *y, int64_t nb)
-{
-    for (int64_t i = 0; i < nb; i++, x += Q5_1_BYTES, y += QK) {
-        const float d = half_at(x);
-        const float m = half_at(x + 2);
-        uint32_t qh;
-        memcpy(&qh, x + 4, 4);
-        const uint8_t *qs = x + 8;
-        for (int j = 0; j < QK / 2; j++) {
-            const uint8_t xh_0 = ((qh >> (j + 0)) << 4) & 0x10;
-            const uint8_t xh_1 = ((qh >> (j + 12))) & 0x10;
-            const int x0 = (qs[j] & 0x0F) | xh_0;
-            const int x1 = (qs[j] >> 4) | xh_1;
-            y[j] = x0 * d + m;
-            y[j + QK / 2] = x1 * d + m;
-        }
-    }
+    dq_legacy(x, y, nb - i, Q4_1_BYTES, false, true);
 }
 
 static void dq_q8_0(const uint8_t *x, float *y, int64_t nb, bool simd)
@@ -230,40 +199,17 @@ static void scale_min_k4(int j, const uint8_t *q, uint8_t *d, uint8_t *m)
     }
 }
 
-static void dq_q4_k(const uint8_t *x, float *y, int64_t nb)
+/* Q4_K and Q5_K (five: a fifth bit per element from qh, 32 bytes after the scales): per 64 elements
+ * two sub-blocks with 6-bit scales and mins, y = (d*sc) * q - (min*m). `five` is a constant at each
+ * call. */
+static inline void dq_q45_k(const uint8_t *x, float *y, int64_t nb, bool five)
 {
-    for (int64_t i = 0; i < nb; i++, x += Q4_K_BYTES) {
-        const float d = half_at(x);
-        const float min = half_at(x + 2);
-        const uint8_t *scales = x + 4;
-        const uint8_t *q = x + 16;
-        int is = 0;
-        uint8_t sc, m;
-        for (int j = 0; j < QK_K; j += 64) {
-            scale_min_k4(is + 0, scales, &sc, &m);
-            const float d1 = d * sc;
-            const float m1 = min * m;
-            scale_min_k4(is + 1, scales, &sc, &m);
-            const float d2 = d * sc;
-            const float m2 = min * m;
-            for (int l = 0; l < 32; ++l)
-                *y++ = d1 * (q[l] & 0xF) - m1;
-            for (int l = 0; l < 32; ++l)
-                *y++ = d2 * (q[l] >> 4) - m2;
-            q += 32;
-            is += 2;
-        }
-    }
-}
-
-static void dq_q5_k(const uint8_t *x, float *y, int64_t nb)
-{
-    for (int64_t i = 0; i < nb; i++, x += Q5_K_BYTES) {
+    for (int64_t i = 0; i < nb; i++, x += five ? Q5_K_BYTES : Q4_K_BYTES) {
         const float d = half_at(x);
         const float min = half_at(x + 2);
         const uint8_t *scales = x + 4;
         const uint8_t *qh = x + 16;
-        const uint8_t *ql = x + 16 + QK_K / 8;
+        const uint8_t *ql = x + 16 + (five ? QK_K / 8 : 0);
         int is = 0;
         uint8_t sc, m;
         uint8_t u1 = 1, u2 = 2;
@@ -275,9 +221,9 @@ static void dq_q5_k(const uint8_t *x, float *y, int64_t nb)
             const float d2 = d * sc;
             const float m2 = min * m;
             for (int l = 0; l < 32; ++l)
-                *y++ = d1 * ((ql[l] & 0xF) + (qh[l] & u1 ? 16 : 0)) - m1;
+                *y++ = d1 * ((ql[l] & 0xF) + (five && (qh[l] & u1) ? 16 : 0)) - m1;
             for (int l = 0; l < 32; ++l)
-                *y++ = d2 * ((ql[l] >> 4) + (qh[l] & u2 ? 16 : 0)) - m2;
+                *y++ = d2 * ((ql[l] >> 4) + (five && (qh[l] & u2) ? 16 : 0)) - m2;
             ql += 32;
             is += 2;
             u1 <<= 2;
@@ -356,13 +302,13 @@ static int dequant(uint32_t type, const void *src, float *dst, int64_t n, bool s
     case SP_TYPE_F32: memcpy(dst, x, (size_t)n * 4); break;
     case SP_TYPE_F16: dq_f16(x, dst, n, simd); break;
     case SP_TYPE_BF16: dq_bf16(x, dst, n); break;
-    case SP_TYPE_Q4_0: dq_q4_0(x, dst, nb); break;
+    case SP_TYPE_Q4_0: dq_legacy(x, dst, nb, Q4_0_BYTES, false, false); break;
     case SP_TYPE_Q4_1: dq_q4_1(x, dst, nb, simd); break;
-    case SP_TYPE_Q5_0: dq_q5_0(x, dst, nb); break;
-    case SP_TYPE_Q5_1: dq_q5_1(x, dst, nb); break;
+    case SP_TYPE_Q5_0: dq_legacy(x, dst, nb, Q5_0_BYTES, true, false); break;
+    case SP_TYPE_Q5_1: dq_legacy(x, dst, nb, Q5_1_BYTES, true, true); break;
     case SP_TYPE_Q8_0: dq_q8_0(x, dst, nb, simd); break;
-    case SP_TYPE_Q4_K: dq_q4_k(x, dst, nb); break;
-    case SP_TYPE_Q5_K: dq_q5_k(x, dst, nb); break;
+    case SP_TYPE_Q4_K: dq_q45_k(x, dst, nb, false); break;
+    case SP_TYPE_Q5_K: dq_q45_k(x, dst, nb, true); break;
     case SP_TYPE_Q6_K: dq_q6_k(x, dst, nb); break;
     default: return sp_error(EINVAL, "dequant: unsupported tensor type %" PRIu32, type);
     }
