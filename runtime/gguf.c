@@ -765,10 +765,33 @@ static const struct kv *get_arr(const sp_gguf_t *g, const char *key, int *rc)
     return kv;
 }
 
-static int index_error(const sp_gguf_t *g, const char *key, const struct kv *kv, uint64_t i)
+/* Element types accepted by the typed array accessors (bit t = value type t). */
+enum {
+    ELEMS_INT = (1 << SP_GGUF_UINT8) | (1 << SP_GGUF_INT8) | (1 << SP_GGUF_UINT16) | (1 << SP_GGUF_INT16) |
+                (1 << SP_GGUF_UINT32) | (1 << SP_GGUF_INT32) | (1 << SP_GGUF_UINT64) | (1 << SP_GGUF_INT64),
+    ELEMS_FLOAT = (1 << SP_GGUF_FLOAT32) | (1 << SP_GGUF_FLOAT64),
+    ELEMS_STRING = 1 << SP_GGUF_STRING,
+};
+
+/* The array key whose element i exists and has one of the types in `types` (`what` names them in the
+ * message); NULL with *rc = -ENOENT, -EINVAL or -ERANGE. */
+static const struct kv *get_arr_elem(const sp_gguf_t *g, const char *key, uint64_t i, uint32_t types,
+                                     const char *what, int *rc)
 {
-    return sp_error(ERANGE, "%s: key '%s': index %" PRIu64 " out of range (%" PRIu64 " elements)", g->name, key, i,
-                    kv->n);
+    const struct kv *kv = get_arr(g, key, rc);
+    if (!kv)
+        return NULL;
+    if (!(kv->elem_type <= SP_GGUF_FLOAT64 && (types >> kv->elem_type) & 1)) {
+        *rc = sp_error(EINVAL, "%s: key '%s' is an array of %s, expected %s", g->name, key,
+                       vtype_name(kv->elem_type), what);
+        return NULL;
+    }
+    if (i >= kv->n) {
+        *rc = sp_error(ERANGE, "%s: key '%s': index %" PRIu64 " out of range (%" PRIu64 " elements)", g->name, key,
+                       i, kv->n);
+        return NULL;
+    }
+    return kv;
 }
 
 int sp_gguf_get_arr(const sp_gguf_t *g, const char *key, sp_gguf_vtype *elem_type, uint64_t *n)
@@ -785,14 +808,9 @@ int sp_gguf_get_arr(const sp_gguf_t *g, const char *key, sp_gguf_vtype *elem_typ
 int sp_gguf_arr_str(const sp_gguf_t *g, const char *key, uint64_t i, sp_gguf_str *out)
 {
     int rc = 0;
-    const struct kv *kv = get_arr(g, key, &rc);
+    const struct kv *kv = get_arr_elem(g, key, i, ELEMS_STRING, "strings", &rc);
     if (!kv)
         return rc;
-    if (kv->elem_type != SP_GGUF_STRING)
-        return sp_error(EINVAL, "%s: key '%s' is an array of %s, expected strings", g->name, key,
-                        vtype_name(kv->elem_type));
-    if (i >= kv->n)
-        return index_error(g, key, kv, i);
     memcpy(&out->len, kv->strs[i], 8);
     out->ptr = (const char *)kv->strs[i] + 8;
     return 0;
@@ -815,19 +833,13 @@ const void *sp_gguf_arr_data(const sp_gguf_t *g, const char *key)
 int sp_gguf_arr_i64(const sp_gguf_t *g, const char *key, uint64_t i, int64_t *out)
 {
     int rc = 0;
-    const struct kv *kv = get_arr(g, key, &rc);
+    const struct kv *kv = get_arr_elem(g, key, i, ELEMS_INT, "integers", &rc);
     bool sg;
     int64_t s = 0;
     uint64_t u = 0;
     if (!kv)
         return rc;
-    size_t es = vtype_size(kv->elem_type);
-    if (kv->elem_type == SP_GGUF_BOOL || kv->elem_type == SP_GGUF_FLOAT32 || kv->elem_type == SP_GGUF_FLOAT64 || !es)
-        return sp_error(EINVAL, "%s: key '%s' is an array of %s, expected integers", g->name, key,
-                        vtype_name(kv->elem_type));
-    if (i >= kv->n)
-        return index_error(g, key, kv, i);
-    int_value(kv->elem_type, kv->val + i * es, &sg, &s, &u);
+    int_value(kv->elem_type, kv->val + i * vtype_size(kv->elem_type), &sg, &s, &u);
     if (!sg && u > INT64_MAX)
         return sp_error(EINVAL, "%s: key '%s'[%" PRIu64 "] = %" PRIu64 " does not fit in i64", g->name, key, i, u);
     *out = sg ? s : (int64_t)u;
@@ -837,14 +849,9 @@ int sp_gguf_arr_i64(const sp_gguf_t *g, const char *key, uint64_t i, int64_t *ou
 int sp_gguf_arr_f32(const sp_gguf_t *g, const char *key, uint64_t i, float *out)
 {
     int rc = 0;
-    const struct kv *kv = get_arr(g, key, &rc);
+    const struct kv *kv = get_arr_elem(g, key, i, ELEMS_FLOAT, "f32 or f64", &rc);
     if (!kv)
         return rc;
-    if (kv->elem_type != SP_GGUF_FLOAT32 && kv->elem_type != SP_GGUF_FLOAT64)
-        return sp_error(EINVAL, "%s: key '%s' is an array of %s, expected f32 or f64", g->name, key,
-                        vtype_name(kv->elem_type));
-    if (i >= kv->n)
-        return index_error(g, key, kv, i);
     *out = float_value(kv->elem_type, kv->val + i * vtype_size(kv->elem_type));
     return 0;
 }
