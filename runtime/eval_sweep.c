@@ -127,19 +127,45 @@ int sp_eval_knob_search(const sp_eval_search *s, double target, sp_eval_measure_
     return best_d <= s->tol ? 0 : 1;
 }
 
-int sp_eval_parse_doubles(const char *list, double *out, int cap)
+/* One value of a comma-separated list at p: parsed, stored at out[i] unless out is NULL, *end set past
+ * it. Returns 0 or -EINVAL (the message names the list and the bad value). */
+typedef int (*list_item_fn)(const char *list, const char *p, char **end, void *out, int i);
+
+static int item_double(const char *list, const char *p, char **end, void *out, int i)
+{
+    errno = 0;
+    double v = strtod(p, end);
+    if (*end == p || errno || !isfinite(v))
+        return sp_error(EINVAL, "'%s': '%s' is not a number", list, p);
+    if (out)
+        ((double *)out)[i] = v;
+    return 0;
+}
+
+static int item_int(const char *list, const char *p, char **end, void *out, int i)
+{
+    errno = 0;
+    long v = strtol(p, end, 10);
+    if (*end == p || errno || v < -2147483647L || v > 2147483647L)
+        return sp_error(EINVAL, "'%s': '%s' is not an integer", list, p);
+    if (out)
+        ((int *)out)[i] = (int)v;
+    return 0;
+}
+
+/* At most cap values of a non-empty comma-separated list into out; returns how many, or -EINVAL. */
+static int parse_list(const char *list, void *out, int cap, list_item_fn item)
 {
     int n = 0;
     const char *p = list;
     while (*p) {
         char *end;
-        errno = 0;
-        double v = strtod(p, &end);
-        if (end == p || errno || !isfinite(v))
-            return sp_error(EINVAL, "'%s': '%s' is not a number", list, p);
+        int rc = item(list, p, &end, n < cap ? out : NULL, n);
+        if (rc)
+            return rc;
         if (n == cap)
             return sp_error(EINVAL, "'%s': more than %d values", list, cap);
-        out[n++] = v;
+        n++;
         p = end;
         if (*p == ',')
             p++;
@@ -151,26 +177,12 @@ int sp_eval_parse_doubles(const char *list, double *out, int cap)
     return n;
 }
 
+int sp_eval_parse_doubles(const char *list, double *out, int cap)
+{
+    return parse_list(list, out, cap, item_double);
+}
+
 int sp_eval_parse_ints(const char *list, int *out, int cap)
 {
-    int n = 0;
-    const char *p = list;
-    while (*p) {
-        char *end;
-        errno = 0;
-        long v = strtol(p, &end, 10);
-        if (end == p || errno || v < -2147483647L || v > 2147483647L)
-            return sp_error(EINVAL, "'%s': '%s' is not an integer", list, p);
-        if (n == cap)
-            return sp_error(EINVAL, "'%s': more than %d values", list, cap);
-        out[n++] = (int)v;
-        p = end;
-        if (*p == ',')
-            p++;
-        else if (*p)
-            return sp_error(EINVAL, "'%s': expected ',' at '%s'", list, p);
-    }
-    if (!n)
-        return sp_error(EINVAL, "empty list");
-    return n;
+    return parse_list(list, out, cap, item_int);
 }
