@@ -36,6 +36,13 @@ void sp_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Resolve the thread count (0 = online cores). */
 int sp_cli_threads(const sp_config *cfg);
 
+/* For the JSON results: s as a JSON string (quotes, escapes; NULL prints ""); the CPU's model name
+ * from /proc/cpuinfo ("unknown" if none); the commit of the git checkout the binary was built in
+ * (else of the current directory, else "unknown"). buf is always NUL-terminated. */
+void sp_cli_json_str(FILE *f, const char *s);
+void sp_cli_cpu_model(char *buf, size_t len);
+void sp_cli_git_commit(char *buf, size_t len);
+
 /* Read a whole file (or stdin when path is "-") into a NUL-terminated malloc'd buffer. */
 char *sp_cli_read_file(const char *path, size_t *len);
 

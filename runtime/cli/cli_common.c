@@ -163,3 +163,80 @@ char *sp_cli_read_file(const char *path, size_t *len)
         *len = n;
     return buf;
 }
+
+/* ---- machine description for the JSON results ---- */
+
+void sp_cli_json_str(FILE *f, const char *s)
+{
+    fputc('"', f);
+    for (; s && *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\')
+            fprintf(f, "\\%c", c);
+        else if (c < 0x20)
+            fprintf(f, "\\u%04x", c);
+        else
+            fputc(c, f);
+    }
+    fputc('"', f);
+}
+
+void sp_cli_cpu_model(char *buf, size_t len)
+{
+    snprintf(buf, len, "unknown");
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return;
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        if (strncmp(line, "model name", 10))
+            continue;
+        const char *v = strchr(line, ':');
+        if (v) {
+            v++;
+            while (*v == ' ' || *v == '\t')
+                v++;
+            snprintf(buf, len, "%s", v);
+            buf[strcspn(buf, "\r\n")] = '\0';
+        }
+        break;
+    }
+    fclose(f);
+}
+
+/* First line of a command's output, or "" (the command's stderr is discarded). */
+static void command_line(const char *cmd, char *buf, size_t len)
+{
+    buf[0] = '\0';
+    FILE *p = popen(cmd, "r");
+    if (!p)
+        return;
+    if (!fgets(buf, (int)len, p))
+        buf[0] = '\0';
+    if (pclose(p) != 0)
+        buf[0] = '\0';
+    buf[strcspn(buf, "\r\n")] = '\0';
+}
+
+/* git in the binary's directory first: build dirs live inside the checkout, and a benchmark may run
+ * from anywhere. */
+void sp_cli_git_commit(char *buf, size_t len)
+{
+    char exe[PATH_MAX], cmd[PATH_MAX + 64];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    buf[0] = '\0';
+    if (n > 0) {
+        exe[n] = '\0';
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = '\0';
+        if (!strchr(exe, '\'')) {
+            snprintf(cmd, sizeof cmd, "git -C '%s' rev-parse HEAD 2>/dev/null", exe);
+            command_line(cmd, buf, len);
+        }
+    }
+    if (!buf[0])
+        command_line("git rev-parse HEAD 2>/dev/null", buf, len);
+    if (!buf[0])
+        snprintf(buf, len, "unknown");
+}

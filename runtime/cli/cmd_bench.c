@@ -136,26 +136,9 @@ static void write_json(FILE *f, const char *model, int threads, int pp, int tg, 
 {
     struct utsname un;
     uname(&un);
-    char cpu[256] = "unknown", commit[64] = "unknown";
-    FILE *ci = fopen("/proc/cpuinfo", "r");
-    if (ci) {
-        char line[512];
-        while (fgets(line, sizeof line, ci))
-            if (!strncmp(line, "model name", 10)) {
-                char *v = strchr(line, ':');
-                if (v)
-                    snprintf(cpu, sizeof cpu, "%s", v + 2);
-                cpu[strcspn(cpu, "\n")] = '\0';
-                break;
-            }
-        fclose(ci);
-    }
-    FILE *g = popen("git rev-parse HEAD 2>/dev/null", "r");
-    if (g) {
-        if (fgets(commit, sizeof commit, g))
-            commit[strcspn(commit, "\n")] = '\0';
-        pclose(g);
-    }
+    char cpu[256], commit[64];
+    sp_cli_cpu_model(cpu, sizeof cpu);
+    sp_cli_git_commit(commit, sizeof commit);
     time_t t = time(NULL);
     char date[32];
     strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%SZ", gmtime(&t));

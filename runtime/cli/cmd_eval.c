@@ -987,53 +987,14 @@ static void jnum(FILE *f, double v)
         fputs("null", f);
 }
 
-static void jstr(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; *s; s++) {
-        unsigned char ch = (unsigned char)*s;
-        if (ch == '"' || ch == '\\')
-            fprintf(f, "\\%c", ch);
-        else if (ch < 0x20)
-            fprintf(f, "\\u%04x", ch);
-        else
-            fputc(ch, f);
-    }
-    fputc('"', f);
-}
-
-static void machine_info(char *cpu, size_t ccap, char *commit, size_t kcap)
-{
-    snprintf(cpu, ccap, "unknown");
-    snprintf(commit, kcap, "unknown");
-    FILE *ci = fopen("/proc/cpuinfo", "r");
-    if (ci) {
-        char line[512];
-        while (fgets(line, sizeof line, ci))
-            if (!strncmp(line, "model name", 10)) {
-                char *v = strchr(line, ':');
-                if (v)
-                    snprintf(cpu, ccap, "%s", v + 2);
-                cpu[strcspn(cpu, "\n")] = '\0';
-                break;
-            }
-        fclose(ci);
-    }
-    FILE *g = popen("git rev-parse HEAD 2>/dev/null", "r");
-    if (g) {
-        if (fgets(commit, (int)kcap, g))
-            commit[strcspn(commit, "\n")] = '\0';
-        pclose(g);
-    }
-}
-
 static void write_json(evalctx *E, FILE *f, double wall_s, bool complete)
 {
     eval_opts *o = E->o;
     struct utsname un;
     uname(&un);
     char cpu[256], commit[64];
-    machine_info(cpu, sizeof cpu, commit, sizeof commit);
+    sp_cli_cpu_model(cpu, sizeof cpu);
+    sp_cli_git_commit(commit, sizeof commit);
     double load[3] = {0, 0, 0};
     if (getloadavg(load, 3) < 0)
         load[0] = load[1] = load[2] = NAN;
@@ -1043,16 +1004,16 @@ static void write_json(evalctx *E, FILE *f, double wall_s, bool complete)
     const sp_hparams *hp = E->hp;
     fprintf(f, "{\n  \"bench\": \"spindle eval\",\n  \"complete\": %s,\n  \"date\": \"%s\",\n  \"commit\": ",
             complete ? "true" : "false", date);
-    jstr(f, commit);
+    sp_cli_json_str(f, commit);
     fprintf(f, ",\n  \"machine\": {\"cpu\": ");
-    jstr(f, cpu);
+    sp_cli_json_str(f, cpu);
     fprintf(f, ", \"cores_online\": %ld, \"kernel\": ", sysconf(_SC_NPROCESSORS_ONLN));
-    jstr(f, un.release);
+    sp_cli_json_str(f, un.release);
     fprintf(f, ", \"loadavg_end\": [%.2f, %.2f, %.2f]},\n  \"wall_s\": %.1f,\n", load[0], load[1], load[2], wall_s);
     fprintf(f, "  \"model\": {\"path\": ");
-    jstr(f, E->c->cfg.model.path);
+    sp_cli_json_str(f, E->c->cfg.model.path);
     fprintf(f, ", \"arch\": ");
-    jstr(f, hp->arch_name);
+    sp_cli_json_str(f, hp->arch_name);
     fprintf(f, ", \"n_layer\": %d, \"n_head\": %d, \"n_kv_head\": %d, \"head_dim\": %d, \"n_vocab\": %d},\n",
             hp->n_layer, hp->n_head, hp->n_kv_head, hp->head_dim, hp->n_vocab);
     const sp_kv_opts *b = &E->base;
@@ -1062,16 +1023,16 @@ static void write_json(evalctx *E, FILE *f, double wall_s, bool complete)
             sp_cli_threads(&E->c->cfg), o->tokens, o->tol, o->max_probes, o->tf_decode ? "decode" : "prefill", b->window, b->pool_kernel, b->beta,
             b->theta_k, b->theta_v, b->gqa_mode == SP_GQA_KV_HEAD ? "kv_head" : "query_head",
             sp_kv_allocator_name(b->allocator), b->codebook ? "true" : "false");
-    jstr(f, b->evict_layers);
+    sp_cli_json_str(f, b->evict_layers);
     fprintf(f, ", \"codebook_layers\": ");
-    jstr(f, b->codebook_layers);
+    sp_cli_json_str(f, b->codebook_layers);
     fprintf(f, ", \"targets\": [");
     for (int i = 0; i < o->n_targets; i++)
         fprintf(f, "%s%g", i ? ", " : "", o->targets[i]);
     fprintf(f, "], \"policies\": [");
     for (int i = 0; i < o->n_pol; i++) {
         fprintf(f, "%s", i ? ", " : "");
-        jstr(f, o->pol_name[i]);
+        sp_cli_json_str(f, o->pol_name[i]);
     }
     fprintf(f, "],\n    \"note\": \"x axis = true byte ratio measured after compressing the prompt (before the "
                "decoded tokens); the last prompt token is decoded over the compressed cache, so every scored "
@@ -1092,9 +1053,9 @@ static void write_json(evalctx *E, FILE *f, double wall_s, bool complete)
         for (int pi = 0; pi < fr->n_pol; pi++) {
             const fid_pol *fp = &fr->pol[pi];
             fprintf(f, "%s\n      {\"policy\": ", pi ? "," : "");
-            jstr(f, o->pol_name[pi]);
+            sp_cli_json_str(f, o->pol_name[pi]);
             fprintf(f, ", \"base_policy\": \"%s\", \"knobs\": ", sp_kv_policy_name(fp->policy));
-            jstr(f, o->pol_knobs[pi]);
+            sp_cli_json_str(f, o->pol_knobs[pi]);
             fprintf(f, ", \"points\": [");
             for (int j = 0; j < fp->n_pts; j++) {
                 const fid_point *pt = &fp->pts[j];
@@ -1133,7 +1094,7 @@ static void write_json(evalctx *E, FILE *f, double wall_s, bool complete)
     fprintf(f, "\n  ],\n  \"frontier\": [");
     for (int pi = 0; pi < o->n_pol && E->n_fr; pi++) {
         fprintf(f, "%s\n    {\"policy\": ", pi ? "," : "");
-        jstr(f, o->pol_name[pi]);
+        sp_cli_json_str(f, o->pol_name[pi]);
         fprintf(f, ", \"at_targets\": [");
         for (int ti = 0; ti < o->n_targets; ti++) {
             int n;
@@ -1157,18 +1118,18 @@ static void write_json(evalctx *E, FILE *f, double wall_s, bool complete)
     for (int i = 0; i < o->n_ret_targets; i++)
         fprintf(f, "%s%g", i ? ", " : "", o->ret_targets[i]);
     fprintf(f, "],\n    \"prompt\": ");
-    jstr(f, RET_INTRO);
+    sp_cli_json_str(f, RET_INTRO);
     fprintf(f, ", \"question\": ");
-    jstr(f, RET_QUESTION);
+    sp_cli_json_str(f, RET_QUESTION);
     fprintf(f, ", \"answer_prefix\": ");
-    jstr(f, RET_PREFIX);
+    sp_cli_json_str(f, RET_PREFIX);
     fprintf(f, ",\n    \"accuracy\": [");
     for (int pi = -1, first = 1; pi < o->n_pol; pi++)
         for (int ti = pi < 0 ? -1 : 0; ti < (pi < 0 ? 0 : o->n_ret_targets); ti++) {
             if (!E->n_rc)
                 break;
             fprintf(f, "%s\n      {\"policy\": ", first ? "" : ",");
-            jstr(f, pi < 0 ? "full" : o->pol_name[pi]);
+            sp_cli_json_str(f, pi < 0 ? "full" : o->pol_name[pi]);
             fprintf(f, ", \"target\": ");
             first = 0;
             jnum(f, ti < 0 ? 1.0 : o->ret_targets[ti]);
@@ -1194,13 +1155,13 @@ static void write_json(evalctx *E, FILE *f, double wall_s, bool complete)
         for (int k = 0; k < c->n_r; k++) {
             const ret_res *r = &c->r[k];
             fprintf(f, "%s\n        {\"policy\": ", k ? "," : "");
-            jstr(f, r->pi < 0 ? "full" : o->pol_name[r->pi]);
+            sp_cli_json_str(f, r->pi < 0 ? "full" : o->pol_name[r->pi]);
             fprintf(f, ", \"target\": ");
             jnum(f, r->ti < 0 ? 1.0 : o->ret_targets[r->ti]);
             fprintf(f, ", \"knob\": %.6g, \"hit\": %s, \"true_ratio\": ", r->knob, r->hit ? "true" : "false");
             jnum(f, r->ratio);
             fprintf(f, ", \"answer\": ");
-            jstr(f, r->answer);
+            sp_cli_json_str(f, r->answer);
             fprintf(f, ", \"correct\": %s}", r->correct ? "true" : "false");
         }
         fprintf(f, "]}");

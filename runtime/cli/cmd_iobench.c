@@ -42,49 +42,50 @@ static void usage(FILE *out)
           out);
 }
 
-/* Comma-separated list of sizes (with units). false + message on a bad item. */
-static bool parse_sizes(const char *opt, const char *text, size_t *out, int *n)
+/* One item of an option's list: parse tok into ((T *)out)[i]; false + message when it is bad. */
+typedef bool (*list_item_fn)(const char *opt, const char *tok, void *out, int i);
+
+/* A block size with units, a multiple of 4 KiB up to 64 MiB, into size_t. */
+static bool item_block(const char *opt, const char *tok, void *out, int i)
 {
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", text);
-    *n = 0;
-    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        uint64_t v;
-        if (*n == MAX_LIST) {
-            sp_cli_error("%s: more than %d values", opt, MAX_LIST);
-            return false;
-        }
-        if (sp_config_parse_size(tok, &v) < 0) {
-            sp_cli_error("%s: '%s' is not a size (e.g. 64KiB, 1MiB)", opt, tok);
-            return false;
-        }
-        if (v == 0 || v % 4096 || v > (64u << 20)) {
-            sp_cli_error("%s: block %s must be a multiple of 4 KiB between 4 KiB and 64 MiB", opt, tok);
-            return false;
-        }
-        out[(*n)++] = (size_t)v;
-    }
-    if (*n == 0) {
-        sp_cli_error("%s: empty list", opt);
+    uint64_t v;
+    if (sp_config_parse_size(tok, &v) < 0) {
+        sp_cli_error("%s: '%s' is not a size (e.g. 64KiB, 1MiB)", opt, tok);
         return false;
     }
+    if (v == 0 || v % 4096 || v > (64u << 20)) {
+        sp_cli_error("%s: block %s must be a multiple of 4 KiB between 4 KiB and 64 MiB", opt, tok);
+        return false;
+    }
+    ((size_t *)out)[i] = (size_t)v;
     return true;
 }
 
-static bool parse_ints(const char *opt, const char *text, int64_t lo, int64_t hi, int *out, int *n)
+/* A queue depth, 1..256, into int. */
+static bool item_qd(const char *opt, const char *tok, void *out, int i)
+{
+    int64_t v;
+    if (!sp_cli_int(opt, tok, 1, 256, &v))
+        return false;
+    ((int *)out)[i] = (int)v;
+    return true;
+}
+
+/* Comma-separated list of at most MAX_LIST items into out, *n of them. false + message on a bad
+ * item, too many or none. */
+static bool parse_list(const char *opt, const char *text, list_item_fn item, void *out, int *n)
 {
     char buf[512];
     snprintf(buf, sizeof buf, "%s", text);
     *n = 0;
     for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
-        int64_t v;
         if (*n == MAX_LIST) {
             sp_cli_error("%s: more than %d values", opt, MAX_LIST);
             return false;
         }
-        if (!sp_cli_int(opt, tok, lo, hi, &v))
+        if (!item(opt, tok, out, *n))
             return false;
-        out[(*n)++] = (int)v;
+        (*n)++;
     }
     if (*n == 0) {
         sp_cli_error("%s: empty list", opt);
@@ -138,59 +139,7 @@ static bool parse_ops(const char *text, bool *reads, bool *writes)
     return true;
 }
 
-/* ---- machine description for the JSON ---- */
-
-static void json_str(FILE *f, const char *s)
-{
-    fputc('"', f);
-    for (; s && *s; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\')
-            fprintf(f, "\\%c", c);
-        else if (c < 0x20)
-            fprintf(f, "\\u%04x", c);
-        else
-            fputc(c, f);
-    }
-    fputc('"', f);
-}
-
-/* First line of a command's output, or "" (the command's stderr is discarded). */
-static void command_line(const char *cmd, char *buf, size_t len)
-{
-    buf[0] = '\0';
-    FILE *p = popen(cmd, "r");
-    if (!p)
-        return;
-    if (!fgets(buf, (int)len, p))
-        buf[0] = '\0';
-    if (pclose(p) != 0)
-        buf[0] = '\0';
-    buf[strcspn(buf, "\r\n")] = '\0';
-}
-
-static void cpu_model(char *buf, size_t len)
-{
-    snprintf(buf, len, "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f)
-        return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        if (strncmp(line, "model name", 10))
-            continue;
-        const char *v = strchr(line, ':');
-        if (v) {
-            v++;
-            while (*v == ' ' || *v == '\t')
-                v++;
-            snprintf(buf, len, "%s", v);
-            buf[strcspn(buf, "\r\n")] = '\0';
-        }
-        break;
-    }
-    fclose(f);
-}
+/* ---- machine description for the JSON (CPU model, commit, JSON strings: cli_common.c) ---- */
 
 /* File system of dir: the longest mount point in /proc/self/mounts that prefixes its real path. */
 static void dir_filesystem(const char *dir, char *type, size_t tlen, char *dev, size_t dlen)
@@ -218,29 +167,6 @@ static void dir_filesystem(const char *dir, char *type, size_t tlen, char *dev, 
         }
     }
     fclose(f);
-}
-
-/* The commit of the source tree the binary was built from: git in the binary's directory (build
- * dirs live inside the checkout), else in the current directory, else "unknown". */
-static void git_commit(char *buf, size_t len)
-{
-    char exe[PATH_MAX], cmd[PATH_MAX + 64];
-    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    buf[0] = '\0';
-    if (n > 0) {
-        exe[n] = '\0';
-        char *slash = strrchr(exe, '/');
-        if (slash)
-            *slash = '\0';
-        if (!strchr(exe, '\'')) {
-            snprintf(cmd, sizeof cmd, "git -C '%s' rev-parse HEAD 2>/dev/null", exe);
-            command_line(cmd, buf, len);
-        }
-    }
-    if (!buf[0])
-        command_line("git rev-parse HEAD 2>/dev/null", buf, len);
-    if (!buf[0])
-        snprintf(buf, len, "unknown");
 }
 
 static void json_num_or_null(FILE *f, double v, bool ok)
@@ -282,9 +208,9 @@ static int write_json(const char *path, const run_desc *d, const sp_iobench_row 
     }
     char cpu[256], fio[64] = "", commit[64], fstype[128], fsdev[1024], date[64];
     struct utsname u;
-    cpu_model(cpu, sizeof cpu);
+    sp_cli_cpu_model(cpu, sizeof cpu);
     bool have_fio = sp_iobench_fio_version(fio, sizeof fio);
-    git_commit(commit, sizeof commit);
+    sp_cli_git_commit(commit, sizeof commit);
     dir_filesystem(d->dir, fstype, sizeof fstype, fsdev, sizeof fsdev);
     time_t now = time(NULL);
     struct tm tm;
@@ -293,27 +219,27 @@ static int write_json(const char *path, const run_desc *d, const sp_iobench_row 
     bool uname_ok = uname(&u) == 0;
 
     fputs("{\n  \"tool\": \"spindle io-bench\",\n  \"date\": ", f);
-    json_str(f, date);
+    sp_cli_json_str(f, date);
     fputs(",\n  \"git_commit\": ", f);
-    json_str(f, commit);
+    sp_cli_json_str(f, commit);
     fputs(",\n  \"machine\": {\n    \"cpu\": ", f);
-    json_str(f, cpu);
+    sp_cli_json_str(f, cpu);
     fprintf(f, ",\n    \"cpus_online\": %ld,\n    \"kernel\": ", sysconf(_SC_NPROCESSORS_ONLN));
     char kernel[600];
     snprintf(kernel, sizeof kernel, "%s %s %s", uname_ok ? u.sysname : "?",
              uname_ok ? u.release : "?", uname_ok ? u.machine : "?");
-    json_str(f, kernel);
+    sp_cli_json_str(f, kernel);
     fputs(",\n    \"filesystem\": ", f);
-    json_str(f, fstype);
+    sp_cli_json_str(f, fstype);
     fputs(",\n    \"device\": ", f);
-    json_str(f, fsdev);
+    sp_cli_json_str(f, fsdev);
     fputs(",\n    \"fio\": ", f);
     if (have_fio)
-        json_str(f, fio);
+        sp_cli_json_str(f, fio);
     else
         fputs("null", f);
     fputs("\n  },\n  \"config\": {\n    \"dir\": ", f);
-    json_str(f, d->dir);
+    sp_cli_json_str(f, d->dir);
     fprintf(f, ",\n    \"file_size\": %" PRIu64 ",\n    \"blocks\": [", d->size);
     for (int i = 0; i < d->n_blocks; i++)
         fprintf(f, "%s%zu", i ? ", " : "", d->blocks[i]);
@@ -326,7 +252,7 @@ static int write_json(const char *path, const run_desc *d, const sp_iobench_row 
         if (!(d->engines & (1u << e)))
             continue;
         fputs(first ? "" : ", ", f);
-        json_str(f, sp_iobench_engine_key((sp_iob_engine)e));
+        sp_cli_json_str(f, sp_iobench_engine_key((sp_iob_engine)e));
         first = false;
     }
     fprintf(f, "],\n    \"ops\": [%s%s%s],\n    \"fio\": %s,\n    \"register_buffers\": %s,\n"
@@ -334,7 +260,7 @@ static int write_json(const char *path, const run_desc *d, const sp_iobench_row 
             d->reads ? "\"read\"" : "", d->reads && d->writes ? ", " : "",
             d->writes ? "\"write\"" : "", d->fio ? "true" : "false",
             d->register_buffers ? "true" : "false");
-    json_str(f, d->direct_io);
+    sp_cli_json_str(f, d->direct_io);
     fprintf(f, ",\n    \"target\": {\"engine\": \"direct\", \"op\": \"read\", \"block\": %zu, "
                "\"qd\": %d},\n    \"interleaving\": \"per repeat, ours and fio back to back, order "
                "alternating\"\n  },\n  \"wall_seconds\": %.1f,\n  \"rows\": [\n",
@@ -346,7 +272,7 @@ static int write_json(const char *path, const run_desc *d, const sp_iobench_row 
         if (is_target(d, r))
             target = r;
         fputs("    {\"engine\": ", f);
-        json_str(f, sp_iobench_engine_key(r->engine));
+        sp_cli_json_str(f, sp_iobench_engine_key(r->engine));
         fprintf(f, ", \"op\": \"%s\", \"block\": %zu, \"qd\": %d, \"ours_mean_gbs\": %.6f, "
                    "\"ours_sd_gbs\": %.6f, \"fio_mean_gbs\": ",
                 r->write ? "write" : "read", r->block_size, r->queue_depth, r->mean_gbs, r->sd_gbs);
@@ -431,9 +357,9 @@ int sp_cmd_iobench(int argc, char **argv)
                 if (!ok)
                     sp_cli_error("--size: '%s' must be a size of at least 1MiB, a multiple of 4 KiB", v);
             } else if (!strcmp(a, "--blocks")) {
-                ok = parse_sizes(a, v, blocks, &n_blocks);
+                ok = parse_list(a, v, item_block, blocks, &n_blocks);
             } else if (!strcmp(a, "--qd")) {
-                ok = parse_ints(a, v, 1, 256, qds, &n_qds);
+                ok = parse_list(a, v, item_qd, qds, &n_qds);
             } else if (!strcmp(a, "--repeats")) {
                 ok = sp_cli_int(a, v, 1, SP_IOB_MAX_REPEATS, &repeats);
             } else if (!strcmp(a, "--engines")) {
