@@ -177,6 +177,17 @@ static void json_num_or_null(FILE *f, double v, bool ok)
         fputs("null", f);
 }
 
+/* A row's fio mean, fio sd and ours/fio ratio values (null without fio), after "fio_mean_gbs": . */
+static void json_fio(FILE *f, const sp_iobench_row *r)
+{
+    bool fio_ok = r->fio_mean_gbs > 0;
+    json_num_or_null(f, r->fio_mean_gbs, fio_ok);
+    fputs(", \"fio_sd_gbs\": ", f);
+    json_num_or_null(f, r->fio_sd_gbs, fio_ok);
+    fputs(", \"ratio\": ", f);
+    json_num_or_null(f, fio_ok ? r->mean_gbs / r->fio_mean_gbs : 0, fio_ok);
+}
+
 typedef struct {
     const char *dir;
     uint64_t size;
@@ -276,11 +287,7 @@ static int write_json(const char *path, const run_desc *d, const sp_iobench_row 
         fprintf(f, ", \"op\": \"%s\", \"block\": %zu, \"qd\": %d, \"ours_mean_gbs\": %.6f, "
                    "\"ours_sd_gbs\": %.6f, \"fio_mean_gbs\": ",
                 r->write ? "write" : "read", r->block_size, r->queue_depth, r->mean_gbs, r->sd_gbs);
-        json_num_or_null(f, r->fio_mean_gbs, fio_ok);
-        fputs(", \"fio_sd_gbs\": ", f);
-        json_num_or_null(f, r->fio_sd_gbs, fio_ok);
-        fputs(", \"ratio\": ", f);
-        json_num_or_null(f, fio_ok ? r->mean_gbs / r->fio_mean_gbs : 0, fio_ok);
+        json_fio(f, r);
         fputs(", \"ours_gbs\": [", f);
         for (int k = 0; k < r->repeats; k++)
             fprintf(f, "%s%.6f", k ? ", " : "", r->ours_gbs[k]);
@@ -297,15 +304,10 @@ static int write_json(const char *path, const run_desc *d, const sp_iobench_row 
     }
     fputs("  ],\n  \"target\": ", f);
     if (target) {
-        bool fio_ok = target->fio_mean_gbs > 0;
         fprintf(f, "{\"block\": %zu, \"qd\": %d, \"ours_mean_gbs\": %.6f, \"ours_sd_gbs\": %.6f, "
                    "\"fio_mean_gbs\": ", target->block_size, target->queue_depth, target->mean_gbs,
                 target->sd_gbs);
-        json_num_or_null(f, target->fio_mean_gbs, fio_ok);
-        fputs(", \"fio_sd_gbs\": ", f);
-        json_num_or_null(f, target->fio_sd_gbs, fio_ok);
-        fputs(", \"ratio\": ", f);
-        json_num_or_null(f, fio_ok ? target->mean_gbs / target->fio_mean_gbs : 0, fio_ok);
+        json_fio(f, target);
         fputc('}', f);
     } else {
         fputs("null", f);
