@@ -12,7 +12,8 @@
  *   remainder; -EIO is retried SP_STORE_RETRIES times; anything else stops issuing, drains what is
  *   in flight (the slots are ours until their completion arrives), and fails the call.
  * - Signals: spill paths sit in a fixed table that the SIGINT/SIGTERM handler walks with unlink()
- *   only (async-signal-safe); the handler then restores the previous action and re-raises.
+ *   only (async-signal-safe); the handler then restores the previous action and re-raises. An
+ *   atexit hook walks the same table, for processes that exit without closing their stores.
  */
 #define _GNU_SOURCE /* O_DIRECT */
 #include "uring_store.h"
@@ -58,11 +59,21 @@ static void on_signal(int sig)
     raise(sig);
 }
 
+/* A process that exits without closing its stores (a failed test, an early exit in a caller)
+ * still removes their files. */
+static void on_exit_unlink(void)
+{
+    for (int i = 0; i < MAX_PATHS; i++)
+        if (reg_used[i])
+            unlink(reg_paths[i]);
+}
+
 static int register_path(const char *path)
 {
     int slot = -1;
     pthread_mutex_lock(&reg_lock);
     if (!handlers_installed) {
+        atexit(on_exit_unlink);
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_signal;

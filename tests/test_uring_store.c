@@ -1,9 +1,9 @@
 /* test_uring_store.c - the NVMe spill store: round trips in every I/O mode, extent reuse, and one
  * test per injected fault with its defined outcome (retry, fail cleanly, never wrong bytes, never a
- * leaked file), plus removal of the spill file on SIGTERM. The fault tests run twice: with
- * unaligned buffers (every piece through the bounce slots) and with 4 KiB-aligned ones (zero-copy
- * pieces straight to/from the caller, ragged tails through the slots). The stream (benchmark) path
- * is checked for its contract. */
+ * leaked file), plus removal of the spill file on SIGTERM and on exit() without a close. The fault
+ * tests run twice: with unaligned buffers (every piece through the bounce slots) and with 4 KiB-
+ * aligned ones (zero-copy pieces straight to/from the caller, ragged tails through the slots). The
+ * stream (benchmark) path is checked for its contract. */
 #include <criterion/criterion.h>
 
 #include "sp_error.h"
@@ -388,6 +388,36 @@ Test(store, sigterm_removes_spill_file)
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM, "status %d", status);
     cr_assert_neq(access(path, F_OK), 0, "%s survived SIGTERM", path);
+}
+
+Test(store, exit_without_close_removes_spill_file)
+{
+    int pfd[2];
+    cr_assert_eq(pipe(pfd), 0);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        sp_uring_store_opts o = opts(0, 4, 65536, 0);
+        sp_uring_store_t *s = sp_uring_store_open(&o);
+        if (!s)
+            _exit(3);
+        char buf[8192];
+        memset(buf, 1, sizeof buf);
+        if (sp_uring_store_put(s, buf, sizeof buf) < 0)
+            _exit(4);
+        char path[512];
+        snprintf(path, sizeof path, "%s", sp_uring_store_path(s));
+        if (write(pfd[1], path, sizeof path) != (ssize_t)sizeof path)
+            _exit(5);
+        exit(0); /* the store is never closed */
+    }
+    close(pfd[1]);
+    char path[512];
+    cr_assert_eq(read(pfd[0], path, sizeof path), (ssize_t)sizeof path);
+    int status;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
+    cr_assert_neq(access(path, F_OK), 0, "%s survived exit()", path);
 }
 
 /* The stored checksum is XXH3_64bits(payload) whatever the path (it is computed while the I/O is
