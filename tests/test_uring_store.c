@@ -359,7 +359,9 @@ Test(store, stream_contract)
     sp_uring_store_close(s);
 }
 
-Test(store, sigterm_removes_spill_file)
+/* Fork a child that opens a store, puts a segment, sends its spill path and then ends without a
+ * close: by SIGTERM (raise_term) or by exit(0). Returns the path and the child's wait status. */
+static int child_leaves_store_open(bool raise_term, char path[512])
 {
     int pfd[2];
     cr_assert_eq(pipe(pfd), 0);
@@ -374,48 +376,36 @@ Test(store, sigterm_removes_spill_file)
         memset(buf, 1, sizeof buf);
         if (sp_uring_store_put(s, buf, sizeof buf) < 0)
             _exit(4);
-        char path[512];
-        snprintf(path, sizeof path, "%s", sp_uring_store_path(s));
-        if (write(pfd[1], path, sizeof path) != (ssize_t)sizeof path)
+        char p[512];
+        snprintf(p, sizeof p, "%s", sp_uring_store_path(s));
+        if (write(pfd[1], p, sizeof p) != (ssize_t)sizeof p)
             _exit(5);
-        raise(SIGTERM);
+        if (raise_term)
+            raise(SIGTERM);
+        else
+            exit(0); /* the store is never closed */
         _exit(6); /* not reached: the handler re-raises with the default action */
     }
     close(pfd[1]);
-    char path[512];
-    cr_assert_eq(read(pfd[0], path, sizeof path), (ssize_t)sizeof path);
+    cr_assert_eq(read(pfd[0], path, 512), 512);
+    close(pfd[0]);
     int status;
     cr_assert_eq(waitpid(pid, &status, 0), pid);
+    return status;
+}
+
+Test(store, sigterm_removes_spill_file)
+{
+    char path[512];
+    int status = child_leaves_store_open(true, path);
     cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM, "status %d", status);
     cr_assert_neq(access(path, F_OK), 0, "%s survived SIGTERM", path);
 }
 
 Test(store, exit_without_close_removes_spill_file)
 {
-    int pfd[2];
-    cr_assert_eq(pipe(pfd), 0);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        sp_uring_store_opts o = opts(0, 4, 65536, 0);
-        sp_uring_store_t *s = sp_uring_store_open(&o);
-        if (!s)
-            _exit(3);
-        char buf[8192];
-        memset(buf, 1, sizeof buf);
-        if (sp_uring_store_put(s, buf, sizeof buf) < 0)
-            _exit(4);
-        char path[512];
-        snprintf(path, sizeof path, "%s", sp_uring_store_path(s));
-        if (write(pfd[1], path, sizeof path) != (ssize_t)sizeof path)
-            _exit(5);
-        exit(0); /* the store is never closed */
-    }
-    close(pfd[1]);
     char path[512];
-    cr_assert_eq(read(pfd[0], path, sizeof path), (ssize_t)sizeof path);
-    int status;
-    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    int status = child_leaves_store_open(false, path);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
     cr_assert_neq(access(path, F_OK), 0, "%s survived exit()", path);
 }
