@@ -18,6 +18,8 @@ set title 'kjv, N = 4096, 256 tokens'
 plot 'fid_kjv_4096_streaming.dat' using 1:2 with linespoints lw 2 title 'streaming', 'fid_kjv_4096_h2o.dat' using 1:2 with linespoints lw 2 title 'h2o', 'fid_kjv_4096_snapkv.dat' using 1:2 with linespoints lw 2 title 'snapkv', 'fid_kjv_4096_pyramidkv.dat' using 1:2 with linespoints lw 2 title 'pyramidkv', 'fid_kjv_4096_pyramidinfer.dat' using 1:2 with linespoints lw 2 title 'pyramidinfer', 'fid_kjv_4096_spindle.dat' using 1:2 with linespoints lw 2 title 'spindle'
 set title 'pg, N = 8000, 256 tokens'
 plot 'fid_pg_8000_streaming.dat' using 1:2 with linespoints lw 2 title 'streaming', 'fid_pg_8000_h2o.dat' using 1:2 with linespoints lw 2 title 'h2o', 'fid_pg_8000_snapkv.dat' using 1:2 with linespoints lw 2 title 'snapkv', 'fid_pg_8000_pyramidkv.dat' using 1:2 with linespoints lw 2 title 'pyramidkv', 'fid_pg_8000_pyramidinfer.dat' using 1:2 with linespoints lw 2 title 'pyramidinfer', 'fid_pg_8000_spindle.dat' using 1:2 with linespoints lw 2 title 'spindle'
+set title 'kjv, N = 8000, 256 tokens'
+plot 'fid_kjv_8000_streaming.dat' using 1:2 with linespoints lw 2 title 'streaming', 'fid_kjv_8000_h2o.dat' using 1:2 with linespoints lw 2 title 'h2o', 'fid_kjv_8000_snapkv.dat' using 1:2 with linespoints lw 2 title 'snapkv', 'fid_kjv_8000_pyramidkv.dat' using 1:2 with linespoints lw 2 title 'pyramidkv', 'fid_kjv_8000_pyramidinfer.dat' using 1:2 with linespoints lw 2 title 'pyramidinfer', 'fid_kjv_8000_spindle.dat' using 1:2 with linespoints lw 2 title 'spindle'
 unset multiplot
 unset logscale y
 set terminal pngcairo noenhanced size 1680,880 font ',10'
@@ -37,6 +39,8 @@ set title 'kjv, N = 4096, 256 tokens'
 plot 'fid_kjv_4096_streaming.dat' using 1:3 with linespoints lw 2 title 'streaming', 'fid_kjv_4096_h2o.dat' using 1:3 with linespoints lw 2 title 'h2o', 'fid_kjv_4096_snapkv.dat' using 1:3 with linespoints lw 2 title 'snapkv', 'fid_kjv_4096_pyramidkv.dat' using 1:3 with linespoints lw 2 title 'pyramidkv', 'fid_kjv_4096_pyramidinfer.dat' using 1:3 with linespoints lw 2 title 'pyramidinfer', 'fid_kjv_4096_spindle.dat' using 1:3 with linespoints lw 2 title 'spindle'
 set title 'pg, N = 8000, 256 tokens'
 plot 'fid_pg_8000_streaming.dat' using 1:3 with linespoints lw 2 title 'streaming', 'fid_pg_8000_h2o.dat' using 1:3 with linespoints lw 2 title 'h2o', 'fid_pg_8000_snapkv.dat' using 1:3 with linespoints lw 2 title 'snapkv', 'fid_pg_8000_pyramidkv.dat' using 1:3 with linespoints lw 2 title 'pyramidkv', 'fid_pg_8000_pyramidinfer.dat' using 1:3 with linespoints lw 2 title 'pyramidinfer', 'fid_pg_8000_spindle.dat' using 1:3 with linespoints lw 2 title 'spindle'
+set title 'kjv, N = 8000, 256 tokens'
+plot 'fid_kjv_8000_streaming.dat' using 1:3 with linespoints lw 2 title 'streaming', 'fid_kjv_8000_h2o.dat' using 1:3 with linespoints lw 2 title 'h2o', 'fid_kjv_8000_snapkv.dat' using 1:3 with linespoints lw 2 title 'snapkv', 'fid_kjv_8000_pyramidkv.dat' using 1:3 with linespoints lw 2 title 'pyramidkv', 'fid_kjv_8000_pyramidinfer.dat' using 1:3 with linespoints lw 2 title 'pyramidinfer', 'fid_kjv_8000_spindle.dat' using 1:3 with linespoints lw 2 title 'spindle'
 unset multiplot
 unset logscale y
 set terminal pngcairo noenhanced size 1680,880 font ',10'
@@ -56,11 +60,13 @@ set title 'kjv, N = 4096, 256 tokens'
 plot 'fid_kjv_4096_streaming.dat' using 1:4 with linespoints lw 2 title 'streaming', 'fid_kjv_4096_h2o.dat' using 1:4 with linespoints lw 2 title 'h2o', 'fid_kjv_4096_snapkv.dat' using 1:4 with linespoints lw 2 title 'snapkv', 'fid_kjv_4096_pyramidkv.dat' using 1:4 with linespoints lw 2 title 'pyramidkv', 'fid_kjv_4096_pyramidinfer.dat' using 1:4 with linespoints lw 2 title 'pyramidinfer', 'fid_kjv_4096_spindle.dat' using 1:4 with linespoints lw 2 title 'spindle'
 set title 'pg, N = 8000, 256 tokens'
 plot 'fid_pg_8000_streaming.dat' using 1:4 with linespoints lw 2 title 'streaming', 'fid_pg_8000_h2o.dat' using 1:4 with linespoints lw 2 title 'h2o', 'fid_pg_8000_snapkv.dat' using 1:4 with linespoints lw 2 title 'snapkv', 'fid_pg_8000_pyramidkv.dat' using 1:4 with linespoints lw 2 title 'pyramidkv', 'fid_pg_8000_pyramidinfer.dat' using 1:4 with linespoints lw 2 title 'pyramidinfer', 'fid_pg_8000_spindle.dat' using 1:4 with linespoints lw 2 title 'spindle'
+set title 'kjv, N = 8000, 256 tokens'
+plot 'fid_kjv_8000_streaming.dat' using 1:4 with linespoints lw 2 title 'streaming', 'fid_kjv_8000_h2o.dat' using 1:4 with linespoints lw 2 title 'h2o', 'fid_kjv_8000_snapkv.dat' using 1:4 with linespoints lw 2 title 'snapkv', 'fid_kjv_8000_pyramidkv.dat' using 1:4 with linespoints lw 2 title 'pyramidkv', 'fid_kjv_8000_pyramidinfer.dat' using 1:4 with linespoints lw 2 title 'pyramidinfer', 'fid_kjv_8000_spindle.dat' using 1:4 with linespoints lw 2 title 'spindle'
 unset multiplot
 unset logscale y
 set terminal pngcairo noenhanced size 1680,760 font ',10'
 set output 'retrieval.png'
-set multiplot layout 2,4 title 'spindle eval: passkey accuracy over 19 prompts (grey: no prompt measured)'
+set multiplot layout 2,4 title 'spindle eval: passkey accuracy over 40 prompts (grey: no prompt measured)'
 unset grid
 set cbrange [0:1]
 set palette defined (0 '#b2182b', 0.5 '#f7f7f7', 1 '#2166ac')
@@ -72,18 +78,18 @@ set ytics ('0' 0, '25' 1, '50' 2, '75' 3, '100' 4)
 set xrange [-0.5:3.5]
 set yrange [-0.5:4.5]
 set object 1 rectangle from graph 0,0 to graph 1,1 behind fillcolor rgb '#bbbbbb' fillstyle solid
-set title 'full at 1.00 true bytes (acc 0.63, 19 prompts)'
+set title 'full at 1.00 true bytes (acc 0.68, 40 prompts)'
 plot 'ret_full_100.dat' using 1:2:(0.5):(0.5):3 with boxxy fc palette fs solid, '' using 1:2:(sprintf('%.2f (%d)',$3,$4)) with labels
-set title 'streaming at 0.20 true bytes (acc 0.16, 19 prompts)'
+set title 'streaming at 0.20 true bytes (acc 0.20, 40 prompts)'
 plot 'ret_streaming_20.dat' using 1:2:(0.5):(0.5):3 with boxxy fc palette fs solid, '' using 1:2:(sprintf('%.2f (%d)',$3,$4)) with labels
-set title 'h2o at 0.20 true bytes (acc 0.16, 19 prompts)'
+set title 'h2o at 0.20 true bytes (acc 0.20, 40 prompts)'
 plot 'ret_h2o_20.dat' using 1:2:(0.5):(0.5):3 with boxxy fc palette fs solid, '' using 1:2:(sprintf('%.2f (%d)',$3,$4)) with labels
-set title 'snapkv at 0.20 true bytes (acc 0.32, 19 prompts)'
+set title 'snapkv at 0.20 true bytes (acc 0.38, 40 prompts)'
 plot 'ret_snapkv_20.dat' using 1:2:(0.5):(0.5):3 with boxxy fc palette fs solid, '' using 1:2:(sprintf('%.2f (%d)',$3,$4)) with labels
-set title 'pyramidkv at 0.20 true bytes (acc 0.32, 19 prompts)'
+set title 'pyramidkv at 0.20 true bytes (acc 0.28, 40 prompts)'
 plot 'ret_pyramidkv_20.dat' using 1:2:(0.5):(0.5):3 with boxxy fc palette fs solid, '' using 1:2:(sprintf('%.2f (%d)',$3,$4)) with labels
-set title 'pyramidinfer at 0.20 true bytes (acc 0.16, 19 prompts)'
+set title 'pyramidinfer at 0.20 true bytes (acc 0.20, 40 prompts)'
 plot 'ret_pyramidinfer_20.dat' using 1:2:(0.5):(0.5):3 with boxxy fc palette fs solid, '' using 1:2:(sprintf('%.2f (%d)',$3,$4)) with labels
-set title 'spindle at 0.20 true bytes (acc 0.26, 19 prompts)'
+set title 'spindle at 0.20 true bytes (acc 0.38, 40 prompts)'
 plot 'ret_spindle_20.dat' using 1:2:(0.5):(0.5):3 with boxxy fc palette fs solid, '' using 1:2:(sprintf('%.2f (%d)',$3,$4)) with labels
 unset multiplot
