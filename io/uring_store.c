@@ -50,22 +50,19 @@ static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static bool handlers_installed;
 static struct sigaction old_int, old_term;
 
-static void on_signal(int sig)
+/* Remove every registered spill file: unlink() only, so it is async-signal-safe. */
+static void unlink_registered(void)
 {
     for (int i = 0; i < MAX_PATHS; i++)
         if (reg_used[i])
             unlink(reg_paths[i]);
-    sigaction(sig, sig == SIGINT ? &old_int : &old_term, NULL);
-    raise(sig);
 }
 
-/* A process that exits without closing its stores (a failed test, an early exit in a caller)
- * still removes their files. */
-static void on_exit_unlink(void)
+static void on_signal(int sig)
 {
-    for (int i = 0; i < MAX_PATHS; i++)
-        if (reg_used[i])
-            unlink(reg_paths[i]);
+    unlink_registered();
+    sigaction(sig, sig == SIGINT ? &old_int : &old_term, NULL);
+    raise(sig);
 }
 
 static int register_path(const char *path)
@@ -73,7 +70,7 @@ static int register_path(const char *path)
     int slot = -1;
     pthread_mutex_lock(&reg_lock);
     if (!handlers_installed) {
-        atexit(on_exit_unlink);
+        atexit(unlink_registered); /* also when a process exits without closing its stores */
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_signal;

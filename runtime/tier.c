@@ -148,14 +148,15 @@ static bool wants_huge(const sp_tiers_t *ts, sp_tier_kind t, unsigned flags, siz
            size >= SP_HUGE_PAGE / 2;
 }
 
-static int mem_obtain(sp_tiers_t *ts, sp_tier_kind t, sp_tier_tag tag, size_t size, unsigned flags,
+/* huge: a huge-page mapping (size already rounded by the caller, see wants_huge). */
+static int mem_obtain(sp_tiers_t *ts, sp_tier_kind t, sp_tier_tag tag, size_t size, bool huge,
                       sp_tier_mem *out)
 {
     memset(out, 0, sizeof *out);
     out->tier = t;
     out->tag = tag;
     out->size = size;
-    if (wants_huge(ts, t, flags, size)) {
+    if (huge) {
         size_t mapped;
         out->ptr = sp_huge_map(size, &mapped);
         if (!out->ptr)
@@ -205,7 +206,8 @@ int sp_tiers_alloc(sp_tiers_t *ts, sp_tier_kind tier, sp_tier_tag tag, size_t si
     char why[512] = "";
     sp_tier_kind last = (flags & SP_TIER_SPILL) ? SP_TIER_HOST : tier;
     for (sp_tier_kind t = tier; t <= last; t++) {
-        size_t n = wants_huge(ts, t, flags, size) ? sp_tier_dma_round(size, SP_HUGE_PAGE) : size;
+        bool huge = wants_huge(ts, t, flags, size);
+        size_t n = huge ? sp_tier_dma_round(size, SP_HUGE_PAGE) : size;
         pthread_mutex_lock(&ts->lock);
         bool ok = charge(ts, t, tag, n);
         if (!ok)
@@ -213,7 +215,7 @@ int sp_tiers_alloc(sp_tiers_t *ts, sp_tier_kind tier, sp_tier_tag tag, size_t si
         pthread_mutex_unlock(&ts->lock);
         if (!ok)
             continue;
-        int rc = mem_obtain(ts, t, tag, n, flags, out);
+        int rc = mem_obtain(ts, t, tag, n, huge, out);
         if (rc < 0) {
             uncharge(ts, t, tag, n);
             return rc;
