@@ -182,6 +182,7 @@ sp_kv_opts sp_eval_opts_for(const sp_eval_session *E, int pi, double knob)
     if (pi >= 0 && E->o->pol_knobs[pi][0])
         sp_kv_opts_parse(&k, E->o->pol_knobs[pi]);   /* checked by the caller when the variant was given */
     k.ratio = knob;
+    k.target = SP_TARGET_TOKENS;   /* the sweep's knob is the token share; it measures the bytes itself */
     return k;
 }
 

@@ -22,6 +22,7 @@ void sp_kv_opts_defaults(sp_kv_opts *o)
     o->policy = SP_POLICY_SPINDLE;
     o->allocator = SP_ALLOCATOR_SPINDLE_LINEAR;
     o->ratio = 0.2;
+    o->target = SP_TARGET_BYTES;
     o->budget_tokens = 0;
     o->window = 32;
     o->pool_kernel = 7;
@@ -46,6 +47,7 @@ void sp_kv_opts_from_config(sp_kv_opts *o, const sp_config *cfg)
     o->policy = c->policy;
     o->allocator = c->allocator;
     o->ratio = c->ratio;
+    o->target = c->target;
     o->budget_tokens = c->budget_tokens;
     o->window = c->window;
     o->pool_kernel = c->pool_kernel;
@@ -148,6 +150,15 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
         return sp_kv_allocator_from_name(v, &o->allocator);
     if (!strcmp(key, "ratio"))
         return parse_double(key, v, &o->ratio);
+    if (!strcmp(key, "target")) {
+        if (!strcmp(v, "bytes"))
+            o->target = SP_TARGET_BYTES;
+        else if (!strcmp(v, "tokens"))
+            o->target = SP_TARGET_TOKENS;
+        else
+            return sp_error(EINVAL, "kv option target=%s: allowed: bytes, tokens", v);
+        return 0;
+    }
     if (!strcmp(key, "budget_tokens"))
         return parse_int(key, v, &o->budget_tokens);
     if (!strcmp(key, "window"))
@@ -203,7 +214,7 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
         return parse_int(key, v, &o->pyramidkv_beta);
     if (!strcmp(key, "zigzag_tau"))
         return parse_double(key, v, &o->zigzag_tau);
-    return sp_error(EINVAL, "unknown kv option '%s'; allowed: policy, allocator, ratio, "
+    return sp_error(EINVAL, "unknown kv option '%s'; allowed: policy, allocator, ratio, target, "
                             "budget_tokens, window, pool_kernel, pool_type, divide_by_l_minus_a, "
                             "beta, theta_k, theta_v, gqa_mode, evict_layers, codebook_layers, "
                             "codebook, sinks, pyramidkv_beta, zigzag_tau", key);

@@ -166,6 +166,14 @@ typedef struct sp_kv_stats {
     double compress_s;       /* wall seconds of the last compression (scores prepare + top-k +
                                 codebook + segment build, all layers) */
     double scores_s;         /* wall seconds of the extra prefill score passes (h2o/pyramidinfer) */
+    /* What was asked and what the compression chose (1 for an uncompressed cache): */
+    sp_ratio_target target;  /* meaning of ratio_requested */
+    double ratio_requested;  /* [compression] ratio */
+    double knob;             /* token share the budgets used (= ratio_requested with target tokens) */
+    double prompt_ratio;     /* target bytes: true byte ratio at the end of the prompt (the search's
+                                measurement); NAN when no search ran (target tokens, budget_tokens,
+                                short prompts) */
+    int target_probes;       /* compressions the search made (0: none) */
 } sp_kv_stats;
 
 /* Fill *st (pointers into the context). Returns 0 or a negative errno (provider acquire failed). */
