@@ -162,6 +162,9 @@ typedef struct sp_eval_opts {
     int n_texts;
     int lengths[SP_EVAL_MAXL], n_lengths;  /* fidelity prompt lengths, tokens */
     int tokens;                      /* teacher-forced tokens per point */
+    int short_tokens;                /* the short-continuation metric: the first short_tokens of
+                                        them, scored apart (default 32; clamped to tokens) */
+    sp_numerics numerics;            /* CPU forward-pass rounding ([runtime] numerics) */
     sp_policy_kind pol[SP_EVAL_MAXP];
     char pol_name[SP_EVAL_MAXP][96];    /* label: the policy name, or "policy:knobs" for a variant */
     char pol_knobs[SP_EVAL_MAXP][160];  /* extra knobs of a variant ("" for a plain policy),
@@ -197,6 +200,9 @@ typedef struct sp_eval_fid_point {
                    [target, target + tol] (bracket points) */
     uint64_t bytes, fp16_bytes;
     double kl, kl_max, top1, ppl, compress_s, tf_s;
+    double kl_short, top1_short;     /* over the first short_tokens teacher-forced tokens */
+    double span_ratio;               /* true byte ratio at the end of the scored span (prompt +
+                                        decoded tokens: what the cache held for the last prediction) */
     bool hit;   /* knob search within tol */
 } sp_eval_fid_point;
 
@@ -209,6 +215,7 @@ typedef struct sp_eval_fid_pol {
     int n_probes[2 * SP_EVAL_MAXT];
     /* interpolated at the targets; NAN = out of range */
     double ikl[SP_EVAL_MAXT], itop1[SP_EVAL_MAXT], ippl[SP_EVAL_MAXT];
+    double ikl_short[SP_EVAL_MAXT], itop1_short[SP_EVAL_MAXT];
 } sp_eval_fid_pol;
 
 typedef struct sp_eval_fid_run {
@@ -297,7 +304,8 @@ double sp_eval_ret_acc(const sp_eval_session *E, int pi, int ti, int li, int di,
 double sp_eval_ret_acc_all(const sp_eval_session *E, int pi, int ti);
 
 /* Mean over fidelity runs of the metric interpolated at target ti for policy pi: which = 0 KL,
- * 1 top-1, 2 ppl / full ppl. NAN when any run lacks it; n_ok: runs that have it (may be NULL). */
+ * 1 top-1, 2 ppl / full ppl, 3 short-continuation KL, 4 short-continuation top-1. NAN when any run lacks it; n_ok: runs that have it (may be NULL). */
 double sp_eval_fid_mean(const sp_eval_session *E, int pi, int ti, int which, int *n_ok);
+enum { SP_EVAL_KL = 0, SP_EVAL_TOP1 = 1, SP_EVAL_PPL = 2, SP_EVAL_KL_SHORT = 3, SP_EVAL_TOP1_SHORT = 4 };
 
 #endif

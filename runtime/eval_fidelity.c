@@ -74,34 +74,42 @@ static int point_at(sp_eval_session *E, const sp_eval_fid_run *fr, sp_eval_fid_p
     pt->bytes = st.bytes;
     pt->fp16_bytes = st.fp16_bytes;
     pt->compress_s = st.compress_s;
-    sp_eval_acc acc = {0};
+    sp_eval_acc acc = {0}, acc_s = {0};
     double t0 = sp_now_s();
-    if ((rc = sp_eval_teacher_force(E, tf, T, false, &acc)) < 0)
+    if ((rc = sp_eval_teacher_force(E, tf, T, false, &acc, &acc_s)) < 0)
         return rc;
     pt->tf_s = sp_now_s() - t0;
+    pt->kl_short = sp_eval_acc_kl(&acc_s);
+    pt->top1_short = sp_eval_acc_top1(&acc_s);
+    if ((rc = sp_ctx_kv_stats(E->ctx, &st)) < 0)
+        return rc;
+    pt->span_ratio = st.true_ratio;
     pt->kl = sp_eval_acc_kl(&acc);
     pt->kl_max = acc.kl_max;
     pt->top1 = sp_eval_acc_top1(&acc);
     pt->ppl = sp_eval_acc_ppl(&acc);
     sp_eval_progress(E,
                      "fidelity %s N=%d %-12s target %.2f%s: knob %.4f true %.4f%s (%d probes) KL %.4f top1 %.3f "
-                     "ppl %.3f (compress %.2f s, %d tokens %.1f s)",
+                     "ppl %.3f, first %d: KL %.4f top1 %.3f; span bytes %.4f (compress %.2f s, %d tokens %.1f s)",
                      fr->text, fr->n_prompt, o->pol_name[pi], t, side < 0 ? "-" : side > 0 ? "+" : " ", pt->knob,
-                     pt->ratio, pt->hit ? "" : " (miss)", fp->n_probes[k], pt->kl, pt->top1, pt->ppl, pt->compress_s,
-                     T, pt->tf_s);
+                     pt->ratio, pt->hit ? "" : " (miss)", fp->n_probes[k], pt->kl, pt->top1, pt->ppl,
+                     o->short_tokens < T ? o->short_tokens : T, pt->kl_short, pt->top1_short, pt->span_ratio,
+                     pt->compress_s, T, pt->tf_s);
     return 0;
 }
 
 /* Interpolate each metric linearly in the measured true ratio (no extrapolation). */
 static void interpolate(const sp_eval_opts *o, sp_eval_fid_pol *fp)
 {
-    double x[MAXPT], ykl[MAXPT], yt[MAXPT], yp[MAXPT];
+    double x[MAXPT], ykl[MAXPT], yt[MAXPT], yp[MAXPT], yks[MAXPT], yts[MAXPT];
     int n = 0;
     for (int j = 0; j < fp->n_pts; j++) {
         x[n] = fp->pts[j].ratio;
         ykl[n] = fp->pts[j].kl;
         yt[n] = fp->pts[j].top1;
         yp[n] = fp->pts[j].ppl;
+        yks[n] = fp->pts[j].kl_short;
+        yts[n] = fp->pts[j].top1_short;
         n++;
     }
     for (int ti = 0; ti < o->n_targets; ti++) {
@@ -112,6 +120,10 @@ static void interpolate(const sp_eval_opts *o, sp_eval_fid_pol *fp)
             fp->itop1[ti] = NAN;
         if (sp_eval_interp(x, yp, n, tg, &fp->ippl[ti]) < 0)
             fp->ippl[ti] = NAN;
+        if (sp_eval_interp(x, yks, n, tg, &fp->ikl_short[ti]) < 0)
+            fp->ikl_short[ti] = NAN;
+        if (sp_eval_interp(x, yts, n, tg, &fp->itop1_short[ti]) < 0)
+            fp->itop1_short[ti] = NAN;
     }
 }
 
@@ -137,7 +149,7 @@ static int run_one(sp_eval_session *E, const char *tname, const int32_t *all, in
     fr->scores_s = st.scores_s;
     sp_eval_acc ref = {0};
     double t = sp_now_s();
-    if ((rc = sp_eval_teacher_force(E, tf, T, true, &ref)) < 0)
+    if ((rc = sp_eval_teacher_force(E, tf, T, true, &ref, NULL)) < 0)
         return rc;
     fr->ref_s = sp_now_s() - t;
     fr->full_ppl = sp_eval_acc_ppl(&ref);
@@ -220,7 +232,11 @@ double sp_eval_fid_mean(const sp_eval_session *E, int pi, int ti, int which, int
     int n = 0, miss = 0;
     for (int r = 0; r < E->n_fr; r++) {
         const sp_eval_fid_pol *fp = &E->fr[r].pol[pi];
-        double v = which == 0 ? fp->ikl[ti] : which == 1 ? fp->itop1[ti] : fp->ippl[ti] / E->fr[r].full_ppl;
+        double v = which == SP_EVAL_KL           ? fp->ikl[ti]
+                   : which == SP_EVAL_TOP1       ? fp->itop1[ti]
+                   : which == SP_EVAL_KL_SHORT   ? fp->ikl_short[ti]
+                   : which == SP_EVAL_TOP1_SHORT ? fp->itop1_short[ti]
+                                                 : fp->ippl[ti] / E->fr[r].full_ppl;
         if (isfinite(v)) {
             s += v;
             n++;

@@ -32,8 +32,10 @@ int sp_eval_measure_cb(void *user, double knob, double *ratio);
 /* Prefill toks[0..n-1) (the last token is held back) with the prefill state kept; *secs: wall time. */
 int sp_eval_prefill_prompt(sp_eval_session *E, const int32_t *toks, int n, double *secs);
 
-/* Teacher-force toks[0..T) and add each step's comparison with the reference rows to acc; with
- * store, the logits become the reference rows. */
-int sp_eval_teacher_force(sp_eval_session *E, const int32_t *toks, int T, bool store, sp_eval_acc *acc);
+/* Teacher-force toks[0..T) and add each step's comparison with the reference rows to acc (and the
+ * first E->o->short_tokens steps to acc_short, may be NULL); with store, the logits become the
+ * reference rows. */
+int sp_eval_teacher_force(sp_eval_session *E, const int32_t *toks, int T, bool store, sp_eval_acc *acc,
+                          sp_eval_acc *acc_short);
 
 #endif

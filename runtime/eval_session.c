@@ -27,6 +27,8 @@ void sp_eval_opts_defaults(sp_eval_opts *o)
     o->lengths[2] = 8000;
     o->n_lengths = 3;
     o->tokens = 256;
+    o->short_tokens = 32;
+    o->numerics = SP_NUMERICS_GGML;
     for (int i = 0; i < 6; i++) {
         o->pol[i] = pols[i];
         snprintf(o->pol_name[i], sizeof o->pol_name[0], "%s", sp_kv_policy_name(pols[i]));
@@ -112,6 +114,7 @@ int sp_eval_session_open(sp_eval_session *E, const sp_eval_opts *o, const sp_mod
     cp.n_ctx = E->n_ctx;
     cp.n_threads = n_threads;
     cp.keep_prefill_state = true;
+    cp.numerics = o->numerics;
     /* Any valid compressing policy: every prompt sets its own before its prefill. */
     sp_kv_opts first = sp_eval_opts_for(E, -1, 0.5);
     first.policy = SP_POLICY_SNAPKV;
@@ -226,7 +229,8 @@ int sp_eval_prefill_prompt(sp_eval_session *E, const int32_t *toks, int n, doubl
 /* The logits after toks[i] (predicting toks[i+1]) are compared with the reference row i. Default:
  * one prefill call with every row's logits (batched matmuls; a compressed context appends the
  * tokens to its tails exactly as decode does); tf_decode: one sp_ctx_decode per token. */
-int sp_eval_teacher_force(sp_eval_session *E, const int32_t *toks, int T, bool store, sp_eval_acc *acc)
+int sp_eval_teacher_force(sp_eval_session *E, const int32_t *toks, int T, bool store, sp_eval_acc *acc,
+                          sp_eval_acc *acc_short)
 {
     float *rows = store ? E->ref : E->test;
     const size_t V = (size_t)E->n_vocab;
@@ -242,6 +246,8 @@ int sp_eval_teacher_force(sp_eval_session *E, const int32_t *toks, int T, bool s
         sp_eval_log_softmax(E->ref + (size_t)i * V, E->n_vocab, E->lp_ref);
         sp_eval_log_softmax(rows + (size_t)i * V, E->n_vocab, E->lp_test);
         sp_eval_acc_add(acc, E->lp_ref, E->lp_test, E->n_vocab, toks[i + 1]);
+        if (acc_short && i < E->o->short_tokens)
+            sp_eval_acc_add(acc_short, E->lp_ref, E->lp_test, E->n_vocab, toks[i + 1]);
     }
     return 0;
 }

@@ -36,6 +36,7 @@ static void usage(FILE *out)
           "                             (default pg,kjv)\n"
           "  --lengths LIST             fidelity prompt lengths (default 2048,4096,8000)\n"
           "  --tokens N                 teacher-forced tokens per point (default 256)\n"
+          "  --short N                  short-continuation metric over the first N of them (default 32)\n"
           "  --policies LIST            default streaming,h2o,snapkv,pyramidkv,pyramidinfer,spindle\n"
           "                             (full is always measured as the reference)\n"
           "  --variant P:K=V[;K=V]      one more curve: policy P with other knobs, e.g. spindle:codebook=off\n"
@@ -255,6 +256,10 @@ static int parse_args(int argc, char **argv, sp_cli_common *c, eval_opts *o, con
             if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 1, 4096, &x))
                 return -1;
             o->tokens = (int)x;
+        } else if (!strcmp(a, "--short")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 1, 4096, &x))
+                return -1;
+            o->short_tokens = (int)x;
         } else if (!strcmp(a, "--policies")) {
             if (!(v = sp_cli_value(argc, argv, &i)) || parse_policies(v, o) < 0)
                 return -1;
@@ -390,9 +395,11 @@ static void write_json(evalcli *E, FILE *f, double wall_s, bool complete)
             hp->n_layer, hp->n_head, hp->n_kv_head, hp->head_dim, hp->n_vocab);
     const sp_kv_opts *b = &E->S.base;
     fprintf(f, "  \"config\": {\"threads\": %d, \"tokens\": %d, \"tol\": %g, \"max_probes\": %d, \"knob\": \"ratio\", "
-               "\"teacher_forcing\": \"%s\", \"window\": %" PRId64 ", \"pool_kernel\": %" PRId64 ", \"beta\": %g, \"theta_k\": %g, \"theta_v\": %g, "
+               "\"short_tokens\": %d, \"numerics\": \"%s\", \"teacher_forcing\": \"%s\", \"window\": %" PRId64 ", \"pool_kernel\": %" PRId64 ", \"beta\": %g, \"theta_k\": %g, \"theta_v\": %g, "
                "\"gqa_mode\": \"%s\", \"allocator\": \"%s\", \"codebook\": %s, \"evict_layers\": ",
-            sp_cli_threads(&E->c->cfg), o->tokens, o->tol, o->max_probes, o->tf_decode ? "decode" : "prefill", b->window, b->pool_kernel, b->beta,
+            sp_cli_threads(&E->c->cfg), o->tokens, o->tol, o->max_probes,
+            o->short_tokens < o->tokens ? o->short_tokens : o->tokens,
+            o->numerics == SP_NUMERICS_EXACT ? "exact" : "ggml", o->tf_decode ? "decode" : "prefill", b->window, b->pool_kernel, b->beta,
             b->theta_k, b->theta_v, b->gqa_mode == SP_GQA_KV_HEAD ? "kv_head" : "query_head",
             sp_kv_allocator_name(b->allocator), b->codebook ? "true" : "false");
     sp_cli_json_str(f, b->evict_layers);
@@ -444,6 +451,12 @@ static void write_json(evalcli *E, FILE *f, double wall_s, bool complete)
                 jnum(f, pt->top1);
                 fprintf(f, ", \"ppl\": ");
                 jnum(f, pt->ppl);
+                fprintf(f, ", \"kl_short\": ");
+                jnum(f, pt->kl_short);
+                fprintf(f, ", \"top1_short\": ");
+                jnum(f, pt->top1_short);
+                fprintf(f, ", \"span_true_ratio\": ");
+                jnum(f, pt->span_ratio);
                 fprintf(f, ", \"compress_s\": %.3f, \"decode_s\": %.2f, \"probes\": [", pt->compress_s, pt->tf_s);
                 for (int k = 0; k < fp->n_probes[j] && k < MAXPROBE; k++)
                     fprintf(f, "%s[%.6g, %.6g]", k ? ", " : "", fp->probes[j][k].knob, fp->probes[j][k].ratio);
@@ -457,6 +470,10 @@ static void write_json(evalcli *E, FILE *f, double wall_s, bool complete)
                 jnum(f, fp->itop1[ti]);
                 fprintf(f, ", \"ppl\": ");
                 jnum(f, fp->ippl[ti]);
+                fprintf(f, ", \"kl_short\": ");
+                jnum(f, fp->ikl_short[ti]);
+                fprintf(f, ", \"top1_short\": ");
+                jnum(f, fp->itop1_short[ti]);
                 fprintf(f, "}");
             }
             fprintf(f, "]}");
@@ -476,6 +493,10 @@ static void write_json(evalcli *E, FILE *f, double wall_s, bool complete)
             jnum(f, sp_eval_fid_mean(&E->S, pi, ti, 1, NULL));
             fprintf(f, ", \"mean_ppl_over_full\": ");
             jnum(f, sp_eval_fid_mean(&E->S, pi, ti, 2, NULL));
+            fprintf(f, ", \"mean_kl_short\": ");
+            jnum(f, sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_KL_SHORT, NULL));
+            fprintf(f, ", \"mean_top1_short\": ");
+            jnum(f, sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_TOP1_SHORT, NULL));
             fprintf(f, ", \"runs\": %d}", n);
         }
         fprintf(f, "]}");
@@ -562,6 +583,26 @@ static void print_summary(evalcli *E)
                        pp = sp_eval_fid_mean(&E->S, pi, ti, 2, NULL);
                 if (isfinite(kl))
                     printf(" %.4f / %.3f / %.3f |", kl, t1, pp);
+                else
+                    printf(" - |");
+            }
+            printf("\n");
+        }
+        printf("\nShort continuation: the first %d teacher-forced tokens (KL / top-1, same interpolation)\n\n| policy |",
+               o->short_tokens < o->tokens ? o->short_tokens : o->tokens);
+        for (int ti = 0; ti < o->n_targets; ti++)
+            printf(" %.2f |", o->targets[ti]);
+        printf("\n|---|");
+        for (int ti = 0; ti < o->n_targets; ti++)
+            printf("---|");
+        printf("\n");
+        for (int pi = 0; pi < o->n_pol; pi++) {
+            printf("| %s |", o->pol_name[pi]);
+            for (int ti = 0; ti < o->n_targets; ti++) {
+                double kl = sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_KL_SHORT, NULL),
+                       t1 = sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_TOP1_SHORT, NULL);
+                if (isfinite(kl))
+                    printf(" %.4f / %.3f |", kl, t1);
                 else
                     printf(" - |");
             }
@@ -769,6 +810,7 @@ int sp_cmd_eval(int argc, char **argv)
         return SP_EXIT_OK;
     }
     o.seed = (uint64_t)c.cfg.runtime.seed;
+    o.numerics = c.cfg.runtime.numerics;
     char hay_dir[4096];
     if (!o.haystack) {
         const char *sh = getenv("SPINDLE_SHARED");
