@@ -123,3 +123,44 @@ Test(eval_driver, open_refuses_bad_options)
     sp_eval_session_free(&E);
     sp_model_free(m);
 }
+
+/* Everything kept, codebook off: the segment path against the plain cache. With exact numerics
+ * (the eval's default) the two agree (KL < 0.001); with ggml numerics only the plain path rounds
+ * queries and probabilities to fp16, and the difference is a floor well above that. */
+static double kept_all_kl(sp_numerics nm)
+{
+    sp_model_t *m = model_fixture_load();
+    sp_eval_opts o;
+    tiny_opts(&o);
+    o.ret = false;
+    o.numerics = nm;
+    o.lengths[0] = 512;
+    o.tokens = 32;
+    o.n_pol = 1;
+    o.pol[0] = SP_POLICY_SPINDLE;
+    snprintf(o.pol_knobs[0], sizeof o.pol_knobs[0], "codebook=off");
+    o.targets[0] = 1.0;
+    sp_kv_opts base;
+    sp_kv_opts_defaults(&base);
+    sp_eval_session E = {0};
+    cr_assert_eq(sp_eval_session_open(&E, &o, m, &base, 2), 0, "%s", sp_last_error());
+    cr_assert_eq(sp_eval_run_fidelity(&E), 0, "%s", sp_last_error());
+    const sp_eval_fid_point *pt = &E.fr[0].pol[0].pts[0];
+    cr_assert_float_eq(pt->ratio, 1.0, 1e-9, "everything kept raw: true ratio %g", pt->ratio);
+    double kl = pt->kl;
+    sp_eval_session_free(&E);
+    sp_model_free(m);
+    return kl;
+}
+
+Test(eval_driver, no_numerics_floor_with_exact, .timeout = 300)
+{
+    double kl = kept_all_kl(SP_NUMERICS_EXACT);
+    cr_expect_lt(kl, 1e-3, "exact numerics, everything kept: KL %g", kl);
+}
+
+Test(eval_driver, ggml_numerics_floor_is_visible, .timeout = 300)
+{
+    double kl = kept_all_kl(SP_NUMERICS_GGML);
+    cr_expect_gt(kl, 1e-3, "ggml numerics, everything kept: KL %g (the floor the eval avoids)", kl);
+}

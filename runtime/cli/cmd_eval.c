@@ -59,6 +59,9 @@ static void usage(FILE *out)
           "  --json FILE                write every point as JSON\n"
           "  --out DIR                  write PNG plots (gnuplot) and their data files there\n"
           "  -m, -t, -c, --config FILE, --set compression.KEY=VALUE (other knobs: window, theta_k, ...)\n"
+          "  numerics: exact (fp32 attention in the reference and the compressed runs alike) unless\n"
+          "                             [runtime] numerics is set; ggml rounding in the plain cache alone\n"
+          "                             is a KL floor of ~0.003 for every policy\n"
           "--quick: --texts pg,kjv --lengths 1024 --tokens 64 --targets 0.2,0.5 --ret-lengths 1000,2000\n"
           "         --depths 0,50,100 --seeds 1 (options given after --quick still apply)\n",
           out);
@@ -810,7 +813,16 @@ int sp_cmd_eval(int argc, char **argv)
         return SP_EXIT_OK;
     }
     o.seed = (uint64_t)c.cfg.runtime.seed;
-    o.numerics = c.cfg.runtime.numerics;
+    /* Exact numerics unless [runtime] numerics was given: the plain cache's ggml rounding (fp16
+     * queries and probabilities, cpu/attention.c) against the segment path's fp32 is a KL floor
+     * (0.0026 with everything kept, 1k tokens) that would hit every policy. */
+    o.numerics = SP_NUMERICS_EXACT;
+    for (int k = 0; k < sp_config_key_count(); k++) {
+        char name[64];
+        if (sp_config_key_name(k, name, sizeof name) && !strcmp(name, "runtime.numerics") &&
+            strcmp(c.cfg.origin[k], "default"))
+            o.numerics = c.cfg.runtime.numerics;
+    }
     char hay_dir[4096];
     if (!o.haystack) {
         const char *sh = getenv("SPINDLE_SHARED");
