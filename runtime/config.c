@@ -106,6 +106,10 @@ static const key_def keys[] = {
      .help = "layers that use the codebook: all, none, or a list like 0-3,7,20-"},
     {"compression", "codebook", KT_BOOL, OFF(compression.codebook), 0, .def = "true",
      .help = "codebook replacement stage on/off"},
+    {"compression", "decode_window", KT_INT, OFF(compression.decode_window), 0, .imin = 0,
+     .imax = 1 << 20, .def = "0",
+     .help = "coded layers: the last N decode tokens stay raw, older ones are coded as they leave "
+             "(0 = coded at once, as the paper; other layers and policies keep decode tokens raw)"},
     {"compression", "sinks", KT_INT, OFF(compression.sinks), 0, .imin = 0, .imax = 1024,
      .def = "4", .help = "attention-sink tokens kept by streaming and pyramidinfer"},
     {"compression", "pyramidkv_beta", KT_INT, OFF(compression.pyramidkv_beta), 0, .imin = 1,

@@ -62,6 +62,7 @@ typedef struct sp_config {
         char evict_layers[SP_CONFIG_MASK_MAX];    /* layer mask, see sp_config_mask_expand */
         char codebook_layers[SP_CONFIG_MASK_MAX]; /* layer mask */
         bool codebook;                  /* codebook stage on/off */
+        int64_t decode_window;          /* coded layers: last N decode tokens raw (0 = coded at once) */
         int64_t sinks;                  /* streaming/pyramidinfer attention sinks */
         int64_t pyramidkv_beta;         /* PyramidKV's beta (min = (B - w) / beta) */
         double zigzag_tau;              /* ZigZagKV attention-mass threshold */

@@ -38,6 +38,7 @@ typedef struct sp_kv_opts {
     char evict_layers[SP_KV_MASK_MAX];    /* layer mask: "all", "none", "0-15,20", "3-" */
     char codebook_layers[SP_KV_MASK_MAX]; /* layer mask for the codebook stage */
     bool codebook;                   /* codebook stage on/off (default on) */
+    int64_t decode_window;           /* coded layers: last N decode tokens raw (0: coded at append) */
     int64_t sinks;                   /* streaming / pyramidinfer sinks (4) */
     int64_t pyramidkv_beta;          /* PyramidKV beta (20) */
     double zigzag_tau;               /* ZigZagKV attention-mass threshold (0.9) */

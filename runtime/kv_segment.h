@@ -135,12 +135,36 @@ typedef struct sp_kv_tail {
     uint16_t *k_mag, *v_mag;     /* [n_kv_heads][cap] fp16 (coded) */
     uint16_t *k_ent, *v_ent;     /* [n_kv_heads][cap][d] fp16 unit, new entries (coded) */
     int64_t *n_new_k, *n_new_v;  /* [n_kv_heads] new entries (coded) */
-    uint16_t *raw_k, *raw_v;     /* [n_kv_heads][cap][d] fp16 (uncoded) */
+    uint16_t *raw_k, *raw_v;     /* [n_kv_heads][raw_cap][d] fp16: every token (uncoded), or a ring
+                                    of the last raw_window tokens (coded, raw_window > 0) */
+    int64_t raw_window;          /* coded tails: the last raw_window tokens are held raw and coded
+                                    one by one as they leave the window; 0 = coded at append */
+    int64_t raw_cap;             /* rows per KV head of raw_k / raw_v (0 = none) */
 } sp_kv_tail;
+
+/* Whether tail token j (0 <= j < t->n) is held raw (else coded: k_idx/v_idx/k_mag/v_mag). */
+static inline bool sp_kv_tail_is_raw(const sp_kv_tail *t, int64_t j)
+{
+    return !t->coded || j >= t->n - t->raw_window;
+}
+
+/* Row of tail token j of KV head h in raw_k / raw_v (valid when sp_kv_tail_is_raw). */
+static inline size_t sp_kv_tail_raw_row(const sp_kv_tail *t, int h, int64_t j)
+{
+    return (size_t)h * (size_t)t->raw_cap + (size_t)(t->coded ? j % t->raw_window : j);
+}
 
 /* Allocate a tail for seg with room for cap tokens. Returns 0, -EINVAL or -ENOMEM. */
 int sp_kv_tail_init(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float theta_k,
                     float theta_v);
+
+/* Same, with a rolling raw window for a coded segment (`[compression] decode_window`): the last
+ * raw_window decode tokens stay raw fp16 (a ring of raw_window rows), and a token is coded
+ * against the codebook when it leaves the window - from its fp16 copy, by the same best-match /
+ * new-entry rule as coding at append. raw_window is ignored for an uncoded segment (its tail is
+ * raw anyway). Returns 0, -EINVAL (raw_window < 0) or -ENOMEM. */
+int sp_kv_tail_init_window(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float theta_k,
+                           float theta_v, int64_t raw_window);
 void sp_kv_tail_free(sp_kv_tail *t); /* accepts NULL and zeroed structs */
 
 /* Append one token: k, v [n_kv_heads][d] fp32 (K pre-RoPE) at original position pos. Returns 0,
@@ -186,7 +210,8 @@ typedef struct sp_kv_seg_stats {
  * positions not increasing past the listed ones) or -ENOMEM. */
 int sp_kv_segment_fold_tail(sp_kv_segment *out, const sp_kv_segment *seg, const sp_kv_tail *tail);
 
-/* Forget the tail's tokens and new entries (capacity kept; no allocation). */
+/* Forget the tail's tokens and new entries (capacity kept; no allocation). A tail with raw tokens
+ * in a coded window cannot be folded (-ENOTSUP from sp_kv_segment_fold_tail). */
 void sp_kv_tail_reset(sp_kv_tail *t);
 
 /* Fill the accounting of a segment (+ optional tail). Never fails on a valid segment. */

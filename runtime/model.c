@@ -896,7 +896,8 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
         rc = sp_kv_segment_build(&c->seg[i], i, kf, vf, D, &sel, evict[L + i], (float)o->theta_k, (float)o->theta_v,
                                  NULL);
         if (rc == 0)
-            rc = sp_kv_tail_init(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v);
+            rc = sp_kv_tail_init_window(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v,
+                                        o->decode_window);
         if (rc < 0)
             goto out;
         for (int g = 0; g < KVH; g++) {
