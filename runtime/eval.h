@@ -216,6 +216,8 @@ typedef struct sp_eval_fid_pol {
     /* interpolated at the targets; NAN = out of range */
     double ikl[SP_EVAL_MAXT], itop1[SP_EVAL_MAXT], ippl[SP_EVAL_MAXT];
     double ikl_short[SP_EVAL_MAXT], itop1_short[SP_EVAL_MAXT];
+    /* KL and top-1 interpolated in the span ratio (bytes over prompt + scored tokens) instead */
+    double ikl_span[SP_EVAL_MAXT], itop1_span[SP_EVAL_MAXT];
 } sp_eval_fid_pol;
 
 typedef struct sp_eval_fid_run {
@@ -304,8 +306,12 @@ double sp_eval_ret_acc(const sp_eval_session *E, int pi, int ti, int li, int di,
 double sp_eval_ret_acc_all(const sp_eval_session *E, int pi, int ti);
 
 /* Mean over fidelity runs of the metric interpolated at target ti for policy pi: which = 0 KL,
- * 1 top-1, 2 ppl / full ppl, 3 short-continuation KL, 4 short-continuation top-1. NAN when any run lacks it; n_ok: runs that have it (may be NULL). */
+ * 1 top-1, 2 ppl / full ppl, 3 short-continuation KL, 4 short-continuation top-1, 5 / 6 KL / top-1
+ * at equal span bytes (SP_EVAL_*). NAN when any run lacks it; n_ok: runs that have it (may be NULL). */
 double sp_eval_fid_mean(const sp_eval_session *E, int pi, int ti, int which, int *n_ok);
-enum { SP_EVAL_KL = 0, SP_EVAL_TOP1 = 1, SP_EVAL_PPL = 2, SP_EVAL_KL_SHORT = 3, SP_EVAL_TOP1_SHORT = 4 };
+enum {
+    SP_EVAL_KL = 0, SP_EVAL_TOP1 = 1, SP_EVAL_PPL = 2, SP_EVAL_KL_SHORT = 3, SP_EVAL_TOP1_SHORT = 4,
+    SP_EVAL_KL_SPAN = 5, SP_EVAL_TOP1_SPAN = 6
+};
 
 #endif

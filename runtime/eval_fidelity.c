@@ -101,10 +101,11 @@ static int point_at(sp_eval_session *E, const sp_eval_fid_run *fr, sp_eval_fid_p
 /* Interpolate each metric linearly in the measured true ratio (no extrapolation). */
 static void interpolate(const sp_eval_opts *o, sp_eval_fid_pol *fp)
 {
-    double x[MAXPT], ykl[MAXPT], yt[MAXPT], yp[MAXPT], yks[MAXPT], yts[MAXPT];
+    double x[MAXPT], xs[MAXPT], ykl[MAXPT], yt[MAXPT], yp[MAXPT], yks[MAXPT], yts[MAXPT];
     int n = 0;
     for (int j = 0; j < fp->n_pts; j++) {
         x[n] = fp->pts[j].ratio;
+        xs[n] = fp->pts[j].span_ratio;
         ykl[n] = fp->pts[j].kl;
         yt[n] = fp->pts[j].top1;
         yp[n] = fp->pts[j].ppl;
@@ -124,6 +125,10 @@ static void interpolate(const sp_eval_opts *o, sp_eval_fid_pol *fp)
             fp->ikl_short[ti] = NAN;
         if (sp_eval_interp(x, yts, n, tg, &fp->itop1_short[ti]) < 0)
             fp->itop1_short[ti] = NAN;
+        if (sp_eval_interp(xs, ykl, n, tg, &fp->ikl_span[ti]) < 0)
+            fp->ikl_span[ti] = NAN;
+        if (sp_eval_interp(xs, yt, n, tg, &fp->itop1_span[ti]) < 0)
+            fp->itop1_span[ti] = NAN;
     }
 }
 
@@ -236,6 +241,8 @@ double sp_eval_fid_mean(const sp_eval_session *E, int pi, int ti, int which, int
                    : which == SP_EVAL_TOP1       ? fp->itop1[ti]
                    : which == SP_EVAL_KL_SHORT   ? fp->ikl_short[ti]
                    : which == SP_EVAL_TOP1_SHORT ? fp->itop1_short[ti]
+                   : which == SP_EVAL_KL_SPAN    ? fp->ikl_span[ti]
+                   : which == SP_EVAL_TOP1_SPAN  ? fp->itop1_span[ti]
                                                  : fp->ippl[ti] / E->fr[r].full_ppl;
         if (isfinite(v)) {
             s += v;

@@ -417,7 +417,8 @@ static void write_json(evalcli *E, FILE *f, double wall_s, bool complete)
         sp_cli_json_str(f, o->pol_name[i]);
     }
     fprintf(f, "],\n    \"note\": \"x axis = true byte ratio measured after compressing the prompt (before the "
-               "decoded tokens); the last prompt token is decoded over the compressed cache, so every scored "
+               "decoded tokens; *_at_span_bytes: interpolated in the ratio at the end of the scored span instead, "
+               "decode tokens counted); the last prompt token is decoded over the compressed cache, so every scored "
                "prediction depends on it; metrics at the targets are interpolated linearly in the measured ratio "
                "between measured points (null: target outside the measured range)\"},\n");
 
@@ -477,6 +478,10 @@ static void write_json(evalcli *E, FILE *f, double wall_s, bool complete)
                 jnum(f, fp->ikl_short[ti]);
                 fprintf(f, ", \"top1_short\": ");
                 jnum(f, fp->itop1_short[ti]);
+                fprintf(f, ", \"kl_at_span_bytes\": ");
+                jnum(f, fp->ikl_span[ti]);
+                fprintf(f, ", \"top1_at_span_bytes\": ");
+                jnum(f, fp->itop1_span[ti]);
                 fprintf(f, "}");
             }
             fprintf(f, "]}");
@@ -500,6 +505,10 @@ static void write_json(evalcli *E, FILE *f, double wall_s, bool complete)
             jnum(f, sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_KL_SHORT, NULL));
             fprintf(f, ", \"mean_top1_short\": ");
             jnum(f, sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_TOP1_SHORT, NULL));
+            fprintf(f, ", \"mean_kl_at_span_bytes\": ");
+            jnum(f, sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_KL_SPAN, NULL));
+            fprintf(f, ", \"mean_top1_at_span_bytes\": ");
+            jnum(f, sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_TOP1_SPAN, NULL));
             fprintf(f, ", \"runs\": %d}", n);
         }
         fprintf(f, "]}");
@@ -586,6 +595,26 @@ static void print_summary(evalcli *E)
                        pp = sp_eval_fid_mean(&E->S, pi, ti, 2, NULL);
                 if (isfinite(kl))
                     printf(" %.4f / %.3f / %.3f |", kl, t1, pp);
+                else
+                    printf(" - |");
+            }
+            printf("\n");
+        }
+        printf("\nAt equal SPAN bytes: the same KL / top-1, interpolated in the true byte ratio at the end of the "
+               "scored span (decode tokens counted; '-' = outside the measured span ratios)\n\n| policy |");
+        for (int ti = 0; ti < o->n_targets; ti++)
+            printf(" %.2f |", o->targets[ti]);
+        printf("\n|---|");
+        for (int ti = 0; ti < o->n_targets; ti++)
+            printf("---|");
+        printf("\n");
+        for (int pi = 0; pi < o->n_pol; pi++) {
+            printf("| %s |", o->pol_name[pi]);
+            for (int ti = 0; ti < o->n_targets; ti++) {
+                double kl = sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_KL_SPAN, NULL),
+                       t1 = sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_TOP1_SPAN, NULL);
+                if (isfinite(kl))
+                    printf(" %.4f / %.3f |", kl, t1);
                 else
                     printf(" - |");
             }
