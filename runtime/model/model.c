@@ -527,7 +527,7 @@ static void capture_kpre(sp_ctx_t *c, int layer, int n, int pos0)
 }
 
 /* After the chunk's attention (aa): keep the window scores (last chunk) and run the extra passes. */
-static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_args *aa)
+static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_desc *aa)
 {
     const sp_hparams *hp = &c->m->hp;
     int H = hp->n_head, n = aa->n_q, pos0 = aa->q_pos0, nk = pos0 + n, rc;
@@ -538,7 +538,7 @@ static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_args *aa)
     if (!c->sc_col && !c->sc_pinf)
         return 0;
     double t0 = sp_now_s();
-    sp_attn_args x = *aa;
+    sp_attn_desc x = *aa;
     x.out = c->attx;
     x.win = c->win;
     x.win_ld = nk;
@@ -689,7 +689,7 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
             sp_op_rope(c->k, n, hp->n_kv_head, D, KV, c->pos, c->rope, hp->rope_mode);
             if ((rc = sp_kvcache_store(c->kv, l, pos0, n, c->k, KV, c->v, KV)) != 0)
                 return rc;
-            sp_attn_args aa = {
+            sp_attn_desc aa = {
                 .n_q = n, .q_pos0 = pos0, .n_head = hp->n_head, .n_kv_head = hp->n_kv_head, .head_dim = D,
                 .q = c->q, .ldq = Q, .out = c->att, .ldo = Q,
                 .k = sp_kvcache_k(c->kv, l), .v = sp_kvcache_v(c->kv, l), .kv_type = c->kv->type,
