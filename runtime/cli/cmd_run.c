@@ -9,7 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kv_tiered.h"
+#include "ctx_tiering.h"
 #include "chat.h"
 #include "cli.h"
 #include "model.h"

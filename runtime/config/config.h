@@ -18,7 +18,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "ops.h"    /* sp_numerics */
+#include "numerics.h" /* sp_numerics */
 
 #define SP_CONFIG_PATH_MAX 1024
 #define SP_CONFIG_MASK_MAX 256
