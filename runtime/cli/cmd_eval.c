@@ -145,9 +145,11 @@ static int parse_variant(const char *v, eval_opts *o)
         sp_cli_error("--variant '%s': %s", v, sp_last_error());
         return -1;
     }
-    if (strstr(colon + 1, "window") || strstr(colon + 1, "policy") || strstr(colon + 1, "ratio") ||
-        strstr(colon + 1, "budget_tokens")) {
-        sp_cli_error("--variant '%s': window, policy, ratio and budget_tokens cannot vary within one run "
+    sp_kv_opts def;
+    sp_kv_opts_defaults(&def);
+    if (test.window != def.window || test.policy != def.policy || test.ratio != def.ratio ||
+        test.budget_tokens != def.budget_tokens || test.target != def.target) {
+        sp_cli_error("--variant '%s': window, policy, ratio, target and budget_tokens cannot vary within one run "
                      "(the window scores are computed once per prompt; the sweep sets the ratio)", v);
         return -1;
     }

@@ -511,9 +511,9 @@ int sp_kv_tail_append(sp_kv_tail *t, const sp_kv_segment *seg, const float *k, c
                     vo[i] = sp_fp16_to_f32(t->raw_v[row * d + i]);
                 }
                 const sp_kv_seg_head *sv = &seg->head[h];
-                t->k_idx[h * c + o] = tail_code(sv->k_cb, sv->n_ent_k, t->k_ent + h * c * d, &t->n_new_k[h], d,
+                t->k_idx[h * c + o] = sp_kv_tail_code_vector(sv->k_cb, sv->n_ent_k, t->k_ent + h * c * d, &t->n_new_k[h], d,
                                                 ko, t->theta_k, &t->k_mag[h * c + o]);
-                t->v_idx[h * c + o] = tail_code(sv->v_cb, sv->n_ent_v, t->v_ent + h * c * d, &t->n_new_v[h], d,
+                t->v_idx[h * c + o] = sp_kv_tail_code_vector(sv->v_cb, sv->n_ent_v, t->v_ent + h * c * d, &t->n_new_v[h], d,
                                                 vo, t->theta_v, &t->v_mag[h * c + o]);
             }
             to_fp16(t->raw_k + row * d, kh, d);
