@@ -278,6 +278,8 @@ Test(kv_target, model_every_policy_lands, .timeout = 600)
                               st.knob, st.target_probes);
                 cr_expect_float_eq(st.prompt_ratio, st.true_ratio, 1e-12, "the search measured what is held");
                 cr_expect_float_eq(st.ratio_requested, TARGETS[t], 1e-12);
+                /* eq. 15 under both readings: r3 = n_head / n_kv_head = 3 on every layer */
+                cr_expect_float_eq(st.paper_r_mha * 3.0, st.paper_r, 1e-9);
             }
     /* target = tokens: the token share as given, no search. */
     sp_kv_opts q;

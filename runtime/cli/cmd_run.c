@@ -133,6 +133,10 @@ static void print_kv_stats(const sp_kv_stats *ks, const sp_kv_opts *o, const sp_
             "paper's eq. 15, r1*r2*r3, read as stored d-vectors / fp16 GQA d-vectors (indices, magnitudes and "
             "positions not counted)\n",
             hp->n_head, hp->n_kv_head);
+    if (ks->compressed)
+        fprintf(f, "paper r    %.4f over the fp16 GQA cache (r1*r2*r3, r3 = %d/%d); %.4f over the per-query-head "
+                "cache of %d heads (r1*r2, the other reading of eq. 15's denominator)\n",
+                ks->paper_r, hp->n_head, hp->n_kv_head, ks->paper_r_mha, hp->n_head);
     print_ratio_line(f, ks);
 }
 

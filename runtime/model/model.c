@@ -1100,7 +1100,7 @@ int sp_ctx_kv_stats(sp_ctx_t *c, sp_kv_stats *st)
     st->knob = c->mode == KV_SEG ? c->kv_knob : 1.0;
     st->prompt_ratio = c->mode == KV_SEG ? c->kv_achieved : 1.0;
     st->target_probes = c->mode == KV_SEG ? c->kv_probes : 0;
-    double rsum = 0;
+    double rsum = 0, rmha = 0;
     for (int i = 0; i < L; i++) {
         sp_kv_layer_stats *ls = &c->lst[i];
         if (c->mode == KV_SEG) {
@@ -1144,9 +1144,11 @@ int sp_ctx_kv_stats(sp_ctx_t *c, sp_kv_stats *st)
         st->bytes_alloc += ls->bytes_alloc;
         st->fp16_bytes += ls->fp16_bytes;
         rsum += ls->paper_r;
+        rmha += ls->paper_r1 * ls->paper_r2;
     }
     st->true_ratio = st->fp16_bytes ? (double)st->bytes / (double)st->fp16_bytes : 0.0;
     st->paper_r = rsum / L;
+    st->paper_r_mha = rmha / L;
     return 0;
 }
 

@@ -165,6 +165,9 @@ typedef struct sp_kv_stats {
     double paper_r;          /* mean over layers of paper_r ("vectors only" interpretation: stored
                                 d-vectors / d-vectors of the fp16 GQA cache; indices, magnitudes,
                                 positions and masks are not counted - they are in true_ratio) */
+    double paper_r_mha;      /* mean over layers of r1·r2: the other reading of eq. 15's denominator,
+                                the per-query-head (h heads, repeated) cache; = paper_r / r3 with
+                                r3 = n_head / n_kv_head */
     double compress_s;       /* wall seconds of the last compression (scores prepare + top-k +
                                 codebook + segment build, all layers) */
     double scores_s;         /* wall seconds of the extra prefill score passes (h2o/pyramidinfer) */
