@@ -2,13 +2,16 @@
  * of kv/).
  *
  * DESIGN
- * - Compute stream: the calling thread. An op is complete when its call returns, so an event
- *   recorded on the compute stream completes at once, and a compute-stream wait blocks the caller
- *   until the event completes.
- * - Copy stream: one worker thread with a fixed ring of work items (copies, event signals and
- *   event waits), run in order. Nothing on it allocates: a full ring makes the submitter wait.
- *   Its order against compute is only what events say, exactly as on a GPU: a consumer that reads
- *   a copy's destination without waiting for the copy's event reads whatever was there.
+ * - Streams: each stream is a worker thread with a fixed ring of work items (copies, event signals
+ *   and event waits), run in order. Nothing on them allocates: a full ring makes the submitter
+ *   wait. Ops run on the calling thread after the compute stream's queue has drained, so they are
+ *   ordered after every compute-stream copy and wait before them, and complete when they return.
+ *   A compute-stream wait blocks the caller (host code may read the bytes right after it); an
+ *   event recorded on the compute stream completes when the compute queue reaches it.
+ *   The copy stream's order against compute is only what events say, exactly as on a GPU: a
+ *   consumer that reads a copy's destination without waiting for the copy's event reads whatever
+ *   was there, and a refill that does not wait for the reader's event overwrites what the
+ *   reader's queued copy has not read yet (each stream has a copy-delay test hook).
  * - Events: a pair of counters (recorded, done) under a mutex; a record bumps `recorded` and the
  *   stream's signal sets `done` to that value; a wait waits for done >= the record it saw.
  * - Memory: device buffers are 64-byte aligned heap memory; pinned ones come from the host pool
@@ -66,7 +69,8 @@ typedef struct copy_stream {
 
 typedef struct cpu_ctx {
     sp_cpu *cpu;
-    copy_stream cs;
+    copy_stream cs;          /* SP_STREAM_COPY */
+    copy_stream qs;          /* SP_STREAM_COMPUTE: its copies, signals and waits */
     float *accum;            /* [accum_floats] product of an accumulating matmul */
     size_t accum_floats;
 } cpu_ctx;
@@ -160,22 +164,53 @@ static void cs_drain(copy_stream *cs)
 
 /* ---- lifetime ---- */
 
+static copy_stream *stream_q(const sp_backend_t *be, sp_stream_id s)
+{
+    cpu_ctx *c = ctx_of(be);
+    return s == SP_STREAM_COPY ? &c->cs : &c->qs;
+}
+
+static void cs_init(copy_stream *cs)
+{
+    pthread_mutex_init(&cs->mu, NULL);
+    pthread_cond_init(&cs->cv_work, NULL);
+    pthread_cond_init(&cs->cv_space, NULL);
+    pthread_cond_init(&cs->cv_idle, NULL);
+    atomic_init(&cs->delay_us, 0);
+}
+
+static int cs_start(copy_stream *cs)
+{
+    int rc = pthread_create(&cs->thread, NULL, copy_worker, cs);
+    if (rc != 0)
+        return sp_error(rc, "cpu backend: cannot start a stream's thread: %s", strerror(rc));
+    cs->started = true;
+    return 0;
+}
+
+/* Drain and stop the worker (after everything queued has run). */
+static void cs_destroy(copy_stream *cs)
+{
+    if (cs->started) {
+        pthread_mutex_lock(&cs->mu);
+        cs->stop = true;
+        pthread_cond_signal(&cs->cv_work);
+        pthread_mutex_unlock(&cs->mu);
+        pthread_join(cs->thread, NULL);
+    }
+    pthread_mutex_destroy(&cs->mu);
+    pthread_cond_destroy(&cs->cv_work);
+    pthread_cond_destroy(&cs->cv_space);
+    pthread_cond_destroy(&cs->cv_idle);
+}
+
 static void cpu_free(sp_backend_t *be)
 {
     cpu_ctx *c = ctx_of(be);
     if (!c)
         return;
-    if (c->cs.started) {
-        pthread_mutex_lock(&c->cs.mu);
-        c->cs.stop = true;
-        pthread_cond_signal(&c->cs.cv_work);
-        pthread_mutex_unlock(&c->cs.mu);
-        pthread_join(c->cs.thread, NULL);
-    }
-    pthread_mutex_destroy(&c->cs.mu);
-    pthread_cond_destroy(&c->cs.cv_work);
-    pthread_cond_destroy(&c->cs.cv_space);
-    pthread_cond_destroy(&c->cs.cv_idle);
+    cs_destroy(&c->qs);
+    cs_destroy(&c->cs);
     sp_cpu_free(c->cpu);
     free(c->accum);
     free(c);
@@ -220,21 +255,21 @@ static void cpu_buffer_free(sp_backend_t *be, sp_buffer_t *b)
 
 static int cpu_buffer_set(sp_backend_t *be, sp_buffer_t *b, size_t off, const void *src, size_t n)
 {
-    (void)be;
+    cs_drain(&ctx_of(be)->qs); /* synchronous: after the compute stream's queued copies */
     memcpy((char *)b->base + off, src, n);
     return 0;
 }
 
 static int cpu_buffer_get(sp_backend_t *be, const sp_buffer_t *b, size_t off, void *dst, size_t n)
 {
-    (void)be;
+    cs_drain(&ctx_of(be)->qs); /* synchronous: after the compute stream's queued copies */
     memcpy(dst, (const char *)b->base + off, n);
     return 0;
 }
 
 static int cpu_buffer_memset(sp_backend_t *be, sp_buffer_t *b, size_t off, int byte, size_t n)
 {
-    (void)be;
+    cs_drain(&ctx_of(be)->qs); /* synchronous: after the compute stream's queued copies */
     memset((char *)b->base + off, byte, n);
     return 0;
 }
@@ -268,10 +303,7 @@ static int cpu_event_record(sp_backend_t *be, sp_event_t *ev, sp_stream_id s)
     pthread_mutex_lock(&e->mu);
     uint64_t seq = ++e->recorded;
     pthread_mutex_unlock(&e->mu);
-    if (s == SP_STREAM_COMPUTE)
-        ev_signal(e, seq); /* everything before it on the compute stream has returned */
-    else
-        cs_push(&ctx_of(be)->cs, (item){.kind = ITEM_SIGNAL, .ev = e, .seq = seq});
+    cs_push(stream_q(be, s), (item){.kind = ITEM_SIGNAL, .ev = e, .seq = seq});
     return 0;
 }
 
@@ -279,10 +311,13 @@ static int cpu_stream_wait(sp_backend_t *be, sp_stream_id s, sp_event_t *ev)
 {
     cpu_event *e = ev->impl;
     uint64_t seq = ev_recorded(e);
-    if (s == SP_STREAM_COMPUTE)
+    if (s == SP_STREAM_COMPUTE) {
+        /* blocking: host code after this call may read what the event guards */
+        cs_drain(&ctx_of(be)->qs);
         ev_wait_for(e, seq);
-    else
+    } else {
         cs_push(&ctx_of(be)->cs, (item){.kind = ITEM_WAIT, .ev = e, .seq = seq});
+    }
     return 0;
 }
 
@@ -306,25 +341,23 @@ static bool cpu_event_done(sp_backend_t *be, sp_event_t *ev)
 
 static int cpu_stream_sync(sp_backend_t *be, sp_stream_id s)
 {
-    if (s == SP_STREAM_COPY)
-        cs_drain(&ctx_of(be)->cs);
+    cs_drain(stream_q(be, s));
     return 0;
 }
 
 static int cpu_copy(sp_backend_t *be, sp_stream_id s, sp_copy_dir dir, void *dst, const void *src, size_t n)
 {
     (void)dir; /* every CPU backend pointer is a host pointer */
-    if (s == SP_STREAM_COMPUTE)
-        memcpy(dst, src, n);
-    else
-        cs_push(&ctx_of(be)->cs, (item){.kind = ITEM_COPY, .dst = dst, .src = src, .n = n});
+    cs_push(stream_q(be, s), (item){.kind = ITEM_COPY, .dst = dst, .src = src, .n = n});
     return 0;
 }
 
 /* ---- ops ---- */
 
+/* Every op starts here: the compute stream's queued copies and waits come first. */
 static sp_cpu *cpu_for_op(sp_backend_t *be)
 {
+    cs_drain(&ctx_of(be)->qs);
     sp_cpu *c = ctx_of(be)->cpu;
     c->numerics = be->numerics;
     return c;
@@ -360,7 +393,7 @@ static bool cpu_supports(const sp_backend_t *be, sp_op op, const void *desc)
 
 static int cpu_get_rows(sp_backend_t *be, const sp_get_rows_desc *d)
 {
-    (void)be;
+    cpu_for_op(be);
     for (int t = 0; t < d->n; t++) {
         int rc = sp_op_get_row(d->w, d->ids[t], d->out + (size_t)t * (size_t)d->ldo);
         if (rc)
@@ -410,6 +443,7 @@ static int cpu_matmul(sp_backend_t *be, const sp_matmul_desc *d)
 
 static int cpu_rmsnorm(sp_backend_t *be, const sp_rmsnorm_desc *d)
 {
+    cpu_for_op(be);
     void (*f)(float *, const float *, const float *, int, float) =
         be->numerics == SP_NUMERICS_GGML ? sp_op_rmsnorm_ggml : sp_op_rmsnorm;
     for (int r = 0; r < d->n_rows; r++)
@@ -419,7 +453,7 @@ static int cpu_rmsnorm(sp_backend_t *be, const sp_rmsnorm_desc *d)
 
 static int cpu_rope(sp_backend_t *be, const sp_rope_desc *d)
 {
-    (void)be;
+    cpu_for_op(be);
     for (int t = 0; t < d->n_tok; t++)
         if (d->pos[t] < 0 || d->pos[t] >= d->table_n_pos)
             return sp_error(EINVAL, "rope: position %d outside the table (%lld positions)", (int)d->pos[t],
@@ -430,6 +464,7 @@ static int cpu_rope(sp_backend_t *be, const sp_rope_desc *d)
 
 static int cpu_swiglu(sp_backend_t *be, const sp_swiglu_desc *d)
 {
+    cpu_for_op(be);
     (be->numerics == SP_NUMERICS_GGML ? sp_op_swiglu_ggml : sp_op_swiglu)(d->out, d->gate, d->up, (int)d->n);
     return 0;
 }
@@ -438,14 +473,14 @@ static int cpu_attention(sp_backend_t *be, const sp_attn_desc *d) { return sp_op
 
 static int cpu_scores_prepare(sp_backend_t *be, const sp_scores_prepare_desc *d)
 {
-    (void)be;
+    cpu_for_op(be);
     return sp_kv_scores_prepare(d->raw, d->n_heads, d->l, d->window, d->kernel, (sp_pool_type)d->pool_type,
                                 d->divide_by_l_minus_a, d->out);
 }
 
 static int cpu_topk(sp_backend_t *be, const sp_topk_desc *d)
 {
-    (void)be;
+    cpu_for_op(be);
     for (int r = 0; r < d->n_rows; r++) {
         int64_t n = sp_kv_topk(d->s + (size_t)r * (size_t)d->ld, d->n, d->k, d->idx + (size_t)r * (size_t)d->idx_ld);
         if (n < 0)
@@ -456,7 +491,7 @@ static int cpu_topk(sp_backend_t *be, const sp_topk_desc *d)
 
 static int cpu_codebook_build(sp_backend_t *be, const sp_codebook_build_desc *d)
 {
-    (void)be;
+    cpu_for_op(be);
     sp_codebook cb = {0};
     int rc = sp_codebook_build(d->x, d->n, d->d, d->mu, d->theta, &cb);
     if (rc < 0)
@@ -472,7 +507,7 @@ static int cpu_codebook_build(sp_backend_t *be, const sp_codebook_build_desc *d)
 
 static int cpu_codebook_code(sp_backend_t *be, const sp_codebook_code_desc *d)
 {
-    (void)be;
+    cpu_for_op(be);
     for (int v = 0; v < d->n_vec; v++)
         if (d->tail_n[v] >= d->tail_cap)
             return sp_error(ENOSPC, "codebook code: the tail of vector %d is full (%lld entries)", v,
@@ -539,7 +574,7 @@ static int cpu_segattn(sp_backend_t *be, const sp_segattn_desc *d)
 
 static int cpu_argmax(sp_backend_t *be, const sp_argmax_desc *d)
 {
-    (void)be;
+    cpu_for_op(be);
     for (int r = 0; r < d->n_rows; r++) {
         const float *x = d->logits + (size_t)r * (size_t)d->ld;
         int32_t best = -1;
@@ -600,11 +635,8 @@ sp_backend_t *sp_backend_cpu_new(const sp_backend_params *p)
         sp_error(ENOMEM, "cpu backend: out of memory");
         return NULL;
     }
-    pthread_mutex_init(&c->cs.mu, NULL);
-    pthread_cond_init(&c->cs.cv_work, NULL);
-    pthread_cond_init(&c->cs.cv_space, NULL);
-    pthread_cond_init(&c->cs.cv_idle, NULL);
-    atomic_init(&c->cs.delay_us, 0);
+    cs_init(&c->cs);
+    cs_init(&c->qs);
     char name[64];
     snprintf(name, sizeof name, "cpu (%d thread%s)", p->n_threads, p->n_threads == 1 ? "" : "s");
     sp_backend_t *be = sp_backend_shell_new(&cpu_iface, c, SP_BACKEND_CPU, p->numerics, name);
@@ -622,22 +654,18 @@ sp_backend_t *sp_backend_cpu_new(const sp_backend_params *p)
         }
         c->accum_floats = p->accum_floats;
     }
-    int rc = pthread_create(&c->cs.thread, NULL, copy_worker, &c->cs);
-    if (rc != 0) {
-        sp_error(rc, "cpu backend: cannot start the copy stream's thread: %s", strerror(rc));
+    if (cs_start(&c->cs) < 0 || cs_start(&c->qs) < 0)
         goto fail;
-    }
-    c->cs.started = true;
     return be;
 fail:
     sp_backend_free(be);
     return NULL;
 }
 
-void sp_backend_cpu_set_copy_delay_us(sp_backend_t *be, unsigned us)
+void sp_backend_cpu_set_copy_delay_us(sp_backend_t *be, sp_stream_id s, unsigned us)
 {
     if (be && be->kind == SP_BACKEND_CPU)
-        atomic_store(&ctx_of(be)->cs.delay_us, us);
+        atomic_store(&stream_q(be, s)->delay_us, us);
 }
 
 sp_cpu *sp_backend_cpu_kernels(sp_backend_t *be)

@@ -8,9 +8,10 @@
 #include "backend.h"
 #include "ops.h"
 
-/* Test hook: the copy stream sleeps `us` microseconds before each copy, so a consumer that does not
- * wait for a copy's event reads stale bytes. 0 turns it off. No-op on other backends. */
-void sp_backend_cpu_set_copy_delay_us(sp_backend_t *be, unsigned us);
+/* Test hook: stream s sleeps `us` microseconds before each of its copies, so a consumer that does
+ * not wait for a copy's event reads stale bytes, and a refill that does not wait for a reader's
+ * event overwrites what the reader's copy has not read yet. 0 turns it off. No-op elsewhere. */
+void sp_backend_cpu_set_copy_delay_us(sp_backend_t *be, sp_stream_id s, unsigned us);
 
 /* The kernel context (thread pool, scratch) behind a CPU backend, for code that still drives
  * cpu/ops.h directly (benchmarks). NULL for other backends. */

@@ -49,10 +49,19 @@ sp_backend_t *sp_backend_shell_new(const sp_backend_iface *iface, void *ctx, sp_
     return be;
 }
 
+sp_backend_t *sp_backend_retain(sp_backend_t *be)
+{
+    if (be)
+        __atomic_fetch_add(&be->refs, 1, __ATOMIC_ACQ_REL);
+    return be;
+}
+
 void sp_backend_free(sp_backend_t *be)
 {
     if (!be)
         return;
+    if (__atomic_fetch_sub(&be->refs, 1, __ATOMIC_ACQ_REL) > 0)
+        return; /* another owner still holds it */
     be->iface->free(be); /* waits for both streams, frees ctx */
     free(be);
 }
@@ -94,11 +103,23 @@ sp_buffer_t *sp_backend_buffer_alloc(sp_backend_t *be, sp_mem_kind kind, size_t 
     return b;
 }
 
+sp_buffer_t *sp_backend_buffer_view(sp_backend_t *be, void *base, size_t size, bool host)
+{
+    sp_buffer_t *b = calloc(1, sizeof *b);
+    if (!b) {
+        sp_error(ENOMEM, "backend %s: out of memory", be->name);
+        return NULL;
+    }
+    *b = (sp_buffer_t){.be = be, .base = base, .size = size, .kind = SP_MEM_DEVICE, .host = host, .view = true};
+    return b;
+}
+
 void sp_backend_buffer_free(sp_buffer_t *b)
 {
     if (!b)
         return;
-    b->be->iface->buffer_free(b->be, b);
+    if (!b->view)
+        b->be->iface->buffer_free(b->be, b);
     if (b->budget.release)
         b->budget.release(b->budget.user, b->size);
     free(b);

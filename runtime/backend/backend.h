@@ -92,6 +92,9 @@ int sp_backend_kind_parse(const char *name, sp_backend_kind *out);
  * owns it: sp_backend_free (accepts NULL) waits for both streams, then frees. */
 sp_backend_t *sp_backend_create(sp_backend_kind kind, const sp_backend_params *p);
 void sp_backend_free(sp_backend_t *be);
+/* Another owner: each retain needs one more sp_backend_free (a tiered provider that outlives the
+ * context whose backend it copies on retains it). Returns be. Thread-safe. */
+sp_backend_t *sp_backend_retain(sp_backend_t *be);
 
 sp_backend_kind sp_backend_get_kind(const sp_backend_t *be);
 const char *sp_backend_name(const sp_backend_t *be);          /* "cpu (2 threads)", "cuda: H100" */
@@ -109,6 +112,10 @@ uint64_t sp_backend_host_syncs(const sp_backend_t *be);
 sp_buffer_t *sp_backend_buffer_alloc(sp_backend_t *be, sp_mem_kind kind, size_t size,
                                      const sp_budget *budget);
 void sp_backend_buffer_free(sp_buffer_t *b);               /* accepts NULL; releases the budget */
+/* A non-owning buffer over size bytes of be's memory at base, allocated elsewhere (a tier): the
+ * copies and ops accept it like any buffer; freeing it frees only the handle. host: base may be
+ * dereferenced on the host. NULL with a message (out of memory). */
+sp_buffer_t *sp_backend_buffer_view(sp_backend_t *be, void *base, size_t size, bool host);
 void *sp_backend_buffer_base(const sp_buffer_t *b);         /* a backend pointer */
 size_t sp_backend_buffer_size(const sp_buffer_t *b);
 bool sp_backend_buffer_is_host(const sp_buffer_t *b);       /* base may be dereferenced on the host */

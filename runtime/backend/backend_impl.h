@@ -66,6 +66,7 @@ struct sp_backend {
     sp_backend_kind kind;
     sp_numerics numerics;
     char name[96];
+    int refs;                /* extra owners (sp_backend_retain); freed when the last one lets go */
     unsigned long long host_syncs; /* updated with __atomic builtins (C and C++ include this) */
 };
 
@@ -76,6 +77,7 @@ struct sp_backend_buffer {
     sp_mem_kind kind;
     bool host;               /* base is host-addressable */
     void *impl;              /* the implementation's handle */
+    bool view;               /* sp_backend_buffer_view: the memory is not ours to free */
     sp_budget budget;        /* charged at alloc, released at free */
 };
 

@@ -884,6 +884,10 @@ int sp_cmd_eval(int argc, char **argv)
         rc = SP_EXIT_USAGE;
         goto out;
     }
+    if (sp_cli_backend(&c.cfg, &o.backend) < 0) {
+        rc = SP_EXIT_USAGE;
+        goto out;
+    }
     E.S.log = log_line;
     E.S.checkpoint = checkpoint;
     E.S.user = &E;

@@ -165,6 +165,7 @@ typedef struct sp_eval_opts {
     int short_tokens;                /* the short-continuation metric: the first short_tokens of
                                         them, scored apart (default 32; clamped to tokens) */
     sp_numerics numerics;            /* CPU forward-pass rounding ([runtime] numerics) */
+    sp_backend_kind backend;         /* where the forward pass runs (SP_BACKEND_CPU default) */
     sp_policy_kind pol[SP_EVAL_MAXP];
     char pol_name[SP_EVAL_MAXP][96];    /* label: the policy name, or "policy:knobs" for a variant */
     char pol_knobs[SP_EVAL_MAXP][160];  /* extra knobs of a variant ("" for a plain policy),

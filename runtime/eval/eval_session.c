@@ -115,6 +115,7 @@ int sp_eval_session_open(sp_eval_session *E, const sp_eval_opts *o, const sp_mod
     cp.n_threads = n_threads;
     cp.keep_prefill_state = true;
     cp.numerics = o->numerics;
+    cp.backend = o->backend;
     /* Any valid compressing policy: every prompt sets its own before its prefill. */
     sp_kv_opts first = sp_eval_opts_for(E, -1, 0.5);
     first.policy = SP_POLICY_SNAPKV;

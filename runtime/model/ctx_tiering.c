@@ -51,6 +51,7 @@ int sp_kv_tiering_attach(sp_kv_tiering_t **out, const sp_config *cfg, const sp_m
     sp_kv_tiered_opts ko;
     sp_kv_tiered_opts_from_config(&ko, cfg, tg->tiers, sp_model_hparams(m)->n_layer);
     ko.defer_plan = true;
+    ko.be = sp_ctx_backend(ctx); /* slot fills on its copy stream, ordered by events */
     rc = -ENOMEM;
     if (!(tg->kvt = sp_kv_tiered_create(&ko)))
         goto fail;

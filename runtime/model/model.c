@@ -474,6 +474,8 @@ void sp_ctx_reset(sp_ctx_t *c)
     c->mode = KV_PLAIN;
 }
 
+sp_backend_t *sp_ctx_backend(const sp_ctx_t *c) { return c ? c->be : NULL; }
+
 int sp_ctx_n_past(const sp_ctx_t *c)
 {
     return c->n_past;
@@ -613,7 +615,14 @@ static int seg_acquire(sp_ctx_t *c, int layer, const sp_kv_segment **out)
     int rc = c->prov.acquire(c->prov.user, layer, &bytes, &size);
     if (rc < 0)
         return rc;
-    if ((rc = sp_kv_segment_open(&c->seg[layer], bytes, size, false)) < 0) {
+    const sp_kv_segment *v = c->prov.view ? c->prov.view(c->prov.user, layer) : NULL;
+    if (v) {
+        /* the header was parsed when the layer was placed; only the bytes' address is new */
+        sp_kv_segment_view_at(&c->seg[layer], v, bytes);
+    } else if (c->prov.view) {
+        c->prov.release(c->prov.user, layer);
+        return sp_error(EINVAL, "context: the KV provider has no view of layer %d", layer);
+    } else if ((rc = sp_kv_segment_open(&c->seg[layer], bytes, size, false)) < 0) {
         c->prov.release(c->prov.user, layer);
         return rc;
     }

@@ -111,6 +111,8 @@ void sp_ctx_free(sp_ctx_t *c);       /* accepts NULL */
 /* Forget the sequence (n_past = 0); buffers are kept. */
 void sp_ctx_reset(sp_ctx_t *c);
 int sp_ctx_n_past(const sp_ctx_t *c);
+/* The backend the context computes on (owned by the context). */
+sp_backend_t *sp_ctx_backend(const sp_ctx_t *c);
 int sp_ctx_n_ctx(const sp_ctx_t *c);
 /* Append n tokens (positions n_past..n_past+n-1) in chunks. logits_last: [n_vocab] for the last
  * token, or NULL; logits_all: [n][n_vocab], or NULL. Returns 0, -EINVAL (bad token id / n), -ERANGE

@@ -39,6 +39,8 @@ struct sp_kv_tiered {
     int next, held, failed, side_layer;
     bool side_paused;         /* the side read borrowed the scheduler's staging buffer */
     sp_tier_mem bounce;
+    sp_kv_segment *views;     /* [L] host views of the placed segments (sp_kv_tiered_view) */
+    void *headers;            /* [L][SP_KV_SEG_ALIGN] their headers, copied at place() */
     sp_kv_tiered_stats st;    /* placement counters + scheduler stats of retired schedulers */
     uint64_t *old_wait, *old_acq; /* [L] per-layer scheduler counters of retired schedulers */
 };
@@ -76,6 +78,7 @@ sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o)
         return NULL;
     }
     t->o = *o;
+    sp_backend_retain(t->o.be); /* the scheduler copies on it until sp_kv_tiered_free */
     if (t->o.resident_deep_layers > o->n_layers)
         t->o.resident_deep_layers = o->n_layers;
     size_t L = (size_t)o->n_layers;
@@ -85,9 +88,11 @@ sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o)
     t->plan = calloc(L, sizeof *t->plan);
     t->old_wait = calloc(L, sizeof *t->old_wait);
     t->old_acq = calloc(L, sizeof *t->old_acq);
+    t->views = calloc(L, sizeof *t->views);
+    t->headers = calloc(L, SP_KV_SEG_ALIGN);
     if (o->force)
         t->force = malloc(L * sizeof *t->force);
-    if (!t->locs || !t->have || !t->fresh || !t->plan || !t->old_wait || !t->old_acq ||
+    if (!t->locs || !t->have || !t->fresh || !t->plan || !t->old_wait || !t->old_acq || !t->views || !t->headers ||
         (o->force && !t->force)) {
         sp_kv_tiered_free(t);
         sp_error(ENOMEM, "kv tiered: out of memory");
@@ -165,6 +170,9 @@ void sp_kv_tiered_free(sp_kv_tiered_t *t)
     free(t->plan);
     free(t->old_wait);
     free(t->old_acq);
+    free(t->views);
+    free(t->headers);
+    sp_backend_free(t->o.be);
     free(t);
 }
 
@@ -245,7 +253,17 @@ int sp_kv_tiered_place(sp_kv_tiered_t *t, int layer, const void *bytes, size_t s
             t->n_fresh--;
         }
     }
-    int rc = put_provisional(t, layer, bytes, size, &loc);
+    /* The host view: parsed here, once; decode never reads a header out of a slot. */
+    sp_kv_segment v;
+    int rc = sp_kv_segment_open(&v, bytes, size, false);
+    if (rc < 0)
+        return rc;
+    void *hdr = (char *)t->headers + (size_t)layer * SP_KV_SEG_ALIGN;
+    memcpy(hdr, bytes, SP_KV_SEG_ALIGN);
+    sp_kv_segment_view_at(&t->views[layer], &v, bytes);
+    t->views[layer].hdr = hdr;
+    t->views[layer].buf = NULL; /* the bytes move: whoever uses the view says where they are */
+    rc = put_provisional(t, layer, bytes, size, &loc);
     if (rc < 0)
         return rc;
     t->locs[layer] = loc;
@@ -436,7 +454,7 @@ int sp_kv_tiered_finalize(sp_kv_tiered_t *t)
         if (rc == 0) {
             sp_sched_opts so = {.n_layers = t->o.n_layers, .prefetch_depth = t->o.prefetch_depth,
                                 .tiers = t->o.tiers, .locs = t->locs, .slot_bytes = slot,
-                                .verify = t->o.verify_checksums ? verify_host : NULL};
+                                .verify = t->o.verify_checksums ? verify_host : NULL, .be = t->o.be};
             t->sched = sp_sched_create(&so);
             if (!t->sched)
                 rc = sp_error(ENOSPC, "kv tiered: %s", sp_last_error());
@@ -596,11 +614,19 @@ static int cb_acquire(void *u, int layer, const void **bytes, size_t *size)
     return sp_kv_tiered_acquire(u, layer, bytes, size);
 }
 static int cb_release(void *u, int layer) { return sp_kv_tiered_release(u, layer); }
+static const sp_kv_segment *cb_view(void *u, int layer) { return sp_kv_tiered_view(u, layer); }
+
+const sp_kv_segment *sp_kv_tiered_view(const sp_kv_tiered_t *t, int layer)
+{
+    if (!t || layer < 0 || layer >= t->o.n_layers || !t->have[layer])
+        return NULL;
+    return &t->views[layer];
+}
 
 sp_kv_provider sp_kv_tiered_provider(sp_kv_tiered_t *t)
 {
     return (sp_kv_provider){.user = t, .place = cb_place, .step_begin = cb_step_begin,
-                            .acquire = cb_acquire, .release = cb_release};
+                            .acquire = cb_acquire, .release = cb_release, .view = cb_view};
 }
 
 sp_tier_kind sp_kv_tiered_layer_tier(const sp_kv_tiered_t *t, int layer)

@@ -40,6 +40,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend.h"
 #include "config.h"
 #include "kv_provider.h"
 #include "placement.h"
@@ -57,6 +58,8 @@ typedef struct {
     bool verify_checksums;        /* [spill] verify_checksums: host-tier reads check the segment */
     const sp_tier_kind *force;    /* tests/benchmarks: [n_layers] exact tiers instead of the
                                      policy (still within budgets); NULL = policy */
+    sp_backend_t *be;             /* the backend whose copy stream fills the device slots (events
+                                     order fill -> compute -> refill), or NULL: synchronous tier copies */
     bool defer_plan;              /* do not plan at the last place(): the owner calls
                                      sp_kv_tiered_finalize (after charging what the prefill left on
                                      the tiers, e.g. decode tails), else the first step_begin does */
@@ -68,6 +71,11 @@ void sp_kv_tiered_opts_from_config(sp_kv_tiered_opts *o, const sp_config *cfg, s
 
 sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o); /* NULL on failure (message) */
 void sp_kv_tiered_free(sp_kv_tiered_t *t);                     /* accepts NULL */
+
+/* The host view of layer's segment, parsed when it was placed (header copied to host memory; the
+ * section pointers are not to be dereferenced: rebase with sp_kv_segment_view_at). NULL when the
+ * layer is not placed. */
+const struct sp_kv_segment *sp_kv_tiered_view(const sp_kv_tiered_t *t, int layer);
 
 /* The provider table for sp_ctx_set_kv_provider (user = t). */
 sp_kv_provider sp_kv_tiered_provider(sp_kv_tiered_t *t);
