@@ -8,6 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "blas_guard.h"
 #include "kv_tiered.h"
 #include "chat.h"
 #include "cli.h"
@@ -172,8 +173,25 @@ static int parse_args(int argc, char **argv, sp_cli_common *c, run_opts *o)
     return 0;
 }
 
+/* Read a prompt file, bounded by what the context can hold: every token covers at most the
+ * longest piece of the vocabulary, so more bytes than n_ctx x that cannot fit whatever they say. */
+static char *read_prompt(const char *path, int64_t n_ctx, const sp_tokenizer_t *tok)
+{
+    size_t longest = 1;
+    for (int32_t id = 0; id < sp_tokenizer_n_vocab(tok); id++) {
+        int l = sp_tokenizer_piece_len(tok, id, true);
+        if (l > 0 && (size_t)l > longest)
+            longest = (size_t)l;
+    }
+    char why[192];
+    snprintf(why, sizeof why, "more text than a context of %lld tokens can hold (at most %zu bytes a "
+             "token); shorten the input or raise -c", (long long)n_ctx, longest);
+    return sp_cli_read_file(path, (size_t)n_ctx * longest, why, NULL);
+}
+
 /* The prompt as it will be tokenized: raw text or the chat rendering. Caller frees. */
-static char *build_prompt(const run_opts *o, const sp_config *cfg, const sp_tokenizer_t *tok, bool *parse_special)
+static char *build_prompt(const run_opts *o, const sp_config *cfg, const sp_tokenizer_t *tok, int64_t n_ctx,
+                          bool *parse_special)
 {
     char *text;
     if (o->prompt) {
@@ -183,7 +201,7 @@ static char *build_prompt(const run_opts *o, const sp_config *cfg, const sp_toke
             sp_cli_error("run: no prompt: use -p TEXT, -f FILE, or pipe text on stdin");
             return NULL;
         }
-        text = sp_cli_read_file(o->file ? o->file : "-", NULL);
+        text = read_prompt(o->file ? o->file : "-", n_ctx, tok);
     }
     if (!text)
         return NULL;
@@ -259,7 +277,8 @@ int sp_cmd_run(int argc, char **argv)
         goto out;
     }
     bool parse_special;
-    if (!(text = build_prompt(&o, &c.cfg, tok, &parse_special)))
+    if (!(text = build_prompt(&o, &c.cfg, tok, c.cfg.model.n_ctx > 0 ? c.cfg.model.n_ctx : hp->n_ctx_train,
+                              &parse_special)))
         goto out;
 
     size_t n_ids = 0, cap = strlen(text) + 16;
@@ -327,6 +346,12 @@ int sp_cmd_run(int argc, char **argv)
     }
     t_load = sp_now_s() - t_load;
 
+    /* Every big allocation is done: the GEMM work buffers OpenBLAS maps on first use must fit
+     * (one per compute thread; the caller is one of them), or it would hang instead of failing. */
+    if (sp_blas_guard_headroom(cp.n_threads) < 0) {
+        sp_cli_error("run: %s", sp_last_error());
+        goto out;
+    }
     prog.t0 = sp_now_s();
     if (sp_ctx_prefill(ctx, ids, (int)n_ids, logits, NULL) < 0 || sp_kv_tiering_after_prefill(tiering, ctx) < 0) {
         sp_cli_error("run: prefill failed: %s", sp_last_error());
@@ -345,9 +370,9 @@ int sp_cmd_run(int argc, char **argv)
             break;
         }
         int len = sp_tokenizer_stream_put(tok, &ts, t, false, piece, sizeof piece);
-        if (len > 0) {
-            fwrite(piece, 1, (size_t)len, stdout);
-            fflush(stdout);
+        if (len > 0 && !sp_cli_put_out(piece, (size_t)len)) {
+            rc = SP_EXIT_OUTPUT; /* nobody reads the rest: stop generating (message printed) */
+            goto out;
         }
         if (n_gen + 1 < o.n_predict && sp_ctx_decode(ctx, t, logits) < 0) {
             sp_cli_error("run: decode failed: %s", sp_last_error());
@@ -355,10 +380,10 @@ int sp_cmd_run(int argc, char **argv)
         }
     }
     int tail = sp_tokenizer_stream_flush(&ts, piece, sizeof piece);
-    if (tail > 0)
-        fwrite(piece, 1, (size_t)tail, stdout);
-    fputc('\n', stdout);
-    fflush(stdout);
+    if ((tail > 0 && !sp_cli_put_out(piece, (size_t)tail)) || !sp_cli_put_out("\n", 1)) {
+        rc = SP_EXIT_OUTPUT;
+        goto out;
+    }
 
     sp_kv_stats ks;
     if (sp_ctx_kv_stats(ctx, &ks) < 0) {
