@@ -36,6 +36,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <dirent.h>
 #include <unistd.h>
@@ -218,6 +219,18 @@ static int create_unnamed(sp_uring_store_t *s, const char *dir, unsigned faults)
 /* Bounce memory: huge-page backed (huge_map.h says why), populated before it is registered. */
 static int bounce_alloc(sp_uring_store_t *s, size_t bytes)
 {
+    /* Below half a huge page the rounding would cost more than huge pages gain (the same rule
+     * as sp_tier_dma_round): plain pages, so what is charged to the host tier stays close to
+     * queue_depth x block_size. */
+    if (bytes < SP_HUGE_PAGE / 2) {
+        size_t len = (bytes + ALIGN - 1) / ALIGN * ALIGN;
+        void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return -errno;
+        s->bounce = p;
+        s->bounce_len = len;
+        return 0;
+    }
     s->bounce = sp_huge_map(bytes, &s->bounce_len);
     return s->bounce ? 0 : -errno;
 }

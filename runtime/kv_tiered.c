@@ -35,6 +35,7 @@ struct sp_kv_tiered {
     sp_placement_opts popts;  /* last planning input (seg_bytes not kept) */
     bool planned;
     bool nvme_broken;         /* a write to the nvme tier failed for a reason other than budget */
+    char nvme_why[640];       /* why (quoted by every later "no tier can take it") */
     sp_sched_t *sched;
     bool in_step;
     int next, held, failed, side_layer;
@@ -179,11 +180,15 @@ static bool fits(sp_kv_tiered_t *t, sp_tier_kind k, size_t n)
 
 static void nvme_fault(sp_kv_tiered_t *t, const char *what)
 {
-    if (!t->nvme_broken)
+    if (!t->nvme_broken) {
+        snprintf(t->nvme_why, sizeof t->nvme_why, "%s", what);
         sp_notice("nvme tier unusable (%s); spilled layers are kept on the host/device tiers where "
                   "the budgets allow", what);
+    }
     t->nvme_broken = true;
 }
+
+void sp_kv_tiered_nvme_disable(sp_kv_tiered_t *t, const char *why) { nvme_fault(t, why); }
 
 /* First write of a layer: somewhere it can wait until the plan is made. */
 static int put_provisional(sp_kv_tiered_t *t, int layer, const void *bytes, size_t size,
@@ -218,6 +223,9 @@ static int put_provisional(sp_kv_tiered_t *t, int layer, const void *bytes, size
         if (wl < sizeof why)
             wl += (size_t)snprintf(why + wl, sizeof why - wl, "%s%s", wl ? "; " : "", sp_last_error());
     }
+    if (t->nvme_broken && !t->force)
+        return sp_error(ENOSPC, "kv tiered: layer %d: no tier can take its %zu-byte segment: %s; "
+                                "the nvme tier is not used because %s", layer, size, why, t->nvme_why);
     return sp_error(ENOSPC, "kv tiered: layer %d: no tier can take its %zu-byte segment: %s", layer,
                     size, why);
 }
@@ -812,6 +820,10 @@ int sp_kv_tiering_attach(sp_kv_tiering_t **out, const sp_config *cfg, const sp_m
     rc = -ENOMEM;
     if (!(tg->kvt = sp_kv_tiered_create(&ko)))
         goto fail;
+    /* Find a bad spill dir (missing, read-only, full) now, not after a long prefill: the run goes
+     * on without the nvme tier, and a later "no tier can take it" names this reason. */
+    if (sp_tiers_nvme_probe(tg->tiers) < 0)
+        sp_kv_tiered_nvme_disable(tg->kvt, sp_last_error());
     sp_kv_provider p = sp_kv_tiered_provider(tg->kvt);
     if ((rc = sp_ctx_set_kv_provider(ctx, &p)) < 0)
         goto fail;

@@ -148,4 +148,8 @@ void sp_kv_tiering_free(sp_kv_tiering_t *tg);
 
 sp_kv_tiered_t *sp_kv_tiering_provider_of(sp_kv_tiering_t *tg);
 
+/* Stop using the nvme tier (a failed probe of the spill dir): announce `why` once; placement keeps
+ * segments on the host/device tiers, and a placement that then fails quotes `why`. */
+void sp_kv_tiered_nvme_disable(sp_kv_tiered_t *t, const char *why);
+
 #endif
