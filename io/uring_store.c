@@ -867,6 +867,10 @@ void sp_uring_store_del(sp_uring_store_t *s, int64_t id)
         return;
     pthread_mutex_lock(&s->lock);
     if (id >= 0 && (size_t)id < s->n_segs && s->segs[id].used) {
+        /* Give the blocks back now (the extent stays reusable), so the disk holds what the nvme
+         * tier is charged with and no more; file systems without hole punching keep them. */
+        fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)s->segs[id].off,
+                  (off_t)s->segs[id].alloc);
         extent_free(s, s->segs[id].off, s->segs[id].alloc);
         s->segs[id].used = false;
         s->st.segments--;

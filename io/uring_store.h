@@ -70,7 +70,7 @@ typedef struct {
 typedef struct {
     uint64_t bytes_written, bytes_read; /* payload bytes of completed puts / gets */
     uint64_t segments;                  /* segments currently stored */
-    uint64_t file_bytes;                /* current extent of the spill file */
+    uint64_t file_bytes;                /* largest extent the spill file reached (its size) */
     uint64_t eagain_resubmits, short_requeues, eio_retries, csum_retries;
     uint64_t fixed_ops;                 /* requests that used registered buffers */
     uint64_t zero_copy_ops;             /* pieces moved straight from/to the caller's buffer */
@@ -106,7 +106,8 @@ size_t sp_uring_store_size(sp_uring_store_t *s, int64_t id);
  * the bytes. For a store that holds no segments (else -EBUSY). Returns 0 or a negative errno. */
 int sp_uring_store_stream(sp_uring_store_t *s, bool write, uint64_t len);
 
-/* Drop segment id; its file space is reused. Unknown ids are ignored. */
+/* Drop segment id; its file space is reused, and its blocks are punched out of the file where
+ * the file system allows (disk_bytes then counts live segments only). Unknown ids are ignored. */
 void sp_uring_store_del(sp_uring_store_t *s, int64_t id);
 
 sp_store_mode sp_uring_store_mode(const sp_uring_store_t *s);

@@ -719,9 +719,14 @@ void sp_kv_tiered_print_stats(sp_kv_tiered_t *t, FILE *out)
         fprintf(out, "  out-of-order reads: %" PRIu64 "\n", s.side_reads);
     if (s.layers[SP_TIER_NVME]) {
         sp_uring_store_t *st = sp_tiers_nvme_store(t->o.tiers);
-        if (st)
-            fprintf(out, "  nvme file %s (%s)\n", sp_uring_store_path(st),
-                    sp_uring_store_mode_name(sp_uring_store_mode(st)));
+        if (st) {
+            sp_uring_store_stats ss;
+            sp_uring_store_get_stats(st, &ss);
+            fprintf(out, "  nvme file %s (%s): %" PRIu64 " B on disk for %" PRIu64 " live segments "
+                         "(freed extents are punched out); peak extent %" PRIu64 " B\n",
+                    sp_uring_store_path(st), sp_uring_store_mode_name(sp_uring_store_mode(st)),
+                    ss.disk_bytes, ss.segments, ss.file_bytes);
+        }
     }
 }
 

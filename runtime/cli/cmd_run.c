@@ -402,16 +402,17 @@ int sp_cmd_run(int argc, char **argv)
             "threads    %d   load %.2f s\n"
             "prompt     %" PRId64 " tokens, prefill %.2f s = %.1f tok/s\n"
             "generated  %" PRId64 " tokens (%s), decode %.2f s = %.1f tok/s\n"
-            "KV cache   %s, %.2f MiB used for %d tokens (fp16 cache: %.2f MiB, true ratio %.3f), %.2f MiB "
-            "allocated (context of %d)\n"
+            "KV cache   %s, %d tokens: %.2f MiB of data (fp16 cache: %.2f MiB, true ratio %.3f); %.2f MiB "
+            "allocated for it (table 'alloc': segments + tail capacity, context of %d), %.2f MiB of that "
+            "held by the context itself\n"
             "memory     peak RSS %.1f MiB\n",
             o.chat ? "chat" : "raw", c.cfg.model.path, hp->arch_name, hp->n_layer, hp->n_head,
             hp->n_kv_head, cp.n_threads, t_load, st.prefill_tokens, st.prefill_s,
             st.prefill_s > 0 ? st.prefill_tokens / st.prefill_s : 0.0, n_gen, stop, st.decode_s,
             st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0,
-            ks.compressed ? sp_kv_policy_name(kvo.policy) : "fp16 (uncompressed)", ks.bytes / 1048576.0,
-            sp_ctx_n_past(ctx), kv_tok * sp_ctx_n_past(ctx) / 1048576.0, ks.true_ratio, st.kv_bytes / 1048576.0,
-            sp_ctx_n_ctx(ctx), peak_rss_kib() / 1024.0);
+            ks.compressed ? sp_kv_policy_name(kvo.policy) : "fp16 (uncompressed)", sp_ctx_n_past(ctx),
+            ks.bytes / 1048576.0, kv_tok * sp_ctx_n_past(ctx) / 1048576.0, ks.true_ratio,
+            ks.bytes_alloc / 1048576.0, sp_ctx_n_ctx(ctx), st.kv_bytes / 1048576.0, peak_rss_kib() / 1024.0);
     if (ks.compressed)
         fprintf(stderr, "compression %.3f s (%.1f%% of prefill): scores prepare + top-k + codebook + segments\n",
                 ks.compress_s + ks.scores_s,
