@@ -650,6 +650,19 @@ static int seg_attention(sp_ctx_t *c, int layer, int n, int pos0)
 }
 
 /* One chunk of n tokens at positions n_past.. ; window: produce window scores in this chunk. */
+/* A NaN or Inf (a corrupt weight, random bytes in tensor data) would make sampling print nothing
+ * and "succeed": refuse it with a message. Checked on the final hidden state too, because the
+ * quantized LM-head matmul turns a NaN activation into finite garbage. */
+static int check_finite(const float *v, int n, const char *what, int pos)
+{
+    for (int i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return sp_error(EDOM, "the model produced a non-finite %s (%g at index %d, position %d): its "
+                                  "weights hold NaN/Inf or corrupt tensor data; check the GGUF file "
+                                  "(re-download it, compare its sha256)", what, (double)v[i], i, pos);
+    return 0;
+}
+
 static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, float *logits_last, float *logits_all)
 {
     const sp_model_t *m = c->m;
@@ -734,6 +747,9 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
         if (logits_all)
             memcpy(logits_last, logits_all + (size_t)(n - 1) * hp->n_vocab, sizeof(float) * hp->n_vocab);
         else if ((rc = matmul(c, &m->output, c->xn + (size_t)(n - 1) * E, 1, logits_last)) != 0)
+            return rc;
+        if ((rc = check_finite(c->xn + (size_t)(n - 1) * E, E, "hidden state", pos0 + n - 1)) != 0 ||
+            (rc = check_finite(logits_last, hp->n_vocab, "logit", pos0 + n - 1)) != 0)
             return rc;
     }
     c->n_past += n;
