@@ -17,6 +17,7 @@
 
 #include "kv_segment.h"
 #include "model.h"
+#include "sp_alloc.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -72,7 +73,7 @@ sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o)
         sp_error(EINVAL, "kv tiered: bad options");
         return NULL;
     }
-    sp_kv_tiered_t *t = calloc(1, sizeof *t);
+    sp_kv_tiered_t *t = sp_calloc(1, sizeof *t);
     if (!t) {
         sp_error(ENOMEM, "kv tiered: out of memory");
         return NULL;
@@ -81,14 +82,14 @@ sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o)
     if (t->o.resident_deep_layers > o->n_layers)
         t->o.resident_deep_layers = o->n_layers;
     size_t L = (size_t)o->n_layers;
-    t->locs = calloc(L, sizeof *t->locs);
-    t->have = calloc(L, sizeof *t->have);
-    t->fresh = calloc(L, sizeof *t->fresh);
-    t->plan = calloc(L, sizeof *t->plan);
-    t->old_wait = calloc(L, sizeof *t->old_wait);
-    t->old_acq = calloc(L, sizeof *t->old_acq);
+    t->locs = sp_calloc(L, sizeof *t->locs);
+    t->have = sp_calloc(L, sizeof *t->have);
+    t->fresh = sp_calloc(L, sizeof *t->fresh);
+    t->plan = sp_calloc(L, sizeof *t->plan);
+    t->old_wait = sp_calloc(L, sizeof *t->old_wait);
+    t->old_acq = sp_calloc(L, sizeof *t->old_acq);
     if (o->force)
-        t->force = malloc(L * sizeof *t->force);
+        t->force = sp_malloc(L * sizeof *t->force);
     if (!t->locs || !t->have || !t->fresh || !t->plan || !t->old_wait || !t->old_acq ||
         (o->force && !t->force)) {
         sp_kv_tiered_free(t);
@@ -378,7 +379,7 @@ static int verify_host(void *user, int layer, const void *bytes, size_t size)
 static int make_plan(sp_kv_tiered_t *t)
 {
     const int L = t->o.n_layers;
-    size_t *sizes = malloc((size_t)L * sizeof *sizes);
+    size_t *sizes = sp_malloc((size_t)L * sizeof *sizes);
     if (!sizes)
         return sp_error(ENOMEM, "kv tiered: out of memory");
     sp_placement_opts *p = &t->popts;
@@ -667,7 +668,7 @@ void sp_kv_tiered_print_stats(sp_kv_tiered_t *t, FILE *out)
 {
     sp_kv_tiered_stats s;
     sp_kv_tiered_get_stats(t, &s);
-    sp_tier_kind *where = malloc((size_t)t->o.n_layers * sizeof *where);
+    sp_tier_kind *where = sp_malloc((size_t)t->o.n_layers * sizeof *where);
     if (!where)
         return;
     sp_placement_summary sum;
@@ -806,7 +807,7 @@ int sp_kv_tiering_attach(sp_kv_tiering_t **out, const sp_config *cfg, const sp_m
     *out = NULL;
     if (!compressing || (!cfg->tiers.device_budget && !cfg->tiers.host_budget))
         return 0;
-    sp_kv_tiering_t *tg = calloc(1, sizeof *tg);
+    sp_kv_tiering_t *tg = sp_calloc(1, sizeof *tg);
     if (!tg)
         return sp_error(ENOMEM, "tiers: out of memory");
     sp_tiers_opts to;

@@ -8,6 +8,7 @@
 
 #include "host_pool.h"
 #include "huge_map.h"
+#include "sp_alloc.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -49,6 +50,8 @@ static size_t page_round(size_t size) { return (size ? size + 4095 : 4096) / 409
 static void *cpu_alloc(void *ctx, size_t size)
 {
     (void)ctx;
+    if (sp_alloc_fault())
+        return NULL;
     void *p = mmap(NULL, page_round(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
@@ -81,7 +84,7 @@ sp_tiers_t *sp_tiers_create(const sp_tiers_opts *o)
         sp_error(EINVAL, "tiers: no options");
         return NULL;
     }
-    sp_tiers_t *ts = calloc(1, sizeof *ts);
+    sp_tiers_t *ts = sp_calloc(1, sizeof *ts);
     if (!ts) {
         sp_error(ENOMEM, "tiers: out of memory");
         return NULL;
@@ -174,7 +177,7 @@ static int mem_obtain(sp_tiers_t *ts, sp_tier_kind t, sp_tier_tag tag, size_t si
                             size);
         return 0;
     }
-    sp_host_buf *hb = malloc(sizeof *hb);
+    sp_host_buf *hb = sp_malloc(sizeof *hb);
     if (!hb)
         return sp_error(ENOMEM, "tier host: out of memory");
     int rc = sp_host_pool_alloc(hb, size ? size : 1, ts->opts.topo);
@@ -317,7 +320,7 @@ int sp_tiers_nvme_probe(sp_tiers_t *ts)
     if (!s)
         return sp_error(EIO, "%s", ts->store_error); /* names the dir or the budget, and the keys */
     size_t n = ts->opts.nvme.block_size ? ts->opts.nvme.block_size : 4096;
-    uint8_t *probe = calloc(1, n);
+    uint8_t *probe = sp_calloc(1, n);
     if (!probe)
         return sp_error(ENOMEM, "spill probe: out of memory");
     int64_t id = sp_uring_store_put(s, probe, n);

@@ -33,7 +33,7 @@ static void setup(void)
     sp_tokenizer_t *tok = model_fixture_tokenizer(g_model);
     char path[1024], *text = calloc(1, 16384);
     const char *shared = getenv("SPINDLE_SHARED");
-    snprintf(path, sizeof path, "%s/data/haystack/pg_essays/addiction.txt", shared ? shared : "/work/shared");
+    snprintf(path, sizeof path, "%s/data/haystack/pg_essays/addiction.txt", shared ? shared : "../shared");
     FILE *f = fopen(path, "r");
     size_t len = 0;
     if (f) {

@@ -63,6 +63,13 @@ void sp_cli_git_commit(char *buf, size_t len);
  * message printed. *len (may be NULL) gets the length. */
 char *sp_cli_read_file(const char *path, size_t max_bytes, const char *too_long, size_t *len);
 
+/* Find `rel` (e.g. "data/haystack/pg_essays") among the shared data: under $SPINDLE_SHARED when
+ * set; else in ../shared beside the checkout the binary was built in (<checkout>/build/spindle);
+ * else ../shared of the current directory; else the installed data directory (SPINDLE_DATADIR).
+ * Writes the path to buf and a description of the choice to *how. 0, or -ENOENT (*how lists
+ * where it looked). No machine path is built in. */
+int sp_cli_data_path(const char *rel, char *buf, size_t len, const char **how);
+
 int sp_cmd_run(int argc, char **argv);
 int sp_cmd_inspect(int argc, char **argv);
 int sp_cmd_bench(int argc, char **argv);

@@ -246,6 +246,52 @@ char *sp_cli_read_file(const char *path, size_t max_bytes, const char *too_long,
     return buf;
 }
 
+/* ---- shared data ---- */
+
+static bool readable_dir(const char *p) { return access(p, R_OK | X_OK) == 0; }
+
+int sp_cli_data_path(const char *rel, char *buf, size_t len, const char **how)
+{
+    const char *sh = getenv("SPINDLE_SHARED");
+    if (sh && sh[0]) {
+        snprintf(buf, len, "%s/%s", sh, rel);
+        *how = "from $SPINDLE_SHARED";
+        return readable_dir(buf) ? 0 : -ENOENT;
+    }
+    /* ../shared beside the checkout: the binary lives in <checkout>/<build dir>/ (or one deeper). */
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        static const char *const up[] = {"../..", "../../.."};
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = '\0';
+        for (size_t i = 0; i < sizeof up / sizeof up[0]; i++) {
+            snprintf(buf, len, "%s/%s/shared/%s", exe, up[i], rel);
+            if (readable_dir(buf)) {
+                *how = "../shared beside the checkout the binary was built in";
+                return 0;
+            }
+        }
+    }
+    snprintf(buf, len, "../shared/%s", rel);
+    if (readable_dir(buf)) {
+        *how = "../shared relative to the current directory";
+        return 0;
+    }
+#ifdef SPINDLE_DATADIR
+    snprintf(buf, len, "%s/%s", SPINDLE_DATADIR, rel);
+    if (readable_dir(buf)) {
+        *how = "the installed data directory";
+        return 0;
+    }
+#endif
+    *how = "looked under $SPINDLE_SHARED (unset), ../shared beside the checkout and the current "
+           "directory, and the installed data directory";
+    return -ENOENT;
+}
+
 /* ---- machine description for the JSON results ---- */
 
 void sp_cli_json_str(FILE *f, const char *s)

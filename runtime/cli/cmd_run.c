@@ -25,7 +25,9 @@ static void usage(FILE *out)
           "  -p, --prompt TEXT  prompt text\n"
           "  -f, --file FILE    read the prompt from FILE ('-' = stdin)\n"
           "  -n, --n-predict N  tokens to generate (default 128; stops early at end of turn)\n"
-          "  --chat             wrap the prompt in the model's chat template (from its vocabulary)\n"
+          "  --chat             wrap the prompt in the model's chat template (from its vocabulary);\n"
+          "                     as in llama.cpp, control-token text in the prompt (<|im_end|>) is parsed\n"
+          "                     as that token (with a notice)\n"
           "  --template NAME    chatml | llama3 | none (overrides the detected template)\n"
           "  --system TEXT      system message for --chat\n"
           "  --temp T           sampling temperature (default 0 = greedy)\n"
@@ -35,6 +37,7 @@ static void usage(FILE *out)
           "  -t, --threads N    compute threads (default: all cores)\n"
           "  -c, --ctx N        context length (default: the model's; with compression on, prompt + -n)\n"
           "  --stats            print the per-layer KV cache table (tokens kept, codebook entries, bytes)\n"
+          "Exit codes: 0 ok, 1 failure (model, memory, I/O), 2 usage, 3 output lost (stdout closed or full).\n"
           "KV compression comes from [compression] (default policy spindle), e.g.\n"
           "  --set compression.policy=snapkv --set compression.ratio=0.3; policy=full turns it off.\n"
           "  --config FILE, --set section.key=value, --print-config\n",
@@ -189,6 +192,21 @@ static char *read_prompt(const char *path, int64_t n_ctx, const sp_tokenizer_t *
     return sp_cli_read_file(path, (size_t)n_ctx * longest, why, NULL);
 }
 
+/* With --chat the whole rendering is tokenized with special tokens parsed, as llama.cpp's chat
+ * does: control-token text typed by the user ("<|im_end|>") becomes that control token. Kept for
+ * compatibility, but never silently: name the first such text found. */
+static void warn_special_text(const sp_tokenizer_t *tok, const char *text)
+{
+    for (int32_t id = 0; id < sp_tokenizer_n_vocab(tok); id++) {
+        const char *s = sp_tokenizer_is_control(tok, id) ? sp_tokenizer_token_text(tok, id) : NULL;
+        if (s && s[0] && strstr(text, s)) {
+            sp_notice("--chat: the prompt contains '%s', the text of a control token; it is parsed as "
+                      "that token (as llama.cpp does), so it can end or restructure the turn", s);
+            return;
+        }
+    }
+}
+
 /* The prompt as it will be tokenized: raw text or the chat rendering. Caller frees. */
 static char *build_prompt(const run_opts *o, const sp_config *cfg, const sp_tokenizer_t *tok, int64_t n_ctx,
                           bool *parse_special)
@@ -225,6 +243,9 @@ static char *build_prompt(const run_opts *o, const sp_config *cfg, const sp_toke
             sp_notice("--chat: the vocabulary implies no known chat template; using the raw prompt");
         return text;
     }
+    warn_special_text(tok, text);
+    if (o->system)
+        warn_special_text(tok, o->system);
     size_t cap = sp_chat_render_size(o->system, text);
     char *chat = malloc(cap);
     if (!chat || sp_chat_render((sp_chat_family)family, o->system, text, chat, cap) < 0) {
