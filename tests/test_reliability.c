@@ -7,6 +7,7 @@
 #include "config.h"
 #include "gguf.h"
 #include "kv_policy.h"
+#include "ctx_tiering.h"
 #include "kv_tiered.h"
 #include "model.h"
 #include "sp_alloc.h"
