@@ -22,6 +22,7 @@
 
 #include "huge_map.h"
 
+#include "sp_alloc.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -275,7 +276,7 @@ sp_uring_store_t *sp_uring_store_open(const sp_uring_store_opts *o)
         sp_error(ENOTDIR, "spill dir '%s' is not a directory (set [spill] dir)", o->dir);
         return NULL;
     }
-    sp_uring_store_t *s = calloc(1, sizeof *s);
+    sp_uring_store_t *s = sp_calloc(1, sizeof *s);
     if (!s) {
         sp_error(ENOMEM, "spill store: out of memory");
         return NULL;
@@ -335,15 +336,15 @@ sp_uring_store_t *sp_uring_store_open(const sp_uring_store_opts *o)
                  s->n_slots, s->block_size);
         goto fail;
     }
-    s->reqs = calloc(s->n_slots, sizeof *s->reqs);
-    s->free_slots = calloc(s->n_slots, sizeof *s->free_slots);
+    s->reqs = sp_calloc(s->n_slots, sizeof *s->reqs);
+    s->free_slots = sp_calloc(s->n_slots, sizeof *s->free_slots);
     s->hstate = XXH3_createState();
     if (!s->reqs || !s->free_slots || !s->hstate) {
         sp_error(ENOMEM, "spill store: out of memory");
         goto fail;
     }
     if (s->ring_ok && o->register_buffers) {
-        struct iovec *iov = calloc(s->n_slots, sizeof *iov);
+        struct iovec *iov = sp_calloc(s->n_slots, sizeof *iov);
         if (!iov) {
             sp_error(ENOMEM, "spill store: out of memory");
             goto fail;
@@ -420,7 +421,7 @@ static int extent_free(sp_uring_store_t *s, uint64_t off, uint64_t len)
     }
     if (s->n_free == s->cap_free) {
         size_t nc = s->cap_free ? 2 * s->cap_free : 16;
-        extent *ne = realloc(s->free_ext, nc * sizeof *ne);
+        extent *ne = sp_realloc(s->free_ext, nc * sizeof *ne);
         if (!ne)
             return -ENOMEM; /* the space is leaked inside the file, never reused: harmless */
         s->free_ext = ne;
@@ -609,7 +610,7 @@ static int do_io(sp_uring_store_t *s, bool write, uint64_t off, uint8_t *ubuf, s
     uint8_t piece_bits[4096], *piece_done = NULL;
     if (hs && !write) {
         size_t nb = (n_pieces + 7) / 8;
-        piece_done = nb <= sizeof piece_bits ? piece_bits : malloc(nb);
+        piece_done = nb <= sizeof piece_bits ? piece_bits : sp_malloc(nb);
         if (!piece_done)
             return sp_error(ENOMEM, "spill I/O: out of memory");
         memset(piece_done, 0, nb);
@@ -779,7 +780,7 @@ int64_t sp_uring_store_put(sp_uring_store_t *s, const void *bytes, size_t size)
     if (id < 0) {
         if (s->n_segs == s->cap_segs) {
             size_t nc = s->cap_segs ? 2 * s->cap_segs : 64;
-            seg_rec *ns = realloc(s->segs, nc * sizeof *ns);
+            seg_rec *ns = sp_realloc(s->segs, nc * sizeof *ns);
             if (!ns) {
                 rc = sp_error(ENOMEM, "spill put: out of memory");
                 goto out;

@@ -186,6 +186,8 @@ Test(reliability, every_allocation_failure_ends_in_a_message, .timeout = 1800)
     int failed = 0, absorbed = 0;
     for (long k = 1; k <= total; k++) {
         sp_error_clear();
+        if (getenv("SP_WALK_VERBOSE"))
+            fprintf(stderr, "walk: allocation %ld of %ld fails\n", k, total);
         sp_alloc_fault_set(k);
         int rc = small_run(dir);
         sp_alloc_fault_set(0);

@@ -774,11 +774,13 @@ static int check_tokens(const sp_ctx_t *c, const int32_t *tok, int n)
 
 static void kv_drop_segments(sp_ctx_t *c)
 {
-    if (c->seg)
-        for (int l = 0; l < c->m->hp.n_layer; l++) {
+    /* Either array may be missing when sp_ctx_new failed half-way. */
+    for (int l = 0; l < c->m->hp.n_layer; l++) {
+        if (c->seg)
             sp_kv_segment_free(&c->seg[l]);
+        if (c->tail)
             sp_kv_tail_free(&c->tail[l]);
-        }
+    }
     free(c->work);
     c->work = NULL;
     c->work_floats = 0;
