@@ -81,7 +81,7 @@ left=$(find "$spill" -name 'spindle-*' | wc -l)
 pid=$!
 sleep 6
 kill -INT $pid 2>/dev/null
-for _ in $(seq 1 300); do kill -0 $pid 2>/dev/null || break; sleep 1; done
+for _ in $(seq 1 700); do kill -0 $pid 2>/dev/null || break; sleep 1; done
 kill -KILL $pid 2>/dev/null
 wait $pid; rc=$?
 err=$(cat "$spill/demo.err")
