@@ -4,10 +4,12 @@
 
 #include "config.h"
 #include "sp_error.h"
+#include "support/notice_capture.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static char *slurp(FILE *f, size_t *len)
 {
@@ -141,6 +143,72 @@ Test(config, missing_file_is_an_error)
     sp_config_defaults(&c);
     cr_assert_lt(sp_config_load_file(&c, "/nonexistent/x.ini"), 0);
     cr_assert(strstr(sp_last_error(), "/nonexistent/x.ini"));
+}
+
+/* A directory opens and reads as empty (it used to load as "all defaults"); /dev/zero never ends
+ * (it used to spin forever): both are refused, naming the path. */
+Test(config, only_regular_files_are_configs, .timeout = 20)
+{
+    const char *paths[] = {"/tmp", "/dev/zero", "/dev/null"};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        sp_config c;
+        sp_config_defaults(&c);
+        cr_assert_lt(sp_config_load_file(&c, paths[i]), 0, "%s loaded as a config", paths[i]);
+        cr_assert(strstr(sp_last_error(), paths[i]) && strstr(sp_last_error(), "not a regular file"),
+                  "%s", sp_last_error());
+    }
+}
+
+/* Regular files that are not INI text end the read with an error, never a hang or a cut: an
+ * endless line, a NUL byte, more than SP_CONFIG_FILE_MAX bytes. */
+Test(config, bad_regular_files_end_the_read, .timeout = 20)
+{
+    char path[] = "/tmp/sp-config-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    for (int i = 0; i < 4 << 20; i++)
+        fputc('x', f); /* one 4 MiB line */
+    fclose(f);
+    sp_config c;
+    sp_config_defaults(&c);
+    cr_assert_lt(sp_config_load_file(&c, path), 0);
+    cr_assert(strstr(sp_last_error(), "line longer than"), "%s", sp_last_error());
+
+    f = fopen(path, "w");
+    fputs("[tiers]\ndevice_budget = 20MiB\n", f);
+    fputc('\0', f);
+    fputs("host_budget = 1GiB\n", f);
+    fclose(f);
+    sp_config_defaults(&c);
+    cr_assert_lt(sp_config_load_file(&c, path), 0);
+    cr_assert(strstr(sp_last_error(), ":3: NUL byte"), "%s", sp_last_error());
+
+    f = fopen(path, "w");
+    for (int i = 0; i < (SP_CONFIG_FILE_MAX / 16) + 2; i++)
+        fputs(";  comment line\n", f); /* 16 bytes a line */
+    fclose(f);
+    sp_config_defaults(&c);
+    cr_assert_lt(sp_config_load_file(&c, path), 0);
+    cr_assert(strstr(sp_last_error(), "longer than"), "%s", sp_last_error());
+    unlink(path);
+}
+
+/* A key set twice keeps the later value, with a notice naming both lines. */
+Test(config, duplicate_keys_are_announced_with_both_lines)
+{
+    sp_config c;
+    sp_config_defaults(&c);
+    notice_capture nc;
+    notice_capture_start(&nc);
+    int rc = sp_config_load_string(&c, "[tiers]\ndevice_budget = 20MiB\n\nhost_budget = 1GiB\n"
+                                       "device_budget = 30MiB\n", "dup.ini");
+    notice_capture_stop();
+    cr_assert_eq(rc, 0, "%s", sp_last_error());
+    cr_assert_eq(c.tiers.device_budget, 30u << 20);
+    cr_assert_eq(nc.count, 1);
+    cr_assert(strstr(nc.last, "dup.ini:5") && strstr(nc.last, "line 2") && strstr(nc.last, "device_budget"),
+              "%s", nc.last);
 }
 
 Test(config, set_overrides)

@@ -53,8 +53,9 @@ static void usage(FILE *out)
           "  --max-probes N             recompressions per knob search (default 8)\n"
           "  --tf prefill|decode        teacher forcing as one batched prefill of the T tokens (default)\n"
           "                             or one decode call per token (same tail path, slower)\n"
-          "  --haystack DIR             essays directory (default $SPINDLE_SHARED/data/haystack/pg_essays,\n"
-          "                             else /work/shared/data/haystack/pg_essays)\n"
+          "  --haystack DIR             essays directory (default data/haystack/pg_essays under\n"
+          "                             $SPINDLE_SHARED, else ../shared of the checkout the binary was\n"
+          "                             built in, else the installed data directory; the choice is printed)\n"
           "  --seed S                   base seed of the passkeys (default [runtime] seed)\n"
           "  --json FILE                write every point as JSON\n"
           "  --out DIR                  write PNG plots (gnuplot) and their data files there\n"
@@ -856,10 +857,12 @@ int sp_cmd_eval(int argc, char **argv)
     }
     char hay_dir[4096];
     if (!o.haystack) {
-        const char *sh = getenv("SPINDLE_SHARED");
-        snprintf(hay_dir, sizeof hay_dir, "%s/data/haystack/pg_essays", sh ? sh : "/work/shared");
-        if (access(hay_dir, R_OK) != 0)
-            snprintf(hay_dir, sizeof hay_dir, "/work/shared/data/haystack/pg_essays");
+        const char *how = NULL;
+        if (sp_cli_data_path("data/haystack/pg_essays", hay_dir, sizeof hay_dir, &how) < 0) {
+            sp_cli_error("eval: no haystack essays found (%s); pass --haystack DIR", how);
+            return SP_EXIT_USAGE;
+        }
+        sp_notice("eval: haystack %s (%s)", hay_dir, how);
         o.haystack = hay_dir;
     }
 

@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 typedef enum { KT_BOOL, KT_INT, KT_FLOAT, KT_SIZE, KT_STRING, KT_ENUM, KT_MASK } key_type;
 
@@ -511,6 +512,8 @@ typedef struct {
     FILE *fp;           /* file source (or NULL) */
     int line;           /* line number of the last line handed to inih */
     int err;            /* first error (negative errno), 0 if none */
+    size_t bytes;       /* bytes read so far (bounded by SP_CONFIG_FILE_MAX) */
+    int key_line[N_KEYS]; /* line where each key was last set in this file, 0 = not yet */
 } load_ctx;
 
 static void check_section_line(load_ctx *c, const char *line)
@@ -545,8 +548,17 @@ static char *reader(char *str, int num, void *stream)
         int ch;
         if (c->fp) {
             ch = fgetc(c->fp);
-            if (ch == EOF)
+            if (ch == EOF) {
+                if (ferror(c->fp) && !c->err)
+                    c->err = sp_error(EIO, "%s:%d: read error: %s", c->name, c->line + 1,
+                                      strerror(errno ? errno : EIO));
                 break;
+            }
+            if (++c->bytes > SP_CONFIG_FILE_MAX && !c->err) {
+                c->err = sp_error(EFBIG, "%s: longer than %d bytes: not a config file", c->name,
+                                  SP_CONFIG_FILE_MAX);
+                break;
+            }
         } else {
             ch = (unsigned char)c->text[c->pos];
             if (ch == 0)
@@ -558,12 +570,22 @@ static char *reader(char *str, int num, void *stream)
             nl = true;
             break;
         }
-        if (n < num - 2)
+        if (ch == '\0' && !c->err) {
+            c->err = sp_error(EINVAL, "%s:%d: NUL byte: not a text config file", c->name, c->line + 1);
+            break;
+        }
+        if (n < num - 2) {
             str[n++] = (char)ch;
-        else if (!c->err)
-            c->err = sp_error(EINVAL, "%s:%d: line longer than %d characters", c->name, c->line + 1,
-                              num - 2);
+        } else {
+            /* Stop here: reading on to the end of an endless line would never return. */
+            if (!c->err)
+                c->err = sp_error(EINVAL, "%s:%d: line longer than %d characters", c->name,
+                                  c->line + 1, num - 2);
+            break;
+        }
     }
+    if (c->err)
+        return NULL; /* inih stops at "end of input"; load() reports c->err */
     if (!got)
         return NULL;
     if (nl)
@@ -606,6 +628,11 @@ static int handler(void *user, const char *section, const char *name, const char
         c->err = rc;
         return 0;
     }
+    int ki = (int)(k - keys);
+    if (c->key_line[ki])
+        sp_notice("%s:%d: [%s] %s is set again (first on line %d); the later value '%s' is used",
+                  c->name, c->line, k->section, k->name, c->key_line[ki], value);
+    c->key_line[ki] = c->line;
     return 1;
 }
 
@@ -626,16 +653,35 @@ int sp_config_load_file(sp_config *cfg, const char *path)
     FILE *fp = fopen(path, "r");
     if (!fp)
         return sp_error(errno, "%s: cannot open config file: %s", path, strerror(errno));
-    load_ctx c = {.cfg = cfg, .name = path, .fp = fp};
-    int rc = load(&c);
+    /* A directory opens and reads as empty, /dev/zero never ends: only regular files are configs. */
+    struct stat st;
+    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
+        int err = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+        fclose(fp);
+        return sp_error(err, "%s: not a regular file (%s): give --config an INI file such as "
+                             "configs/default.ini", path, S_ISDIR(st.st_mode) ? "a directory" : "a device, pipe or socket");
+    }
+    load_ctx *c = calloc(1, sizeof *c);
+    if (!c) {
+        fclose(fp);
+        return sp_error(ENOMEM, "%s: out of memory", path);
+    }
+    *c = (load_ctx){.cfg = cfg, .name = path, .fp = fp};
+    int rc = load(c);
+    free(c);
     fclose(fp);
     return rc;
 }
 
 int sp_config_load_string(sp_config *cfg, const char *text, const char *name)
 {
-    load_ctx c = {.cfg = cfg, .name = name ? name : "<string>", .text = text};
-    return load(&c);
+    load_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return sp_error(ENOMEM, "%s: out of memory", name ? name : "<string>");
+    *c = (load_ctx){.cfg = cfg, .name = name ? name : "<string>", .text = text};
+    int rc = load(c);
+    free(c);
+    return rc;
 }
 
 int sp_config_set(sp_config *cfg, const char *assignment, const char *origin)
