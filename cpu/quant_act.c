@@ -13,21 +13,29 @@
 
 #include "fp16.h"
 #include "gguf.h"
+#include "quant_k.h"
 #include "simd.h"
 
 _Static_assert(sizeof(sp_block_q8_0) == 34, "block_q8_0 layout");
 _Static_assert(sizeof(sp_block_q8_1) == 36, "block_q8_1 layout");
+_Static_assert(sizeof(sp_block_q8_k) == 292, "block_q8_K layout");
 
-enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q8_0_BYTES = 34, };
+enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q5_0_BYTES = 22, Q5_1_BYTES = 24, Q8_0_BYTES = 34, };
 
 sp_act_type sp_act_type_for(uint32_t type)
 {
     switch (type) {
     case SP_TYPE_Q4_0:
+    case SP_TYPE_Q5_0:
     case SP_TYPE_Q8_0:
         return SP_ACT_Q8_0;
     case SP_TYPE_Q4_1:
+    case SP_TYPE_Q5_1:
         return SP_ACT_Q8_1;
+    case SP_TYPE_Q4_K:
+    case SP_TYPE_Q5_K:
+    case SP_TYPE_Q6_K:
+        return SP_ACT_Q8_K;
     default:
         return SP_ACT_NONE;
     }
@@ -36,7 +44,10 @@ sp_act_type sp_act_type_for(uint32_t type)
 size_t sp_act_row_bytes(sp_act_type t, int64_t n)
 {
     size_t nb = (size_t)(n / SP_QK8);
-    return t == SP_ACT_Q8_0 ? nb * sizeof(sp_block_q8_0) : t == SP_ACT_Q8_1 ? nb * sizeof(sp_block_q8_1) : 0;
+    return t == SP_ACT_Q8_0   ? nb * sizeof(sp_block_q8_0)
+           : t == SP_ACT_Q8_1 ? nb * sizeof(sp_block_q8_1)
+           : t == SP_ACT_Q8_K ? (size_t)(n / SP_QK_K) * sizeof(sp_block_q8_k)
+                              : 0;
 }
 
 static inline float h2f(const uint8_t *p)
@@ -129,12 +140,16 @@ void sp_quant_row(sp_act_type t, const float *x, void *y, int64_t n)
 {
     if (t == SP_ACT_Q8_1)
         sp_quant_row_q8_1(x, y, n);
+    else if (t == SP_ACT_Q8_K)
+        sp_quant_row_q8_k(x, y, n);
     else
         sp_quant_row_q8_0(x, y, n);
 }
 
 size_t sp_act_tile_bytes(sp_act_type t, int64_t n)
 {
+    if (t == SP_ACT_Q8_K)
+        return SP_ACT_TILE * sp_act_row_bytes(t, n);
     size_t nb = (size_t)(n / SP_QK8), ab = t == SP_ACT_Q8_1 ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);
     size_t q = nb * SP_ACT_TILE * ab, sc = nb * SP_ACT_TILE * (t == SP_ACT_Q8_1 ? 2 : 1) * sizeof(float);
     return ((q + 31) & ~(size_t)31) + sc;
@@ -142,6 +157,10 @@ size_t sp_act_tile_bytes(sp_act_type t, int64_t n)
 
 void sp_quant_row_tiled(sp_act_type t, const float *x, int64_t n, void *tile, int lane)
 {
+    if (t == SP_ACT_Q8_K) {
+        sp_quant_row_q8_k(x, (sp_block_q8_k *)tile + (size_t)lane * (size_t)(n / SP_QK_K), n);
+        return;
+    }
     const int64_t nb = n / SP_QK8;
     const bool q81 = t == SP_ACT_Q8_1;
     const size_t ab = q81 ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);
@@ -161,6 +180,12 @@ void sp_quant_row_tiled(sp_act_type t, const float *x, int64_t n, void *tile, in
 
 /* ---- dot products ---------------------------------------------------------------------------- */
 
+/* Q4_1 and Q5_1: w = d*q + m, against Q8_1 activations (whose s carries the min term). */
+static inline bool has_min(uint32_t type)
+{
+    return type == SP_TYPE_Q4_1 || type == SP_TYPE_Q5_1;
+}
+
 #ifdef __AVX2__
 /* 8 lanes: float(sum of the 4 products ux[4i..4i+3] * sy[4i..4i+3]), ux unsigned, sy signed. */
 static inline __m256 lanes_us(__m256i ux, __m256i sy)
@@ -176,21 +201,43 @@ static inline __m256i nibbles(const uint8_t *qs)
     return _mm256_and_si256(b, _mm256_set1_epi8(0x0f));
 }
 
-/* The weight block as bytes for maddubs: unsigned values for Q4_1 (ux), else |w| with *sx = w for the
- * sign transfer. */
+/* The 32 bits of a Q5 block's qh as bytes: 0xff where bit j (element j) is set. */
+static inline __m256i fifth_bits(const uint8_t *qh)
+{
+    uint32_t h;
+    memcpy(&h, qh, 4);
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)h),
+                                               _mm256_setr_epi64x(0, 0x0101010101010101, 0x0202020202020202,
+                                                                  0x0303030303030303));
+    const __m256i bit = _mm256_set1_epi64x(0x8040201008040201);
+    return _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+}
+
+/* The weight block as bytes for maddubs: unsigned values for the types with a min (Q4_1/Q5_1: ux),
+ * else |w| with *sx = w for the sign transfer. Q5_0: nibble | 16*bit - 16, i.e. the nibble with the
+ * high nibble set (as int8: minus 16) where the fifth bit is clear. */
 static inline __m256i wbytes(uint32_t type, const uint8_t *blk, __m256i *sx)
 {
-    __m256i q = type == SP_TYPE_Q8_0 ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 2))
-                : type == SP_TYPE_Q4_0 ? _mm256_sub_epi8(nibbles(blk + 2), _mm256_set1_epi8(8))
-                                       : nibbles(blk + 4);
+    __m256i q;
+    switch (type) {
+    case SP_TYPE_Q8_0: q = _mm256_loadu_si256((const __m256i *)(const void *)(blk + 2)); break;
+    case SP_TYPE_Q4_0: q = _mm256_sub_epi8(nibbles(blk + 2), _mm256_set1_epi8(8)); break;
+    case SP_TYPE_Q5_0:
+        q = _mm256_or_si256(nibbles(blk + 6), _mm256_andnot_si256(fifth_bits(blk + 2), _mm256_set1_epi8((char)0xf0)));
+        break;
+    case SP_TYPE_Q5_1:
+        q = _mm256_or_si256(nibbles(blk + 8), _mm256_and_si256(fifth_bits(blk + 4), _mm256_set1_epi8(0x10)));
+        break;
+    default: q = nibbles(blk + 4); break;   /* Q4_1 */
+    }
     *sx = q;
-    return type == SP_TYPE_Q4_1 ? q : _mm256_sign_epi8(q, q);
+    return has_min(type) ? q : _mm256_sign_epi8(q, q);
 }
 
 static inline __m256i abytes(uint32_t type, const uint8_t *ablk, __m256i sx)
 {
-    __m256i qy = _mm256_loadu_si256((const __m256i *)(const void *)(ablk + (type == SP_TYPE_Q4_1 ? 4 : 2)));
-    return type == SP_TYPE_Q4_1 ? qy : _mm256_sign_epi8(qy, sx);
+    __m256i qy = _mm256_loadu_si256((const __m256i *)(const void *)(ablk + (has_min(type) ? 4 : 2)));
+    return has_min(type) ? qy : _mm256_sign_epi8(qy, sx);
 }
 #else
 static float hsum8(const float *l)
@@ -206,18 +253,28 @@ static void unpack_block(uint32_t type, const uint8_t *blk, int *q)
             q[j] = (int8_t)blk[2 + j];
         return;
     }
-    const uint8_t *qs = blk + (type == SP_TYPE_Q4_1 ? 4 : 2);
-    int off = type == SP_TYPE_Q4_0 ? 8 : 0;
+    const bool five = type == SP_TYPE_Q5_0 || type == SP_TYPE_Q5_1;
+    const uint8_t *qs = blk + (has_min(type) ? 4 : 2) + (five ? 4 : 0);
+    uint32_t qh = 0;
+    if (five)
+        memcpy(&qh, qs - 4, 4);
+    int off = type == SP_TYPE_Q4_0 ? 8 : type == SP_TYPE_Q5_0 ? 16 : 0;
     for (int j = 0; j < SP_QK8 / 2; j++) {
-        q[j] = (qs[j] & 0x0f) - off;
-        q[j + SP_QK8 / 2] = (qs[j] >> 4) - off;
+        q[j] = ((qs[j] & 0x0f) | (int)((qh >> j) & 1) << 4) - off;
+        q[j + SP_QK8 / 2] = ((qs[j] >> 4) | (int)((qh >> (j + 16)) & 1) << 4) - off;
     }
 }
 #endif
 
 static inline size_t wblock_bytes(uint32_t type)
 {
-    return type == SP_TYPE_Q4_1 ? Q4_1_BYTES : type == SP_TYPE_Q4_0 ? Q4_0_BYTES : Q8_0_BYTES;
+    switch (type) {
+    case SP_TYPE_Q4_0: return Q4_0_BYTES;
+    case SP_TYPE_Q4_1: return Q4_1_BYTES;
+    case SP_TYPE_Q5_0: return Q5_0_BYTES;
+    case SP_TYPE_Q5_1: return Q5_1_BYTES;
+    default: return Q8_0_BYTES;
+    }
 }
 
 /* One weight row . one activation row whose blocks are ab bytes apart, scales read from the blocks
@@ -225,7 +282,7 @@ static inline size_t wblock_bytes(uint32_t type)
 static inline __attribute__((always_inline)) float dot_one(uint32_t type, const uint8_t *w, int64_t nb,
                                                            const uint8_t *a, size_t ab)
 {
-    const bool q41 = type == SP_TYPE_Q4_1;
+    const bool with_min = has_min(type);
     const size_t wb = wblock_bytes(type);
     float summs = 0.0f;
 #ifdef __AVX2__
@@ -234,7 +291,7 @@ static inline __attribute__((always_inline)) float dot_one(uint32_t type, const 
         const uint8_t *blk = w + (size_t)b * wb, *ablk = a + (size_t)b * ab;
         __m256i sx, ux = wbytes(type, blk, &sx);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(blk) * h2f(ablk)), lanes_us(ux, abytes(type, ablk, sx)), acc);
-        if (q41)
+        if (with_min)
             summs = fmaf(h2f(blk + 2), h2f(ablk + 2), summs);
     }
     return sp_hsum256(acc) + summs;
@@ -243,7 +300,7 @@ static inline __attribute__((always_inline)) float dot_one(uint32_t type, const 
     int q[SP_QK8];
     for (int64_t b = 0; b < nb; b++) {
         const uint8_t *blk = w + (size_t)b * wb, *ablk = a + (size_t)b * ab;
-        const int8_t *qy = (const int8_t *)(ablk + (q41 ? 4 : 2));
+        const int8_t *qy = (const int8_t *)(ablk + (with_min ? 4 : 2));
         unpack_block(type, blk, q);
         float dd = h2f(blk) * h2f(ablk);
         for (int l = 0; l < 8; l++) {
@@ -252,7 +309,7 @@ static inline __attribute__((always_inline)) float dot_one(uint32_t type, const 
                 s4 += q[j] * qy[j];
             acc[l] = fmaf(dd, (float)s4, acc[l]);
         }
-        if (q41)
+        if (with_min)
             summs = fmaf(h2f(blk + 2), h2f(ablk + 2), summs);
     }
     return hsum8(acc) + summs;
@@ -268,9 +325,9 @@ static inline __attribute__((always_inline)) void dot_tile(uint32_t type, const 
                                                            size_t out_stride)
 {
     enum { T = SP_ACT_TILE };
-    const bool q41 = type == SP_TYPE_Q4_1;
-    const size_t wb = wblock_bytes(type), ab = q41 ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);
-    const int ks = q41 ? 2 : 1;
+    const bool with_min = has_min(type);
+    const size_t wb = wblock_bytes(type), ab = with_min ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);
+    const int ks = with_min ? 2 : 1;
 #ifdef __AVX2__
     __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, acc4 = acc0, acc5 = acc0,
            acc6 = acc0, acc7 = acc0, summs = acc0;
@@ -279,7 +336,7 @@ static inline __attribute__((always_inline)) void dot_tile(uint32_t type, const 
         __m256i sx, ux = wbytes(type, blk, &sx);
         const float *scb = sc + (size_t)b * ks * T;
         __m256 dd = _mm256_mul_ps(_mm256_set1_ps(h2f(blk)), _mm256_loadu_ps(scb));
-        if (q41)
+        if (with_min)
             summs = _mm256_fmadd_ps(_mm256_set1_ps(h2f(blk + 2)), _mm256_loadu_ps(scb + T), summs);
 #define TILE_ROW(t, acc)                                                                                       \
     acc = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(t)),                                   \
@@ -304,7 +361,7 @@ static inline __attribute__((always_inline)) void dot_tile(uint32_t type, const 
         unpack_block(type, blk, q);
         float dw = h2f(blk);
         for (int t = 0; t < nt; t++) {
-            const int8_t *qy = (const int8_t *)(a + ((size_t)b * T + t) * ab + (q41 ? 4 : 2));
+            const int8_t *qy = (const int8_t *)(a + ((size_t)b * T + t) * ab + (with_min ? 4 : 2));
             float dd = dw * scb[t];
             for (int l = 0; l < 8; l++) {
                 int s4 = 0;
@@ -312,7 +369,7 @@ static inline __attribute__((always_inline)) void dot_tile(uint32_t type, const 
                     s4 += q[j] * qy[j];
                 acc[t][l] = fmaf(dd, (float)s4, acc[t][l]);
             }
-            if (q41)
+            if (with_min)
                 summs[t] = fmaf(h2f(blk + 2), scb[T + t], summs[t]);
         }
     }
@@ -325,7 +382,7 @@ static inline __attribute__((always_inline)) void dot_tile(uint32_t type, const 
 #define DOT_ROWS_FN(name, TYPE)                                                                                \
     static void name(const void *w, int64_t nb, const void *tiles, int nt, float *out, size_t out_stride)     \
     {                                                                                                          \
-        const size_t ab = TYPE == SP_TYPE_Q4_1 ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);               \
+        const size_t ab = has_min(TYPE) ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);               \
         const size_t tb = sp_act_tile_bytes(sp_act_type_for(TYPE), nb * SP_QK8);                              \
         const size_t qb = ((size_t)nb * SP_ACT_TILE * ab + 31) & ~(size_t)31;  /* the scales' offset */        \
         for (int t = 0; t < nt; t += SP_ACT_TILE) {                                                            \
@@ -343,6 +400,8 @@ static inline __attribute__((always_inline)) void dot_tile(uint32_t type, const 
 DOT_ROWS_FN(rows_q4_0, SP_TYPE_Q4_0)
 DOT_ROWS_FN(rows_q4_1, SP_TYPE_Q4_1)
 DOT_ROWS_FN(rows_q8_0, SP_TYPE_Q8_0)
+DOT_ROWS_FN(rows_q5_0, SP_TYPE_Q5_0)
+DOT_ROWS_FN(rows_q5_1, SP_TYPE_Q5_1)
 
 void sp_dot_rows(uint32_t type, const void *w, int64_t nb, const void *tiles, int nt, float *out, size_t out_stride)
 {
@@ -352,6 +411,17 @@ void sp_dot_rows(uint32_t type, const void *w, int64_t nb, const void *tiles, in
         break;
     case SP_TYPE_Q4_1:
         rows_q4_1(w, nb, tiles, nt, out, out_stride);
+        break;
+    case SP_TYPE_Q5_0:
+        rows_q5_0(w, nb, tiles, nt, out, out_stride);
+        break;
+    case SP_TYPE_Q5_1:
+        rows_q5_1(w, nb, tiles, nt, out, out_stride);
+        break;
+    case SP_TYPE_Q4_K:
+    case SP_TYPE_Q5_K:
+    case SP_TYPE_Q6_K:
+        sp_dot_rows_k(type, w, nb, tiles, nt, out, out_stride);
         break;
     default:
         rows_q8_0(w, nb, tiles, nt, out, out_stride);
@@ -372,4 +442,14 @@ float sp_dot_q4_1_q8_1(const void *w, const sp_block_q8_1 *a, int64_t nb)
 float sp_dot_q8_0_q8_0(const void *w, const sp_block_q8_0 *a, int64_t nb)
 {
     return dot_one(SP_TYPE_Q8_0, w, nb, (const uint8_t *)a, sizeof(sp_block_q8_0));
+}
+
+float sp_dot_q5_0_q8_0(const void *w, const sp_block_q8_0 *a, int64_t nb)
+{
+    return dot_one(SP_TYPE_Q5_0, w, nb, (const uint8_t *)a, sizeof(sp_block_q8_0));
+}
+
+float sp_dot_q5_1_q8_1(const void *w, const sp_block_q8_1 *a, int64_t nb)
+{
+    return dot_one(SP_TYPE_Q5_1, w, nb, (const uint8_t *)a, sizeof(sp_block_q8_1));
 }
