@@ -67,15 +67,19 @@ void sp_quant_row_q8_k(const float *x, sp_block_q8_k *y, int64_t n)
     }
 }
 
-/* The 8 6-bit scales and 8 6-bit mins of a Q4_K/Q5_K super-block (ggml's get_scale_min_k4). */
+/* The 8 6-bit scales and 8 6-bit mins of a Q4_K/Q5_K super-block (ggml's get_scale_min_k4 for
+ * j = 0..7), unpacked four at a time in 32-bit words. */
 static inline void scales_mins_k4(const uint8_t *q, uint8_t *sc, uint8_t *mn)
 {
-    for (int j = 0; j < 4; j++) {
-        sc[j] = q[j] & 63;
-        mn[j] = q[j + 4] & 63;
-        sc[j + 4] = (q[j + 8] & 0xF) | ((q[j] >> 6) << 4);
-        mn[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
-    }
+    const uint32_t k6 = 0x3f3f3f3f, k4 = 0x0f0f0f0f, k2 = 0x03030303;
+    uint32_t u[3], o[4];
+    memcpy(u, q, 12);
+    o[0] = u[0] & k6;                                   /* scales 0..3 */
+    o[1] = (u[2] & k4) | (((u[0] >> 6) & k2) << 4);     /* scales 4..7 */
+    o[2] = u[1] & k6;                                   /* mins 0..3 */
+    o[3] = ((u[2] >> 4) & k4) | (((u[1] >> 6) & k2) << 4); /* mins 4..7 */
+    memcpy(sc, o, 8);
+    memcpy(mn, o + 2, 8);
 }
 
 /* Min term lanes m = 0..3: mins[2m] * bs32[2m] + mins[2m+1] * bs32[2m+1], bs32 = sums of 32. */
@@ -90,6 +94,17 @@ static inline void min_lanes(const uint8_t *mn, const int16_t *bs, int *m4)
 static inline __m256i scaled_lanes(__m256i u, __m256i s, __m256i sc16)
 {
     return _mm256_madd_epi16(sc16, _mm256_maddubs_epi16(u, s));
+}
+
+/* The 8 scales as int16, in both 128-bit halves; scale_of picks scale k into every int16 lane. */
+static inline __m256i scales16(const uint8_t *sc)
+{
+    return _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)sc)));
+}
+
+static inline __m256i scale_of(__m256i sc16, int k)
+{
+    return _mm256_shuffle_epi8(sc16, _mm256_set1_epi16((short)((2 * k + 1) << 8 | 2 * k)));
 }
 
 static float dot_q45k(const uint8_t *x, const sp_block_q8_k *y, int64_t nb, const int five)
@@ -116,6 +131,7 @@ static float dot_q45k(const uint8_t *x, const sp_block_q8_k *y, int64_t nb, cons
         const uint8_t *qs = x + 16 + (five ? 32 : 0);
         const __m256i hb = five ? _mm256_loadu_si256((const __m256i *)(const void *)(x + 16)) : _mm256_setzero_si256();
         const int8_t *a = y[i].qs;
+        const __m256i sc16 = scales16(sc);
         __m256i sumi = _mm256_setzero_si256();
         for (int j = 0; j < 4; j++) {
             const __m256i bits = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * j));
@@ -125,9 +141,9 @@ static float dot_q45k(const uint8_t *x, const sp_block_q8_k *y, int64_t nb, cons
                 hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one), 4));
             }
             sumi = _mm256_add_epi32(sumi, scaled_lanes(lo, _mm256_loadu_si256((const __m256i *)(const void *)(a + 64 * j)),
-                                                       _mm256_set1_epi16(sc[2 * j])));
+                                                       scale_of(sc16, 2 * j)));
             sumi = _mm256_add_epi32(sumi, scaled_lanes(hi, _mm256_loadu_si256((const __m256i *)(const void *)(a + 64 * j + 32)),
-                                                       _mm256_set1_epi16(sc[2 * j + 1])));
+                                                       scale_of(sc16, 2 * j + 1)));
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
@@ -175,6 +191,121 @@ static float dot_q6k(const uint8_t *x, const sp_block_q8_k *y, int64_t nb)
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     return sp_hsum256(acc);
+}
+
+/* KT activation rows against one weight row: the same per-row arithmetic as dot_q45k / dot_q6k, with
+ * each 64 (Q6_K: 128) weight elements unpacked once for all KT rows (prefill). */
+enum { KT = 4 };
+
+static inline __attribute__((always_inline)) void dot_q45k_kt(const uint8_t *x, const sp_block_q8_k *const *y,
+                                                              int64_t nb, const int five, float *out, size_t stride)
+{
+    const size_t bb = five ? Q5_K_BYTES : Q4_K_BYTES;
+    const __m256i m4 = _mm256_set1_epi8(0x0f), one = _mm256_set1_epi8(1);
+    __m256 acc[KT];
+    __m128 accm[KT];
+    float summs[KT];
+    for (int t = 0; t < KT; t++) {
+        acc[t] = _mm256_setzero_ps();
+        accm[t] = _mm_setzero_ps();
+        summs[t] = 0.0f;
+    }
+    for (int64_t i = 0; i < nb; i++, x += bb) {
+        const float wd = h2f(x), wmin = h2f(x + 2);
+        uint8_t sc[8], mn[8];
+        scales_mins_k4(x + 4, sc, mn);
+        const __m128i mn16 = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i *)(const void *)mn));
+        for (int t = 0; t < KT; t++) {
+            const sp_block_q8_k *a = y[t] + i;
+            const float dmin = -a->d * wmin;
+            const __m128i bs32 = _mm_hadd_epi16(_mm_loadu_si128((const __m128i *)(const void *)a->bsums),
+                                                _mm_loadu_si128((const __m128i *)(const void *)(a->bsums + 8)));
+            const __m128i prod = _mm_madd_epi16(mn16, bs32);
+            if (five) {
+                __m128i h = _mm_add_epi32(prod, _mm_unpackhi_epi64(prod, prod));
+                h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 1));
+                summs[t] = fmaf(dmin, (float)_mm_cvtsi128_si32(h), summs[t]);
+            } else {
+                accm[t] = _mm_fmadd_ps(_mm_set1_ps(dmin), _mm_cvtepi32_ps(prod), accm[t]);
+            }
+        }
+        const uint8_t *qs = x + 16 + (five ? 32 : 0);
+        const __m256i hb = five ? _mm256_loadu_si256((const __m256i *)(const void *)(x + 16)) : _mm256_setzero_si256();
+        const __m256i sc16 = scales16(sc);
+        __m256i sumi[KT];
+        for (int t = 0; t < KT; t++)
+            sumi[t] = _mm256_setzero_si256();
+        for (int j = 0; j < 4; j++) {
+            const __m256i bits = _mm256_loadu_si256((const __m256i *)(const void *)(qs + 32 * j));
+            __m256i lo = _mm256_and_si256(bits, m4), hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+            if (five) {
+                lo = _mm256_or_si256(lo, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j), one), 4));
+                hi = _mm256_or_si256(hi, _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, 2 * j + 1), one), 4));
+            }
+            const __m256i sl = scale_of(sc16, 2 * j), sh = scale_of(sc16, 2 * j + 1);
+            for (int t = 0; t < KT; t++) {
+                const int8_t *a = y[t][i].qs + 64 * j;
+                sumi[t] = _mm256_add_epi32(sumi[t], scaled_lanes(lo, _mm256_loadu_si256((const __m256i *)(const void *)a), sl));
+                sumi[t] = _mm256_add_epi32(sumi[t], scaled_lanes(hi, _mm256_loadu_si256((const __m256i *)(const void *)(a + 32)), sh));
+            }
+        }
+        for (int t = 0; t < KT; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * wd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+    for (int t = 0; t < KT; t++) {
+        if (five) {
+            out[(size_t)t * stride] = sp_hsum256(acc[t]) + summs[t];
+        } else {
+            __m128 m = _mm_add_ps(accm[t], _mm_movehl_ps(accm[t], accm[t]));
+            m = _mm_add_ss(m, _mm_movehdup_ps(m));
+            out[(size_t)t * stride] = sp_hsum256(acc[t]) + _mm_cvtss_f32(m);
+        }
+    }
+}
+
+static inline __attribute__((always_inline)) void dot_q6k_kt(const uint8_t *x, const sp_block_q8_k *const *y,
+                                                             int64_t nb, float *out, size_t stride)
+{
+    const __m256i m15 = _mm256_set1_epi8(15);
+    __m256 acc[KT];
+    for (int t = 0; t < KT; t++)
+        acc[t] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++, x += Q6_K_BYTES) {
+        const float wd = h2f(x + 208);
+        const uint8_t *ql = x, *qh = x + 128;
+        const __m128i scales = _mm_loadu_si128((const __m128i *)(const void *)(x + 192));
+        const __m256i sc16all = _mm256_cvtepi8_epi16(scales);
+        __m256i sumi[KT];
+        for (int t = 0; t < KT; t++)
+            sumi[t] = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(const void *)y[t][i].bsums),
+                                                          sc16all), 5);
+        for (int t = 0; t < KT; t++)   /* start from -corr: the int32 sum is exact in any order */
+            sumi[t] = _mm256_sub_epi32(_mm256_setzero_si256(), sumi[t]);
+        for (int j = 0; j < 2; j++) {
+            const __m256i l1 = _mm256_loadu_si256((const __m256i *)(const void *)(ql + 64 * j));
+            const __m256i l2 = _mm256_loadu_si256((const __m256i *)(const void *)(ql + 64 * j + 32));
+            const __m256i h = _mm256_loadu_si256((const __m256i *)(const void *)(qh + 32 * j));
+            const __m256i q[4] = {
+                _mm256_or_si256(_mm256_and_si256(l1, m15), _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(3)), 4)),
+                _mm256_or_si256(_mm256_and_si256(l2, m15), _mm256_slli_epi16(_mm256_and_si256(h, _mm256_set1_epi8(12)), 2)),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), m15), _mm256_and_si256(h, _mm256_set1_epi8(48))),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l2, 4), m15),
+                                _mm256_srli_epi16(_mm256_and_si256(h, _mm256_set1_epi8((char)0xc0)), 2)),
+            };
+            for (int g = 0; g < 4; g++) {
+                const long long G = 4 * j + g;
+                const __m128i pick = _mm_set_epi64x((long long)(0x0101010101010101ULL * (unsigned long long)(2 * G + 1)),
+                                                    (long long)(0x0101010101010101ULL * (unsigned long long)(2 * G)));
+                const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_shuffle_epi8(scales, pick));
+                for (int t = 0; t < KT; t++)
+                    sumi[t] = _mm256_add_epi32(sumi[t], scaled_lanes(q[g], _mm256_loadu_si256((const __m256i *)(const void *)(y[t][i].qs + 32 * G)), sc16));
+            }
+        }
+        for (int t = 0; t < KT; t++)
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(y[t][i].d * wd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+    }
+    for (int t = 0; t < KT; t++)
+        out[(size_t)t * stride] = sp_hsum256(acc[t]);
 }
 #else
 static float hsum8(const float *l)
@@ -252,6 +383,20 @@ void sp_dot_rows_k(uint32_t type, const void *w, int64_t nb, const void *tiles, 
 {
     /* Q8_K tiles are plain rows back to back, so row t is simply the t-th row */
     const sp_block_q8_k *a = tiles;
-    for (int t = 0; t < nt; t++)
+    int t = 0;
+#ifdef __AVX2__
+    for (; t + KT <= nt; t += KT) {
+        const sp_block_q8_k *rows[KT];
+        for (int k = 0; k < KT; k++)
+            rows[k] = a + (size_t)(t + k) * (size_t)nb;
+        float *o = out + (size_t)t * out_stride;
+        switch (type) {
+        case SP_TYPE_Q4_K: dot_q45k_kt(w, rows, nb, 0, o, out_stride); break;
+        case SP_TYPE_Q5_K: dot_q45k_kt(w, rows, nb, 1, o, out_stride); break;
+        default: dot_q6k_kt(w, rows, nb, o, out_stride); break;
+        }
+    }
+#endif
+    for (; t < nt; t++)
         out[(size_t)t * out_stride] = sp_dot_k_q8_k(type, w, a + (size_t)t * (size_t)nb, nb);
 }
