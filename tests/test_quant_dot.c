@@ -19,6 +19,7 @@
 #include "gguf.h"
 #include "ops.h"
 #include "quant_act.h"
+#include "quant_act_isa.h"
 #include "quant_k.h"
 #include "sp_error.h"
 
@@ -376,4 +377,36 @@ Test(quant_dot, matmul_ggml_numerics_equal_the_row_products)
         sp_cpu_free(cpu);
         free(data); free(x); free(y); free(a);
     }
+}
+
+/* The AVX-512 VNNI kernels (chosen at run time where the CPU has them) give the baseline's results
+ * bit for bit, on every 32-element type, one row and full/partial tiles. */
+Test(quant_dot, vnni_kernels_equal_the_baseline)
+{
+    if (!sp_qa_isa_vnni_available()) {
+        cr_log_warn("skipped: this CPU (or build) has no AVX-512 VNNI");
+        return;
+    }
+    static const uint32_t types[] = { SP_TYPE_Q4_0, SP_TYPE_Q4_1, SP_TYPE_Q5_0, SP_TYPE_Q5_1, SP_TYPE_Q8_0 };
+    enum { ROWS = 11 };
+    for (int ti = 0; ti < 5; ti++)
+        for (int nb = 1; nb <= 29; nb += 14) {
+            uint32_t type = types[ti];
+            sp_act_type at = sp_act_type_for(type);
+            rng_seed(7000 + 31 * ti + nb);
+            size_t rb, tb;
+            uint8_t *w = make_weights(type, 1, 32 * nb, &rb);
+            float *x = malloc(sizeof(float) * 32 * (size_t)nb * ROWS);
+            make_input(x, 32 * (int64_t)nb * ROWS);
+            uint8_t *tiles = quant_tiles(at, x, 32 * nb, ROWS, &tb);
+            for (int nt = 1; nt <= ROWS; nt += 5) {
+                float base[ROWS], vnni[ROWS];
+                cr_assert(sp_dot_rows_isa(SP_QA_ISA_BASE, type, w, nb, tiles, nt, base, 1));
+                cr_assert(sp_dot_rows_isa(SP_QA_ISA_VNNI, type, w, nb, tiles, nt, vnni, 1));
+                for (int t = 0; t < nt; t++)
+                    cr_assert(base[t] == vnni[t], "%s nb=%d nt=%d row %d: vnni %.9g vs base %.9g",
+                              sp_ggml_type_name(type), nb, nt, t, vnni[t], base[t]);
+            }
+            free(w); free(x); free(tiles);
+        }
 }
