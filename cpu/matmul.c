@@ -227,6 +227,8 @@ static int mm_rows(mm_job *j, int ith, int wi, int64_t r0, int64_t nr)
     if (at != SP_ACT_NONE) {
         if (at == SP_ACT_Q8_K)
             nb = cols / SP_QK_K;
+        else if (at == SP_ACT_F16)
+            nb = cols;
         for (int t0 = 0; t0 < j->n; t0 += MM_QTILE) {
             int nt = j->n - t0 < MM_QTILE ? j->n - t0 : MM_QTILE;
             const uint8_t *tiles = j->qa[at] + (size_t)(t0 / SP_ACT_TILE) * j->qa_stride[at];

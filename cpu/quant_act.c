@@ -14,6 +14,7 @@
 
 #include "fp16.h"
 #include "gguf.h"
+#include "dot_f16.h"
 #include "quant_act_isa.h"
 #include "quant_k.h"
 #include "simd.h"
@@ -37,6 +38,8 @@ sp_act_type sp_act_type_for(uint32_t type)
     case SP_TYPE_Q5_K:
     case SP_TYPE_Q6_K:
         return SP_ACT_Q8_K;
+    case SP_TYPE_F16:
+        return SP_ACT_F16;
     default:
         return SP_ACT_NONE;
     }
@@ -48,6 +51,7 @@ size_t sp_act_row_bytes(sp_act_type t, int64_t n)
     return t == SP_ACT_Q8_0   ? nb * sizeof(sp_block_q8_0)
            : t == SP_ACT_Q8_1 ? nb * sizeof(sp_block_q8_1)
            : t == SP_ACT_Q8_K ? (size_t)(n / SP_QK_K) * sizeof(sp_block_q8_k)
+           : t == SP_ACT_F16  ? (size_t)n * sizeof(uint16_t)
                               : 0;
 }
 
@@ -143,14 +147,16 @@ void sp_quant_row(sp_act_type t, const float *x, void *y, int64_t n)
         sp_quant_row_q8_1(x, y, n);
     else if (t == SP_ACT_Q8_K)
         sp_quant_row_q8_k(x, y, n);
+    else if (t == SP_ACT_F16)
+        sp_quant_row_f16(x, y, n);
     else
         sp_quant_row_q8_0(x, y, n);
 }
 
 size_t sp_act_tile_bytes(sp_act_type t, int64_t n)
 {
-    if (t == SP_ACT_Q8_K)
-        return SP_ACT_TILE * sp_act_row_bytes(t, n);
+    if (t == SP_ACT_Q8_K || t == SP_ACT_F16)
+        return (SP_ACT_TILE * sp_act_row_bytes(t, n) + 3) & ~(size_t)3;
     size_t nb = (size_t)(n / SP_QK8), ab = t == SP_ACT_Q8_1 ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);
     size_t q = nb * SP_ACT_TILE * ab, sc = nb * SP_ACT_TILE * (t == SP_ACT_Q8_1 ? 2 : 1) * sizeof(float);
     return ((q + 31) & ~(size_t)31) + sc;
@@ -158,8 +164,8 @@ size_t sp_act_tile_bytes(sp_act_type t, int64_t n)
 
 void sp_quant_row_tiled(sp_act_type t, const float *x, int64_t n, void *tile, int lane)
 {
-    if (t == SP_ACT_Q8_K) {
-        sp_quant_row_q8_k(x, (sp_block_q8_k *)tile + (size_t)lane * (size_t)(n / SP_QK_K), n);
+    if (t == SP_ACT_Q8_K || t == SP_ACT_F16) {
+        sp_quant_row(t, x, (uint8_t *)tile + (size_t)lane * sp_act_row_bytes(t, n), n);
         return;
     }
     const int64_t nb = n / SP_QK8;
@@ -233,6 +239,9 @@ void sp_dot_rows(uint32_t type, const void *w, int64_t nb, const void *tiles, in
     case SP_TYPE_Q5_K:
     case SP_TYPE_Q6_K:
         sp_dot_rows_k(type, w, nb, tiles, nt, out, out_stride);
+        break;
+    case SP_TYPE_F16:
+        sp_dot_rows_f16(w, nb, tiles, nt, out, out_stride);
         break;
     default:
         rows_q8_0(w, nb, tiles, nt, out, out_stride);

@@ -4,7 +4,7 @@
  * ggml never multiplies a quantized weight by fp32 activations: each activation row is first
  * quantized to the weight type's "vec_dot_type" (Q8_1 for Q4_1/Q5_1, Q8_0 for Q4_0/Q5_0/Q8_0, Q8_K for
  * the K-quants Q4_K/Q5_K/Q6_K, see quant_k.h) and the products are integer sums per block, scaled by
- * the block scales. The functions here repeat
+ * the block scales. F16 weights take fp16 activations (dot_f16.h). The functions here repeat
  * that arithmetic bit for bit as ggml's x86 kernels do it (AVX2 maddubs/madd and AVX-512 VNNI dpbusd
  * give the same lane sums; the fixtures' oracle ran the VNNI build):
  * - quantization: amax per 32-block, d = amax / 127, q = round-half-even(x * (127 / amax)),
@@ -53,7 +53,8 @@ typedef enum sp_act_type {
     SP_ACT_Q8_0 = 1,
     SP_ACT_Q8_1 = 2,
     SP_ACT_Q8_K = 3,
-    SP_ACT_COUNT = 4,
+    SP_ACT_F16 = 4,          /* F16 weights: the activations rounded to fp16 (dot_f16.h) */
+    SP_ACT_COUNT = 5,
 } sp_act_type;
 
 /* The activation format for weights of type `type` (sp_ggml_type), SP_ACT_NONE if unsupported. */
@@ -81,7 +82,7 @@ float sp_dot_q5_1_q8_1(const void *w, const sp_block_q8_1 *a, int64_t nb);
  * blocks interleaved (block b of the tile's row i at byte (b*SP_ACT_TILE + i) * block bytes), then,
  * 32-byte aligned, the per-block scales as floats, transposed: sc[(b*k + j)*SP_ACT_TILE + i] with k = 1
  * (Q8_0: j = 0 is d) or k = 2 (Q8_1: j = 0 is d, j = 1 is s). Q8_K tiles are SP_ACT_TILE plain rows
- * one after the other (the K-quant kernels read each row whole). A tile of n activations per row takes
+ * one after the other (the K-quant kernels read each row whole), and so are F16 tiles (n halves per row). A tile of n activations per row takes
  * sp_act_tile_bytes(t, n) bytes (a multiple of 4). */
 enum { SP_ACT_TILE = 8 };
 size_t sp_act_tile_bytes(sp_act_type t, int64_t n);
@@ -91,7 +92,7 @@ void sp_quant_row_tiled(sp_act_type t, const float *x, int64_t n, void *tile, in
 /* The dot products of one weight row with the first nt rows of consecutive tiles (row t in tile t / 8,
  * lane t % 8), written to out[t * out_stride]; each weight block of the 32-element types is unpacked
  * once per tile. Results identical to the one-row functions. nb counts weight blocks (32 or 256
- * elements). type must have sp_act_type_for(type) != SP_ACT_NONE. */
+ * elements; for F16: elements). type must have sp_act_type_for(type) != SP_ACT_NONE. */
 void sp_dot_rows(uint32_t type, const void *w, int64_t nb, const void *tiles, int nt, float *out, size_t out_stride);
 
 #endif

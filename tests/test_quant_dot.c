@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "dequant.h"
+#include "dot_f16.h"
 #include "fp16.h"
 #include "gguf.h"
 #include "ops.h"
@@ -409,4 +410,92 @@ Test(quant_dot, vnni_kernels_equal_the_baseline)
             }
             free(w); free(x); free(tiles);
         }
+}
+
+/* ggml_vec_dot_f16's order for a vector width of L lanes (8: AVX2, 16: AVX-512), restated: 4
+ * accumulators over steps of 4L, pairwise reduction, lanes summed, the tail in double. */
+static float naive_f16(const uint16_t *w, const uint16_t *a, int n, int L)
+{
+    float s[4][16] = { { 0 } };
+    int np = n & ~(4 * L - 1);
+    for (int i = 0; i < np; i += 4 * L)
+        for (int j = 0; j < 4; j++)
+            for (int l = 0; l < L; l++)
+                s[j][l] = fmaf(sp_fp16_to_f32(w[i + L * j + l]), sp_fp16_to_f32(a[i + L * j + l]), s[j][l]);
+    float r[16];
+    for (int l = 0; l < L; l++)
+        r[l] = (s[0][l] + s[2][l]) + (s[1][l] + s[3][l]);
+    float sum;
+    if (L == 8) {
+        float h[4] = { r[0] + r[4], r[1] + r[5], r[2] + r[6], r[3] + r[7] };
+        sum = (h[0] + h[1]) + (h[2] + h[3]);
+    } else {   /* _mm512_reduce_add_ps: halves, quarters, then (0+2, 1+3), then the two */
+        float e[8], q[4];
+        for (int l = 0; l < 8; l++)
+            e[l] = r[l + 8] + r[l];
+        for (int l = 0; l < 4; l++)
+            q[l] = e[l + 4] + e[l];
+        sum = (q[0] + q[2]) + (q[1] + q[3]);
+    }
+    double d = sum;
+    for (int i = np; i < n; i++)
+        d += (double)(sp_fp16_to_f32(w[i]) * sp_fp16_to_f32(a[i]));
+    return (float)d;
+}
+
+Test(quant_dot, f16_follows_ggml_order_and_matmul_uses_it)
+{
+    static const int lens[] = { 8, 72, 100, 896, 1000 };
+    for (int li = 0; li < 5; li++) {
+        int n = lens[li];
+        rng_seed(900 + n);
+        uint16_t *w = malloc(2 * (size_t)n), *a = malloc(2 * (size_t)n);
+        float *x = malloc(sizeof(float) * (size_t)n);
+        for (int i = 0; i < n; i++) {
+            w[i] = sp_f32_to_fp16(rng_f());
+            x[i] = 3.0f * rng_f();
+        }
+        sp_quant_row(SP_ACT_F16, x, a, n);
+        double ref = 0, mag = 0;
+        for (int i = 0; i < n; i++) {
+            cr_assert(a[i] == sp_f32_to_fp16(x[i]), "activation %d rounds to nearest fp16", i);
+            ref += (double)sp_fp16_to_f32(w[i]) * sp_fp16_to_f32(a[i]);
+            mag += fabs((double)sp_fp16_to_f32(w[i]) * sp_fp16_to_f32(a[i]));
+        }
+        float g8 = sp_dot_f16_width(w, a, n, 8);
+        cr_assert(g8 == naive_f16(w, a, n, 8), "n=%d: 8 lanes %.9g vs ggml order %.9g", n, g8, naive_f16(w, a, n, 8));
+        cr_assert(fabs(g8 - ref) <= 1e-6 * mag + 1e-7, "n=%d: %.9g vs %.9g", n, g8, ref);
+        if (__builtin_cpu_supports("avx512f")) {
+            float g16 = sp_dot_f16_width(w, a, n, 16);
+            cr_assert(g16 == naive_f16(w, a, n, 16), "n=%d: 16 lanes %.9g vs ggml order %.9g", n, g16,
+                      naive_f16(w, a, n, 16));
+        }
+        free(w); free(a); free(x);
+    }
+    /* matmul under GGML numerics: F16 rows . fp16-rounded activations, as sp_dot_rows computes them */
+    enum { ROWS = 23, COLS = 200, N = 13 };
+    rng_seed(4242);
+    size_t rb;
+    uint8_t *data = make_weights(SP_TYPE_F16, ROWS, COLS, &rb);
+    for (size_t i = 0; i < rb * ROWS; i += 2) {
+        uint16_t h = sp_f32_to_fp16(rng_f());
+        memcpy(data + i, &h, 2);
+    }
+    float *x = malloc(sizeof(float) * N * COLS), *y = malloc(sizeof(float) * N * ROWS);
+    make_input(x, N * COLS);
+    sp_wmat w = { .type = SP_TYPE_F16, .rows = ROWS, .cols = COLS, .row_bytes = rb, .data = data };
+    sp_cpu *cpu = sp_cpu_new(2, sp_op_matmul_scratch(COLS), 0);
+    cpu->numerics = SP_NUMERICS_GGML;
+    cr_assert_eq(sp_op_matmul(cpu, &w, x, N, COLS, y, ROWS), 0, "%s", sp_last_error());
+    uint16_t a[COLS];
+    for (int t = 0; t < N; t++) {
+        sp_quant_row(SP_ACT_F16, x + t * COLS, a, COLS);
+        for (int r = 0; r < ROWS; r++) {
+            float want;
+            sp_dot_rows(SP_TYPE_F16, data + r * rb, COLS, a, 1, &want, 1);
+            cr_assert(y[t * ROWS + r] == want, "F16 matmul y[%d][%d] %.9g vs %.9g", t, r, y[t * ROWS + r], want);
+        }
+    }
+    sp_cpu_free(cpu);
+    free(data); free(x); free(y);
 }
