@@ -4,6 +4,7 @@
  * 8-lane order. */
 #include "dot_f16.h"
 
+#include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -110,12 +111,22 @@ static bool use16(void)
 #endif
 }
 
+int sp_dot_f16_widest(void)
+{
+#ifdef SP_HAVE_DOT16
+    return __builtin_cpu_supports("avx512f") ? 16 : 8;
+#else
+    return 8;
+#endif
+}
+
 float sp_dot_f16_width(const uint16_t *w, const uint16_t *a, int64_t n, int width)
 {
 #ifdef SP_HAVE_DOT16
     if (width == 16)
         return dot16(w, a, n);
 #endif
+    (void)width;
     return dot8(w, a, n);
 }
 

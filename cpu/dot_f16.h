@@ -17,7 +17,9 @@ void sp_quant_row_f16(const float *x, uint16_t *y, int64_t n);
  * results to out[t * out_stride]. */
 void sp_dot_rows_f16(const void *w, int64_t n, const void *act, int nt, float *out, size_t out_stride);
 
-/* The same on a given vector width (8 or 16; 16 needs AVX-512F), for tests. */
+/* 16 if this build has the 16-lane kernel and the CPU AVX-512F, else 8. */
+int sp_dot_f16_widest(void);
+/* The same on a given vector width (8, or 16 when sp_dot_f16_widest() is 16), for tests. */
 float sp_dot_f16_width(const uint16_t *w, const uint16_t *a, int64_t n, int width);
 
 #endif
