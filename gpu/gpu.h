@@ -176,7 +176,7 @@ int sp_gpu_gemv(void *stream, sp_gpu_gemv_desc d);
 
 /* ---- attention -------------------------------------------------------------------------------- */
 
-/* Causal GQA attention over an fp16 KV cache, the contract of sp_attn_args (cpu/ops.h): n_q queries
+/* Causal GQA attention over an fp16 KV cache, the contract of sp_attn_desc (cpu/ops.h): n_q queries
  * at positions q_pos0.., keys 0 .. q_pos0+n_q-1, query head h reads KV head h / (n_head/n_kv_head).
  * n_q > 1 or n_window > 0: tiled prefill kernel with an online softmax (no n_q x n_keys matrix);
  * window scores win[h*win_ld + j] = sum over the last n_window queries of the fp32 softmax
