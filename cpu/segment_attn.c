@@ -194,14 +194,14 @@ int sp_segattn_decode(const sp_kv_segment *seg, const sp_kv_tail *tail, int kv_h
                                     "(%lld)", p, (long long)rope_n_pos);
         size_t r = (size_t)kv_head * tc + (size_t)j;
         float m = 1.0f;
-        if (tail->coded) {
+        if (!sp_kv_tail_is_raw(tail, j)) {
             uint32_t ik = tail->k_idx[r];
             load_f16(buf, ik < hv->n_ent_k ? hv->k_cb + (size_t)ik * d
                                            : tail->k_ent + ((size_t)kv_head * tc + ik -
                                                             (size_t)hv->n_ent_k) * d, d);
             m = sp_fp16_to_f32(tail->k_mag[r]);
         } else {
-            load_f16(buf, tail->raw_k + r * d, d);
+            load_f16(buf, tail->raw_k + sp_kv_tail_raw_row(tail, kv_head, j) * d, d);
         }
         rotate(kr, buf, rope_table + (size_t)p * half * 2, d, mode);
         for (int g = 0; g < G; g++)
@@ -232,13 +232,13 @@ int sp_segattn_decode(const sp_kv_segment *seg, const sp_kv_tail *tail, int kv_h
     }
     for (int64_t j = 0; j < nt; j++) {
         size_t r = (size_t)kv_head * tc + (size_t)j;
-        if (tail->coded) {
+        if (!sp_kv_tail_is_raw(tail, j)) {
             uint32_t e = tail->v_idx[r];
             float m = sp_fp16_to_f32(tail->v_mag[r]);
             for (int g = 0; g < G; g++)
                 wv[(size_t)g * ent + e] += s[(size_t)g * N + nk + nw + j] * m;
         } else {
-            load_f16(buf, tail->raw_v + r * d, d);
+            load_f16(buf, tail->raw_v + sp_kv_tail_raw_row(tail, kv_head, j) * d, d);
             for (int g = 0; g < G; g++)
                 axpy(out + (size_t)g * d, s[(size_t)g * N + nk + nw + j], buf, d);
         }

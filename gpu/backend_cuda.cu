@@ -220,11 +220,8 @@ int cu_matmul(sp_backend_t *be, const sp_matmul_desc *d)
     }
     if (d->swiglu) {
         for (int t = 0; t < d->n; t++) {
-            sp_gpu_swiglu_desc w = {};
-            w.n = d->w[0]->rows;
-            w.gate = d->y[0] + (size_t)t * (size_t)d->ldy[0];
-            w.up = d->y[1] + (size_t)t * (size_t)d->ldy[1];
-            w.out = d->y[0] + (size_t)t * (size_t)d->ldy[0];
+            float *gate = d->y[0] + (size_t)t * (size_t)d->ldy[0];
+            sp_swiglu_desc w = {d->w[0]->rows, gate, d->y[1] + (size_t)t * (size_t)d->ldy[1], gate};
             int rc = sp_gpu_swiglu(s, w);
             if (rc < 0)
                 return rc;
@@ -235,8 +232,7 @@ int cu_matmul(sp_backend_t *be, const sp_matmul_desc *d)
 
 int cu_rmsnorm(sp_backend_t *be, const sp_rmsnorm_desc *d)
 {
-    sp_gpu_rmsnorm_desc g = {d->n_rows, d->n, d->x, d->ldx, d->y, d->ldy, d->w, d->eps};
-    return sp_gpu_rmsnorm(stream_of(be, SP_STREAM_COMPUTE), g);
+    return sp_gpu_rmsnorm(stream_of(be, SP_STREAM_COMPUTE), *d);
 }
 
 int cu_rope(sp_backend_t *be, const sp_rope_desc *d)
@@ -255,8 +251,7 @@ int cu_rope(sp_backend_t *be, const sp_rope_desc *d)
 
 int cu_swiglu(sp_backend_t *be, const sp_swiglu_desc *d)
 {
-    sp_gpu_swiglu_desc g = {d->n, d->gate, d->up, d->out};
-    return sp_gpu_swiglu(stream_of(be, SP_STREAM_COMPUTE), g);
+    return sp_gpu_swiglu(stream_of(be, SP_STREAM_COMPUTE), *d);
 }
 
 int cu_attention(sp_backend_t *be, const sp_attn_desc *d)
@@ -289,15 +284,12 @@ int cu_attention(sp_backend_t *be, const sp_attn_desc *d)
 
 int cu_scores_prepare(sp_backend_t *be, const sp_scores_prepare_desc *d)
 {
-    sp_gpu_kv_prepare_desc g = {d->raw, d->n_heads, d->l, d->window, d->kernel, d->pool_type,
-                                d->divide_by_l_minus_a, d->out};
-    return sp_gpu_kv_scores_prepare(stream_of(be, SP_STREAM_COMPUTE), g);
+    return sp_gpu_kv_scores_prepare(stream_of(be, SP_STREAM_COMPUTE), *d);
 }
 
 int cu_topk(sp_backend_t *be, const sp_topk_desc *d)
 {
-    sp_gpu_kv_topk_desc g = {d->s, d->n_rows, d->n, d->ld, d->k, d->idx, d->idx_ld};
-    return sp_gpu_kv_topk(stream_of(be, SP_STREAM_COMPUTE), g);
+    return sp_gpu_kv_topk(stream_of(be, SP_STREAM_COMPUTE), *d);
 }
 
 int cu_codebook_build(sp_backend_t *be, const sp_codebook_build_desc *d)
@@ -316,10 +308,7 @@ int cu_codebook_build(sp_backend_t *be, const sp_codebook_build_desc *d)
 
 int cu_codebook_code(sp_backend_t *be, const sp_codebook_code_desc *d)
 {
-    sp_gpu_codebook_code_desc g = {d->x, d->n_vec, d->d, d->ldx, d->seg_cb, d->seg_off, d->seg_n,
-                                   d->tail_ent, d->tail_stride, d->tail_n, d->tail_cap, d->theta,
-                                   d->idx, d->mag, d->out_stride};
-    return sp_gpu_codebook_code(stream_of(be, SP_STREAM_COMPUTE), g);
+    return sp_gpu_codebook_code(stream_of(be, SP_STREAM_COMPUTE), *d);
 }
 
 int cu_segattn(sp_backend_t *be, const sp_segattn_desc *d)
@@ -342,14 +331,12 @@ int cu_segattn(sp_backend_t *be, const sp_segattn_desc *d)
 
 int cu_argmax(sp_backend_t *be, const sp_argmax_desc *d)
 {
-    sp_gpu_argmax_desc g = {d->logits, d->n_rows, d->n, d->ld, d->out};
-    return sp_gpu_argmax(stream_of(be, SP_STREAM_COMPUTE), g);
+    return sp_gpu_argmax(stream_of(be, SP_STREAM_COMPUTE), *d);
 }
 
 int cu_sample(sp_backend_t *be, const sp_sample_desc *d)
 {
-    sp_gpu_sample_desc g = {d->logits, d->n, d->temperature, d->top_k, d->top_p, d->u01, d->out};
-    return sp_gpu_sample(stream_of(be, SP_STREAM_COMPUTE), g);
+    return sp_gpu_sample(stream_of(be, SP_STREAM_COMPUTE), *d);
 }
 
 sp_backend_iface make_iface()

@@ -295,6 +295,9 @@ extern "C" int sp_gpu_segattn_decode(void *stream, sp_gpu_segattn_desc d)
     sa_args A;
     memset(&A, 0, sizeof A);
     A.seg = (const uint8_t *)d.seg_dev;
+    if (t && t->coded && t->raw_window > 0)
+        return sp_error(ENOTSUP, "gpu segment attention: a coded tail with a raw window (decode_window = %lld) "
+                        "is CPU-only so far", (long long)t->raw_window);
     if (t) {
         A.t.present = true;
         A.t.coded = t->coded;

@@ -154,13 +154,22 @@ Test(backend, matmul_accumulate_adds_bias_and_product)
     sp_backend_free(be);
 }
 
-Test(backend, events_on_the_copy_stream_complete_in_order)
+/* A CPU backend whose copy stream sleeps delay_us per copy, one buffer of n bytes and one event. */
+static sp_backend_t *delayed(unsigned delay_us, size_t n, sp_buffer_t **b, sp_event_t **e)
 {
     sp_backend_t *be = cpu_backend();
-    sp_backend_cpu_set_copy_delay_us(be, SP_STREAM_COPY, 100000);
-    sp_buffer_t *b = sp_backend_buffer_alloc(be, SP_MEM_DEVICE, 64, NULL);
-    sp_event_t *e = sp_backend_event_new(be);
-    cr_assert(b && e);
+    sp_backend_cpu_set_copy_delay_us(be, SP_STREAM_COPY, delay_us);
+    *b = sp_backend_buffer_alloc(be, SP_MEM_DEVICE, n, NULL);
+    *e = sp_backend_event_new(be);
+    cr_assert(*b && *e, "%s", sp_last_error());
+    return be;
+}
+
+Test(backend, events_on_the_copy_stream_complete_in_order)
+{
+    sp_buffer_t *b;
+    sp_event_t *e;
+    sp_backend_t *be = delayed(100000, 64, &b, &e);
     cr_assert(sp_backend_event_done(be, e), "a never-recorded event is complete");
     static const char src[64] = "new bytes";
     cr_assert_eq(sp_backend_copy_h2d(be, SP_STREAM_COPY, b, 0, src, 64), 0);
@@ -182,10 +191,9 @@ Test(backend, events_on_the_copy_stream_complete_in_order)
 /* The consumer side: after the copy, the compute stream waits on the slot's ready event. */
 Test(backend, a_reader_that_waits_for_ready_sees_the_copy)
 {
-    sp_backend_t *be = cpu_backend();
-    sp_backend_cpu_set_copy_delay_us(be, SP_STREAM_COPY, 50000);
-    sp_buffer_t *slot = sp_backend_buffer_alloc(be, SP_MEM_DEVICE, 16, NULL);
-    sp_event_t *ready = sp_backend_event_new(be);
+    sp_buffer_t *slot;
+    sp_event_t *ready;
+    sp_backend_t *be = delayed(50000, 16, &slot, &ready);
     cr_assert_eq(sp_backend_buffer_memset(slot, 0, 'o', 16), 0);
     static const char fresh[16] = "fffffffffffffff";
     cr_assert_eq(sp_backend_copy_h2d(be, SP_STREAM_COPY, slot, 0, fresh, 16), 0);

@@ -185,11 +185,15 @@ Test(model_kv, spindle_ratio1_theta_above1_equals_full_within_fp16)
 
 Test(model_kv, every_policy_runs_and_decode_never_allocates)
 {
+    /* target=tokens: the kept-token bounds below are about the token share (with target=bytes a
+     * well-merging codebook layer may keep every token; test_kv_target checks the bytes). */
     static const char *cases[] = {
-        "policy=streaming ratio=0.3", "policy=h2o ratio=0.3", "policy=snapkv ratio=0.3",
-        "policy=pyramidkv ratio=0.3", "policy=pyramidinfer ratio=0.3", "policy=spindle ratio=0.3",
-        "policy=spindle ratio=0.3 gqa_mode=kv_head", "policy=zigzag ratio=0.3",
-        "policy=spindle ratio=0.3 allocator=zigzag", "policy=spindle ratio=0.3 codebook=false",
+        "policy=streaming ratio=0.3 target=tokens", "policy=h2o ratio=0.3 target=tokens",
+        "policy=snapkv ratio=0.3 target=tokens", "policy=pyramidkv ratio=0.3 target=tokens",
+        "policy=pyramidinfer ratio=0.3 target=tokens", "policy=spindle ratio=0.3 target=tokens",
+        "policy=spindle ratio=0.3 gqa_mode=kv_head target=tokens", "policy=zigzag ratio=0.3 target=tokens",
+        "policy=spindle ratio=0.3 allocator=zigzag target=tokens",
+        "policy=spindle ratio=0.3 codebook=false target=tokens",
     };
     int V = sp_model_hparams(g_model)->n_vocab;
     float *a = new_logits();

@@ -282,3 +282,90 @@ Test(segment_attn, full_fp16_baseline_and_bad_table)
     sp_kv_segment_free(&seg);
     sp_kv_selection_free(&sel);
 }
+
+/* decode_window: the last W tail tokens are held raw (exactly their fp16 values), older ones are
+ * coded as they leave the window - identical to a tail without window fed the fp16 copies; the
+ * fused attention equals the explicit reconstruction; the bytes count raw tokens at 4·d each;
+ * folding such a tail is refused. */
+Test(segment_attn, tail_raw_window)
+{
+    enum { HQ = 6, HK = 2, L = 300, D = 32, WIN = 16, CAP = 12, RW = 4, NT = 10 };
+    int G = HQ / HK, npos = L + CAP;
+    float *k = malloc(sizeof(float) * HK * L * D), *v = malloc(sizeof(float) * HK * L * D);
+    make_kv(k, v, HK, L, D);
+    float *sc = malloc(sizeof(float) * HQ * (L - WIN));
+    for (int i = 0; i < HQ * (L - WIN); i++)
+        sc[i] = (float)urand();
+    sp_kv_selection sel;
+    cr_assert_eq(sp_kv_selection_init(&sel, HQ, HK, L, WIN), 0);
+    cr_assert_eq(sp_kv_select_scores(&sel, sc, 60, SP_GQA_QUERY_HEAD), 0);
+    sp_kv_segment seg;
+    cr_assert_eq(sp_kv_segment_build(&seg, 0, k, v, D, &sel, true, 0.95f, 0.9f, NULL), 0);
+    sp_kv_tail tw, tr;   /* with window; reference without window, fed fp16-rounded copies */
+    cr_assert_eq(sp_kv_tail_init_window(&tw, &seg, CAP, 0.95f, 0.9f, RW), 0);
+    cr_assert_eq(sp_kv_tail_init(&tr, &seg, CAP, 0.95f, 0.9f), 0);
+    float in_k[NT][HK * D], in_v[NT][HK * D];
+    for (int j = 0; j < NT; j++) {
+        float rk[HK * D], rv[HK * D];
+        for (int i = 0; i < HK * D; i++) {
+            in_k[j][i] = j % 2 ? k[i + j * D] : (float)(urand() * 4 - 2);
+            in_v[j][i] = j % 2 ? v[i + j * D] : (float)(urand() * 2 - 1);
+            rk[i] = sp_fp16_to_f32(sp_f32_to_fp16(in_k[j][i]));
+            rv[i] = sp_fp16_to_f32(sp_f32_to_fp16(in_v[j][i]));
+        }
+        cr_assert_eq(sp_kv_tail_append(&tw, &seg, in_k[j], in_v[j], L + j), 0);
+        cr_assert_eq(sp_kv_tail_append(&tr, &seg, rk, rv, L + j), 0);
+    }
+    int64_t n = sp_kv_segment_tokens(&seg, &tw, 0);
+    float *kw = malloc(sizeof(float) * n * D), *vw = malloc(sizeof(float) * n * D);
+    float *kr = malloc(sizeof(float) * n * D), *vr = malloc(sizeof(float) * n * D);
+    float *table = malloc(sizeof(float) * npos * D);
+    sp_rope_table_fill(table, npos, D, 10000.0);
+    for (int h = 0; h < HK; h++) {
+        int64_t nw = sp_kv_segment_reconstruct(&seg, &tw, h, kw, vw, NULL, NULL);
+        int64_t nr = sp_kv_segment_reconstruct(&seg, &tr, h, kr, vr, NULL, NULL);
+        cr_assert_eq(nw, nr);
+        int64_t t0 = nw - NT;
+        for (int j = 0; j < NT; j++)
+            for (int i = 0; i < D; i++) {
+                float ek = sp_fp16_to_f32(sp_f32_to_fp16(in_k[j][h * D + i]));
+                float ev = sp_fp16_to_f32(sp_f32_to_fp16(in_v[j][h * D + i]));
+                size_t o = (size_t)(t0 + j) * D + i;
+                if (j >= NT - RW) {   /* raw: the fp16 value itself */
+                    cr_assert_eq(kw[o], ek, "head %d tail %d: raw K %g != %g", h, j, kw[o], ek);
+                    cr_assert_eq(vw[o], ev);
+                } else {              /* coded: exactly what coding at append gives */
+                    cr_assert_eq(kw[o], kr[o], "head %d tail %d: coded K %g != %g", h, j, kw[o], kr[o]);
+                    cr_assert_eq(vw[o], vr[o]);
+                }
+            }
+        cr_assert_eq(tw.n_new_k[h] <= tr.n_new_k[h], true, "the window codes no more tokens than append");
+        float q[HQ * D], a[HQ * D], b[HQ * D];
+        for (int i = 0; i < G * D; i++)
+            q[i] = (float)(urand() * 2 - 1);
+        float *work = malloc(sizeof(float) * sp_segattn_work_floats(&seg, &tw, h));
+        cr_assert_eq(sp_segattn_decode(&seg, &tw, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(D), a, work), 0,
+                     "%s", sp_last_error());
+        cr_assert_eq(sp_segattn_reference(&seg, &tw, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(D), b), 0);
+        double md = max_diff(a, b, G * D);
+        cr_assert_lt(md, 2e-6, "head %d: fused vs explicit differ by %g", h, md);
+        free(work);
+    }
+    sp_kv_seg_stats sw, sr;
+    sp_kv_segment_stats(&seg, &tw, &sw);
+    sp_kv_segment_stats(&seg, &tr, &sr);
+    int64_t dent = 0;
+    for (int h = 0; h < HK; h++)
+        dent += tw.n_new_k[h] + tw.n_new_v[h] - tr.n_new_k[h] - tr.n_new_v[h];
+    /* per KV head, a raw token costs 4·D bytes instead of 12 (two uint32 indices, two fp16 mags) */
+    cr_assert_eq((int64_t)sw.bytes_content - (int64_t)sr.bytes_content,
+                 (int64_t)HK * RW * (4 * D - 12) + dent * D * 2);
+    sp_kv_segment fold;
+    cr_assert_eq(sp_kv_segment_fold_tail(&fold, &seg, &tw), -ENOTSUP);
+    free(kw); free(vw); free(kr); free(vr); free(table);
+    sp_kv_tail_free(&tw);
+    sp_kv_tail_free(&tr);
+    sp_kv_segment_free(&seg);
+    sp_kv_selection_free(&sel);
+    free(k); free(v); free(sc);
+}

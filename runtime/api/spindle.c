@@ -48,6 +48,26 @@ static sp_backend_kind resolve_backend(const sp_config *cfg, int *rc)
     return SP_BACKEND_CPU;
 }
 
+/* Config (file, then overrides), backend, model and tokenizer of a zeroed session. */
+static int session_init(spindle_session *s, const spindle_params *p)
+{
+    int rc = 0;
+    s->p = *p;
+    sp_config_defaults(&s->cfg);
+    if (p->config_path && (rc = sp_config_load_file(&s->cfg, p->config_path)) < 0)
+        return rc;
+    for (int i = 0; i < p->n_overrides && rc == 0; i++)
+        rc = sp_config_set(&s->cfg, p->overrides[i], "spindle_params.overrides");
+    if (rc == 0)
+        s->backend = resolve_backend(&s->cfg, &rc);
+    const char *path = p->model_path ? p->model_path : s->cfg.model.path;
+    if (rc == 0 && !path[0])
+        rc = sp_error(EINVAL, "spindle_open: no model: set spindle_params.model_path or [model] path");
+    if (rc == 0 && (!(s->model = sp_model_load(path)) || !(s->tok = sp_tokenizer_from_gguf(sp_model_gguf(s->model)))))
+        rc = -EINVAL; /* the loader's message stands */
+    return rc;
+}
+
 spindle_session *spindle_open(const spindle_params *p)
 {
     if (!p || p->version != SPINDLE_API_VERSION) {
@@ -56,32 +76,13 @@ spindle_session *spindle_open(const spindle_params *p)
         return NULL;
     }
     spindle_session *s = calloc(1, sizeof *s);
-    if (!s) {
+    if (!s)
         sp_error(ENOMEM, "spindle_open: out of memory");
-        return NULL;
+    else if (session_init(s, p) < 0) {
+        spindle_close(s);
+        s = NULL;
     }
-    s->p = *p;
-    sp_config_defaults(&s->cfg);
-    int rc = 0;
-    if (p->config_path && sp_config_load_file(&s->cfg, p->config_path) < 0)
-        goto fail;
-    for (int i = 0; i < p->n_overrides; i++)
-        if (sp_config_set(&s->cfg, p->overrides[i], "spindle_params.overrides") < 0)
-            goto fail;
-    s->backend = resolve_backend(&s->cfg, &rc);
-    if (rc < 0)
-        goto fail;
-    const char *path = p->model_path ? p->model_path : s->cfg.model.path;
-    if (!path[0]) {
-        sp_error(EINVAL, "spindle_open: no model: set spindle_params.model_path or [model] path");
-        goto fail;
-    }
-    if (!(s->model = sp_model_load(path)) || !(s->tok = sp_tokenizer_from_gguf(sp_model_gguf(s->model))))
-        goto fail;
     return s;
-fail:
-    spindle_close(s);
-    return NULL;
 }
 
 void spindle_close(spindle_session *s)

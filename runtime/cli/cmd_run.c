@@ -2,6 +2,7 @@
  * then decode token by token, streaming the text to stdout and a summary to stderr. */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -83,6 +84,24 @@ static long peak_rss_kib(void)
     return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
 }
 
+/* "ratio requested ... achieved ..." for the summary and --stats: with target bytes the requested
+ * ratio is a true byte ratio, achieved is the measurement at the end of the prompt (and now, with
+ * decode tokens, ks->true_ratio); with target tokens it is the token share. */
+static void print_ratio_line(FILE *f, const sp_kv_stats *ks)
+{
+    if (!ks->compressed)
+        return;
+    if (ks->target == SP_TARGET_BYTES && isfinite(ks->prompt_ratio))
+        fprintf(f, "ratio      requested %.3f true bytes, achieved %.4f at the end of the prompt (token share "
+                "%.4f, %d compressions), %.4f now\n", ks->ratio_requested, ks->prompt_ratio, ks->knob,
+                ks->target_probes, ks->true_ratio);
+    else
+        fprintf(f, "ratio      requested %.3f as %s, achieved %.4f true bytes now\n", ks->ratio_requested,
+                ks->target == SP_TARGET_BYTES ? "true bytes (no search: budget_tokens, or a short prompt)"
+                                              : "token share (target = tokens)",
+                ks->true_ratio);
+}
+
 /* The per-layer table of `--stats` (stdout is the generated text, so this goes to stderr). */
 static void print_kv_stats(const sp_kv_stats *ks, const sp_kv_opts *o, const sp_hparams *hp)
 {
@@ -114,6 +133,11 @@ static void print_kv_stats(const sp_kv_stats *ks, const sp_kv_opts *o, const sp_
             "paper's eq. 15, r1*r2*r3, read as stored d-vectors / fp16 GQA d-vectors (indices, magnitudes and "
             "positions not counted)\n",
             hp->n_head, hp->n_kv_head);
+    if (ks->compressed)
+        fprintf(f, "paper r    %.4f over the fp16 GQA cache (r1*r2*r3, r3 = %d/%d); %.4f over the per-query-head "
+                "cache of %d heads (r1*r2, the other reading of eq. 15's denominator)\n",
+                ks->paper_r, hp->n_head, hp->n_kv_head, ks->paper_r_mha, hp->n_head);
+    print_ratio_line(f, ks);
 }
 
 static int parse_args(int argc, char **argv, sp_cli_common *c, run_opts *o)
@@ -391,6 +415,7 @@ int sp_cmd_run(int argc, char **argv)
             ks.compressed ? sp_kv_policy_name(kvo.policy) : "fp16 (uncompressed)", ks.bytes / 1048576.0,
             sp_ctx_n_past(ctx), kv_tok * sp_ctx_n_past(ctx) / 1048576.0, ks.true_ratio, st.kv_bytes / 1048576.0,
             sp_ctx_n_ctx(ctx), peak_rss_kib() / 1024.0);
+    print_ratio_line(stderr, &ks);
     if (ks.compressed)
         fprintf(stderr, "compression %.3f s (%.1f%% of prefill): scores prepare + top-k + codebook + segments\n",
                 ks.compress_s + ks.scores_s,

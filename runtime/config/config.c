@@ -50,6 +50,7 @@ static const char *const allocator_names[] = {"uniform", "pyramidkv", "spindle-l
                                               NULL};
 static const char *const pool_names[] = {"max", "avg", NULL};
 static const char *const gqa_names[] = {"query_head", "kv_head", NULL};
+static const char *const target_names[] = {"bytes", "tokens", NULL};
 static const char *const order_names[] = {"shallow-first", "deep-first", NULL};
 static const char *const direct_names[] = {"auto", "on", "off", NULL};
 static const char *const numerics_names[] = {"ggml", "exact", NULL};
@@ -79,7 +80,12 @@ static const key_def keys[] = {
     {"compression", "allocator", KT_ENUM, OFF(compression.allocator), 0, .enums = allocator_names,
      .def = "spindle-linear", .help = "per-layer budget allocator"},
     {"compression", "ratio", KT_FLOAT, OFF(compression.ratio), 0, .fmin = 0, .fmax = 1,
-     .fmin_excl = true, .def = "0.2", .help = "kept share of the context (paper r), in (0,1]"},
+     .fmin_excl = true, .def = "0.2",
+     .help = "compression ratio in (0,1]; its meaning is set by target"},
+    {"compression", "target", KT_ENUM, OFF(compression.target), 0, .enums = target_names,
+     .def = "bytes",
+     .help = "bytes: ratio = true byte ratio at the end of the prompt (+-0.01); tokens: kept "
+             "token share per query head (the papers' r)"},
     {"compression", "budget_tokens", KT_INT, OFF(compression.budget_tokens), 0, .imin = 0,
      .imax = 1 << 24, .def = "0", .help = "tokens kept per layer; 0 = derive from ratio"},
     {"compression", "window", KT_INT, OFF(compression.window), 0, .imin = 1, .imax = 8192,
@@ -106,6 +112,10 @@ static const key_def keys[] = {
      .help = "layers that use the codebook: all, none, or a list like 0-3,7,20-"},
     {"compression", "codebook", KT_BOOL, OFF(compression.codebook), 0, .def = "true",
      .help = "codebook replacement stage on/off"},
+    {"compression", "decode_window", KT_INT, OFF(compression.decode_window), 0, .imin = 0,
+     .imax = 1 << 20, .def = "0",
+     .help = "coded layers: the last N decode tokens stay raw, older ones are coded as they leave "
+             "(0 = coded at once, as the paper; other layers and policies keep decode tokens raw)"},
     {"compression", "sinks", KT_INT, OFF(compression.sinks), 0, .imin = 0, .imax = 1024,
      .def = "4", .help = "attention-sink tokens kept by streaming and pyramidinfer"},
     {"compression", "pyramidkv_beta", KT_INT, OFF(compression.pyramidkv_beta), 0, .imin = 1,

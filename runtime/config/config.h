@@ -42,6 +42,8 @@ typedef enum {
 } sp_allocator_kind;
 typedef enum { SP_POOL_MAX, SP_POOL_AVG } sp_pool_type;
 typedef enum { SP_GQA_QUERY_HEAD, SP_GQA_KV_HEAD } sp_gqa_mode;
+/* What [compression] ratio means: the true byte ratio (default) or the papers' token share. */
+typedef enum { SP_TARGET_BYTES, SP_TARGET_TOKENS } sp_ratio_target;
 typedef enum { SP_SPILL_SHALLOW_FIRST, SP_SPILL_DEEP_FIRST } sp_spill_order;
 typedef enum { SP_DIRECT_IO_AUTO, SP_DIRECT_IO_ON, SP_DIRECT_IO_OFF } sp_direct_io;
 
@@ -54,7 +56,8 @@ typedef struct sp_config {
     struct {
         sp_policy_kind policy;
         sp_allocator_kind allocator;
-        double ratio;                   /* (0,1]: kept share of the context (paper r) */
+        double ratio;                   /* (0,1]: true byte ratio (target bytes) or kept token share */
+        sp_ratio_target target;         /* what ratio means */
         int64_t budget_tokens;          /* tokens per layer; 0 = derive from ratio */
         int64_t window;                 /* l_w, observation window (tokens, always kept) */
         int64_t pool_kernel;            /* odd 1-D pooling kernel over the window scores */
@@ -66,6 +69,7 @@ typedef struct sp_config {
         char evict_layers[SP_CONFIG_MASK_MAX];    /* layer mask, see sp_config_mask_expand */
         char codebook_layers[SP_CONFIG_MASK_MAX]; /* layer mask */
         bool codebook;                  /* codebook stage on/off */
+        int64_t decode_window;          /* coded layers: last N decode tokens raw (0 = coded at once) */
         int64_t sinks;                  /* streaming/pyramidinfer attention sinks */
         int64_t pyramidkv_beta;         /* PyramidKV's beta (min = (B - w) / beta) */
         double zigzag_tau;              /* ZigZagKV attention-mass threshold */

@@ -1,11 +1,13 @@
-/* eval.h - the pieces of `spindle eval` that do not need a model: fidelity metrics, text loading,
- * passkey/needle prompt generation, the knob search and the interpolation to equal true bytes.
+/* eval.h - `spindle eval` as a library: fidelity metrics, text loading, passkey/needle prompt
+ * generation, the knob search and the interpolation to equal true bytes (plain computation), and
+ * the drivers that run them on a model (sp_eval_session: fidelity in eval_fidelity.c, retrieval in
+ * eval_retrieval.c, the shared model steps in eval_session.c).
  *
- * The CLI (runtime/cli/cmd_eval.c) drives the model; everything here is plain computation so the
- * tests link exactly the code the command runs.
+ * The CLI (runtime/cli/cmd_eval.c) parses options and reports (summary, JSON, plots); the tests
+ * link exactly the code the command runs.
  *
- * Thread-safety: every function is pure or writes only to the caller's structs. Ownership is
- * stated per function; the *_free functions accept NULL.
+ * Thread-safety: every function is pure or writes only to the caller's structs; a session is used
+ * by one thread at a time. Ownership is stated per function; the *_free functions accept NULL.
  */
 #ifndef SP_EVAL_H
 #define SP_EVAL_H
@@ -13,6 +15,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "kv_policy.h"
+#include "model.h"
+#include "tokenizer.h"
 
 /* ---- metrics ------------------------------------------------------------------------------ */
 
@@ -140,5 +146,173 @@ int sp_eval_parse_ints(const char *list, int *out, int cap);
 
 /* SplitMix64 step (seeded generators of the eval). */
 uint64_t sp_eval_rng_next(uint64_t *state);
+
+/* ---- drivers: fidelity and retrieval on a model ------------------------------------------- */
+
+#define SP_EVAL_MAXL 8      /* prompt lengths */
+#define SP_EVAL_MAXP 8      /* policies and variants */
+#define SP_EVAL_MAXT 8      /* byte targets */
+#define SP_EVAL_MAXD 16     /* needle depths */
+#define SP_EVAL_MAXPROBE 16 /* measurements per knob search */
+
+/* What to run. The CLI fills it from its options (sp_eval_opts_defaults first). */
+typedef struct sp_eval_opts {
+    bool fid, ret;                   /* run fidelity / retrieval */
+    char texts[4][8];                /* fidelity texts: "pg" (haystack directory) or "kjv" */
+    int n_texts;
+    int lengths[SP_EVAL_MAXL], n_lengths;  /* fidelity prompt lengths, tokens */
+    int tokens;                      /* teacher-forced tokens per point */
+    int short_tokens;                /* the short-continuation metric: the first short_tokens of
+                                        them, scored apart (default 32; clamped to tokens) */
+    sp_numerics numerics;            /* CPU forward-pass rounding ([runtime] numerics) */
+    sp_backend_kind backend;         /* where the forward pass runs (SP_BACKEND_CPU default) */
+    sp_policy_kind pol[SP_EVAL_MAXP];
+    char pol_name[SP_EVAL_MAXP][96];    /* label: the policy name, or "policy:knobs" for a variant */
+    char pol_knobs[SP_EVAL_MAXP][160];  /* extra knobs of a variant ("" for a plain policy),
+                                           checked by the caller with sp_kv_opts_parse */
+    int n_pol;
+    double targets[SP_EVAL_MAXT];    /* fidelity true byte ratios */
+    int n_targets;
+    int ret_lengths[SP_EVAL_MAXL], n_ret_lengths;
+    double depths[SP_EVAL_MAXD];     /* needle depths in [0,1] */
+    int n_depths;
+    int seeds;                       /* passkeys per (length, depth) cell */
+    double ret_targets[SP_EVAL_MAXT];
+    int n_ret_targets;
+    int digits, answer_tokens;
+    double tol;                      /* knob search: |true ratio - target| <= tol */
+    int max_probes;                  /* recompressions per knob search, <= SP_EVAL_MAXPROBE */
+    bool tf_decode;                  /* teacher forcing one decode call per token (else one prefill) */
+    const char *haystack;            /* essays directory (texts "pg" and the retrieval haystack) */
+    uint64_t seed;                   /* base seed of the passkeys */
+} sp_eval_opts;
+
+/* The defaults of `spindle eval` (both parts, texts pg,kjv, lengths 2048,4096,8000, 256 tokens, the
+ * six baselines + spindle, targets 0.1,0.2,0.3,0.5, retrieval 1000..8000 x 5 depths x 2 seeds at
+ * 0.2, tol 0.01, 8 probes; haystack NULL: the caller sets it). Never fails. */
+void sp_eval_opts_defaults(sp_eval_opts *o);
+
+/* The prompt's fixed texts of the retrieval task (reported in the JSON). */
+extern const char sp_eval_ret_intro[], sp_eval_ret_question[], sp_eval_ret_prefix[];
+
+typedef struct sp_eval_fid_point {
+    double target, knob, ratio, paper_r;
+    int side;   /* 0: searched for |ratio - target| <= tol; -1: in [target - tol, target], +1: in
+                   [target, target + tol] (bracket points) */
+    uint64_t bytes, fp16_bytes;
+    double kl, kl_max, top1, ppl, compress_s, tf_s;
+    double kl_short, top1_short;     /* over the first short_tokens teacher-forced tokens */
+    double span_ratio;               /* true byte ratio at the end of the scored span (prompt +
+                                        decoded tokens: what the cache held for the last prediction) */
+    bool hit;   /* knob search within tol */
+} sp_eval_fid_point;
+
+typedef struct sp_eval_fid_pol {
+    sp_policy_kind policy;
+    sp_eval_fid_point pts[2 * SP_EVAL_MAXT];   /* one per target, plus bracket points (a knob found
+                                                  by several searches is measured once and copied) */
+    int n_pts;
+    sp_eval_probe probes[2 * SP_EVAL_MAXT][SP_EVAL_MAXPROBE];
+    int n_probes[2 * SP_EVAL_MAXT];
+    /* interpolated at the targets; NAN = out of range */
+    double ikl[SP_EVAL_MAXT], itop1[SP_EVAL_MAXT], ippl[SP_EVAL_MAXT];
+    double ikl_short[SP_EVAL_MAXT], itop1_short[SP_EVAL_MAXT];
+    /* KL and top-1 interpolated in the span ratio (bytes over prompt + scored tokens) instead */
+    double ikl_span[SP_EVAL_MAXT], itop1_span[SP_EVAL_MAXT];
+} sp_eval_fid_pol;
+
+typedef struct sp_eval_fid_run {
+    char text[8];
+    int n_prompt, n_tokens;
+    double prefill_s, scores_s, ref_s, full_ppl, full_ratio;
+    uint64_t fp16_bytes;
+    sp_eval_fid_pol pol[SP_EVAL_MAXP];
+    int n_pol;
+} sp_eval_fid_run;
+
+typedef struct sp_eval_ret_res {
+    int pi;          /* index into opts.pol, -1 = full */
+    int ti;          /* index into ret_targets, -1 = full */
+    double knob, ratio;
+    bool hit, correct;
+    char answer[64];
+} sp_eval_ret_res;
+
+typedef struct sp_eval_ret_cell {
+    int length, n_prompt, needle_token;
+    double depth;
+    uint64_t seed;
+    char passkey[20];
+    double prefill_s;
+    sp_eval_ret_res r[SP_EVAL_MAXP * SP_EVAL_MAXT + 1];
+    int n_r;
+} sp_eval_ret_cell;
+
+/* Progress line (no newline) and checkpoint hooks: called synchronously by the drivers, NULL =
+ * none. The checkpoint hook runs after each finished fidelity run and retrieval cell, so a caller
+ * can save what was measured so far. */
+typedef void (*sp_eval_log_fn)(void *user, const char *line);
+typedef void (*sp_eval_checkpoint_fn)(void *user);
+
+/* One evaluation: the model's context (keep_prefill_state), tokenizer, buffers and results. The
+ * results (fr, rc) are owned by the session and read by the reporting. */
+typedef struct sp_eval_session {
+    const sp_eval_opts *o;           /* borrowed; must outlive the session */
+    const sp_model_t *m;             /* borrowed */
+    const sp_hparams *hp;
+    sp_tokenizer_t *tok;
+    sp_ctx_t *ctx;
+    sp_kv_opts base;                 /* the configured [compression] knobs (ratio set per probe) */
+    int n_vocab, n_ctx, n_threads;
+    float *logits, *ref, *test;      /* [n_vocab], [tokens][n_vocab] x 2 */
+    double *lp_ref, *lp_test;        /* [n_vocab] */
+    int32_t *tbuf;                   /* tokenizer output */
+    size_t tcap;
+    double t0;                       /* sp_now_s() at open: progress time base */
+    sp_eval_fid_run *fr;             /* [n_texts * n_lengths] */
+    int n_fr;
+    sp_eval_ret_cell *rc;            /* [n_ret_lengths * n_depths * seeds] */
+    int n_rc;
+    double warm[SP_EVAL_MAXP][SP_EVAL_MAXT][SP_EVAL_MAXL];  /* retrieval knob warm starts */
+    sp_eval_log_fn log;
+    sp_eval_checkpoint_fn checkpoint;
+    void *user;                      /* passed to log and checkpoint */
+} sp_eval_session;
+
+/* Context length the options need (fidelity: length + tokens + 1; retrieval: length + answer
+ * tokens + 16). */
+int sp_eval_ctx_needed(const sp_eval_opts *o);
+
+/* Open a session on a loaded model: tokenizer, a context of sp_eval_ctx_needed() tokens with the
+ * prefill state kept, n_threads threads (0: online CPUs), and the buffers. base: the [compression]
+ * knobs (budget_tokens must be 0: the sweep sets the ratio). Returns 0, or a negative errno with
+ * sp_last_error() set; *E is then freed and zeroed. */
+int sp_eval_session_open(sp_eval_session *E, const sp_eval_opts *o, const sp_model_t *m, const sp_kv_opts *base,
+                         int n_threads);
+void sp_eval_session_free(sp_eval_session *E);   /* accepts a zeroed session */
+
+/* Fidelity: for every text x length, prefill once, the full reference, then per policy the knob
+ * searches and the teacher-forced metrics at each target. Appends to E->fr. Returns 0 or a
+ * negative errno (sp_last_error()). */
+int sp_eval_run_fidelity(sp_eval_session *E);
+
+/* Retrieval over the passkey grid on haystack text hay[0..hay_len). Appends to E->rc. Returns 0 or
+ * a negative errno (sp_last_error()). */
+int sp_eval_run_retrieval(sp_eval_session *E, const char *hay, size_t hay_len);
+
+/* Passkey accuracy of (policy index pi or -1 = full, target index ti or -1) at (length index li,
+ * depth index di) over seeds, or over every cell (_all); NAN when nothing matches. n_out: cells
+ * counted (may be NULL). */
+double sp_eval_ret_acc(const sp_eval_session *E, int pi, int ti, int li, int di, int *n_out);
+double sp_eval_ret_acc_all(const sp_eval_session *E, int pi, int ti);
+
+/* Mean over fidelity runs of the metric interpolated at target ti for policy pi: which = 0 KL,
+ * 1 top-1, 2 ppl / full ppl, 3 short-continuation KL, 4 short-continuation top-1, 5 / 6 KL / top-1
+ * at equal span bytes (SP_EVAL_*). NAN when any run lacks it; n_ok: runs that have it (may be NULL). */
+double sp_eval_fid_mean(const sp_eval_session *E, int pi, int ti, int which, int *n_ok);
+enum {
+    SP_EVAL_KL = 0, SP_EVAL_TOP1 = 1, SP_EVAL_PPL = 2, SP_EVAL_KL_SHORT = 3, SP_EVAL_TOP1_SHORT = 4,
+    SP_EVAL_KL_SPAN = 5, SP_EVAL_TOP1_SPAN = 6
+};
 
 #endif

@@ -22,6 +22,7 @@ void sp_kv_opts_defaults(sp_kv_opts *o)
     o->policy = SP_POLICY_SPINDLE;
     o->allocator = SP_ALLOCATOR_SPINDLE_LINEAR;
     o->ratio = 0.2;
+    o->target = SP_TARGET_BYTES;
     o->budget_tokens = 0;
     o->window = 32;
     o->pool_kernel = 7;
@@ -46,6 +47,7 @@ void sp_kv_opts_from_config(sp_kv_opts *o, const sp_config *cfg)
     o->policy = c->policy;
     o->allocator = c->allocator;
     o->ratio = c->ratio;
+    o->target = c->target;
     o->budget_tokens = c->budget_tokens;
     o->window = c->window;
     o->pool_kernel = c->pool_kernel;
@@ -58,6 +60,7 @@ void sp_kv_opts_from_config(sp_kv_opts *o, const sp_config *cfg)
     snprintf(o->evict_layers, sizeof o->evict_layers, "%s", c->evict_layers);
     snprintf(o->codebook_layers, sizeof o->codebook_layers, "%s", c->codebook_layers);
     o->codebook = c->codebook;
+    o->decode_window = c->decode_window;
     o->sinks = c->sinks;
     o->pyramidkv_beta = c->pyramidkv_beta;
     o->zigzag_tau = c->zigzag_tau;
@@ -148,6 +151,15 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
         return sp_kv_allocator_from_name(v, &o->allocator);
     if (!strcmp(key, "ratio"))
         return parse_double(key, v, &o->ratio);
+    if (!strcmp(key, "target")) {
+        if (!strcmp(v, "bytes"))
+            o->target = SP_TARGET_BYTES;
+        else if (!strcmp(v, "tokens"))
+            o->target = SP_TARGET_TOKENS;
+        else
+            return sp_error(EINVAL, "kv option target=%s: allowed: bytes, tokens", v);
+        return 0;
+    }
     if (!strcmp(key, "budget_tokens"))
         return parse_int(key, v, &o->budget_tokens);
     if (!strcmp(key, "window"))
@@ -197,16 +209,18 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
     }
     if (!strcmp(key, "codebook"))
         return parse_bool(key, v, &o->codebook);
+    if (!strcmp(key, "decode_window"))
+        return parse_int(key, v, &o->decode_window);
     if (!strcmp(key, "sinks"))
         return parse_int(key, v, &o->sinks);
     if (!strcmp(key, "pyramidkv_beta"))
         return parse_int(key, v, &o->pyramidkv_beta);
     if (!strcmp(key, "zigzag_tau"))
         return parse_double(key, v, &o->zigzag_tau);
-    return sp_error(EINVAL, "unknown kv option '%s'; allowed: policy, allocator, ratio, "
+    return sp_error(EINVAL, "unknown kv option '%s'; allowed: policy, allocator, ratio, target, "
                             "budget_tokens, window, pool_kernel, pool_type, divide_by_l_minus_a, "
                             "beta, theta_k, theta_v, gqa_mode, evict_layers, codebook_layers, "
-                            "codebook, sinks, pyramidkv_beta, zigzag_tau", key);
+                            "codebook, decode_window, sinks, pyramidkv_beta, zigzag_tau", key);
 }
 
 int sp_kv_opts_parse(sp_kv_opts *o, const char *list)
@@ -250,6 +264,9 @@ static int validate(const sp_kv_opts *o, int n_layers, int64_t l, double theta_m
                         o->theta_v, theta_max);
     if (o->window < 1)
         return sp_error(EINVAL, "kv option window=%lld: must be >= 1", (long long)o->window);
+    if (o->decode_window < 0)
+        return sp_error(EINVAL, "kv option decode_window=%lld: must be >= 0 (0 = decode tokens coded at once)",
+                        (long long)o->decode_window);
     if (o->pool_kernel < 1 || o->pool_kernel % 2 == 0)
         return sp_error(EINVAL, "kv option pool_kernel=%lld: must be a positive odd number (a "
                                 "centred window; 1 = no pooling)", (long long)o->pool_kernel);

@@ -25,7 +25,8 @@
 typedef struct sp_kv_opts {
     sp_policy_kind policy;
     sp_allocator_kind allocator;     /* used by policy spindle; other policies imply their own */
-    double ratio;                    /* (0,1]: kept share of the context (paper r) */
+    double ratio;                    /* (0,1]: true byte ratio (target bytes) or token share */
+    sp_ratio_target target;          /* bytes (default): budgets sized to the byte ratio */
     int64_t budget_tokens;           /* B per layer incl. window (baselines); 0 = round(ratio * l) */
     int64_t window;                  /* l_w, tokens always kept raw (default 32) */
     int64_t pool_kernel;             /* odd 1-D pooling kernel (default 7; 1 = no pooling) */
@@ -37,6 +38,7 @@ typedef struct sp_kv_opts {
     char evict_layers[SP_KV_MASK_MAX];    /* layer mask: "all", "none", "0-15,20", "3-" */
     char codebook_layers[SP_KV_MASK_MAX]; /* layer mask for the codebook stage */
     bool codebook;                   /* codebook stage on/off (default on) */
+    int64_t decode_window;           /* coded layers: last N decode tokens raw (0: coded at append) */
     int64_t sinks;                   /* streaming / pyramidinfer sinks (4) */
     int64_t pyramidkv_beta;          /* PyramidKV beta (20) */
     double zigzag_tau;               /* ZigZagKV attention-mass threshold (0.9) */

@@ -115,9 +115,45 @@ static void to_fp16(uint16_t *dst, const float *src, int64_t n)
         dst[i] = sp_f32_to_fp16(src[i]);
 }
 
+/* One codebook, on backend be (the CPU backend runs sp_codebook_build) or here. cb owns its arrays
+ * either way (sp_codebook_free). */
+static int codebook_build_on(sp_backend_t *be, const float *x, int64_t n, int d, const uint32_t *mu,
+                             float theta, sp_codebook *cb)
+{
+    if (!be)
+        return sp_codebook_build(x, n, d, mu, theta, cb);
+    memset(cb, 0, sizeof *cb);
+    size_t nn = (size_t)(n > 0 ? n : 1);
+    cb->index = malloc(nn * sizeof *cb->index);
+    cb->rep = malloc(nn * sizeof *cb->rep);
+    cb->mag = malloc(nn * sizeof *cb->mag);
+    cb->unit = malloc(nn * (size_t)d * sizeof *cb->unit);
+    if (!cb->index || !cb->rep || !cb->mag || !cb->unit) {
+        sp_codebook_free(cb);
+        return sp_error(ENOMEM, "kv segment: out of memory for a codebook of %lld vectors", (long long)n);
+    }
+    sp_codebook_build_desc dd = {.x = x, .n = n, .d = d, .mu = mu, .theta = theta, .index = cb->index,
+                                 .rep = cb->rep, .n_entries = &cb->n_entries, .mag = cb->mag, .unit = cb->unit};
+    int rc = sp_backend_codebook_build(be, &dd);
+    if (rc < 0) {
+        sp_codebook_free(cb);
+        return rc;
+    }
+    cb->n = n;
+    cb->d = d;
+    return 0;
+}
+
 int sp_kv_segment_build(sp_kv_segment *seg, int layer, const float *k, const float *v, int d,
                         const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
                         sp_kv_build_info *info)
+{
+    return sp_kv_segment_build_on(NULL, seg, layer, k, v, d, sel, coded, theta_k, theta_v, info);
+}
+
+int sp_kv_segment_build_on(sp_backend_t *be, sp_kv_segment *seg, int layer, const float *k, const float *v,
+                           int d, const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
+                           sp_kv_build_info *info)
 {
     memset(seg, 0, sizeof *seg);
     if (info)
@@ -178,9 +214,9 @@ int sp_kv_segment_build(sp_kv_segment *seg, int layer, const float *k, const flo
                 memcpy(gv + (size_t)j * d, v + ((size_t)i * l + p) * d, (size_t)d * sizeof *gv);
                 mu[j] = (uint32_t)__builtin_popcountll(sel->mask[(size_t)i * cap + j]);
             }
-            rc = sp_codebook_build(gk, n, d, mu, theta_k, &cbk[i]);
+            rc = codebook_build_on(be, gk, n, d, mu, theta_k, &cbk[i]);
             if (rc == 0)
-                rc = sp_codebook_build(gv, n, d, mu, theta_v, &cbv[i]);
+                rc = codebook_build_on(be, gv, n, d, mu, theta_v, &cbv[i]);
             if (rc < 0)
                 goto free_scratch;
             h.n_ent_k[i] = cbk[i].n_entries;
@@ -408,20 +444,28 @@ int sp_kv_segment_open(sp_kv_segment *seg, const void *bytes, size_t size, bool 
 int sp_kv_tail_init(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float theta_k,
                     float theta_v)
 {
+    return sp_kv_tail_init_window(t, seg, cap, theta_k, theta_v, 0);
+}
+
+int sp_kv_tail_init_window(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float theta_k,
+                           float theta_v, int64_t raw_window)
+{
     memset(t, 0, sizeof *t);
-    if (!seg || !seg->hdr || cap < 0)
-        return sp_error(EINVAL, "kv tail: needs a segment and a capacity >= 0");
+    if (!seg || !seg->hdr || cap < 0 || raw_window < 0)
+        return sp_error(EINVAL, "kv tail: needs a segment, a capacity >= 0 and a raw window >= 0");
     const sp_kv_seg_header *h = seg->hdr;
     int nkv = h->n_kv_heads, d = h->head_dim;
     size_t c = (size_t)(cap ? cap : 1), sz[10], total = 0;
     t->coded = h->flags & SP_KV_SEG_CODED;
+    t->raw_window = t->coded ? raw_window : 0;
+    t->raw_cap = !t->coded ? (int64_t)c : raw_window;
     /* sizes of: pos, k_idx, v_idx, k_mag, v_mag, k_ent, v_ent, n_new_k, n_new_v, raw (k and v) */
     sz[0] = c * 4;
     sz[1] = sz[2] = t->coded ? nkv * c * 4 : 0;
     sz[3] = sz[4] = t->coded ? nkv * c * 2 : 0;
     sz[5] = sz[6] = t->coded ? nkv * c * (size_t)d * 2 : 0;
     sz[7] = sz[8] = t->coded ? (size_t)nkv * 8 : 0;
-    sz[9] = t->coded ? 0 : 2 * nkv * c * (size_t)d * 2;
+    sz[9] = 2 * nkv * (size_t)t->raw_cap * (size_t)d * 2;
     for (int i = 0; i < 10; i++)
         total += (sz[i] + 63) / 64 * 64;
     t->mem = aligned_alloc(64, total);
@@ -445,7 +489,7 @@ int sp_kv_tail_init(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float 
     t->n_new_k = parts[7];
     t->n_new_v = parts[8];
     t->raw_k = parts[9];
-    t->raw_v = parts[9] ? (uint16_t *)parts[9] + nkv * c * (size_t)d : NULL;
+    t->raw_v = parts[9] ? (uint16_t *)parts[9] + nkv * (size_t)t->raw_cap * (size_t)d : NULL;
     t->n_kv_heads = nkv;
     t->d = d;
     t->cap = cap;
@@ -491,7 +535,26 @@ int sp_kv_tail_append(sp_kv_tail *t, const sp_kv_segment *seg, const float *k, c
     t->pos[n] = pos;
     for (int h = 0; h < t->n_kv_heads; h++) {
         const float *kh = k + (size_t)h * d, *vh = v + (size_t)h * d;
-        if (t->coded) {
+        if (t->coded && t->raw_window > 0) {
+            /* The token raw_window back leaves the window: code it from its ring slot, which the
+             * new token then takes. */
+            size_t row = sp_kv_tail_raw_row(t, h, (int64_t)n);
+            if ((int64_t)n >= t->raw_window) {
+                size_t o = n - (size_t)t->raw_window;
+                float ko[d > 0 ? d : 1], vo[d > 0 ? d : 1];
+                for (int i = 0; i < d; i++) {
+                    ko[i] = sp_fp16_to_f32(t->raw_k[row * d + i]);
+                    vo[i] = sp_fp16_to_f32(t->raw_v[row * d + i]);
+                }
+                const sp_kv_seg_head *sv = &seg->head[h];
+                t->k_idx[h * c + o] = sp_kv_tail_code_vector(sv->k_cb, sv->n_ent_k, t->k_ent + h * c * d, &t->n_new_k[h], d,
+                                                ko, t->theta_k, &t->k_mag[h * c + o]);
+                t->v_idx[h * c + o] = sp_kv_tail_code_vector(sv->v_cb, sv->n_ent_v, t->v_ent + h * c * d, &t->n_new_v[h], d,
+                                                vo, t->theta_v, &t->v_mag[h * c + o]);
+            }
+            to_fp16(t->raw_k + row * d, kh, d);
+            to_fp16(t->raw_v + row * d, vh, d);
+        } else if (t->coded) {
             const sp_kv_seg_head *sv = &seg->head[h];
             t->k_idx[h * c + n] = sp_kv_tail_code_vector(sv->k_cb, sv->n_ent_k, t->k_ent + h * c * d,
                                             &t->n_new_k[h], d, kh, t->theta_k,
@@ -500,8 +563,8 @@ int sp_kv_tail_append(sp_kv_tail *t, const sp_kv_segment *seg, const float *k, c
                                             &t->n_new_v[h], d, vh, t->theta_v,
                                             &t->v_mag[h * c + n]);
         } else {
-            to_fp16(t->raw_k + (h * c + n) * d, kh, d);
-            to_fp16(t->raw_v + (h * c + n) * d, vh, d);
+            to_fp16(t->raw_k + sp_kv_tail_raw_row(t, h, (int64_t)n) * d, kh, d);
+            to_fp16(t->raw_v + sp_kv_tail_raw_row(t, h, (int64_t)n) * d, vh, d);
         }
     }
     t->n++;
@@ -525,6 +588,10 @@ int sp_kv_segment_fold_tail(sp_kv_segment *out, const sp_kv_segment *seg, const 
     bool coded = o->flags & SP_KV_SEG_CODED;
     if (tail->n_kv_heads != o->n_kv_heads || tail->d != o->head_dim || tail->coded != coded)
         return sp_error(EINVAL, "kv fold: the tail was made for another segment shape");
+    if (tail->coded && tail->raw_window > 0 && tail->n > 0)
+        return sp_error(ENOTSUP, "kv fold: the tail holds its last %lld tokens raw (decode_window); folding "
+                        "codes only coded tokens - set decode_window = 0 where segments are written back",
+                        (long long)tail->raw_window);
     int32_t last = -1;
     for (int i = 0; i < o->n_kv_heads; i++) {
         const sp_kv_seg_head *v = &seg->head[i];
@@ -698,7 +765,7 @@ int64_t sp_kv_segment_reconstruct(const sp_kv_segment *seg, const sp_kv_tail *ta
             pos[o] = tail->pos[j];
         if (mask)
             mask[o] = full;
-        if (tail->coded) {
+        if (!sp_kv_tail_is_raw(tail, j)) {
             uint32_t ik = tail->k_idx[r], iv = tail->v_idx[r];
             const uint16_t *ek = ik < hv->n_ent_k ? hv->k_cb + (size_t)ik * d
                                                   : tail->k_ent + ((size_t)kv_head * c + ik -
@@ -711,10 +778,11 @@ int64_t sp_kv_segment_reconstruct(const sp_kv_segment *seg, const sp_kv_tail *ta
             if (v)
                 decode_vec(v + (size_t)o * d, ev, sp_fp16_to_f32(tail->v_mag[r]), d);
         } else {
+            size_t rr = sp_kv_tail_raw_row(tail, kv_head, j);
             if (k)
-                decode_vec(k + (size_t)o * d, tail->raw_k + r * d, 1.0f, d);
+                decode_vec(k + (size_t)o * d, tail->raw_k + rr * d, 1.0f, d);
             if (v)
-                decode_vec(v + (size_t)o * d, tail->raw_v + r * d, 1.0f, d);
+                decode_vec(v + (size_t)o * d, tail->raw_v + rr * d, 1.0f, d);
         }
     }
     return o;
@@ -740,15 +808,18 @@ void sp_kv_segment_stats(const sp_kv_segment *seg, const sp_kv_tail *tail, sp_kv
             kept_q += (double)(c + h->window) + (double)nt;
         }
         stored += 2.0 * (double)h->window;
+        /* raw tail tokens: all of an uncoded tail, the last raw_window of a coded one */
+        uint64_t nraw = !tail ? 0 : !tail->coded ? nt : nt < (uint64_t)tail->raw_window ? nt
+                                                                                         : (uint64_t)tail->raw_window;
         if (h->flags & SP_KV_SEG_CODED) {
-            stored += (double)(hv->n_ent_k + hv->n_ent_v);
+            stored += (double)(hv->n_ent_k + hv->n_ent_v) + 2.0 * (double)nraw;
             if (tail)
                 stored += (double)(tail->n_new_k[i] + tail->n_new_v[i]);
         } else {
             stored += 2.0 * (double)(hv->n_kept + (int64_t)nt);
         }
         if (tail && tail->coded)
-            content += nt * (4 + 4 + 2 + 2) +
+            content += (nt - nraw) * (4 + 4 + 2 + 2) + nraw * 2 * d * 2 +
                        (uint64_t)(tail->n_new_k[i] + tail->n_new_v[i]) * d * 2;
         else
             content += nt * 2 * d * 2;

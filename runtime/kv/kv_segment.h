@@ -103,6 +103,11 @@ typedef struct sp_kv_build_info {
 int sp_kv_segment_build(sp_kv_segment *seg, int layer, const float *k, const float *v, int d,
                         const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
                         sp_kv_build_info *info);
+/* The same with the codebooks built on backend be (NULL: here); k, v and the outputs stay host
+ * memory (the CPU backend; a device build needs the device path of the model). */
+int sp_kv_segment_build_on(sp_backend_t *be, sp_kv_segment *seg, int layer, const float *k, const float *v,
+                           int d, const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
+                           sp_kv_build_info *info);
 
 /* Validate bytes as a segment and make a view (not owned). Checks magic, version, shape, section
  * bounds/alignment/lengths against the counts, the checksum when verify is true (-EBADMSG with a
@@ -135,12 +140,36 @@ typedef struct sp_kv_tail {
     uint16_t *k_mag, *v_mag;     /* [n_kv_heads][cap] fp16 (coded) */
     uint16_t *k_ent, *v_ent;     /* [n_kv_heads][cap][d] fp16 unit, new entries (coded) */
     int64_t *n_new_k, *n_new_v;  /* [n_kv_heads] new entries (coded) */
-    uint16_t *raw_k, *raw_v;     /* [n_kv_heads][cap][d] fp16 (uncoded) */
+    uint16_t *raw_k, *raw_v;     /* [n_kv_heads][raw_cap][d] fp16: every token (uncoded), or a ring
+                                    of the last raw_window tokens (coded, raw_window > 0) */
+    int64_t raw_window;          /* coded tails: the last raw_window tokens are held raw and coded
+                                    one by one as they leave the window; 0 = coded at append */
+    int64_t raw_cap;             /* rows per KV head of raw_k / raw_v (0 = none) */
 } sp_kv_tail;
+
+/* Whether tail token j (0 <= j < t->n) is held raw (else coded: k_idx/v_idx/k_mag/v_mag). */
+static inline bool sp_kv_tail_is_raw(const sp_kv_tail *t, int64_t j)
+{
+    return !t->coded || j >= t->n - t->raw_window;
+}
+
+/* Row of tail token j of KV head h in raw_k / raw_v (valid when sp_kv_tail_is_raw). */
+static inline size_t sp_kv_tail_raw_row(const sp_kv_tail *t, int h, int64_t j)
+{
+    return (size_t)h * (size_t)t->raw_cap + (size_t)(t->coded ? j % t->raw_window : j);
+}
 
 /* Allocate a tail for seg with room for cap tokens. Returns 0, -EINVAL or -ENOMEM. */
 int sp_kv_tail_init(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float theta_k,
                     float theta_v);
+
+/* Same, with a rolling raw window for a coded segment (`[compression] decode_window`): the last
+ * raw_window decode tokens stay raw fp16 (a ring of raw_window rows), and a token is coded
+ * against the codebook when it leaves the window - from its fp16 copy, by the same best-match /
+ * new-entry rule as coding at append. raw_window is ignored for an uncoded segment (its tail is
+ * raw anyway). Returns 0, -EINVAL (raw_window < 0) or -ENOMEM. */
+int sp_kv_tail_init_window(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float theta_k,
+                           float theta_v, int64_t raw_window);
 void sp_kv_tail_free(sp_kv_tail *t); /* accepts NULL and zeroed structs */
 
 /* The coding of one vector of a decode token (the step sp_kv_tail_append makes per KV head, and the
@@ -200,7 +229,8 @@ typedef struct sp_kv_seg_stats {
  * positions not increasing past the listed ones) or -ENOMEM. */
 int sp_kv_segment_fold_tail(sp_kv_segment *out, const sp_kv_segment *seg, const sp_kv_tail *tail);
 
-/* Forget the tail's tokens and new entries (capacity kept; no allocation). */
+/* Forget the tail's tokens and new entries (capacity kept; no allocation). A tail with raw tokens
+ * in a coded window cannot be folded (-ENOTSUP from sp_kv_segment_fold_tail). */
 void sp_kv_tail_reset(sp_kv_tail *t);
 
 /* Fill the accounting of a segment (+ optional tail). Never fails on a valid segment. */

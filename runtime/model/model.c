@@ -27,6 +27,7 @@
 #include "kv_budget.h"
 #include "kv_segment.h"
 #include "kv_select.h"
+#include "kv_target.h"
 #include "kvcache.h"
 #include "segment_attn.h"
 #include "sp_error.h"
@@ -312,6 +313,10 @@ struct sp_ctx {
     size_t work_floats;
     sp_kv_layer_stats *lst;  /* [n_layer] for sp_ctx_kv_stats */
     double compress_s, scores_s;
+    /* target = bytes: the token-share knob the search chose and what it measured at l0 */
+    double kv_knob, kv_achieved;
+    int kv_probes;
+    bool kv_hit;
     double attn_s;           /* attention time of one-token chunks (decode) */
 };
 
@@ -871,7 +876,7 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
             .pinfer = c->sc_pinf ? c->sc_pinf + (size_t)i * cap : NULL,
             .prev = i > 0 ? &prev : NULL,
         };
-        if ((rc = sp_kv_select_layer(o, evict[i], kept[i], &in, &sel)) < 0)
+        if ((rc = sp_kv_select_layer_on(c->be, o, evict[i], kept[i], &in, &sel)) < 0)
             goto out;
         const void *vsrc = sp_kvcache_v(c->kv, i);
         for (int g = 0; g < KVH; g++) {
@@ -887,10 +892,11 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
                 memcpy(vd, (const float *)vsrc + (size_t)g * c->kv->head_stride, (size_t)l * D * sizeof *vd);
             }
         }
-        rc = sp_kv_segment_build(&c->seg[i], i, kf, vf, D, &sel, evict[L + i], (float)o->theta_k, (float)o->theta_v,
+        rc = sp_kv_segment_build_on(c->be, &c->seg[i], i, kf, vf, D, &sel, evict[L + i], (float)o->theta_k, (float)o->theta_v,
                                  NULL);
         if (rc == 0)
-            rc = sp_kv_tail_init(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v);
+            rc = sp_kv_tail_init_window(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v,
+                                        o->decode_window);
         if (rc < 0)
             goto out;
         for (int g = 0; g < KVH; g++) {
@@ -930,6 +936,84 @@ out:
     free(kf);
     free(vf);
     return rc;
+}
+
+/* True byte ratio of the owned segments and tails (no provider): the measurement of a probe. */
+static double kv_owned_ratio(const sp_ctx_t *c)
+{
+    uint64_t b = 0, f = 0;
+    for (int i = 0; i < c->m->hp.n_layer; i++) {
+        sp_kv_seg_stats ss;
+        sp_kv_segment_stats(&c->seg[i], &c->tail[i], &ss);
+        b += ss.bytes_content;
+        f += ss.bytes_fp16;
+    }
+    return f ? (double)b / (double)f : 0.0;
+}
+
+typedef struct kv_probe_ctx {
+    sp_ctx_t *c;
+    sp_kv_opts o;   /* the requested options with target tokens; ratio = the probed knob */
+} kv_probe_ctx;
+
+static int kv_probe(void *user, double knob, double *ratio)
+{
+    kv_probe_ctx *p = user;
+    p->o.ratio = knob;
+    int rc = kv_compress(p->c, &p->o);
+    if (rc < 0)
+        return rc;
+    *ratio = kv_owned_ratio(p->c);
+    return 0;
+}
+
+/* kv_compress under o; with target = bytes, first search the token-share knob whose true byte
+ * ratio at the end of the prompt is o->ratio (kv_target.h). The probes build owned segments (the
+ * provider sees only the final build). c->kvo keeps the requested options. */
+static int kv_compress_target(sp_ctx_t *c, const sp_kv_opts *o_in)
+{
+    const sp_hparams *hp = &c->m->hp;
+    const sp_kv_opts req = *o_in, *o = &req;   /* o_in may be &c->kvo, which kv_compress rewrites */
+    c->kv_knob = o->ratio;
+    c->kv_achieved = NAN;
+    c->kv_probes = 0;
+    c->kv_hit = false;
+    bool search = o->target == SP_TARGET_BYTES && o->policy != SP_POLICY_FULL && o->budget_tokens == 0 &&
+                  o->ratio < 1.0 && c->l0 > o->window;
+    if (!search)
+        return kv_compress(c, o);
+    kv_probe_ctx pc = {.c = c, .o = *o};
+    pc.o.target = SP_TARGET_TOKENS;
+    sp_kv_target_spec s = {.target = o->ratio, .tol = SP_KV_TARGET_TOL, .max_probes = SP_KV_TARGET_PROBES,
+                           .knob_min = 1e-3,
+                           .start = sp_kv_target_start(o->ratio, hp->head_dim, hp->n_head / hp->n_kv_head)};
+    sp_kv_target_result res;
+    bool prov = c->has_prov;
+    c->has_prov = false;
+    int rc = sp_kv_target_search(&s, kv_probe, &pc, &res);
+    c->has_prov = prov;
+    if (rc < 0) {
+        kv_drop_segments(c);
+        c->mode = KV_PLAIN;
+        return rc;
+    }
+    pc.o.ratio = res.knob;
+    if (prov || !res.last_is_best) {
+        if ((rc = kv_compress(c, &pc.o)) < 0)
+            return rc;
+    }
+    c->kvo = *o;
+    c->kv_knob = res.knob;
+    c->kv_achieved = res.ratio;
+    c->kv_probes = res.probes;
+    c->kv_hit = fabs(res.ratio - o->ratio) <= 0.01;
+    if (!c->kv_hit)
+        sp_notice("kv: %s cannot reach a true byte ratio of %.3f on this %lld-token prompt: nearest %.4f at "
+                  "token share %.4f (the window of %lld tokens and per-token positions/masks set a floor; "
+                  "target = tokens gives the papers' token share)",
+                  sp_kv_policy_name(o->policy), o->ratio, (long long)c->l0, res.ratio, res.knob,
+                  (long long)o->window);
+    return 0;
 }
 
 int sp_ctx_set_policy(sp_ctx_t *c, const sp_kv_opts *o)
@@ -996,7 +1080,7 @@ int sp_ctx_recompress(sp_ctx_t *c, const sp_kv_opts *o)
         kv_update_bytes(c);
         return 0;
     }
-    rc = kv_compress(c, o);
+    rc = kv_compress_target(c, o);
     if (rc < 0) {
         /* Fall back to the retained full cache so the context stays usable. */
         c->mode = KV_PLAIN;
@@ -1020,7 +1104,12 @@ int sp_ctx_kv_stats(sp_ctx_t *c, sp_kv_stats *st)
     st->compressed = c->mode == KV_SEG;
     st->compress_s = c->compress_s;
     st->scores_s = c->scores_s;
-    double rsum = 0;
+    st->target = c->kvo.target;
+    st->ratio_requested = c->mode == KV_SEG ? c->kvo.ratio : 1.0;
+    st->knob = c->mode == KV_SEG ? c->kv_knob : 1.0;
+    st->prompt_ratio = c->mode == KV_SEG ? c->kv_achieved : 1.0;
+    st->target_probes = c->mode == KV_SEG ? c->kv_probes : 0;
+    double rsum = 0, rmha = 0;
     for (int i = 0; i < L; i++) {
         sp_kv_layer_stats *ls = &c->lst[i];
         if (c->mode == KV_SEG) {
@@ -1064,9 +1153,11 @@ int sp_ctx_kv_stats(sp_ctx_t *c, sp_kv_stats *st)
         st->bytes_alloc += ls->bytes_alloc;
         st->fp16_bytes += ls->fp16_bytes;
         rsum += ls->paper_r;
+        rmha += ls->paper_r1 * ls->paper_r2;
     }
     st->true_ratio = st->fp16_bytes ? (double)st->bytes / (double)st->fp16_bytes : 0.0;
     st->paper_r = rsum / L;
+    st->paper_r_mha = rmha / L;
     return 0;
 }
 
@@ -1109,7 +1200,7 @@ int sp_ctx_prefill(sp_ctx_t *c, const int32_t *tok, int n, float *logits_last, f
     if (capture) {
         c->l0 = n;
         c->have_state = true;
-        if ((rc = kv_compress(c, &c->kvo)) < 0) {
+        if ((rc = kv_compress_target(c, &c->kvo)) < 0) {
             kv_drop_state(c);
             c->mode = KV_PLAIN;
             c->n_past = start;

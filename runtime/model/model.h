@@ -167,9 +167,20 @@ typedef struct sp_kv_stats {
     double paper_r;          /* mean over layers of paper_r ("vectors only" interpretation: stored
                                 d-vectors / d-vectors of the fp16 GQA cache; indices, magnitudes,
                                 positions and masks are not counted - they are in true_ratio) */
+    double paper_r_mha;      /* mean over layers of r1·r2: the other reading of eq. 15's denominator,
+                                the per-query-head (h heads, repeated) cache; = paper_r / r3 with
+                                r3 = n_head / n_kv_head */
     double compress_s;       /* wall seconds of the last compression (scores prepare + top-k +
                                 codebook + segment build, all layers) */
     double scores_s;         /* wall seconds of the extra prefill score passes (h2o/pyramidinfer) */
+    /* What was asked and what the compression chose (1 for an uncompressed cache): */
+    sp_ratio_target target;  /* meaning of ratio_requested */
+    double ratio_requested;  /* [compression] ratio */
+    double knob;             /* token share the budgets used (= ratio_requested with target tokens) */
+    double prompt_ratio;     /* target bytes: true byte ratio at the end of the prompt (the search's
+                                measurement); NAN when no search ran (target tokens, budget_tokens,
+                                short prompts) */
+    int target_probes;       /* compressions the search made (0: none) */
 } sp_kv_stats;
 
 /* Fill *st (pointers into the context). Returns 0 or a negative errno (provider acquire failed). */
