@@ -324,3 +324,26 @@ Test(config, committed_default_ini_matches_table)
     free(want);
     free(got);
 }
+
+/* Short model names resolve against the model cache wherever model.path is set (-m is --set
+ * model.path=...); anything else stays a path. */
+Test(config, model_short_names_resolve_to_the_cache)
+{
+    sp_config c;
+    setenv("HOME", "/home/u", 1);
+    unsetenv("SPINDLE_CACHE");
+    sp_config_defaults(&c);
+    cr_assert_eq(sp_config_set(&c, "model.path=qwen2.5-0.5b", "-m"), 0, "%s", sp_last_error());
+    cr_assert_str_eq(c.model.path, "/home/u/.cache/spindle/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    setenv("SPINDLE_CACHE", "/srv/sp", 1);
+    cr_assert_eq(sp_config_set(&c, "model.path=Qwen2.5-1.5B", "-m"), 0, "%s", sp_last_error());
+    cr_assert_str_eq(c.model.path, "/srv/sp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf");
+    cr_assert_eq(sp_config_set(&c, "model.path=smollm2-135m", "-m"), 0, "%s", sp_last_error());
+    cr_assert_str_eq(c.model.path, "/srv/sp/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    cr_assert_eq(sp_config_load_string(&c, "[model]\npath = qwen2.5-0.5b\n", "t.ini"), 0, "%s", sp_last_error());
+    cr_assert_str_eq(c.model.path, "/srv/sp/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    /* not a known name: a relative path, kept as given */
+    cr_assert_eq(sp_config_set(&c, "model.path=qwen2.5-7b", "-m"), 0, "%s", sp_last_error());
+    cr_assert_str_eq(c.model.path, "qwen2.5-7b");
+    unsetenv("SPINDLE_CACHE");
+}

@@ -21,10 +21,12 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "model_names.h"
+
 typedef enum { KT_BOOL, KT_INT, KT_FLOAT, KT_SIZE, KT_STRING, KT_ENUM, KT_MASK } key_type;
 
 /* Flags for string keys whose stored value is derived from the text. */
-enum { KF_TILDE = 1, KF_TMPDIR = 2, KF_ALIGN4K = 4 };
+enum { KF_TILDE = 1, KF_TMPDIR = 2, KF_ALIGN4K = 4, KF_MODEL = 8 /* short model names (model_names.h) */ };
 
 typedef struct {
     const char *section, *name;
@@ -65,9 +67,10 @@ _Static_assert(SP_NUMERICS_GGML == 0 && SP_NUMERICS_EXACT == 1, "numerics_names 
 #define GIB (MIB * 1024)
 
 static const key_def keys[] = {
-    {"model", "path", KT_STRING, OFF(model.path), LEN(model.path), .flags = KF_TILDE,
+    {"model", "path", KT_STRING, OFF(model.path), LEN(model.path), .flags = KF_TILDE | KF_MODEL,
      .def = "~/.cache/spindle/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-     .help = "GGUF model file; a leading ~/ expands to $HOME"},
+     .help = "GGUF file, or a name from setup.sh --model (smollm2-135m, qwen2.5-0.5b, qwen2.5-1.5b: "
+             "found in $SPINDLE_CACHE/models, default ~/.cache/spindle); ~/ expands to $HOME"},
     {"model", "n_ctx", KT_INT, OFF(model.n_ctx), 0, .imin = 0, .imax = 1 << 24, .def = "0",
      .help = "context length in tokens; 0 = the model's trained context"},
     {"model", "chat_template", KT_ENUM, OFF(model.chat_template), 0, .enums = chat_names,
@@ -456,14 +459,21 @@ static int set_value(sp_config *cfg, const key_def *k, const char *raw, const ch
             const char *t = getenv("TMPDIR");
             src = (t && *t) ? t : "/tmp";
         }
-        if ((k->flags & KF_TILDE) && src[0] == '~' && (src[1] == '/' || src[1] == '\0')) {
+        int named = (k->flags & KF_MODEL) ? sp_model_name_resolve(src, out, k->len) : 0;
+        if (named < 0) {
+            char why_named[256];
+            snprintf(why_named, sizeof why_named, "%s", sp_last_error());
+            return key_error(origin, k->section, k->name, value, -named, why_named, k);
+        }
+        /* named == 1: out already holds the cached file's path */
+        if (!named && (k->flags & KF_TILDE) && src[0] == '~' && (src[1] == '/' || src[1] == '\0')) {
             const char *home = getenv("HOME");
             if (!home || !*home)
                 return key_error(origin, k->section, k->name, value, EINVAL,
                                  "'~' used but $HOME is not set", k);
             if ((size_t)snprintf(out, sizeof out, "%s%s", home, src + 1) >= k->len)
                 return key_error(origin, k->section, k->name, value, ENAMETOOLONG, "path too long", k);
-        } else {
+        } else if (!named) {
             if (strlen(src) >= k->len)
                 return key_error(origin, k->section, k->name, value, ENAMETOOLONG, "too long", k);
             snprintf(out, sizeof out, "%s", src);
