@@ -65,7 +65,7 @@ extern "C" int sp_gpu_gemm(sp_gpu_blas *b, void *stream, sp_gpu_gemm_desc d)
         int64_t total = (int64_t)d.n * d.cols, blocks = (total + 255) / 256;
         if (blocks > (1 << 20))
             blocks = 1 << 20;
-        f32_to_f16_kernel<<<(unsigned)blocks, 256, 0, s>>>((const float *)d.x, d.ldx, d.n, d.cols, (__half *)d.x16);
+        SP_LAUNCH((unsigned)blocks, 256, 0, s, f32_to_f16_kernel)((const float *)d.x, d.ldx, d.n, d.cols, (__half *)d.x16);
         if ((rc = SP_CUDA_LAUNCHED("f32_to_f16_kernel")))
             return rc;
         x = d.x16;
@@ -201,7 +201,7 @@ template <uint32_t WT, bool VEC>
 static int gemv_launch(cudaStream_t s, const sp_gpu_gemv_desc &d)
 {
     unsigned blocks = (unsigned)((d.rows + GEMV_WARPS - 1) / GEMV_WARPS);
-    gemv_kernel<WT, VEC><<<blocks, GEMV_WARPS * 32, 0, s>>>((const uint8_t *)d.w, d.w_row_bytes, d.rows, d.cols, d.n,
+    SP_LAUNCH(blocks, GEMV_WARPS * 32, 0, s, gemv_kernel<WT, VEC>)((const uint8_t *)d.w, d.w_row_bytes, d.rows, d.cols, d.n,
                                                             d.x, d.ldx, d.y, d.ldy, d.accumulate);
     return SP_CUDA_LAUNCHED("gemv_kernel");
 }

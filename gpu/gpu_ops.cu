@@ -42,7 +42,7 @@ extern "C" int sp_gpu_rmsnorm(void *stream, sp_gpu_rmsnorm_desc d)
                         (long long)d.ldx, (long long)d.ldy);
     if (d.n_rows == 0)
         return 0;
-    rmsnorm_kernel<<<d.n_rows, NORM_THREADS, 0, sp_stream(stream)>>>(d.x, d.ldx, d.y, d.ldy, d.w, d.n, d.eps);
+    SP_LAUNCH(d.n_rows, NORM_THREADS, 0, sp_stream(stream), rmsnorm_kernel)(d.x, d.ldx, d.y, d.ldy, d.w, d.n, d.eps);
     return SP_CUDA_LAUNCHED("rmsnorm_kernel");
 }
 
@@ -90,7 +90,7 @@ extern "C" int sp_gpu_rope(void *stream, sp_gpu_rope_desc d)
     int64_t blocks = (total + 255) / 256;
     if (blocks > (1 << 20))
         blocks = 1 << 20;
-    rope_kernel<<<(unsigned)blocks, 256, 0, sp_stream(stream)>>>(d.x, d.n_tok, d.n_heads, d.head_dim, d.ld, d.pos,
+    SP_LAUNCH((unsigned)blocks, 256, 0, sp_stream(stream), rope_kernel)(d.x, d.n_tok, d.n_heads, d.head_dim, d.ld, d.pos,
                                                                    d.table, d.base, d.mode);
     return SP_CUDA_LAUNCHED("rope_kernel");
 }
@@ -114,7 +114,7 @@ extern "C" int sp_gpu_swiglu(void *stream, sp_gpu_swiglu_desc d)
     int64_t blocks = (d.n + 255) / 256;
     if (blocks > (1 << 20))
         blocks = 1 << 20;
-    swiglu_kernel<<<(unsigned)blocks, 256, 0, sp_stream(stream)>>>(d.n, d.gate, d.up, d.out);
+    SP_LAUNCH((unsigned)blocks, 256, 0, sp_stream(stream), swiglu_kernel)(d.n, d.gate, d.up, d.out);
     return SP_CUDA_LAUNCHED("swiglu_kernel");
 }
 
@@ -167,6 +167,6 @@ extern "C" int sp_gpu_argmax(void *stream, sp_gpu_argmax_desc d)
                         (long long)d.ld);
     if (d.n_rows == 0)
         return 0;
-    argmax_kernel<<<d.n_rows, ARGMAX_THREADS, 0, sp_stream(stream)>>>(d.logits, d.n, d.ld, d.out);
+    SP_LAUNCH(d.n_rows, ARGMAX_THREADS, 0, sp_stream(stream), argmax_kernel)(d.logits, d.n, d.ld, d.out);
     return SP_CUDA_LAUNCHED("argmax_kernel");
 }

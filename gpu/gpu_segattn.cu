@@ -68,7 +68,7 @@ static __device__ float block_reduce(float v, bool is_max, float *red)
 
 static __global__ void __launch_bounds__(SA_THREADS) segattn_kernel(sa_args A)
 {
-    extern __shared__ float smem[];
+    SP_DYNAMIC_SHARED(float, smem);
     __shared__ float red[SA_WARPS];
     const sp_kv_seg_header *h = (const sp_kv_seg_header *)A.seg;
     const int kh = blockIdx.x, d = h->head_dim, half = d / 2, G = h->n_q_heads / h->n_kv_heads;
@@ -319,6 +319,6 @@ extern "C" int sp_gpu_segattn_decode(void *stream, sp_gpu_segattn_desc d)
     A.scratch = d.scratch;
     tail_maxima(seg, t, &A.n_max, &A.ent_max);
     size_t shmem = (size_t)(G * hd + SA_WARPS * hd) * sizeof(float);   /* <= (8192 + 8*256)*4 = 40 KiB */
-    segattn_kernel<<<h->n_kv_heads, SA_THREADS, shmem, sp_stream(stream)>>>(A);
+    SP_LAUNCH(h->n_kv_heads, SA_THREADS, shmem, sp_stream(stream), segattn_kernel)(A);
     return SP_CUDA_LAUNCHED("segattn_kernel");
 }
