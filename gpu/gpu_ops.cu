@@ -49,7 +49,7 @@ extern "C" int sp_gpu_rmsnorm(void *stream, sp_gpu_rmsnorm_desc d)
 /* ---- RoPE: one thread per rotated pair ---- */
 
 static __global__ void rope_kernel(float *x, int n_tok, int n_heads, int head_dim, int64_t ld, const int32_t *pos,
-                                   const float *table, double base, int mode)
+                                   const float *table, int n_pos, double base, int mode)
 {
     const int half = head_dim / 2;
     const int64_t total = (int64_t)n_tok * n_heads * half;
@@ -60,7 +60,9 @@ static __global__ void rope_kernel(float *x, int n_tok, int n_heads, int head_di
         int h = (int)(th_ % n_heads), t = (int)(th_ / n_heads);
         int p = pos[t];
         float c, s;
-        if (table) {
+        if (table && (p < 0 || p >= n_pos)) {
+            c = s = NAN;   /* no such row: the positions come from the device, only the kernel can tell */
+        } else if (table) {
             c = table[((int64_t)p * half + i) * 2 + 0];
             s = table[((int64_t)p * half + i) * 2 + 1];
         } else {
@@ -81,9 +83,10 @@ static __global__ void rope_kernel(float *x, int n_tok, int n_heads, int head_di
 extern "C" int sp_gpu_rope(void *stream, sp_gpu_rope_desc d)
 {
     if (d.n_tok < 0 || d.n_heads <= 0 || d.head_dim <= 0 || d.head_dim % 2 || d.ld < (int64_t)d.n_heads * d.head_dim ||
-        (d.mode != 0 && d.mode != 1) || !d.x || !d.pos || (!d.table && !(d.base > 0.0)))
-        return sp_error(EINVAL, "gpu rope: bad descriptor (%d tokens, %d heads x %d, ld %lld, mode %d, base %g)",
-                        d.n_tok, d.n_heads, d.head_dim, (long long)d.ld, d.mode, d.base);
+        (d.mode != 0 && d.mode != 1) || !d.x || !d.pos || (!d.table && !(d.base > 0.0)) || (d.table && d.n_pos < 1))
+        return sp_error(EINVAL, "gpu rope: bad descriptor (%d tokens, %d heads x %d, ld %lld, mode %d, base %g, "
+                        "table of %d positions)", d.n_tok, d.n_heads, d.head_dim, (long long)d.ld, d.mode, d.base,
+                        d.n_pos);
     int64_t total = (int64_t)d.n_tok * d.n_heads * (d.head_dim / 2);
     if (total == 0)
         return 0;
@@ -91,7 +94,7 @@ extern "C" int sp_gpu_rope(void *stream, sp_gpu_rope_desc d)
     if (blocks > (1 << 20))
         blocks = 1 << 20;
     SP_LAUNCH((unsigned)blocks, 256, 0, sp_stream(stream), rope_kernel)(d.x, d.n_tok, d.n_heads, d.head_dim, d.ld, d.pos,
-                                                                   d.table, d.base, d.mode);
+                                                                   d.table, d.n_pos, d.base, d.mode);
     return SP_CUDA_LAUNCHED("rope_kernel");
 }
 

@@ -1,6 +1,8 @@
 /* cublas_v2.h - the cuBLAS subset of the CPU emulation (tests/cudaemu), on OpenBLAS: column-major
  * operands, cuBLAS's transpose semantics and argument checks, host pointer mode for alpha/beta,
- * each call queued on the handle's stream. GemmEx takes fp16/bf16/fp32 A and B, fp32 or fp16 C,
+ * each call queued on the handle's stream;
+ * alpha/beta are host values read at the call, or (CUBLAS_POINTER_MODE_DEVICE) device values read
+ * when the call runs on its stream. GemmEx takes fp16/bf16/fp32 A and B, fp32 or fp16 C,
  * and 32F compute types (fp32 accumulation; the inputs are widened exactly). Operand ranges are
  * checked against the device allocations (OpenBLAS itself is not ASan-instrumented). */
 #ifndef CUDAEMU_CUBLAS_V2_H
@@ -44,12 +46,15 @@ typedef enum {
     CUBLAS_COMPUTE_32F_FAST_TF32 = 77,
     CUBLAS_COMPUTE_64F = 70
 } cublasComputeType_t;
+typedef enum { CUBLAS_POINTER_MODE_HOST = 0, CUBLAS_POINTER_MODE_DEVICE = 1 } cublasPointerMode_t;
 typedef enum { CUBLAS_GEMM_DEFAULT = -1, CUBLAS_GEMM_DEFAULT_TENSOR_OP = 99 } cublasGemmAlgo_t;
 
 cublasStatus_t cublasCreate(cublasHandle_t *h);
 cublasStatus_t cublasDestroy(cublasHandle_t h);
 cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t s);
 cublasStatus_t cublasGetStream(cublasHandle_t h, cudaStream_t *s);
+cublasStatus_t cublasSetPointerMode(cublasHandle_t h, cublasPointerMode_t mode);
+cublasStatus_t cublasGetPointerMode(cublasHandle_t h, cublasPointerMode_t *mode);
 cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode);
 const char *cublasGetStatusString(cublasStatus_t s);
 cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k,

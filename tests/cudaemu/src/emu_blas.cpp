@@ -18,7 +18,36 @@
 struct cudaemu_blas {
     cudaStream_t stream;
     cublasMath_t math;
+    cublasPointerMode_t pmode;
 };
+
+/* alpha/beta as cuBLAS reads them: now from the host, or when the work runs from the device. */
+struct scalar {
+    const float *dev;
+    float host;
+    bool get(const char *call, float *v) const
+    {
+        if (!dev) {
+            *v = host;
+            return true;
+        }
+        if (!cudaemu::device_range(dev, sizeof *dev)) {
+            cudaemu::fault(cudaErrorIllegalAddress, "%s: device-mode scalar at %p is not device memory", call, (const void *)dev);
+            return false;
+        }
+        *v = *dev;
+        return true;
+    }
+};
+static scalar take(cublasHandle_t h, const void *p)
+{
+    scalar s{nullptr, 0.0f};
+    if (h->pmode == CUBLAS_POINTER_MODE_DEVICE)
+        s.dev = (const float *)p;
+    else
+        s.host = *(const float *)p;
+    return s;
+}
 
 using namespace cudaemu;
 
@@ -92,7 +121,7 @@ cublasStatus_t cublasCreate(cublasHandle_t *h)
 {
     if (!h)
         return CUBLAS_STATUS_INVALID_VALUE;
-    *h = new cudaemu_blas{NULL, CUBLAS_DEFAULT_MATH};
+    *h = new cudaemu_blas{NULL, CUBLAS_DEFAULT_MATH, CUBLAS_POINTER_MODE_HOST};
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -120,6 +149,24 @@ cublasStatus_t cublasGetStream(cublasHandle_t h, cudaStream_t *s)
     if (!h)
         return CUBLAS_STATUS_NOT_INITIALIZED;
     *s = h->stream;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetPointerMode(cublasHandle_t h, cublasPointerMode_t mode)
+{
+    if (!h)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (mode != CUBLAS_POINTER_MODE_HOST && mode != CUBLAS_POINTER_MODE_DEVICE)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    h->pmode = mode;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasGetPointerMode(cublasHandle_t h, cublasPointerMode_t *mode)
+{
+    if (!h || !mode)
+        return h ? CUBLAS_STATUS_INVALID_VALUE : CUBLAS_STATUS_NOT_INITIALIZED;
+    *mode = h->pmode;
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -161,10 +208,13 @@ cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperati
     stream *s = resolve(h->stream);
     if (!s)
         return CUBLAS_STATUS_EXECUTION_FAILED;
-    const float al = *alpha, be = *beta;
+    const scalar sa = take(h, alpha), sb = take(h, beta);
     const int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
     const int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
     enqueue(s, [=] {
+        float al, be;
+        if (!sa.get("cublasSgemm", &al) || !sb.get("cublasSgemm", &be))
+            return;
         if (!operand_ok("cublasSgemm", "A", A, ar, ac, lda, 4) || !operand_ok("cublasSgemm", "B", B, br, bc, ldb, 4) ||
             !operand_ok("cublasSgemm", "C", C, m, n, ldc, 4))
             return;
@@ -205,10 +255,13 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
     if (!s)
         return CUBLAS_STATUS_EXECUTION_FAILED;
     /* 32F compute: alpha and beta are floats */
-    const float al = *(const float *)alpha, be = *(const float *)beta;
+    const scalar sa = take(h, alpha), sb = take(h, beta);
     const int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
     const int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
     enqueue(s, [=] {
+        float al, be;
+        if (!sa.get("cublasGemmEx", &al) || !sb.get("cublasGemmEx", &be))
+            return;
         if (!operand_ok("cublasGemmEx", "A", A, ar, ac, lda, elt_size(at)) ||
             !operand_ok("cublasGemmEx", "B", B, br, bc, ldb, elt_size(bt)) ||
             !operand_ok("cublasGemmEx", "C", C, m, n, ldc, elt_size(ct)))
