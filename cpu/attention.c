@@ -83,7 +83,7 @@ static att_scr carve(sp_cpu *c, int ith, int G, int D)
 }
 
 /* Pointer to keys [p0, p0+n) of KV head g as fp32: in place for an fp32 cache, else converted. */
-static const float *kv_block(const sp_attn_args *a, const void *base, int g, int p0, int n, float *buf)
+static const float *kv_block(const sp_attn_desc *a, const void *base, int g, int p0, int n, float *buf)
 {
     size_t off = (size_t)g * a->kv_head_stride + (size_t)p0 * a->head_dim;
     if (a->kv_type == SP_KV_F32)
@@ -145,7 +145,7 @@ static void scale_row(float *x, int n, float s)
 
 typedef struct att_job {
     sp_cpu *c;
-    const sp_attn_args *a;
+    const sp_attn_desc *a;
     bool r16;             /* GGML numerics over an fp16 cache: fp16 queries and probabilities */
     int G, BQ, n_qb;
     int n_slices;         /* decode: key slices */
@@ -168,7 +168,7 @@ static void round16(float *x, int n)
 /* Gather the queries of KV head g, queries [q0, q0+bq), as rows hh*bq + i: scaled (then the scores
  * need no scaling), or for r16 rounded to fp16 and unscaled (the scores are scaled after K.q, as
  * ggml's softmax does). */
-static void gather_q(const sp_attn_args *a, int G, int g, int q0, int bq, float *qs, bool r16)
+static void gather_q(const sp_attn_desc *a, int G, int g, int q0, int bq, float *qs, bool r16)
 {
     int D = a->head_dim;
     for (int hh = 0; hh < G; hh++)
@@ -208,7 +208,7 @@ static inline float softmax_step(float *srow, int n, float *m, float *l)
 /* Store lse = m + log(l) of query qi, head h, if qi is one of the last n_window queries. */
 static void store_lse(const att_job *j, int h, int qi, float lse)
 {
-    const sp_attn_args *a = j->a;
+    const sp_attn_desc *a = j->a;
     int wi = qi - (a->n_q - a->n_window);
     if (a->n_window > 0 && wi >= 0)
         j->lse[(size_t)h * a->n_window + wi] = lse;
@@ -223,7 +223,7 @@ typedef struct att_task {
 
 static att_task prefill_begin(const att_job *j, int t, int ith, bool r16)
 {
-    const sp_attn_args *a = j->a;
+    const sp_attn_desc *a = j->a;
     att_task k;
     int qb = j->n_qb - 1 - t / a->n_kv_head;
     k.sc = carve(j->c, ith, j->G, a->head_dim);
@@ -245,7 +245,7 @@ static att_task prefill_begin(const att_job *j, int t, int ith, bool r16)
 static void prefill_unit(void *arg, int t, int ith)
 {
     att_job *j = arg;
-    const sp_attn_args *a = j->a;
+    const sp_attn_desc *a = j->a;
     int G = j->G, D = a->head_dim;
     att_task tk = prefill_begin(j, t, ith, false);
     att_scr sc = tk.sc;
@@ -286,7 +286,7 @@ static void prefill_unit(void *arg, int t, int ith)
 static void prefill_unit_r16(void *arg, int t, int ith)
 {
     att_job *j = arg;
-    const sp_attn_args *a = j->a;
+    const sp_attn_desc *a = j->a;
     int G = j->G, D = a->head_dim;
     att_task tk = prefill_begin(j, t, ith, true);
     att_scr sc = tk.sc;
@@ -330,7 +330,7 @@ static void prefill_unit_r16(void *arg, int t, int ith)
 static void window_unit(void *arg, int t, int ith)
 {
     att_job *j = arg;
-    const sp_attn_args *a = j->a;
+    const sp_attn_desc *a = j->a;
     int G = j->G, D = a->head_dim, W = a->n_window;
     int n_keys = a->q_pos0 + a->n_q;
     int wq0 = a->n_q - W;                       /* chunk index of the first window query */
@@ -366,7 +366,7 @@ static void window_unit(void *arg, int t, int ith)
 }
 
 /* Window scores: one task per KV head x key block (the lse of the window queries are in j->lse). */
-static void window_pass(sp_cpu *c, const sp_attn_args *a, att_job *j)
+static void window_pass(sp_cpu *c, const sp_attn_desc *a, att_job *j)
 {
     sp_pool_for(c->pool, a->n_kv_head * ((a->q_pos0 + a->n_q + ATT_BK - 1) / ATT_BK), window_unit, j);
 }
@@ -468,7 +468,7 @@ static void dec_accum(float *o, const float *V, const float *p, int nk, int D)
 }
 
 /* Decode slice `slice`'s partial of head h in the shared scratch: [m, l, o[D]]. */
-static inline float *dec_part(const sp_cpu *c, const sp_attn_args *a, int slice, int h)
+static inline float *dec_part(const sp_cpu *c, const sp_attn_desc *a, int slice, int h)
 {
     return c->shared + ((size_t)slice * a->n_head + h) * (size_t)(a->head_dim + 2);
 }
@@ -482,7 +482,7 @@ static void dec_slice(const att_job *j, int slice, int *k0, int *k1)
 }
 
 /* The largest running max of head h over the decode slices' partials. */
-static float dec_max(const sp_cpu *c, const sp_attn_args *a, int n_slices, int h)
+static float dec_max(const sp_cpu *c, const sp_attn_desc *a, int n_slices, int h)
 {
     float M = -INFINITY;
     for (int t = 0; t < n_slices; t++) {
@@ -495,7 +495,7 @@ static float dec_max(const sp_cpu *c, const sp_attn_args *a, int n_slices, int h
 static void decode_unit(void *arg, int slice, int ith)
 {
     att_job *j = arg;
-    const sp_attn_args *a = j->a;
+    const sp_attn_desc *a = j->a;
     int G = j->G, D = a->head_dim, k0, k1;
     dec_slice(j, slice, &k0, &k1);
     att_scr sc = carve(j->c, ith, G, D);
@@ -535,7 +535,7 @@ static void decode_unit(void *arg, int slice, int ith)
 static void decode_unit_r16(void *arg, int slice, int ith)
 {
     att_job *j = arg;
-    const sp_attn_args *a = j->a;
+    const sp_attn_desc *a = j->a;
     int G = j->G, D = a->head_dim, k0, k1;
     dec_slice(j, slice, &k0, &k1);
     att_scr sc = carve(j->c, ith, G, D);
@@ -572,7 +572,7 @@ static void decode_unit_r16(void *arg, int slice, int ith)
     }
 }
 
-static void decode_r16(sp_cpu *c, const sp_attn_args *a, att_job *j)
+static void decode_r16(sp_cpu *c, const sp_attn_desc *a, att_job *j)
 {
     int D = a->head_dim;
     j->phase = 0;
@@ -742,7 +742,7 @@ static size_t exact_scratch(int n_keys, int D, int nl, int G)
     return (size_t)G * (n16 + 16 * (size_t)D + (size_t)D) + 2 * (size_t)D + 64;
 }
 
-static bool exact_fits(const sp_cpu *c, const sp_attn_args *a)
+static bool exact_fits(const sp_cpu *c, const sp_attn_desc *a)
 {
     int n_keys = a->q_pos0 + a->n_q, G = a->n_head / a->n_kv_head;
     return a->head_dim % 16 == 0 && a->head_dim <= 256 && G <= SP_ATT_MAX_G &&
@@ -753,7 +753,7 @@ static bool exact_fits(const sp_cpu *c, const sp_attn_args *a)
 static void exact_decode_unit(void *arg, int h, int ith)
 {
     att_job *j = arg;
-    const sp_attn_args *a = j->a;
+    const sp_attn_desc *a = j->a;
     int D = a->head_dim, g = h / j->G, n = a->q_pos0 + 1;
     float *s = j->c->thread_scratch + (size_t)ith * j->c->thread_floats;
     float *acc = s + ((n + 15) & ~15), *q16 = acc + (size_t)64 * D;
@@ -774,7 +774,7 @@ static void exact_decode_unit(void *arg, int h, int ith)
 static void exact_prefill_unit(void *arg, int t, int ith)
 {
     att_job *j = arg;
-    const sp_attn_args *a = j->a;
+    const sp_attn_desc *a = j->a;
     int D = a->head_dim, G = j->G;
     int nqb = (a->n_q + EX_BQ - 1) / EX_BQ;
     int g = t % a->n_kv_head, qb = nqb - 1 - t / a->n_kv_head;
@@ -820,7 +820,7 @@ static void exact_prefill_unit(void *arg, int t, int ith)
 }
 #endif
 
-int sp_op_attention(sp_cpu *c, const sp_attn_args *a)
+int sp_op_attention(sp_cpu *c, const sp_attn_desc *a)
 {
     if (a->n_q <= 0 || a->q_pos0 < 0 || a->n_head <= 0 || a->n_kv_head <= 0 || a->head_dim <= 0 ||
         a->n_head % a->n_kv_head != 0)

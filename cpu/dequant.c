@@ -23,7 +23,7 @@
 #include "dequant.h"
 
 #include "fp16.h"
-#include "gguf.h"
+#include "type_traits.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -59,53 +59,7 @@ static float half_at(const uint8_t *p)
 
 bool sp_dequant_supported(uint32_t type)
 {
-    switch (type) {
-    case SP_TYPE_F32: case SP_TYPE_F16: case SP_TYPE_BF16: case SP_TYPE_Q4_0: case SP_TYPE_Q4_1:
-    case SP_TYPE_Q5_0: case SP_TYPE_Q5_1: case SP_TYPE_Q8_0: case SP_TYPE_Q4_K: case SP_TYPE_Q5_K:
-    case SP_TYPE_Q6_K:
-        return true;
-    default:
-        return false;
-    }
-}
-
-int64_t sp_type_block_elems(uint32_t type)
-{
-    switch (type) {
-    case SP_TYPE_F32: case SP_TYPE_F16: case SP_TYPE_BF16: return 1;
-    case SP_TYPE_Q4_0: case SP_TYPE_Q4_1: case SP_TYPE_Q5_0: case SP_TYPE_Q5_1: case SP_TYPE_Q8_0: return QK;
-    case SP_TYPE_Q4_K: case SP_TYPE_Q5_K: case SP_TYPE_Q6_K: return QK_K;
-    default: return 0;
-    }
-}
-
-size_t sp_type_block_bytes(uint32_t type)
-{
-    switch (type) {
-    case SP_TYPE_F32: return 4;
-    case SP_TYPE_F16: case SP_TYPE_BF16: return 2;
-    case SP_TYPE_Q4_0: return Q4_0_BYTES;
-    case SP_TYPE_Q4_1: return Q4_1_BYTES;
-    case SP_TYPE_Q5_0: return Q5_0_BYTES;
-    case SP_TYPE_Q5_1: return Q5_1_BYTES;
-    case SP_TYPE_Q8_0: return Q8_0_BYTES;
-    case SP_TYPE_Q4_K: return Q4_K_BYTES;
-    case SP_TYPE_Q5_K: return Q5_K_BYTES;
-    case SP_TYPE_Q6_K: return Q6_K_BYTES;
-    default: return 0;
-    }
-}
-
-size_t sp_type_row_bytes(uint32_t type, int64_t n)
-{
-    int64_t be = sp_type_block_elems(type);
-    size_t bb = sp_type_block_bytes(type);
-    if (be == 0 || n < 0 || n % be)
-        return 0;
-    uint64_t blocks = (uint64_t)(n / be);
-    if (blocks > SIZE_MAX / bb) /* the GGUF reader feeds this untrusted dims */
-        return 0;
-    return (size_t)blocks * bb;
+    return sp_type_supported(type);
 }
 
 /* ---- legacy quants (blocks of 32) ---- */

@@ -10,14 +10,9 @@
 #include <stddef.h>
 #include <stdint.h>
 
-bool sp_dequant_supported(uint32_t type);
-/* Elements per block (1 for F32/F16/BF16, 32 for Q*_0/1, 256 for K-quants); 0 if unsupported. */
-int64_t sp_type_block_elems(uint32_t type);
-/* Bytes per block; 0 if unsupported. */
-size_t sp_type_block_bytes(uint32_t type);
-/* Bytes of n elements (n must be a multiple of the block size; else returns 0). */
-size_t sp_type_row_bytes(uint32_t type, int64_t n);
+#include "type_traits.h" /* sp_type_block_elems, sp_type_row_bytes, ... */
 
+bool sp_dequant_supported(uint32_t type); /* = sp_type_supported */
 /* Dequantize n elements (a multiple of the block size) from src into dst.
  * Returns 0, or -EINVAL for an unsupported type / bad n (sp_last_error() says which). */
 int sp_dequant(uint32_t type, const void *src, float *dst, int64_t n);

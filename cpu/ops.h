@@ -13,21 +13,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"  /* sp_wmat, sp_attn_desc, sp_rope_mode, sp_kv_type: the shared descriptors */
+#include "numerics.h"
 #include "threadpool.h"
 
 /* ---- execution context ---------------------------------------------------------------------- */
 
-/* How the matrix products and attention round intermediate values.
- * GGML: what llama.cpp's CPU backend computes (the reference users compare against): activations
- *   quantized to 8 bits per 32-block before every Q4_0/Q4_1/Q8_0 product (integer dot products,
- *   cpu/quant_act.h); with an fp16 KV cache, queries and softmax probabilities rounded to fp16 for
- *   the K.q and P.V products, the probabilities normalized before that rounding. Weight types without
- *   an integer kernel are multiplied in fp32 as in EXACT.
- * EXACT: fp32 activations against the exact dequantized weights (an fp32 reference forward pass). */
-typedef enum sp_numerics {
-    SP_NUMERICS_GGML = 0,
-    SP_NUMERICS_EXACT = 1,
-} sp_numerics;
 
 typedef struct sp_cpu {
     sp_pool_t *pool;         /* n_threads threads (caller included) */
@@ -55,10 +46,6 @@ void sp_cpu_free(sp_cpu *c);  /* accepts NULL */
 /* y = x / sqrt(mean(x^2) + eps) * w over n elements (sum of squares in double). y may alias x. */
 void sp_op_rmsnorm(float *y, const float *x, const float *w, int n, float eps);
 
-typedef enum sp_rope_mode {
-    SP_ROPE_NORM = 0,   /* rotate adjacent pairs (x[2i], x[2i+1]): llama GGUF layout */
-    SP_ROPE_NEOX = 1,   /* rotate (x[i], x[i + d/2]): qwen2 / "neox" layout */
-} sp_rope_mode;
 
 /* Fill table[p][i] = {cos, sin}(p * base^(-2i/head_dim)) for p < n_pos, i < head_dim/2, computed in
  * double then rounded (table: n_pos * head_dim floats). */
@@ -85,14 +72,6 @@ void sp_op_exp(float *y, const float *x, int n);
 
 /* ---- matrix products ------------------------------------------------------------------------ */
 
-/* A weight matrix as stored in the GGUF file: rows = output features (ne[1]), cols = input features
- * (ne[0]), row-major, each row row_bytes long; data may be only byte-aligned. */
-typedef struct sp_wmat {
-    uint32_t type;           /* sp_ggml_type */
-    int64_t rows, cols;
-    size_t row_bytes;
-    const void *data;
-} sp_wmat;
 
 /* Whether matmul supports this type (every type cpu/dequant.h supports). */
 bool sp_op_matmul_supported(uint32_t type);
@@ -106,7 +85,6 @@ int sp_op_matmul(sp_cpu *c, const sp_wmat *w, const float *x, int n, int ldx, fl
 /* Several matrices sharing the input x in one dispatch (fewer thread wake-ups per token): y[i] gets
  * x W_i^T with row stride ldy[i]. All must have the same cols. swiglu (nw == 2, equal rows): after
  * the products, y[0] = silu(y[0]) * y[1] (computed by the thread that owns those rows). */
-#define SP_MM_MAX 4
 int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const *y, const int *ldy, const float *x,
                        int n, int ldx, bool swiglu);
 /* Dequantize row r of w to fp32 (n = w->cols floats). Returns 0 or -EINVAL. */
@@ -114,39 +92,12 @@ int sp_op_get_row(const sp_wmat *w, int64_t r, float *out);
 
 /* ---- attention ------------------------------------------------------------------------------ */
 
-typedef enum sp_kv_type {
-    SP_KV_F16 = 0,           /* IEEE half (llama.cpp's default cache type) */
-    SP_KV_F32 = 1,
-} sp_kv_type;
 
-/* Causal grouped-query attention of n_q new queries at positions q_pos0 .. q_pos0+n_q-1 against keys
- * 0 .. q_pos0+n_q-1 already in the cache (RoPE applied to both). Query head h uses KV head
- * h / (n_head / n_kv_head). Computed in blocks of queries x keys with an online softmax: no
- * n_q x n_keys matrix is formed.
- * Window scores (n_window > 0, <= n_q): for each query head h and key j, the fp32 softmax
- * probabilities of the last n_window queries summed over those queries, written to
- * win[h * win_ld + j] for j < q_pos0+n_q (keys after a query's position contribute 0). With win_w,
- * window row i's probabilities are multiplied by win_w[i] before the sum (PyramidInfer's weights). */
-typedef struct sp_attn_args {
-    int n_q, q_pos0;
-    int n_head, n_kv_head, head_dim;
-    const float *q;          /* q[t*ldq + h*head_dim + d] */
-    int ldq;
-    float *out;              /* out[t*ldo + h*head_dim + d] */
-    int ldo;
-    const void *k, *v;       /* element [g][p][d] at (g*kv_head_stride + p*head_dim + d) */
-    sp_kv_type kv_type;
-    size_t kv_head_stride;   /* elements between KV heads (>= n_keys*head_dim) */
-    float scale;             /* usually 1/sqrt(head_dim) */
-    int n_window;            /* 0: no window scores */
-    float *win;              /* [n_head][win_ld] or NULL */
-    int win_ld;              /* >= q_pos0+n_q */
-    const float *win_w;      /* [n_window] row weights, or NULL (all 1) */
-} sp_attn_args;
+/* Causal GQA attention with optional window scores: the contract of sp_attn_desc (backend.h). */
 
 size_t sp_op_attention_thread_scratch(int n_head, int n_kv_head, int head_dim);
 size_t sp_op_attention_shared_scratch(int n_threads, int n_head, int head_dim, int max_window);
 /* Returns 0 or -EINVAL/-ENOSPC (sp_last_error()). */
-int sp_op_attention(sp_cpu *c, const sp_attn_args *a);
+int sp_op_attention(sp_cpu *c, const sp_attn_desc *a);
 
 #endif

@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h" /* the op descriptors shared with the CPU backend */
 #include "tier.h"
 
 #ifdef __cplusplus
@@ -96,15 +97,7 @@ int sp_gpu_dequant(void *stream, sp_gpu_dequant_desc d);
 /* ---- element-wise ops on fp32 activations ------------------------------------------------------ */
 
 /* y = x / sqrt(mean(x^2) + eps) * w per row (y may alias x). */
-typedef struct sp_gpu_rmsnorm_desc {
-    int n_rows, n;
-    const float *x;
-    int64_t ldx;
-    float *y;
-    int64_t ldy;
-    const float *w;          /* [n] */
-    float eps;
-} sp_gpu_rmsnorm_desc;
+typedef sp_rmsnorm_desc sp_gpu_rmsnorm_desc; /* the shared descriptor (backend.h) */
 int sp_gpu_rmsnorm(void *stream, sp_gpu_rmsnorm_desc d);
 
 /* RoPE in place, as sp_op_rope: x[t*ld + h*head_dim + ...], token t at position pos[t]. With a
@@ -125,11 +118,7 @@ typedef struct sp_gpu_rope_desc {
 int sp_gpu_rope(void *stream, sp_gpu_rope_desc d);
 
 /* out[i] = silu(gate[i]) * up[i] for i < n (out may alias gate or up). */
-typedef struct sp_gpu_swiglu_desc {
-    int64_t n;
-    const float *gate, *up;
-    float *out;
-} sp_gpu_swiglu_desc;
+typedef sp_swiglu_desc sp_gpu_swiglu_desc; /* the shared descriptor (backend.h) */
 int sp_gpu_swiglu(void *stream, sp_gpu_swiglu_desc d);
 
 /* ---- matrix products -------------------------------------------------------------------------- */
@@ -184,7 +173,7 @@ int sp_gpu_gemv(void *stream, sp_gpu_gemv_desc d);
 
 /* ---- attention -------------------------------------------------------------------------------- */
 
-/* Causal GQA attention over an fp16 KV cache, the contract of sp_attn_args (cpu/ops.h): n_q queries
+/* Causal GQA attention over an fp16 KV cache, the contract of sp_attn_desc (cpu/ops.h): n_q queries
  * at positions q_pos0.., keys 0 .. q_pos0+n_q-1, query head h reads KV head h / (n_head/n_kv_head).
  * n_q > 1 or n_window > 0: tiled prefill kernel with an online softmax (no n_q x n_keys matrix);
  * window scores win[h*win_ld + j] = sum over the last n_window queries of the fp32 softmax
@@ -214,28 +203,13 @@ int sp_gpu_attention(void *stream, sp_gpu_attn_desc d);
 /* Context scores from window scores, as sp_kv_scores_prepare (runtime/kv_select.h): per head h,
  * out[h][a] = pool over |j - a| <= kernel/2 of raw[h][j] (optionally / (l - j)), a < l_c = l -
  * window. Same float expressions in the same order as the CPU: bit-identical output. */
-typedef struct sp_gpu_kv_prepare_desc {
-    const float *raw;        /* [n_heads][l] window scores */
-    int n_heads;
-    int64_t l, window;       /* l_c = max(l - window, 0) */
-    int kernel;              /* odd >= 1 */
-    int pool_type;           /* sp_pool_type: 0 = max, 1 = avg (zero pad, divide by kernel) */
-    bool divide_by_l_minus_a;
-    float *out;              /* [n_heads][l_c] */
-} sp_gpu_kv_prepare_desc;
+typedef sp_scores_prepare_desc sp_gpu_kv_prepare_desc; /* the shared descriptor (backend.h) */
 int sp_gpu_kv_scores_prepare(void *stream, sp_gpu_kv_prepare_desc d);
 
 /* Per-row top-k as sp_kv_topk: idx[r][0..k') = the indices of the k' = min(k, n) best scores of row
  * r (score descending, lower index on ties, NaN below everything, -0 == +0), ascending. One block
  * per row: an exact 8-pass radix select on a (score, index) key, then an ordered compaction. */
-typedef struct sp_gpu_kv_topk_desc {
-    const float *s;          /* [n_rows][ld] */
-    int n_rows;
-    int64_t n, ld;           /* n <= INT32_MAX */
-    int64_t k;               /* clamped to [0, n] */
-    int32_t *idx;            /* [n_rows][idx_ld] */
-    int64_t idx_ld;          /* >= min(k, n) */
-} sp_gpu_kv_topk_desc;
+typedef sp_topk_desc sp_gpu_kv_topk_desc; /* the shared descriptor (backend.h) */
 int sp_gpu_kv_topk(void *stream, sp_gpu_kv_topk_desc d);
 
 /* Codebook build on the device, output identical to sp_codebook_build (runtime/codebook.h) when no
@@ -301,22 +275,7 @@ int sp_gpu_codebook_match(void *stream, sp_gpu_codebook_match_desc d);
  * The caller keeps n < cap (a full tail would get idx UINT32_MAX). Cosines: as
  * sp_gpu_codebook_match (a near-tie may pick differently than the CPU). */
 enum { SP_GPU_CODE_MAX_D = 4096 };
-typedef struct sp_gpu_codebook_code_desc {
-    const float *x;          /* [n_vec][ldx] */
-    int n_vec, d;
-    int64_t ldx;
-    const uint16_t *seg_cb;  /* fp16 entries of all heads */
-    const int64_t *seg_off;  /* [n_vec] first entry of vector v's codebook, device */
-    const int64_t *seg_n;    /* [n_vec] its entry count, device */
-    uint16_t *tail_ent;      /* fp16 [n_vec][tail_stride] */
-    int64_t tail_stride;     /* elements, >= tail_cap*d */
-    int64_t *tail_n;         /* [n_vec] device, updated */
-    int64_t tail_cap;        /* entries per vector */
-    float theta;
-    uint32_t *idx;           /* idx[v*out_stride] */
-    uint16_t *mag;           /* mag[v*out_stride] */
-    int64_t out_stride;
-} sp_gpu_codebook_code_desc;
+typedef sp_codebook_code_desc sp_gpu_codebook_code_desc; /* the shared descriptor (backend.h) */
 int sp_gpu_codebook_code(void *stream, sp_gpu_codebook_code_desc d);
 
 /* Compressed decode attention over a layer segment + decode tail for every KV head of the layer,
@@ -353,12 +312,7 @@ int sp_gpu_segattn_decode(void *stream, sp_gpu_segattn_desc d);
 
 /* Greedy: out[r] = index of the largest logits[r*ld + i], i < n (lowest index on ties; NaN never
  * wins; -1 when the row has no non-NaN value). */
-typedef struct sp_gpu_argmax_desc {
-    const float *logits;
-    int n_rows;
-    int64_t n, ld;
-    int32_t *out;            /* [n_rows], device */
-} sp_gpu_argmax_desc;
+typedef sp_argmax_desc sp_gpu_argmax_desc; /* the shared descriptor (backend.h) */
 int sp_gpu_argmax(void *stream, sp_gpu_argmax_desc d);
 
 /* Temperature + top-k + top-p, as sp_sampler_sample (runtime/sampler.c) given the same uniform
@@ -369,15 +323,7 @@ int sp_gpu_argmax(void *stream, sp_gpu_argmax_desc d);
  * fall back to the CPU). CUDA's expf may differ from libm's by an ulp: the token agrees unless u
  * falls within that rounding of a cumulative boundary. */
 enum { SP_GPU_SAMPLE_MAX_K = 1024 };
-typedef struct sp_gpu_sample_desc {
-    const float *logits;     /* [n] */
-    int64_t n;
-    float temperature;
-    int top_k;
-    float top_p;
-    double u01;              /* in [0, 1) */
-    int32_t *out;            /* one int32, device */
-} sp_gpu_sample_desc;
+typedef sp_sample_desc sp_gpu_sample_desc; /* the shared descriptor (backend.h) */
 int sp_gpu_sample(void *stream, sp_gpu_sample_desc d);
 
 /* ---- the device tier --------------------------------------------------------------------------- */

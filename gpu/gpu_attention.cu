@@ -1,6 +1,6 @@
 /* gpu_attention.cu - causal GQA attention over an fp16 KV cache: a tiled prefill kernel with an
  * online softmax that can also emit SpindleKV's window scores, and a split-K decode kernel.
- * Contract: sp_attn_args in cpu/ops.h (the CPU reference), restated in gpu.h.
+ * Contract: sp_attn_desc in cpu/ops.h (the CPU reference), restated in gpu.h.
  *
  * DESIGN
  * - Prefill: a block owns one query head x BQ queries and walks the keys in tiles of BK = 32 (one

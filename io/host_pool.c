@@ -1,5 +1,5 @@
-/* host_pool.c - pinned, page-aligned host buffers (see host_pool.h). The only CUDA #ifdef of the
- * tier code lives here, around the allocation and release of CUDA-pinned memory. */
+/* host_pool.c - pinned, page-aligned host buffers (see host_pool.h). Device-pinned memory comes from
+ * the allocator a backend registered; this file knows nothing of CUDA. */
 #include "host_pool.h"
 
 #include "sp_error.h"
@@ -10,23 +10,17 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#ifdef SPINDLE_WITH_CUDA
-#include <cuda_runtime_api.h>
-static void *cuda_pinned_alloc(size_t size)
+/* The pinning allocator a device backend registered (cudaHostAlloc for CUDA), or none. */
+static _Atomic(const sp_host_pinner *) pinner;
+
+void sp_host_pool_set_pinner(const sp_host_pinner *p) { atomic_store(&pinner, p); }
+
+static void *pinned_alloc(size_t size, const sp_host_pinner **used)
 {
-    int n = 0;
-    void *p = NULL;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n <= 0)
-        return NULL;
-    if (cudaHostAlloc(&p, size, cudaHostAllocPortable) != cudaSuccess)
-        return NULL;
-    return p;
+    const sp_host_pinner *p = atomic_load(&pinner);
+    *used = p;
+    return p ? p->alloc(p->user, size) : NULL;
 }
-static void cuda_pinned_free(void *p) { cudaFreeHost(p); }
-#else
-static void *cuda_pinned_alloc(size_t size) { (void)size; return NULL; }
-static void cuda_pinned_free(void *p) { (void)p; }
-#endif
 
 static atomic_flag notice_mlock = ATOMIC_FLAG_INIT, notice_bind = ATOMIC_FLAG_INIT;
 
@@ -37,10 +31,11 @@ int sp_host_pool_alloc(sp_host_buf *out, size_t size, const sp_topology_t *topo)
         return 0;
     size_t page = (size_t)sysconf(_SC_PAGESIZE);
     size_t mapped = (size + page - 1) / page * page;
-    void *p = cuda_pinned_alloc(mapped);
+    const sp_host_pinner *pin = NULL;
+    void *p = pinned_alloc(mapped, &pin);
     if (p) {
         memset(p, 0, mapped);
-        *out = (sp_host_buf){p, size, mapped, SP_HOST_CUDA | SP_HOST_LOCKED};
+        *out = (sp_host_buf){p, size, mapped, SP_HOST_CUDA | SP_HOST_LOCKED, pin};
         return 0;
     }
     p = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -60,7 +55,7 @@ int sp_host_pool_alloc(sp_host_buf *out, size_t size, const sp_topology_t *topo)
     else if (!atomic_flag_test_and_set(&notice_mlock))
         sp_notice("host pool: mlock of %zu bytes refused (%s); host tier memory is pageable "
                   "(raise `ulimit -l` to pin it)", mapped, strerror(errno));
-    *out = (sp_host_buf){p, size, mapped, flags};
+    *out = (sp_host_buf){p, size, mapped, flags, NULL};
     return 0;
 }
 
@@ -69,7 +64,7 @@ void sp_host_pool_free(sp_host_buf *b)
     if (!b || !b->ptr)
         return;
     if (b->flags & SP_HOST_CUDA) {
-        cuda_pinned_free(b->ptr);
+        b->pinner->free(b->pinner->user, b->ptr);
     } else {
         if (b->flags & SP_HOST_LOCKED)
             munlock(b->ptr, b->mapped);

@@ -1,7 +1,7 @@
 /* host_pool.h - pinned host memory for the host tier and staging buffers: page-aligned, mlock()ed
  * where permitted (a one-time notice when not), bound to the chosen NUMA node when a topology is
- * given, and allocated with cudaHostAlloc when built with CUDA and a device is present (so
- * host->device copies are true DMA).
+ * given, and allocated by a device backend's pinning allocator when one is registered (the CUDA
+ * backend registers cudaHostAlloc, so host->device copies are true DMA).
  *
  * Thread-safety: the functions are thread-safe; a buffer is owned by whoever allocated it.
  */
@@ -15,15 +15,27 @@
 
 enum {
     SP_HOST_LOCKED = 1u << 0, /* mlock() succeeded (or cudaHostAlloc pinned it) */
-    SP_HOST_CUDA = 1u << 1,   /* from cudaHostAlloc; freed with cudaFreeHost */
+    SP_HOST_CUDA = 1u << 1,   /* from the registered pinner (cudaHostAlloc); freed by it */
     SP_HOST_BOUND = 1u << 2,  /* bound to the topology's chosen NUMA node */
 };
+
+/* A device backend's allocator of page-locked host memory (NULL from alloc: fall back to mlock). */
+typedef struct sp_host_pinner {
+    void *user;
+    void *(*alloc)(void *user, size_t size);
+    void (*free)(void *user, void *p);
+} sp_host_pinner;
+
+/* Register (or with NULL remove) the pinner used by later allocations; p must outlive every buffer
+ * it allocated. Thread-safe. */
+void sp_host_pool_set_pinner(const sp_host_pinner *p);
 
 typedef struct {
     void *ptr;      /* page-aligned; NULL for an empty buffer */
     size_t size;    /* bytes requested */
     size_t mapped;  /* bytes mapped (size rounded up to pages) */
     unsigned flags; /* SP_HOST_* */
+    const sp_host_pinner *pinner; /* SP_HOST_CUDA: the allocator that frees it */
 } sp_host_buf;
 
 /* Allocate size bytes (zeroed). topo may be NULL (no NUMA binding). Returns 0 or -ENOMEM with a

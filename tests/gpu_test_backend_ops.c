@@ -582,7 +582,7 @@ static void case_attention(int n_q, int q_pos0, int n_head, int n_kv_head, int h
                      sp_op_attention_shared_scratch(2, n_head, D, n_window));
     if (!cpu)
         goto done;
-    sp_attn_args a = {.n_q = n_q, .q_pos0 = q_pos0, .n_head = n_head, .n_kv_head = n_kv_head, .head_dim = D,
+    sp_attn_desc a = {.n_q = n_q, .q_pos0 = q_pos0, .n_head = n_head, .n_kv_head = n_kv_head, .head_dim = D,
                       .q = hq, .ldq = ldq, .out = ref, .ldo = ldo, .k = hk, .v = hv, .kv_type = SP_KV_F16,
                       .kv_head_stride = stride, .scale = 1.0f / sqrtf((float)D), .n_window = n_window,
                       .win = n_window ? wref : NULL, .win_ld = win_ld};

@@ -533,7 +533,7 @@ ParameterizedTest(att_case *c, attention, vs_naive)
     cpu->numerics = c->ggml ? SP_NUMERICS_GGML : SP_NUMERICS_EXACT;
     bool r16 = c->ggml && c->kv == SP_KV_F16;
     float scale = 1.0f / sqrtf((float)D);
-    sp_attn_args a = { .n_q = c->n_q, .q_pos0 = c->pos0, .n_head = H, .n_kv_head = KVH, .head_dim = D, .q = q,
+    sp_attn_desc a = { .n_q = c->n_q, .q_pos0 = c->pos0, .n_head = H, .n_kv_head = KVH, .head_dim = D, .q = q,
                        .ldq = ldq, .out = out, .ldo = ldq, .k = kc, .v = vc, .kv_type = c->kv, .kv_head_stride = stride,
                        .scale = scale, .n_window = W, .win = win, .win_ld = nk + 2 };
     cr_assert_eq(sp_op_attention(cpu, &a), 0);
@@ -592,7 +592,7 @@ Test(attention, rejects_bad_args)
 {
     sp_cpu *cpu = sp_cpu_new(1, sp_op_attention_thread_scratch(4, 2, 8), sp_op_attention_shared_scratch(1, 4, 8, 0));
     float q[32], o[32], k[64], v[64];
-    sp_attn_args a = { .n_q = 1, .q_pos0 = 0, .n_head = 4, .n_kv_head = 3, .head_dim = 8, .q = q, .ldq = 32, .out = o,
+    sp_attn_desc a = { .n_q = 1, .q_pos0 = 0, .n_head = 4, .n_kv_head = 3, .head_dim = 8, .q = q, .ldq = 32, .out = o,
                        .ldo = 32, .k = k, .v = v, .kv_type = SP_KV_F32, .kv_head_stride = 8, .scale = 1.0f };
     cr_assert_eq(sp_op_attention(cpu, &a), -EINVAL);           /* 4 heads over 3 KV heads */
     a.n_kv_head = 2;

@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend.h"
 #include "config.h"
 
 /* Exit codes: 0 ok, 1 runtime failure (bad model file, I/O), 2 usage error. */
@@ -32,6 +33,10 @@ bool sp_cli_float(const char *opt, const char *text, double lo, double hi, doubl
 
 /* Print "spindle: <msg>" to stderr. */
 void sp_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* Resolve [runtime] backend: auto -> the best available (said once on stderr), cpu, or cuda (an
+ * error naming why when it is not available here). 0, or -1 with the message printed. */
+int sp_cli_backend(const sp_config *cfg, sp_backend_kind *out);
 
 /* Resolve the thread count (0 = online cores). */
 int sp_cli_threads(const sp_config *cfg);

@@ -106,7 +106,7 @@ int sp_cli_common_arg(sp_cli_common *c, int argc, char **argv, int *i)
         {"-m", "model.path"}, {"--model", "model.path"}, {"-c", "model.n_ctx"},
         {"--ctx", "model.n_ctx"}, {"-t", "runtime.threads"}, {"--threads", "runtime.threads"},
         {"--seed", "runtime.seed"}, {"--policy", "compression.policy"},
-        {"--ratio", "compression.ratio"},
+        {"--ratio", "compression.ratio"}, {"-b", "runtime.backend"}, {"--backend", "runtime.backend"},
     };
     for (size_t k = 0; k < sizeof shorthands / sizeof shorthands[0]; k++) {
         if (strcmp(a, shorthands[k].flag))
@@ -116,6 +116,34 @@ int sp_cli_common_arg(sp_cli_common *c, int argc, char **argv, int *i)
         snprintf(buf, sizeof buf, "%s=%s", shorthands[k].key, v);
         return apply_set(c, buf, shorthands[k].flag);
     }
+    return 0;
+}
+
+int sp_cli_backend(const sp_config *cfg, sp_backend_kind *out)
+{
+    const char *why = NULL;
+    switch (cfg->runtime.backend) {
+    case SP_BACKEND_CHOICE_CPU:
+        *out = SP_BACKEND_CPU;
+        return 0;
+    case SP_BACKEND_CHOICE_CUDA:
+        if (!sp_backend_available(SP_BACKEND_CUDA, &why)) {
+            sp_cli_error("[runtime] backend = cuda: not available here: %s (use --backend cpu, or see "
+                         "`spindle inspect --backends`)", why);
+            return -1;
+        }
+        *out = SP_BACKEND_CUDA;
+        return 0;
+    default:
+        break;
+    }
+    static bool said;
+    if (sp_backend_available(SP_BACKEND_CUDA, &why))
+        why = "the forward pass runs on the cpu backend in this version";
+    if (!said)
+        fprintf(stderr, "spindle: backend auto: cpu (cuda: %s)\n", why);
+    said = true;
+    *out = SP_BACKEND_CPU;
     return 0;
 }
 

@@ -240,6 +240,8 @@ int sp_cmd_bench(int argc, char **argv)
     p.n_ctx = n_ctx;
     p.n_threads = threads;
     p.numerics = c.cfg.runtime.numerics;
+    if (sp_cli_backend(&c.cfg, &p.backend) < 0)
+        goto out;
     if (!(ctx = sp_ctx_new(m, &p))) {
         sp_cli_error("%s", sp_last_error());
         goto out;

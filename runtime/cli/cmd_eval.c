@@ -1470,6 +1470,10 @@ int sp_cmd_eval(int argc, char **argv)
     sp_ctx_params cp = sp_ctx_default_params();
     cp.n_ctx = n_ctx;
     cp.n_threads = sp_cli_threads(&c.cfg);
+    if (sp_cli_backend(&c.cfg, &cp.backend) < 0) {
+        rc = SP_EXIT_USAGE;
+        goto out;
+    }
     cp.keep_prefill_state = true;
     sp_kv_opts first = opts_for(&E, SP_POLICY_SNAPKV, 0.5);
     cp.kv_opts = &first;

@@ -10,13 +10,39 @@
 #include "gguf.h"
 #include "sp_error.h"
 
+/* One line per backend kind: available or why not, and which one [runtime] backend picks. */
+static int print_backends(const sp_config *cfg)
+{
+    for (int k = 0; k < SP_BACKEND_KIND_COUNT; k++) {
+        const char *why = NULL;
+        bool ok = sp_backend_available((sp_backend_kind)k, &why);
+        char name[96] = "";
+        if (ok) {
+            sp_backend_params p = sp_backend_default_params();
+            sp_backend_t *be = sp_backend_create((sp_backend_kind)k, &p);
+            snprintf(name, sizeof name, "%s", be ? sp_backend_name(be) : sp_last_error());
+            sp_backend_free(be);
+        }
+        printf("%-5s %s%s%s\n", sp_backend_kind_name((sp_backend_kind)k), ok ? "available: " : "not available: ",
+               ok ? name : why, "");
+    }
+    sp_backend_kind pick;
+    if (sp_cli_backend(cfg, &pick) < 0)
+        return SP_EXIT_FAIL;
+    printf("[runtime] backend = %s -> %s\n", cfg->runtime.backend == SP_BACKEND_CHOICE_AUTO ? "auto"
+                                              : cfg->runtime.backend == SP_BACKEND_CHOICE_CPU ? "cpu" : "cuda",
+           sp_backend_kind_name(pick));
+    return SP_EXIT_OK;
+}
+
 static void usage(FILE *out)
 {
-    fputs("usage: spindle inspect [-m MODEL] [--ctx N] [--all-keys] [--tensors] [--topology]\n"
+    fputs("usage: spindle inspect [-m MODEL] [--ctx N] [--all-keys] [--tensors] [--topology] [--backends]\n"
           "  --ctx N      context length for the KV footprint (default: the model's)\n"
           "  --all-keys   print every metadata key (arrays summarized)\n"
           "  --tensors    list every tensor with type, shape and bytes\n"
           "  --topology   show NUMA nodes, cores, GPU locality and the placement chosen\n"
+          "  --backends   list the compute backends, which are available here and why not\n"
           "               (no model needed)\n",
           out);
 }
@@ -52,7 +78,7 @@ int sp_cmd_inspect(int argc, char **argv)
 {
     sp_cli_common c;
     sp_cli_common_init(&c);
-    bool all_keys = false, tensors = false, topology = false;
+    bool all_keys = false, tensors = false, topology = false, backends = false;
     for (int i = 1; i < argc; i++) {
         int r = sp_cli_common_arg(&c, argc, argv, &i);
         if (r < 0)
@@ -65,6 +91,8 @@ int sp_cmd_inspect(int argc, char **argv)
             tensors = true;
         } else if (!strcmp(argv[i], "--topology")) {
             topology = true;
+        } else if (!strcmp(argv[i], "--backends")) {
+            backends = true;
         } else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
             usage(stdout);
             return SP_EXIT_OK;
@@ -80,6 +108,8 @@ int sp_cmd_inspect(int argc, char **argv)
     }
     if (topology)
         return sp_cli_print_topology(stdout);
+    if (backends)
+        return print_backends(&c.cfg);
     sp_gguf_t *g = sp_gguf_open(c.cfg.model.path);
     if (!g) {
         sp_cli_error("%s", sp_last_error());

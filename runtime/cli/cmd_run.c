@@ -8,7 +8,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "kv_tiered.h"
+#include "ctx_tiering.h"
 #include "chat.h"
 #include "cli.h"
 #include "model.h"
@@ -281,6 +281,10 @@ int sp_cmd_run(int argc, char **argv)
     cp.n_ctx = (int)c.cfg.model.n_ctx;
     cp.n_threads = sp_cli_threads(&c.cfg);
     cp.numerics = c.cfg.runtime.numerics;
+    if (sp_cli_backend(&c.cfg, &cp.backend) < 0) {
+        rc = SP_EXIT_USAGE;
+        goto out;
+    }
     progress prog = {.tty = isatty(STDERR_FILENO), .last_quarter = 0};
     cp.on_progress = on_progress;
     cp.progress_user = &prog;

@@ -17,12 +17,14 @@
  *
  * Calls come from the thread that drives the context, never concurrently. Every callback returns
  * 0 or a negative errno; an error fails the prefill/decode call that made it (the message should be
- * set with sp_error()). All four callbacks are required.
+ * set with sp_error()). The first four callbacks are required; view is optional.
  */
 #ifndef SP_KV_PROVIDER_H
 #define SP_KV_PROVIDER_H
 
 #include <stddef.h>
+
+struct sp_kv_segment;
 
 typedef struct sp_kv_provider {
     void *user;
@@ -35,6 +37,12 @@ typedef struct sp_kv_provider {
      * release(). */
     int (*acquire)(void *user, int layer, const void **bytes, size_t *size);
     int (*release)(void *user, int layer);
+    /* Optional: the host view of layer's segment (its header parsed once, when placed; valid until
+     * the layer is placed again). With it the model never parses the acquired bytes: it hands the
+     * view plus the bytes' address to the backend (and rebases the view onto the bytes only where
+     * they are host memory). NULL: the model validates the acquired bytes itself
+     * (sp_kv_segment_open, verify = false), which needs them host-readable. */
+    const struct sp_kv_segment *(*view)(void *user, int layer);
 } sp_kv_provider;
 
 #endif

@@ -23,6 +23,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend.h"
 #include "tier.h"
 
 typedef struct sp_sched sp_sched_t;
@@ -39,6 +40,12 @@ typedef struct {
      * Reads from the nvme tier are verified by the store itself (XXH3-64 of the spilled bytes). */
     int (*verify)(void *user, int layer, const void *bytes, size_t size);
     void *verify_user;
+    /* Optional: the backend whose copy stream moves host bytes into the device slots. With it,
+     * every slot has a "ready" event (recorded on the copy stream after its fill; acquire makes
+     * the compute stream wait on it) and a "done" event (recorded on the compute stream at release;
+     * the copy stream waits on it before the slot is refilled or read back). Without it the tier's
+     * synchronous copies are used. */
+    sp_backend_t *be;
 } sp_sched_opts;
 
 typedef struct {

@@ -19,6 +19,7 @@
 #include "gguf.h"
 #include "kv_policy.h"
 #include "kv_provider.h"
+#include "backend.h"
 #include "ops.h"
 
 typedef enum sp_arch {
@@ -68,6 +69,7 @@ typedef struct sp_ctx_params {
     int n_threads;           /* 0: online CPUs */
     sp_kv_type kv_type;      /* SP_KV_F16 (default) or SP_KV_F32 */
     sp_numerics numerics;    /* SP_NUMERICS_GGML (default: llama.cpp's rounding) or SP_NUMERICS_EXACT */
+    sp_backend_kind backend; /* where the forward pass runs (SP_BACKEND_CPU default; see backend.h) */
     int chunk;               /* prefill chunk (tokens per pass), default 512 */
     int n_window;            /* window scores over the last n_window prompt tokens; 0 = off; <= chunk */
     sp_window_fn on_window;
@@ -109,6 +111,8 @@ void sp_ctx_free(sp_ctx_t *c);       /* accepts NULL */
 /* Forget the sequence (n_past = 0); buffers are kept. */
 void sp_ctx_reset(sp_ctx_t *c);
 int sp_ctx_n_past(const sp_ctx_t *c);
+/* The backend the context computes on (owned by the context). */
+sp_backend_t *sp_ctx_backend(const sp_ctx_t *c);
 int sp_ctx_n_ctx(const sp_ctx_t *c);
 /* Append n tokens (positions n_past..n_past+n-1) in chunks. logits_last: [n_vocab] for the last
  * token, or NULL; logits_all: [n][n_vocab], or NULL. Returns 0, -EINVAL (bad token id / n), -ERANGE

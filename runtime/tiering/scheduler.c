@@ -9,6 +9,12 @@
  * The worker always does pending write-backs first, so a layer's next fetch sees its new bytes.
  * Copies run outside the lock; the slot being filled is not visible to the caller until `loaded`
  * moves past it.
+ * With a backend (opts.be) the host->device part of a fill and the device->host part of a
+ * write-back run on the backend's copy stream: `loaded` then means "issued", and the slot's ready
+ * event (recorded after the fill) is what the compute stream waits on in acquire; release records
+ * the slot's done event on the compute stream, and the copy stream waits on it before it touches
+ * the slot again (the worker itself waits on it before writing into a host-addressable slot).
+ * The counters keep their meaning, so a missing event shows as wrong bytes, not as a hang.
  */
 #include "scheduler.h"
 
@@ -32,6 +38,8 @@ typedef struct {
     bool dirty;
     int err;           /* fetch error for the current occupant (negative errno) */
     char msg[512];
+    sp_buffer_t *view; /* with a backend: a view of mem (the copies' destination) */
+    sp_event_t *ready, *done;
 } slot_t;
 
 struct sp_sched {
@@ -41,6 +49,7 @@ struct sp_sched {
     int *pos_of_layer; /* layer -> index in streamed, -1 resident */
     slot_t *slots;     /* [R] */
     sp_tier_mem staging;
+    sp_event_t *staged;  /* with a backend: recorded after a copy out of / into staging */
     pthread_mutex_t lock;
     pthread_cond_t cv;
     pthread_t worker;
@@ -62,6 +71,33 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* Host bytes into slot sl: on the backend's copy stream after the slot's done event, then its ready
+ * event; or the tier's synchronous copy. */
+static int to_slot(sp_sched_t *s, slot_t *sl, const void *src, size_t n)
+{
+    if (!s->o.be)
+        return sp_tiers_to_device(s->o.tiers, sl->mem.ptr, src, n);
+    int rc;
+    if ((rc = sp_backend_stream_wait(s->o.be, SP_STREAM_COPY, sl->done)) < 0 ||
+        (rc = sp_backend_copy_h2d(s->o.be, SP_STREAM_COPY, sl->view, 0, src, n)) < 0)
+        return rc;
+    return sp_backend_event_record(s->o.be, sl->ready, SP_STREAM_COPY);
+}
+
+/* Slot sl's first n bytes into host memory (a write-back): on the copy stream after the slot's
+ * done event, waited for here (the worker's thread). */
+static int from_slot(sp_sched_t *s, slot_t *sl, void *dst, size_t n)
+{
+    if (!s->o.be)
+        return sp_tiers_to_host(s->o.tiers, dst, sl->mem.ptr, n);
+    int rc;
+    if ((rc = sp_backend_stream_wait(s->o.be, SP_STREAM_COPY, sl->done)) < 0 ||
+        (rc = sp_backend_copy_d2h(s->o.be, SP_STREAM_COPY, dst, sl->view, 0, n)) < 0 ||
+        (rc = sp_backend_event_record(s->o.be, s->staged, SP_STREAM_COPY)) < 0)
+        return rc;
+    return sp_backend_event_sync(s->o.be, s->staged);
+}
+
 /* Fetch streamed layer `layer` into slot sl. Runs without the lock (worker or sync caller). */
 static int fetch(sp_sched_t *s, slot_t *sl, int layer, uint64_t moved[SP_TIER_COUNT][SP_TIER_COUNT])
 {
@@ -78,21 +114,32 @@ static int fetch(sp_sched_t *s, slot_t *sl, int layer, uint64_t moved[SP_TIER_CO
     } else if (loc->tier == SP_TIER_HOST) {
         rc = s->o.verify ? s->o.verify(s->o.verify_user, layer, loc->mem.ptr, loc->size) : 0;
         if (rc == 0) {
-            rc = sp_tiers_to_device(s->o.tiers, sl->mem.ptr, loc->mem.ptr, loc->size);
+            rc = to_slot(s, sl, loc->mem.ptr, loc->size);
             moved[SP_TIER_HOST][SP_TIER_DEVICE] += loc->size;
         }
     } else if (sp_tiers_device_is_host(s->o.tiers)) {
-        /* CPU arena: the slot is host memory; the store reads (and verifies) straight into it */
+        /* CPU arena: the slot is host memory; the store reads (and verifies) straight into it,
+         * once the compute stream is done with the slot's previous occupant */
+        if (s->o.be && (rc = sp_backend_event_sync(s->o.be, sl->done)) < 0)
+            goto out;
         rc = sp_tiers_seg_read(s->o.tiers, loc, sl->mem.ptr, sl->mem.size);
         moved[SP_TIER_NVME][SP_TIER_DEVICE] += loc->size;
+        if (rc == 0 && s->o.be)
+            rc = sp_backend_event_record(s->o.be, sl->ready, SP_STREAM_COPY);
     } else {
+        /* the previous copy out of staging must have finished before the store overwrites it */
+        if (s->o.be && (rc = sp_backend_event_sync(s->o.be, s->staged)) < 0)
+            goto out;
         rc = sp_tiers_seg_read(s->o.tiers, loc, s->staging.ptr, s->staging.size);
         if (rc == 0) {
             moved[SP_TIER_NVME][SP_TIER_HOST] += loc->size;
-            rc = sp_tiers_to_device(s->o.tiers, sl->mem.ptr, s->staging.ptr, loc->size);
+            rc = to_slot(s, sl, s->staging.ptr, loc->size);
+            if (rc == 0 && s->o.be)
+                rc = sp_backend_event_record(s->o.be, s->staged, SP_STREAM_COPY);
             moved[SP_TIER_HOST][SP_TIER_DEVICE] += loc->size;
         }
     }
+out:
     if (rc < 0) {
         sl->err = rc;
         snprintf(sl->msg, sizeof sl->msg, "layer %d: fetch from %s failed: %s", layer,
@@ -110,7 +157,10 @@ static int write_back(sp_sched_t *s, slot_t *sl, uint64_t moved[SP_TIER_COUNT][S
         return 0;
     sl->dirty = false;
     sp_seg_loc *loc = &s->o.locs[sl->layer];
-    int rc = sp_tiers_to_host(s->o.tiers, s->staging.ptr, sl->mem.ptr, sl->size);
+    int rc0;
+    if (s->o.be && (rc0 = sp_backend_event_sync(s->o.be, s->staged)) < 0)
+        return rc0;
+    int rc = from_slot(s, sl, s->staging.ptr, sl->size);
     if (rc < 0)
         return sp_error(-rc, "layer %d: device->host copy for write-back failed", sl->layer);
     moved[SP_TIER_DEVICE][SP_TIER_HOST] += sl->size;
@@ -232,7 +282,14 @@ sp_sched_t *sp_sched_create(const sp_sched_opts *o)
                              "%d): %s", s->R, o->slot_bytes, o->prefetch_depth, sp_last_error());
             goto fail;
         }
+        if (o->be && (!(s->slots[i].view = sp_backend_buffer_view(o->be, s->slots[i].mem.ptr, o->slot_bytes,
+                                                                   sp_tiers_device_is_host(o->tiers))) ||
+                      !(s->slots[i].ready = sp_backend_event_new(o->be)) ||
+                      !(s->slots[i].done = sp_backend_event_new(o->be))))
+            goto fail;
     }
+    if (o->be && !(s->staged = sp_backend_event_new(o->be)))
+        goto fail;
     if (sp_tiers_alloc(o->tiers, SP_TIER_HOST, SP_TAG_STAGING, o->slot_bytes, 0, &s->staging) < 0) {
         sp_error(ENOSPC, "scheduler: cannot allocate the host staging buffer: %s", sp_last_error());
         goto fail;
@@ -284,8 +341,15 @@ void sp_sched_free(sp_sched_t *s)
         pthread_mutex_unlock(&s->lock);
         pthread_join(s->worker, NULL);
     }
-    for (int i = 0; s->slots && i < s->R; i++)
+    if (s->o.be)
+        sp_backend_stream_sync(s->o.be, SP_STREAM_COPY);
+    for (int i = 0; s->slots && i < s->R; i++) {
+        sp_backend_event_free(s->slots[i].ready);
+        sp_backend_event_free(s->slots[i].done);
+        sp_backend_buffer_free(s->slots[i].view);
         sp_tiers_release(s->o.tiers, &s->slots[i].mem);
+    }
+    sp_backend_event_free(s->staged);
     sp_tiers_release(s->o.tiers, &s->staging);
     free(s->slots);
     free(s->streamed);
@@ -369,6 +433,9 @@ int sp_sched_acquire(sp_sched_t *s, int layer, void **data, size_t *size)
     pthread_mutex_unlock(&s->lock);
     if (sl->err)
         return sp_error(-sl->err, "%s", sl->msg);
+    /* the fill was issued; the compute stream waits for it to land */
+    if (s->o.be && (rc = sp_backend_stream_wait(s->o.be, SP_STREAM_COMPUTE, sl->ready)) < 0)
+        return rc;
     *data = sl->mem.ptr;
     *size = sl->size;
     return 0;
@@ -412,6 +479,9 @@ int sp_sched_release(sp_sched_t *s, int layer)
         return sp_error(EINVAL, "scheduler: release of layer %d, which is not acquired", layer);
     slot_t *sl = &s->slots[(s->acquired - 1) % (uint64_t)s->R];
     bool dirty = sl->dirty;
+    /* the compute stream's reads of this slot come before anything the copy stream does to it */
+    if (s->o.be && (rc = sp_backend_event_record(s->o.be, sl->done, SP_STREAM_COMPUTE)) < 0)
+        return rc;
     if (!s->worker_on) {
         uint64_t moved[SP_TIER_COUNT][SP_TIER_COUNT] = {{0}};
         int wb = write_back(s, sl, moved);

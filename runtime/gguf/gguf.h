@@ -13,6 +13,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "type_traits.h" /* sp_ggml_type, sp_ggml_type_name */
+
 /* GGUF metadata value types (numbering fixed by the format). */
 typedef enum sp_gguf_vtype {
     SP_GGUF_UINT8 = 0, SP_GGUF_INT8 = 1, SP_GGUF_UINT16 = 2, SP_GGUF_INT16 = 3,
@@ -21,12 +23,6 @@ typedef enum sp_gguf_vtype {
     SP_GGUF_FLOAT64 = 12,
 } sp_gguf_vtype;
 
-/* ggml tensor types (numbering fixed by ggml). Only those listed are supported by dequant. */
-typedef enum sp_ggml_type {
-    SP_TYPE_F32 = 0, SP_TYPE_F16 = 1, SP_TYPE_Q4_0 = 2, SP_TYPE_Q4_1 = 3,
-    SP_TYPE_Q5_0 = 6, SP_TYPE_Q5_1 = 7, SP_TYPE_Q8_0 = 8,
-    SP_TYPE_Q4_K = 12, SP_TYPE_Q5_K = 13, SP_TYPE_Q6_K = 14, SP_TYPE_BF16 = 30,
-} sp_ggml_type;
 
 typedef struct sp_gguf sp_gguf_t;
 
@@ -96,6 +92,5 @@ const sp_gguf_tensor *sp_gguf_find_tensor(const sp_gguf_t *g, const char *name);
 /* Tensor types: a type dequant does not support (Q2_K, IQ*, F64, ...) still opens when ggml defines
  * its block size (nbytes is exact and the data range validated; the loader rejects it when it
  * dequantizes). An id ggml does not define is rejected at open, naming the tensor and the type. */
-const char *sp_ggml_type_name(uint32_t type);   /* "Q4_1", ..., "unknown" */
 
 #endif

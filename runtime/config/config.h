@@ -18,7 +18,14 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "ops.h"    /* sp_numerics */
+#include "numerics.h" /* sp_numerics */
+
+/* [runtime] backend (resolved to a backend by the CLI; config sits below the backend layer). */
+typedef enum sp_backend_choice {
+    SP_BACKEND_CHOICE_AUTO = 0,
+    SP_BACKEND_CHOICE_CPU = 1,
+    SP_BACKEND_CHOICE_CUDA = 2,
+} sp_backend_choice;
 
 #define SP_CONFIG_PATH_MAX 1024
 #define SP_CONFIG_MASK_MAX 256
@@ -81,6 +88,7 @@ typedef struct sp_config {
         bool register_buffers;          /* io_uring registered buffers and files */
     } spill;
     struct {
+        sp_backend_choice backend;      /* auto | cpu | cuda */
         int64_t threads;                /* compute threads; 0 = all cores */
         sp_numerics numerics;           /* rounding of the CPU forward pass (ggml = llama.cpp's) */
         int64_t seed;                   /* RNG seed, 0..2^63-1 */

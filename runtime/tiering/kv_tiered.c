@@ -16,7 +16,6 @@
 #include "kv_tiered.h"
 
 #include "kv_segment.h"
-#include "model.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -40,6 +39,8 @@ struct sp_kv_tiered {
     int next, held, failed, side_layer;
     bool side_paused;         /* the side read borrowed the scheduler's staging buffer */
     sp_tier_mem bounce;
+    sp_kv_segment *views;     /* [L] host views of the placed segments (sp_kv_tiered_view) */
+    void *headers;            /* [L][SP_KV_SEG_ALIGN] their headers, copied at place() */
     sp_kv_tiered_stats st;    /* placement counters + scheduler stats of retired schedulers */
     uint64_t *old_wait, *old_acq; /* [L] per-layer scheduler counters of retired schedulers */
 };
@@ -77,6 +78,7 @@ sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o)
         return NULL;
     }
     t->o = *o;
+    sp_backend_retain(t->o.be); /* the scheduler copies on it until sp_kv_tiered_free */
     if (t->o.resident_deep_layers > o->n_layers)
         t->o.resident_deep_layers = o->n_layers;
     size_t L = (size_t)o->n_layers;
@@ -86,9 +88,11 @@ sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o)
     t->plan = calloc(L, sizeof *t->plan);
     t->old_wait = calloc(L, sizeof *t->old_wait);
     t->old_acq = calloc(L, sizeof *t->old_acq);
+    t->views = calloc(L, sizeof *t->views);
+    t->headers = calloc(L, SP_KV_SEG_ALIGN);
     if (o->force)
         t->force = malloc(L * sizeof *t->force);
-    if (!t->locs || !t->have || !t->fresh || !t->plan || !t->old_wait || !t->old_acq ||
+    if (!t->locs || !t->have || !t->fresh || !t->plan || !t->old_wait || !t->old_acq || !t->views || !t->headers ||
         (o->force && !t->force)) {
         sp_kv_tiered_free(t);
         sp_error(ENOMEM, "kv tiered: out of memory");
@@ -166,6 +170,9 @@ void sp_kv_tiered_free(sp_kv_tiered_t *t)
     free(t->plan);
     free(t->old_wait);
     free(t->old_acq);
+    free(t->views);
+    free(t->headers);
+    sp_backend_free(t->o.be);
     free(t);
 }
 
@@ -246,7 +253,17 @@ int sp_kv_tiered_place(sp_kv_tiered_t *t, int layer, const void *bytes, size_t s
             t->n_fresh--;
         }
     }
-    int rc = put_provisional(t, layer, bytes, size, &loc);
+    /* The host view: parsed here, once; decode never reads a header out of a slot. */
+    sp_kv_segment v;
+    int rc = sp_kv_segment_open(&v, bytes, size, false);
+    if (rc < 0)
+        return rc;
+    void *hdr = (char *)t->headers + (size_t)layer * SP_KV_SEG_ALIGN;
+    memcpy(hdr, bytes, SP_KV_SEG_ALIGN);
+    sp_kv_segment_view_at(&t->views[layer], &v, bytes);
+    t->views[layer].hdr = hdr;
+    t->views[layer].buf = NULL; /* the bytes move: whoever uses the view says where they are */
+    rc = put_provisional(t, layer, bytes, size, &loc);
     if (rc < 0)
         return rc;
     t->locs[layer] = loc;
@@ -437,7 +454,7 @@ int sp_kv_tiered_finalize(sp_kv_tiered_t *t)
         if (rc == 0) {
             sp_sched_opts so = {.n_layers = t->o.n_layers, .prefetch_depth = t->o.prefetch_depth,
                                 .tiers = t->o.tiers, .locs = t->locs, .slot_bytes = slot,
-                                .verify = t->o.verify_checksums ? verify_host : NULL};
+                                .verify = t->o.verify_checksums ? verify_host : NULL, .be = t->o.be};
             t->sched = sp_sched_create(&so);
             if (!t->sched)
                 rc = sp_error(ENOSPC, "kv tiered: %s", sp_last_error());
@@ -597,11 +614,19 @@ static int cb_acquire(void *u, int layer, const void **bytes, size_t *size)
     return sp_kv_tiered_acquire(u, layer, bytes, size);
 }
 static int cb_release(void *u, int layer) { return sp_kv_tiered_release(u, layer); }
+static const sp_kv_segment *cb_view(void *u, int layer) { return sp_kv_tiered_view(u, layer); }
+
+const sp_kv_segment *sp_kv_tiered_view(const sp_kv_tiered_t *t, int layer)
+{
+    if (!t || layer < 0 || layer >= t->o.n_layers || !t->have[layer])
+        return NULL;
+    return &t->views[layer];
+}
 
 sp_kv_provider sp_kv_tiered_provider(sp_kv_tiered_t *t)
 {
     return (sp_kv_provider){.user = t, .place = cb_place, .step_begin = cb_step_begin,
-                            .acquire = cb_acquire, .release = cb_release};
+                            .acquire = cb_acquire, .release = cb_release, .view = cb_view};
 }
 
 sp_tier_kind sp_kv_tiered_layer_tier(const sp_kv_tiered_t *t, int layer)
@@ -768,102 +793,4 @@ void sp_kv_tiered_stats_json(sp_kv_tiered_t *t, FILE *out)
     fprintf(out, "]}");
 }
 
-/* ---- tiering for a context -------------------------------------------------------------------- */
-
-struct sp_kv_tiering {
-    sp_tiers_t *tiers;
-    sp_kv_tiered_t *kvt;
-    uint64_t weights, scratch, tails;
-};
-
-sp_kv_tiered_t *sp_kv_tiering_provider_of(sp_kv_tiering_t *tg) { return tg ? tg->kvt : NULL; }
-
-void sp_kv_tiering_free(sp_kv_tiering_t *tg)
-{
-    if (!tg)
-        return;
-    sp_kv_tiered_free(tg->kvt);
-    sp_tiers_free(tg->tiers);
-    free(tg);
-}
-
-int sp_kv_tiering_attach(sp_kv_tiering_t **out, const sp_config *cfg, const sp_model_t *m,
-                         sp_ctx_t *ctx, bool compressing)
-{
-    *out = NULL;
-    if (!compressing || (!cfg->tiers.device_budget && !cfg->tiers.host_budget))
-        return 0;
-    sp_kv_tiering_t *tg = calloc(1, sizeof *tg);
-    if (!tg)
-        return sp_error(ENOMEM, "tiers: out of memory");
-    sp_tiers_opts to;
-    sp_tiers_opts_from_config(&to, cfg);
-    int rc = -ENOMEM;
-    if (!(tg->tiers = sp_tiers_create(&to)))
-        goto fail;
-    tg->weights = sp_gguf_file_size(sp_model_gguf(m));
-    tg->scratch = sp_ctx_get_stats(ctx).buffer_bytes;
-    if ((rc = sp_tiers_reserve(tg->tiers, SP_TIER_HOST, SP_TAG_WEIGHTS, tg->weights)) < 0 ||
-        (rc = sp_tiers_reserve(tg->tiers, SP_TIER_DEVICE, SP_TAG_SCRATCH, tg->scratch)) < 0)
-        goto fail;
-    sp_kv_tiered_opts ko;
-    sp_kv_tiered_opts_from_config(&ko, cfg, tg->tiers, sp_model_hparams(m)->n_layer);
-    ko.defer_plan = true;
-    rc = -ENOMEM;
-    if (!(tg->kvt = sp_kv_tiered_create(&ko)))
-        goto fail;
-    sp_kv_provider p = sp_kv_tiered_provider(tg->kvt);
-    if ((rc = sp_ctx_set_kv_provider(ctx, &p)) < 0)
-        goto fail;
-    *out = tg;
-    return 0;
-fail:
-    sp_kv_tiering_free(tg);
-    return rc;
-}
-
-int sp_kv_tiering_after_prefill(sp_kv_tiering_t *tg, sp_ctx_t *ctx)
-{
-    if (!tg || tg->kvt->n_have == 0)
-        return 0; /* nothing was compressed into segments: nothing to place */
-    /* with a provider the context's KV bytes are its decode tails (and nothing else) */
-    uint64_t tails = sp_ctx_get_stats(ctx).kv_bytes;
-    if (tails > tg->tails) {
-        int rc = sp_tiers_reserve(tg->tiers, SP_TIER_DEVICE, SP_TAG_SCRATCH, tails - tg->tails);
-        if (rc < 0) {
-            /* The tails are sized once for every token left in the context (decode never
-             * allocates), so a short prompt in a long context asks for the most. */
-            int left = sp_ctx_n_ctx(ctx) - sp_ctx_n_past(ctx);
-            return sp_error(-rc, "decode tails for the %d tokens left in the context (context %d, "
-                                 "prompt %d) need %" PRIu64 " bytes on the device: %s; lower the "
-                                 "context size (-c / [model] n_ctx) or raise [tiers] device_budget",
-                            left, sp_ctx_n_ctx(ctx), sp_ctx_n_past(ctx), tails, sp_last_error());
-        }
-        tg->tails = tails;
-    }
-    return sp_kv_tiered_finalize(tg->kvt);
-}
-
-int sp_kv_tiering_report(sp_kv_tiering_t *tg, FILE *out, const char *json_path)
-{
-    if (!tg)
-        return 0;
-    if (out) {
-        fprintf(out, "device tier: %.2f MiB scratch + decode tails charged; host tier: %.2f MiB "
-                     "weights (memory-mapped GGUF) charged\n",
-                (double)(tg->scratch + tg->tails) / 1048576.0, (double)tg->weights / 1048576.0);
-        sp_kv_tiered_print_stats(tg->kvt, out);
-    }
-    if (json_path && json_path[0]) {
-        FILE *f = fopen(json_path, "w");
-        if (!f)
-            return sp_error(errno, "stats_json: cannot write %s: %s", json_path, strerror(errno));
-        fprintf(f, "{\"weights_bytes\":%" PRIu64 ",\"scratch_bytes\":%" PRIu64 ",\"tail_bytes\":%" PRIu64
-                   ",\"kv_tiers\":", tg->weights, tg->scratch, tg->tails);
-        sp_kv_tiered_stats_json(tg->kvt, f);
-        fprintf(f, "}\n");
-        if (fclose(f) != 0)
-            return sp_error(EIO, "stats_json: writing %s failed", json_path);
-    }
-    return 0;
-}
+int sp_kv_tiered_n_placed(const sp_kv_tiered_t *t) { return t ? t->n_have : 0; }

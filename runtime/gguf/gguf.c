@@ -24,7 +24,6 @@
  */
 #include "gguf.h"
 
-#include "dequant.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -296,48 +295,10 @@ static int64_t tensor_lookup(const sp_gguf_t *g, const char *s)
 
 /* ---- ggml tensor types ---- */
 
-struct type_info {
-    const char *name;
-    uint32_t block_elems, block_bytes;
-};
-
-/* ggml's type table (ids fixed by ggml; gaps are removed types). Used for names and for the sizes
- * of types dequant does not support; supported types take their size from dequant. */
-static const struct type_info type_table[] = {
-    [0] = {"F32", 1, 4},        [1] = {"F16", 1, 2},          [2] = {"Q4_0", 32, 18},
-    [3] = {"Q4_1", 32, 20},     [6] = {"Q5_0", 32, 22},       [7] = {"Q5_1", 32, 24},
-    [8] = {"Q8_0", 32, 34},     [9] = {"Q8_1", 32, 40},       [10] = {"Q2_K", 256, 84},
-    [11] = {"Q3_K", 256, 110},  [12] = {"Q4_K", 256, 144},    [13] = {"Q5_K", 256, 176},
-    [14] = {"Q6_K", 256, 210},  [15] = {"Q8_K", 256, 292},    [16] = {"IQ2_XXS", 256, 66},
-    [17] = {"IQ2_XS", 256, 74}, [18] = {"IQ3_XXS", 256, 98},  [19] = {"IQ1_S", 256, 50},
-    [20] = {"IQ4_NL", 32, 18},  [21] = {"IQ3_S", 256, 110},   [22] = {"IQ2_S", 256, 82},
-    [23] = {"IQ4_XS", 256, 136}, [24] = {"I8", 1, 1},         [25] = {"I16", 1, 2},
-    [26] = {"I32", 1, 4},       [27] = {"I64", 1, 8},         [28] = {"F64", 1, 8},
-    [29] = {"IQ1_M", 256, 56},  [30] = {"BF16", 1, 2},        [34] = {"TQ1_0", 256, 54},
-    [35] = {"TQ2_0", 256, 66},  [39] = {"MXFP4", 32, 17},
-};
-
-const char *sp_ggml_type_name(uint32_t type)
-{
-    if (type < sizeof type_table / sizeof type_table[0] && type_table[type].name)
-        return type_table[type].name;
-    return "unknown";
-}
-
 /* Bytes of one row of n elements: 0 if the type is unknown or n is not a multiple of its block. */
 static uint64_t tensor_row_bytes(uint32_t type, int64_t n)
 {
-    if (sp_dequant_supported(type))
-        return sp_type_row_bytes(type, n);
-    if (type >= sizeof type_table / sizeof type_table[0] || !type_table[type].name)
-        return 0;
-    const struct type_info *ti = &type_table[type];
-    if (n <= 0 || n % ti->block_elems)
-        return 0;
-    uint64_t blocks = (uint64_t)n / ti->block_elems;
-    if (blocks > UINT64_MAX / ti->block_bytes)
-        return 0;
-    return blocks * ti->block_bytes;
+    return sp_type_any_row_bytes(type, n);
 }
 
 /* ---- open ---- */

@@ -40,6 +40,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend.h"
 #include "config.h"
 #include "kv_provider.h"
 #include "placement.h"
@@ -57,6 +58,8 @@ typedef struct {
     bool verify_checksums;        /* [spill] verify_checksums: host-tier reads check the segment */
     const sp_tier_kind *force;    /* tests/benchmarks: [n_layers] exact tiers instead of the
                                      policy (still within budgets); NULL = policy */
+    sp_backend_t *be;             /* the backend whose copy stream fills the device slots (events
+                                     order fill -> compute -> refill), or NULL: synchronous tier copies */
     bool defer_plan;              /* do not plan at the last place(): the owner calls
                                      sp_kv_tiered_finalize (after charging what the prefill left on
                                      the tiers, e.g. decode tails), else the first step_begin does */
@@ -68,6 +71,11 @@ void sp_kv_tiered_opts_from_config(sp_kv_tiered_opts *o, const sp_config *cfg, s
 
 sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o); /* NULL on failure (message) */
 void sp_kv_tiered_free(sp_kv_tiered_t *t);                     /* accepts NULL */
+
+/* The host view of layer's segment, parsed when it was placed (header copied to host memory; the
+ * section pointers are not to be dereferenced: rebase with sp_kv_segment_view_at). NULL when the
+ * layer is not placed. */
+const struct sp_kv_segment *sp_kv_tiered_view(const sp_kv_tiered_t *t, int layer);
 
 /* The provider table for sp_ctx_set_kv_provider (user = t). */
 sp_kv_provider sp_kv_tiered_provider(sp_kv_tiered_t *t);
@@ -114,38 +122,8 @@ void sp_kv_tiered_stats_json(sp_kv_tiered_t *t, FILE *out);
 
 /* ---- a context's tiering, as `spindle run` sets it up ---------------------------------------- */
 
-/* Accounting on a CPU-only run (DESIGN §6: weights and scratch are accounted):
- *   - the weights stay in the memory-mapped GGUF, i.e. host memory: charged to the host tier (tag
- *     weights; the GGUF file size). On a GPU run they would be charged to the device tier;
- *   - the context's activation and scratch buffers and its decode tails are what decode computes on:
- *     charged to the device tier (tag scratch);
- *   - KV segments, streaming slots and the staging buffer: charged by the provider (tag kv/staging).
- * Not charged: the prefill's transient full-precision cache (and captured scores), which a CPU
- * prefill computes in ordinary host memory and frees right after compression.
- * Tiering is attached only when a policy compresses (segments exist) and a device or host budget
- * is set; otherwise every layer would stay resident anyway and the context keeps its segments. */
-struct sp_model;
-struct sp_ctx;
-typedef struct sp_kv_tiering sp_kv_tiering_t;
+/* Layers placed so far (0 before the first prefill or with no compression). NULL -> 0. */
+int sp_kv_tiered_n_placed(const sp_kv_tiered_t *t);
 
-/* Create tiers and the provider from cfg for ctx (before its first prefill) and set it on ctx.
- * *out = NULL (and 0 returned) when tiering is not needed. Returns 0 or a negative errno with a
- * message (a reservation that does not fit names the tier and the budget key). */
-int sp_kv_tiering_attach(sp_kv_tiering_t **out, const sp_config *cfg, const struct sp_model *m,
-                         struct sp_ctx *ctx, bool compressing);
-
-/* After the first prefill: charge the decode tails to the device tier, then plan and move the
- * segments. Accepts NULL (no-op). Returns 0 or a negative errno with a message. */
-int sp_kv_tiering_after_prefill(sp_kv_tiering_t *tg, struct sp_ctx *ctx);
-
-/* Print the per-tier summary to `out` (may be NULL) and write the JSON statistics to json_path
- * (may be NULL or ""). Accepts tg == NULL (no-op). Returns 0 or a negative errno (JSON file). */
-int sp_kv_tiering_report(sp_kv_tiering_t *tg, FILE *out, const char *json_path);
-
-/* Free the provider and the tiers (removing the spill file). Call after the context is freed.
- * Accepts NULL. */
-void sp_kv_tiering_free(sp_kv_tiering_t *tg);
-
-sp_kv_tiered_t *sp_kv_tiering_provider_of(sp_kv_tiering_t *tg);
 
 #endif

@@ -143,6 +143,20 @@ int sp_kv_tail_init(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float 
                     float theta_v);
 void sp_kv_tail_free(sp_kv_tail *t); /* accepts NULL and zeroed structs */
 
+/* The coding of one vector of a decode token (the step sp_kv_tail_append makes per KV head, and the
+ * CPU reference of the backends' codebook_code op): split x [d] into magnitude (fp16 in *mag_out) and
+ * direction, match against seg_cb [seg_n][d] and tail_ent [*tail_n][d] (fp16 units); the segment
+ * entry wins when both are above theta and its cosine is >= the tail's; with neither the direction
+ * is appended as tail entry *tail_n (incremented). Returns the index in the combined numbering
+ * (tail entries after the segment's). The caller keeps room for one more tail entry. */
+uint32_t sp_kv_tail_code_vector(const uint16_t *seg_cb, int64_t seg_n, uint16_t *tail_ent,
+                                int64_t *tail_n, int d, const float *x, float theta, uint16_t *mag_out);
+
+/* A view of the same segment at other bytes (a streamed copy): *out = *seg with every section
+ * pointer moved to `bytes`. Parses nothing (the header stays the one validated at placement); the
+ * bytes must be a copy of seg's. */
+void sp_kv_segment_view_at(sp_kv_segment *out, const sp_kv_segment *seg, const void *bytes);
+
 /* Append one token: k, v [n_kv_heads][d] fp32 (K pre-RoPE) at original position pos. Returns 0,
  * or -ENOSPC when the tail is full (nothing written). No allocation. */
 int sp_kv_tail_append(sp_kv_tail *t, const sp_kv_segment *seg, const float *k, const float *v,

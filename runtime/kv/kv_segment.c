@@ -66,11 +66,10 @@ static uint64_t checksum(const void *buf, uint64_t total)
     return XXH3_64bits_withSeed((const uint8_t *)buf + HDR_BYTES, total - HDR_BYTES, seed);
 }
 
-/* Point the per-head views into the bytes (counts already validated). */
-static void map_views(sp_kv_segment *seg)
+/* Point the per-head views into `bytes`, laid out as header h says (counts already validated). */
+static void map_views_at(sp_kv_segment *seg, const sp_kv_seg_header *h, const void *bytes)
 {
-    const sp_kv_seg_header *h = seg->buf;
-    const uint8_t *b = seg->buf;
+    const uint8_t *b = bytes;
     uint64_t d = (uint64_t)h->head_dim, kept = 0, ek = 0, ev = 0;
     seg->hdr = h;
     seg->group = h->n_q_heads / h->n_kv_heads;
@@ -98,6 +97,16 @@ static void map_views(sp_kv_segment *seg)
         ev += (uint64_t)h->n_ent_v[i];
     }
 #undef SEC
+}
+
+static void map_views(sp_kv_segment *seg) { map_views_at(seg, seg->buf, seg->buf); }
+
+void sp_kv_segment_view_at(sp_kv_segment *out, const sp_kv_segment *seg, const void *bytes)
+{
+    *out = *seg;
+    out->buf = (void *)bytes;
+    out->owned = false;
+    map_views_at(out, seg->hdr, bytes);
 }
 
 static void to_fp16(uint16_t *dst, const float *src, int64_t n)
@@ -455,8 +464,8 @@ void sp_kv_tail_free(sp_kv_tail *t)
 
 /* Code one vector against segment entries + tail entries; appends a tail entry when none is
  * within theta. Returns the index in the combined numbering. */
-static uint32_t tail_code(const uint16_t *seg_cb, int64_t seg_n, uint16_t *tail_ent,
-                          int64_t *tail_n, int d, const float *x, float theta, uint16_t *mag_out)
+uint32_t sp_kv_tail_code_vector(const uint16_t *seg_cb, int64_t seg_n, uint16_t *tail_ent,
+                                int64_t *tail_n, int d, const float *x, float theta, uint16_t *mag_out)
 {
     float u[d > 0 ? d : 1], mag, c1, c2;
     sp_codebook_unit(x, d, u, &mag);
@@ -484,10 +493,10 @@ int sp_kv_tail_append(sp_kv_tail *t, const sp_kv_segment *seg, const float *k, c
         const float *kh = k + (size_t)h * d, *vh = v + (size_t)h * d;
         if (t->coded) {
             const sp_kv_seg_head *sv = &seg->head[h];
-            t->k_idx[h * c + n] = tail_code(sv->k_cb, sv->n_ent_k, t->k_ent + h * c * d,
+            t->k_idx[h * c + n] = sp_kv_tail_code_vector(sv->k_cb, sv->n_ent_k, t->k_ent + h * c * d,
                                             &t->n_new_k[h], d, kh, t->theta_k,
                                             &t->k_mag[h * c + n]);
-            t->v_idx[h * c + n] = tail_code(sv->v_cb, sv->n_ent_v, t->v_ent + h * c * d,
+            t->v_idx[h * c + n] = sp_kv_tail_code_vector(sv->v_cb, sv->n_ent_v, t->v_ent + h * c * d,
                                             &t->n_new_v[h], d, vh, t->theta_v,
                                             &t->v_mag[h * c + n]);
         } else {

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "backend.h"
 #include "dequant.h"
 #include "fp16.h"
 #include "kv_budget.h"
@@ -269,7 +270,8 @@ struct sp_ctx {
     const sp_model_t *m;
     sp_ctx_params p;
     int n_past;
-    sp_cpu *cpu;
+    sp_backend_t *be;        /* every op of the forward pass and of decode attention runs here */
+    size_t be_scratch_bytes; /* the backend's kernel scratch (thread + shared floats) */
     sp_kvcache *kv;
     /* One allocation, carved: */
     float *mem;
@@ -382,10 +384,21 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
     size_t tf = sp_op_matmul_scratch(maxcols), ta = sp_op_attention_thread_scratch(hp->n_head, hp->n_kv_head, hp->head_dim);
     /* Window scores of up to a whole chunk (the h2o / PyramidInfer score passes use every row). */
     size_t sf = sp_op_attention_shared_scratch(p.n_threads, hp->n_head, hp->head_dim, p.chunk);
-    c->cpu = sp_cpu_new(p.n_threads, tf > ta ? tf : ta, sf);
-    if (!c->cpu)
+    sp_backend_params bp = sp_backend_default_params();
+    bp.n_threads = p.n_threads;
+    bp.numerics = p.numerics;
+    bp.thread_floats = tf > ta ? tf : ta;
+    bp.shared_floats = sf;
+    bp.accum_floats = (size_t)C * E;   /* the residual products (wo, w_down) accumulate into x */
+    c->be = sp_backend_create(p.backend, &bp);
+    if (!c->be)
         goto fail;
-    c->cpu->numerics = p.numerics;
+    if (sp_backend_get_kind(c->be) != SP_BACKEND_CPU) {
+        sp_error(ENOTSUP, "context: the forward pass keeps its activations in host memory and runs only on the "
+                          "cpu backend in this version (use --backend cpu)");
+        goto fail;
+    }
+    c->be_scratch_bytes = ((size_t)p.n_threads * bp.thread_floats + bp.shared_floats) * sizeof(float);
     c->kv = sp_kvcache_new(p.kv_type, hp->n_layer, hp->n_kv_head, hp->head_dim, p.n_ctx);
     if (!c->kv)
         goto fail;
@@ -422,8 +435,7 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
     else
         sp_rope_table_fill(c->rope, p.n_ctx, hp->head_dim, hp->rope_base);
     c->st.kv_bytes = sp_kvcache_bytes(c->kv);
-    c->st.buffer_bytes = total * sizeof(float) + (size_t)p.n_threads * c->cpu->thread_floats * sizeof(float) +
-                         c->cpu->shared_floats * sizeof(float);
+    c->st.buffer_bytes = total * sizeof(float) + c->be_scratch_bytes;
     return c;
 
 fail:
@@ -443,7 +455,7 @@ void sp_ctx_free(sp_ctx_t *c)
     free(c->seg);
     free(c->tail);
     free(c->lst);
-    sp_cpu_free(c->cpu);
+    sp_backend_free(c->be);
     sp_kvcache_free(c->kv);
     free(c->mem);
     free(c);
@@ -456,6 +468,8 @@ void sp_ctx_reset(sp_ctx_t *c)
     kv_drop_state(c);
     c->mode = KV_PLAIN;
 }
+
+sp_backend_t *sp_ctx_backend(const sp_ctx_t *c) { return c ? c->be : NULL; }
 
 int sp_ctx_n_past(const sp_ctx_t *c)
 {
@@ -472,29 +486,34 @@ sp_ctx_stats sp_ctx_get_stats(const sp_ctx_t *c)
     return c->st;
 }
 
-static void add_rows(float *x, const float *y, size_t n)
+/* The ops of the forward pass, through the backend (backend.h). */
+
+static int norm_rows(sp_ctx_t *c, float *y, const float *x, const float *w, int rows, int n, float eps)
 {
-    for (size_t i = 0; i < n; i++)
-        x[i] += y[i];
+    sp_rmsnorm_desc d = {.n_rows = rows, .n = n, .x = x, .ldx = n, .y = y, .ldy = n, .w = w, .eps = eps};
+    return sp_backend_rmsnorm(c->be, &d);
 }
 
-static void add_bias(float *x, const float *b, int n, int width)
+/* y (+)= x W^T for n rows (row strides: W's cols for x, W's rows for y). */
+static int matmul(sp_ctx_t *c, const sp_wmat *w, const float *x, int n, float *y, bool accumulate)
 {
-    if (!b)
-        return;
-    for (int t = 0; t < n; t++)
-        for (int i = 0; i < width; i++)
-            x[(size_t)t * width + i] += b[i];
+    sp_matmul_desc d = {.nw = 1, .w = {w}, .y = {y}, .ldy = {(int)w->rows}, .x = x, .n = n, .ldx = (int)w->cols,
+                        .accumulate = accumulate};
+    return sp_backend_matmul(c->be, &d);
 }
 
-static void rmsnorm(const sp_ctx_t *c, float *y, const float *x, const float *w, int n, float eps)
+static int rope(sp_ctx_t *c, float *x, int n, int n_heads, int ld)
 {
-    (c->p.numerics == SP_NUMERICS_GGML ? sp_op_rmsnorm_ggml : sp_op_rmsnorm)(y, x, w, n, eps);
+    const sp_hparams *hp = &c->m->hp;
+    sp_rope_desc d = {.x = x, .n_tok = n, .n_heads = n_heads, .head_dim = hp->head_dim, .ld = ld, .pos = c->pos,
+                      .table = c->rope, .table_n_pos = c->p.n_ctx, .mode = hp->rope_mode};
+    return sp_backend_rope(c->be, &d);
 }
 
-static int matmul(sp_ctx_t *c, const sp_wmat *w, const float *x, int n, float *y)
+/* A single query without window scores is the decode kernel; anything else the prefill one. */
+static int attention(sp_ctx_t *c, const sp_attn_desc *a)
 {
-    return sp_op_matmul(c->cpu, w, x, n, (int)w->cols, y, (int)w->rows);
+    return a->n_q == 1 && a->n_window == 0 ? sp_backend_attn_decode(c->be, a) : sp_backend_attn_prefill(c->be, a);
 }
 
 /* ---- KV compression: capture during the first prefill ----------------------------------------
@@ -527,7 +546,7 @@ static void capture_kpre(sp_ctx_t *c, int layer, int n, int pos0)
 }
 
 /* After the chunk's attention (aa): keep the window scores (last chunk) and run the extra passes. */
-static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_args *aa)
+static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_desc *aa)
 {
     const sp_hparams *hp = &c->m->hp;
     int H = hp->n_head, n = aa->n_q, pos0 = aa->q_pos0, nk = pos0 + n, rc;
@@ -538,14 +557,14 @@ static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_args *aa)
     if (!c->sc_col && !c->sc_pinf)
         return 0;
     double t0 = sp_now_s();
-    sp_attn_args x = *aa;
+    sp_attn_desc x = *aa;
     x.out = c->attx;
     x.win = c->win;
     x.win_ld = nk;
     if (c->sc_col) {             /* every row of every chunk: the full causal column sums */
         x.n_window = n;
         x.win_w = NULL;
-        if ((rc = sp_op_attention(c->cpu, &x)) != 0)
+        if ((rc = attention(c, &x)) != 0)
             return rc;
         for (int h = 0; h < H; h++) {
             float *dst = c->sc_col + ((size_t)layer * H + h) * cap;
@@ -563,7 +582,7 @@ static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_args *aa)
         }
         x.n_window = r;
         x.win_w = c->winw;
-        if ((rc = sp_op_attention(c->cpu, &x)) != 0)
+        if ((rc = attention(c, &x)) != 0)
             return rc;
         float *dst = c->sc_pinf + (size_t)layer * cap, inv = 1.0f / (float)H;
         for (int h = 0; h < H; h++) {
@@ -578,28 +597,6 @@ static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_args *aa)
 
 /* ---- KV compression: attention over segment + tail ------------------------------------------ */
 
-typedef struct seg_job {
-    sp_ctx_t *c;
-    const sp_kv_segment *seg;
-    const sp_kv_tail *tail;
-    const float *q;          /* [n_head][head_dim] of one token */
-    float *out;
-    int rc;
-} seg_job;
-
-static void seg_unit(void *arg, int h, int ith)
-{
-    seg_job *j = arg;
-    sp_ctx_t *c = j->c;
-    const sp_hparams *hp = &c->m->hp;
-    int D = hp->head_dim, G = hp->n_head / hp->n_kv_head;
-    int rc = sp_segattn_decode(j->seg, j->tail, h, j->q + (size_t)h * G * D, c->rope, c->p.n_ctx, hp->rope_mode,
-                               1.0f / sqrtf((float)D), j->out + (size_t)h * G * D,
-                               c->work + (size_t)ith * c->work_floats);
-    if (rc)
-        __atomic_store_n(&j->rc, rc, __ATOMIC_RELAXED);
-}
-
 /* The segment of `layer` for this step: resident, or acquired from the provider and opened as a
  * view (no allocation). */
 static int seg_acquire(sp_ctx_t *c, int layer, const sp_kv_segment **out)
@@ -613,7 +610,14 @@ static int seg_acquire(sp_ctx_t *c, int layer, const sp_kv_segment **out)
     int rc = c->prov.acquire(c->prov.user, layer, &bytes, &size);
     if (rc < 0)
         return rc;
-    if ((rc = sp_kv_segment_open(&c->seg[layer], bytes, size, false)) < 0) {
+    const sp_kv_segment *v = c->prov.view ? c->prov.view(c->prov.user, layer) : NULL;
+    if (v) {
+        /* the header was parsed when the layer was placed; only the bytes' address is new */
+        sp_kv_segment_view_at(&c->seg[layer], v, bytes);
+    } else if (c->prov.view) {
+        c->prov.release(c->prov.user, layer);
+        return sp_error(EINVAL, "context: the KV provider has no view of layer %d", layer);
+    } else if ((rc = sp_kv_segment_open(&c->seg[layer], bytes, size, false)) < 0) {
         c->prov.release(c->prov.user, layer);
         return rc;
     }
@@ -640,10 +644,13 @@ static int seg_attention(sp_ctx_t *c, int layer, int n, int pos0)
         rc = sp_kv_tail_append(&c->tail[layer], seg, c->k + (size_t)t * KV, c->v + (size_t)t * KV, pos0 + t);
         if (rc < 0)
             break;
-        seg_job j = { .c = c, .seg = seg, .tail = &c->tail[layer], .q = c->q + (size_t)t * Q,
-                      .out = c->att + (size_t)t * Q, .rc = 0 };
-        sp_pool_for(c->cpu->pool, hp->n_kv_head, seg_unit, &j);
-        rc = j.rc;
+        sp_segattn_desc d = {
+            .seg = seg, .seg_bytes = seg->buf, .tail = &c->tail[layer], .tail_bytes = c->tail[layer].mem,
+            .kv_head = -1, .q = c->q + (size_t)t * Q, .rope_table = c->rope, .rope_n_pos = c->p.n_ctx,
+            .mode = hp->rope_mode, .scale = 1.0f / sqrtf((float)D), .out = c->att + (size_t)t * Q,
+            .scratch = c->work, .scratch_floats = (size_t)c->p.n_threads * c->work_floats,
+        };
+        rc = sp_backend_segattn(c->be, &d);
     }
     int rr = seg_release(c, layer);
     return rc < 0 ? rc : rr;
@@ -658,26 +665,21 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
     int pos0 = c->n_past, rc;
     if (c->mode == KV_SEG && c->has_prov && (rc = c->prov.step_begin(c->prov.user)) < 0)
         return rc;
-    for (int t = 0; t < n; t++) {
+    for (int t = 0; t < n; t++)
         c->pos[t] = pos0 + t;
-        if ((rc = sp_op_get_row(&m->tok_embd, tok[t], c->x + (size_t)t * E)) != 0)
-            return rc;
-    }
+    sp_get_rows_desc gr = {.w = &m->tok_embd, .ids = tok, .n = n, .out = c->x, .ldo = E};
+    if ((rc = sp_backend_get_rows(c->be, &gr)) != 0)
+        return rc;
     if (c->p.on_hidden)
         c->p.on_hidden(c->p.hidden_user, 0, pos0, n, c->x);
     for (int l = 0; l < hp->n_layer; l++) {
         const sp_layer *ly = &m->layers[l];
-        for (int t = 0; t < n; t++)
-            rmsnorm(c, c->xn + (size_t)t * E, c->x + (size_t)t * E, ly->attn_norm, E, hp->norm_eps);
-        const sp_wmat *wqkv[3] = { &ly->wq, &ly->wk, &ly->wv };
-        float *yqkv[3] = { c->q, c->k, c->v };
-        int ldqkv[3] = { Q, KV, KV };
-        if ((rc = sp_op_matmul_multi(c->cpu, 3, wqkv, yqkv, ldqkv, c->xn, n, E, false)) != 0)
+        if ((rc = norm_rows(c, c->xn, c->x, ly->attn_norm, n, E, hp->norm_eps)) != 0)
             return rc;
-        add_bias(c->q, ly->bq, n, Q);
-        add_bias(c->k, ly->bk, n, KV);
-        add_bias(c->v, ly->bv, n, KV);
-        sp_op_rope(c->q, n, hp->n_head, D, Q, c->pos, c->rope, hp->rope_mode);
+        sp_matmul_desc qkv = {.nw = 3, .w = {&ly->wq, &ly->wk, &ly->wv}, .y = {c->q, c->k, c->v}, .ldy = {Q, KV, KV},
+                              .bias = {ly->bq, ly->bk, ly->bv}, .x = c->xn, .n = n, .ldx = E};
+        if ((rc = sp_backend_matmul(c->be, &qkv)) != 0 || (rc = rope(c, c->q, n, hp->n_head, Q)) != 0)
+            return rc;
         double ta = n == 1 ? sp_now_s() : 0;
         if (c->mode == KV_SEG) {
             /* Compressed: keys stay pre-RoPE (the segment attention rotates them). */
@@ -686,17 +688,18 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
         } else {
             if (c->mode == KV_CAPTURE)
                 capture_kpre(c, l, n, pos0);
-            sp_op_rope(c->k, n, hp->n_kv_head, D, KV, c->pos, c->rope, hp->rope_mode);
+            if ((rc = rope(c, c->k, n, hp->n_kv_head, KV)) != 0)
+                return rc;
             if ((rc = sp_kvcache_store(c->kv, l, pos0, n, c->k, KV, c->v, KV)) != 0)
                 return rc;
-            sp_attn_args aa = {
+            sp_attn_desc aa = {
                 .n_q = n, .q_pos0 = pos0, .n_head = hp->n_head, .n_kv_head = hp->n_kv_head, .head_dim = D,
                 .q = c->q, .ldq = Q, .out = c->att, .ldo = Q,
                 .k = sp_kvcache_k(c->kv, l), .v = sp_kvcache_v(c->kv, l), .kv_type = c->kv->type,
                 .kv_head_stride = c->kv->head_stride, .scale = 1.0f / sqrtf((float)D),
                 .n_window = window ? (c->nwin < n ? c->nwin : n) : 0, .win = c->win, .win_ld = pos0 + n,
             };
-            if ((rc = sp_op_attention(c->cpu, &aa)) != 0)
+            if ((rc = attention(c, &aa)) != 0)
                 return rc;
             if (aa.n_window > 0 && c->p.on_window)
                 c->p.on_window(c->p.window_user, l, c->win, hp->n_head, pos0 + n, aa.n_window);
@@ -705,35 +708,31 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
         }
         if (n == 1)
             c->attn_s += sp_now_s() - ta;
-        if ((rc = matmul(c, &ly->wo, c->att, n, c->xn)) != 0)
+        if ((rc = matmul(c, &ly->wo, c->att, n, c->x, true)) != 0 ||   /* x += att Wo^T */
+            (rc = norm_rows(c, c->xn, c->x, ly->ffn_norm, n, E, hp->norm_eps)) != 0)
             return rc;
-        add_rows(c->x, c->xn, (size_t)n * E);
-        for (int t = 0; t < n; t++)
-            rmsnorm(c, c->xn + (size_t)t * E, c->x + (size_t)t * E, ly->ffn_norm, E, hp->norm_eps);
-        const sp_wmat *wgu[2] = { &ly->w_gate, &ly->w_up };
-        float *ygu[2] = { c->gate, c->up };
-        int ldgu[2] = { F, F };
-        if ((rc = sp_op_matmul_multi(c->cpu, 2, wgu, ygu, ldgu, c->xn, n, E, true)) != 0)   /* gate = silu(gate) * up */
+        sp_matmul_desc gu = {.nw = 2, .w = {&ly->w_gate, &ly->w_up}, .y = {c->gate, c->up}, .ldy = {F, F},
+                             .x = c->xn, .n = n, .ldx = E, .swiglu = true};           /* gate = silu(gate) * up */
+        if ((rc = sp_backend_matmul(c->be, &gu)) != 0 ||
+            (rc = matmul(c, &ly->w_down, c->gate, n, c->x, true)) != 0)              /* x += gate Wdown^T */
             return rc;
-        if ((rc = matmul(c, &ly->w_down, c->gate, n, c->xn)) != 0)
-            return rc;
-        add_rows(c->x, c->xn, (size_t)n * E);
         if (c->p.on_hidden)
             c->p.on_hidden(c->p.hidden_user, l + 1, pos0, n, c->x);
     }
     /* Final norm: every row when someone needs them all, else only the last. */
     bool all = logits_all || c->p.on_hidden;
     int t0 = all ? 0 : n - 1;
-    for (int t = t0; t < n; t++)
-        rmsnorm(c, c->xn + (size_t)t * E, c->x + (size_t)t * E, m->output_norm, E, hp->norm_eps);
+    if ((rc = norm_rows(c, c->xn + (size_t)t0 * E, c->x + (size_t)t0 * E, m->output_norm, n - t0, E,
+                        hp->norm_eps)) != 0)
+        return rc;
     if (c->p.on_hidden)
         c->p.on_hidden(c->p.hidden_user, hp->n_layer + 1, pos0, n, c->xn);
-    if (logits_all && (rc = matmul(c, &m->output, c->xn, n, logits_all)) != 0)
+    if (logits_all && (rc = matmul(c, &m->output, c->xn, n, logits_all, false)) != 0)
         return rc;
     if (logits_last) {
         if (logits_all)
             memcpy(logits_last, logits_all + (size_t)(n - 1) * hp->n_vocab, sizeof(float) * hp->n_vocab);
-        else if ((rc = matmul(c, &m->output, c->xn + (size_t)(n - 1) * E, 1, logits_last)) != 0)
+        else if ((rc = matmul(c, &m->output, c->xn + (size_t)(n - 1) * E, 1, logits_last, false)) != 0)
             return rc;
     }
     c->n_past += n;
