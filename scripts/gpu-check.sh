@@ -17,6 +17,8 @@
 #        OUT=/tmp/x SPINDLE_GPU_CHECK_EMU=1 scripts/gpu-check.sh
 #                                                  dry run on the CPU emulation build (tests/cudaemu):
 #                                                  same steps, compute-sanitizer steps reported as skipped
+#        SPINDLE_GPU_CHECK_BUILD=DIR (build folder) and SPINDLE_GPU_CHECK_TESTS="gpu_test_a gpu_test_b"
+#        (a subset) shorten a dry run
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:?set OUT to the folder that comes back}
@@ -54,14 +56,14 @@ skip() {
 }
 
 if [ "$emu" = 1 ]; then
-    build=build-gpucheck-emu
+    build=${SPINDLE_GPU_CHECK_BUILD:-build-gpucheck-emu}
     step configure 300 cmake -S . -B $build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPINDLE_CUDA=OFF -DSPINDLE_CUDA_EMU=ON
 else
-    build=build-gpucheck
+    build=${SPINDLE_GPU_CHECK_BUILD:-build-gpucheck}
     step configure 300 cmake -S . -B $build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPINDLE_CUDA=ON \
         -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_FLAGS=-lineinfo
 fi
-tests=$(cd tests && ls gpu_test_*.c | sed 's/\.c$//')
+tests=${SPINDLE_GPU_CHECK_TESTS:-$(cd tests && ls gpu_test_*.c | sed 's/\.c$//')}
 # shellcheck disable=SC2086
 step build 420 cmake --build $build -j"$jobs" --target $tests
 
