@@ -245,6 +245,7 @@ int cu_rope(sp_backend_t *be, const sp_rope_desc *d)
     g.ld = d->ld;
     g.pos = d->pos;
     g.table = d->table;
+    g.n_pos = d->table_n_pos > INT32_MAX ? INT32_MAX : (int)d->table_n_pos;   /* positions beyond it: NaN */
     g.mode = d->mode;
     return sp_gpu_rope(stream_of(be, SP_STREAM_COMPUTE), g);
 }

@@ -1,4 +1,4 @@
-/* cublas_lazy.c - the seven cuBLAS entry points gpu/ uses, resolved from libcublas on first use
+/* cublas_lazy.c - the cuBLAS entry points gpu/ uses, resolved from libcublas on first use
  * (dlopen) instead of at program start.
  *
  * Why: merely loading libcublas (and the libcublasLt it pulls in) costs ~210 MiB of resident memory
@@ -25,6 +25,7 @@ static struct {
     cublasStatus_t (*destroy)(cublasHandle_t);
     cublasStatus_t (*set_stream)(cublasHandle_t, cudaStream_t);
     cublasStatus_t (*set_math_mode)(cublasHandle_t, cublasMath_t);
+    cublasStatus_t (*set_pointer_mode)(cublasHandle_t, cublasPointerMode_t);
     const char *(*status_string)(cublasStatus_t);
     cublasStatus_t (*sgemm)(cublasHandle_t, cublasOperation_t, cublasOperation_t, int, int, int, const float *,
                             const float *, int, const float *, int, const float *, float *, int);
@@ -47,10 +48,11 @@ static void load(void)
     *(void **)&lib.destroy = dlsym(h, "cublasDestroy_v2");
     *(void **)&lib.set_stream = dlsym(h, "cublasSetStream_v2");
     *(void **)&lib.set_math_mode = dlsym(h, "cublasSetMathMode");
+    *(void **)&lib.set_pointer_mode = dlsym(h, "cublasSetPointerMode_v2");
     *(void **)&lib.status_string = dlsym(h, "cublasGetStatusString");
     *(void **)&lib.sgemm = dlsym(h, "cublasSgemm_v2");
     *(void **)&lib.gemm_ex = dlsym(h, "cublasGemmEx");
-    lib.ok = lib.create && lib.destroy && lib.set_stream && lib.set_math_mode && lib.status_string && lib.sgemm &&
+    lib.ok = lib.create && lib.destroy && lib.set_stream && lib.set_math_mode && lib.set_pointer_mode && lib.status_string && lib.sgemm &&
              lib.gemm_ex;
 }
 
@@ -78,6 +80,11 @@ cublasStatus_t CUBLASWINAPI cublasSetStream_v2(cublasHandle_t handle, cudaStream
 cublasStatus_t CUBLASWINAPI cublasSetMathMode(cublasHandle_t handle, cublasMath_t mode)
 {
     return ready() ? lib.set_math_mode(handle, mode) : CUBLAS_STATUS_NOT_INITIALIZED;
+}
+
+cublasStatus_t CUBLASWINAPI cublasSetPointerMode_v2(cublasHandle_t handle, cublasPointerMode_t mode)
+{
+    return ready() ? lib.set_pointer_mode(handle, mode) : CUBLAS_STATUS_NOT_INITIALIZED;
 }
 
 const char *CUBLASWINAPI cublasGetStatusString(cublasStatus_t status)

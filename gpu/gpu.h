@@ -110,6 +110,8 @@ typedef struct sp_gpu_rope_desc {
     int64_t ld;
     const int32_t *pos;             /* [n_tok], device */
     const float *table;             /* device, or NULL */
+    int n_pos;                      /* positions in the table (> 0 with a table): a pos outside
+                                       [0, n_pos) yields NaN for its token, never a read outside */
     double base;                    /* used when table == NULL */
     int mode;                       /* sp_rope_mode: 0 = adjacent pairs (llama), 1 = half split (neox) */
 } sp_gpu_rope_desc;
@@ -140,8 +142,14 @@ typedef struct sp_gpu_gemm_desc {
     float *y;                /* fp32 [n][ldy] */
     int64_t ldy;
     bool accumulate;         /* y += instead of y = (residual adds) */
-    void *x16;               /* x_type F32: scratch of n*cols halves; else unused */
+    void *x16;               /* x_type F32: scratch of SP_GPU_GEMM_X16_HEAD bytes + n*cols halves;
+                                else unused */
 } sp_gpu_gemm_desc;
+/* fp32 activations are converted to fp16 scaled by 2^-k, the least k that keeps every finite
+ * |x| <= 65504 (k = 0, an exact conversion, unless some activation is beyond fp16's range; inf and
+ * NaN stay what they are), and the product is scaled back by 2^k: the scale lives in the first
+ * SP_GPU_GEMM_X16_HEAD bytes of x16 (device scalars for cuBLAS), the halves after them. */
+enum { SP_GPU_GEMM_X16_HEAD = 256 };
 int sp_gpu_gemm(sp_gpu_blas *b, void *stream, sp_gpu_gemm_desc d);
 
 /* Decode GEMV straight on the stored weights: one warp per output row, fp32 accumulation, for

@@ -41,7 +41,7 @@ static size_t prefill_smem_floats(int D)
 
 static __global__ void attn_prefill_kernel(sp_gpu_attn_desc a, float *lse)
 {
-    extern __shared__ float sm[];
+    SP_DYNAMIC_SHARED(float, sm);
     const int D = a.head_dim, G = a.n_head / a.n_kv_head;
     float *Qs = sm;                          /* [BQ][D], pre-scaled */
     float *O = Qs + ATT_BQ * D;              /* [BQ][D] */
@@ -134,7 +134,7 @@ static size_t window_smem_floats(int D)
 
 static __global__ void attn_window_kernel(sp_gpu_attn_desc a, const float *lse)
 {
-    extern __shared__ float sm[];
+    SP_DYNAMIC_SHARED(float, sm);
     const int D = a.head_dim, G = a.n_head / a.n_kv_head, W = a.n_window;
     float *Kt = sm;                   /* [WK][D+1] */
     float *Qw = Kt + WIN_WK * (D + 1); /* [WQ][D], pre-scaled */
@@ -176,7 +176,7 @@ static __global__ void attn_window_kernel(sp_gpu_attn_desc a, const float *lse)
 /* Decode: partial (m, l, o[D]) per (head, chunk) into part[(h*n_chunks + c)*(D+2)]. */
 static __global__ void attn_decode_kernel(sp_gpu_attn_desc a, float *part, int n_chunks)
 {
-    extern __shared__ float sm[];
+    SP_DYNAMIC_SHARED(float, sm);
     const int D = a.head_dim, G = a.n_head / a.n_kv_head, E = D / 32;
     const int n_warps = DEC_THREADS / 32;
     float *qs = sm;                      /* [D] */
@@ -333,17 +333,17 @@ extern "C" int sp_gpu_attention(void *stream, sp_gpu_attn_desc a)
                                              (size_t)(DEC_THREADS / 32) * a.head_dim);
         if ((rc = smem_opt_in((const void *)attn_decode_kernel, smem)))
             return rc;
-        attn_decode_kernel<<<dim3(n_chunks, a.n_head), DEC_THREADS, smem, s>>>(a, a.scratch, n_chunks);
+        SP_LAUNCH(dim3(n_chunks, a.n_head), DEC_THREADS, smem, s, attn_decode_kernel)(a, a.scratch, n_chunks);
         if ((rc = SP_CUDA_LAUNCHED("attn_decode_kernel")))
             return rc;
-        attn_decode_merge_kernel<<<a.n_head, a.head_dim < 128 ? 128 : a.head_dim, 0, s>>>(a, a.scratch, n_chunks);
+        SP_LAUNCH(a.n_head, a.head_dim < 128 ? 128 : a.head_dim, 0, s, attn_decode_merge_kernel)(a, a.scratch, n_chunks);
         return SP_CUDA_LAUNCHED("attn_decode_merge_kernel");
     }
     const int n_qt = (a.n_q + ATT_BQ - 1) / ATT_BQ;
     size_t smem = sizeof(float) * prefill_smem_floats(a.head_dim);
     if ((rc = smem_opt_in((const void *)attn_prefill_kernel, smem)))
         return rc;
-    attn_prefill_kernel<<<dim3(n_qt, a.n_head), ATT_THREADS, smem, s>>>(a, a.scratch);
+    SP_LAUNCH(dim3(n_qt, a.n_head), ATT_THREADS, smem, s, attn_prefill_kernel)(a, a.scratch);
     if ((rc = SP_CUDA_LAUNCHED("attn_prefill_kernel")))
         return rc;
     if (a.n_window == 0)
@@ -351,6 +351,6 @@ extern "C" int sp_gpu_attention(void *stream, sp_gpu_attn_desc a)
     smem = sizeof(float) * window_smem_floats(a.head_dim);
     if ((rc = smem_opt_in((const void *)attn_window_kernel, smem)))
         return rc;
-    attn_window_kernel<<<dim3((n_keys + WIN_WK - 1) / WIN_WK, a.n_head), WIN_WK, smem, s>>>(a, a.scratch);
+    SP_LAUNCH(dim3((n_keys + WIN_WK - 1) / WIN_WK, a.n_head), WIN_WK, smem, s, attn_window_kernel)(a, a.scratch);
     return SP_CUDA_LAUNCHED("attn_window_kernel");
 }

@@ -221,7 +221,7 @@ extern "C" int sp_gpu_codebook_build(sp_gpu_blas *blas, void *stream, sp_gpu_cod
     const int64_t n = d.n, T = tile_rows(n);
 
     int64_t ub = (n + CB_THREADS - 1) / CB_THREADS;
-    unit_kernel<<<(unsigned)(ub > 65535 ? 65535 : ub), CB_THREADS, 0, s>>>(d.x, n, d.d, d.unit, d.mag);
+    SP_LAUNCH((unsigned)(ub > 65535 ? 65535 : ub), CB_THREADS, 0, s, unit_kernel)(d.x, n, d.d, d.unit, d.mag);
     if ((rc = SP_CUDA_LAUNCHED("unit_kernel")))
         return rc;
     if ((rc = SP_CUDA_CHECK(cudaMemsetAsync(adj, 0, L.words * (size_t)n * 8, s))))
@@ -240,14 +240,14 @@ extern "C" int sp_gpu_codebook_build(sp_gpu_blas *blas, void *stream, sp_gpu_cod
             return rc;
         int64_t span = n - (r0 / 256) * 256;
         dim3 grid((unsigned)((span + 255) / 256), (unsigned)rows);
-        threshold_kernel<<<grid, 256, 0, s>>>(tile, r0, n, cols, d.theta, adj, L.words);
+        SP_LAUNCH(grid, 256, 0, s, threshold_kernel)(tile, r0, n, cols, d.theta, adj, L.words);
         if ((rc = SP_CUDA_LAUNCHED("threshold_kernel")))
             return rc;
     }
     int64_t db = (n * 32 + CB_THREADS - 1) / CB_THREADS;
-    degree_kernel<<<(unsigned)(db > 65535 ? 65535 : db), CB_THREADS, 0, s>>>(adj, L.words, n, d.mu, deg);
+    SP_LAUNCH((unsigned)(db > 65535 ? 65535 : db), CB_THREADS, 0, s, degree_kernel)(adj, L.words, n, d.mu, deg);
     if ((rc = SP_CUDA_LAUNCHED("degree_kernel")))
         return rc;
-    cover_kernel<<<1, COVER_THREADS, 0, s>>>(adj, L.words, n, d.mu, deg, cov, round, d.index, d.rep, d.n_entries);
+    SP_LAUNCH(1, COVER_THREADS, 0, s, cover_kernel)(adj, L.words, n, d.mu, deg, cov, round, d.index, d.rep, d.n_entries);
     return SP_CUDA_LAUNCHED("cover_kernel");
 }

@@ -32,6 +32,18 @@ static inline int sp_cuda_check(cudaError_t e, const char *expr, const char *fil
 
 static inline cudaStream_t sp_stream(void *s) { return (cudaStream_t)s; }
 
+/* Kernel launches and dynamic shared memory, spelled so that the host compiler can build these
+ * files against the CPU emulation of CUDA (tests/cudaemu, which defines CUDAEMU; SPINDLE_CUDA_EMU):
+ * SP_LAUNCH(grid, block, shmem, stream, kernel)(args...) is kernel<<<grid, block, shmem, stream>>>
+ * (args...) under nvcc; SP_DYNAMIC_SHARED(T, name) is extern __shared__ T name[]. */
+#ifdef CUDAEMU
+#define SP_LAUNCH(grid, block, shmem, stream, ...) CUDAEMU_LAUNCH(grid, block, shmem, stream, __VA_ARGS__)
+#define SP_DYNAMIC_SHARED(type, name) CUDAEMU_DYNAMIC_SHARED(type, name)
+#else
+#define SP_LAUNCH(grid, block, shmem, stream, ...) __VA_ARGS__<<<grid, block, shmem, stream>>>
+#define SP_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 /* Byte-aligned little-endian loads: GGUF blocks are only byte-aligned (20-byte Q4_1, 34-byte Q8_0). */
 static __device__ __forceinline__ uint16_t sp_ld_u16(const uint8_t *p)
 {

@@ -121,10 +121,10 @@ static int launch_t(cudaStream_t s, const sp_gpu_dequant_desc &d)
         blocks = 1 << 22;   /* grid-stride beyond this */
     const uint8_t *src = (const uint8_t *)d.src;
     if (d.dst_type == SP_GPU_F16)
-        dequant_kernel<T, __half><<<(unsigned)blocks, 256, 0, s>>>(src, d.src_row_bytes, d.rows, d.cols,
+        SP_LAUNCH((unsigned)blocks, 256, 0, s, dequant_kernel<T, __half>)(src, d.src_row_bytes, d.rows, d.cols,
                                                                   (__half *)d.dst, d.dst_ld);
     else
-        dequant_kernel<T, float><<<(unsigned)blocks, 256, 0, s>>>(src, d.src_row_bytes, d.rows, d.cols,
+        SP_LAUNCH((unsigned)blocks, 256, 0, s, dequant_kernel<T, float>)(src, d.src_row_bytes, d.rows, d.cols,
                                                                  (float *)d.dst, d.dst_ld);
     return SP_CUDA_LAUNCHED("dequant_kernel");
 }

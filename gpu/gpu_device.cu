@@ -61,7 +61,7 @@ extern "C" int sp_gpu_selftest(int dev)
     if ((rc = SP_CUDA_CHECK(cudaMemcpy(dx, hx, N * sizeof(float), cudaMemcpyHostToDevice))) ||
         (rc = SP_CUDA_CHECK(cudaMemcpy(dy, hy, N * sizeof(float), cudaMemcpyHostToDevice))))
         goto free_dev;
-    axpy_kernel<<<(N + 255) / 256, 256>>>(N, 2.0f, dx, dy);
+    SP_LAUNCH((N + 255) / 256, 256, 0, 0, axpy_kernel)(N, 2.0f, dx, dy);
     if ((rc = SP_CUDA_LAUNCHED("axpy_kernel")) ||
         (rc = SP_CUDA_CHECK(cudaMemcpy(hy, dy, N * sizeof(float), cudaMemcpyDeviceToHost))))
         goto free_dev;

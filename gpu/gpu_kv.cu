@@ -47,7 +47,7 @@ extern "C" int sp_gpu_kv_scores_prepare(void *stream, sp_gpu_kv_prepare_desc d)
     int64_t blocks = (total + 255) / 256;
     if (blocks > (1 << 20))
         blocks = 1 << 20;
-    kv_prepare_kernel<<<(unsigned)blocks, 256, 0, sp_stream(stream)>>>(d.raw, d.n_heads, d.l, lc, d.kernel,
+    SP_LAUNCH((unsigned)blocks, 256, 0, sp_stream(stream), kv_prepare_kernel)(d.raw, d.n_heads, d.l, lc, d.kernel,
                                                                          d.pool_type, d.divide_by_l_minus_a, d.out);
     return SP_CUDA_LAUNCHED("kv_prepare_kernel");
 }
@@ -81,7 +81,7 @@ extern "C" int sp_gpu_kv_topk(void *stream, sp_gpu_kv_topk_desc d)
     if (!d.s || !d.idx || d.idx_ld < k)
         return sp_error(EINVAL, "gpu kv topk: NULL pointer or idx_ld %lld < k %lld", (long long)d.idx_ld,
                         (long long)k);
-    kv_topk_kernel<<<d.n_rows, TOPK_THREADS, 0, sp_stream(stream)>>>(d.s, d.n, d.ld, k, d.idx, d.idx_ld);
+    SP_LAUNCH(d.n_rows, TOPK_THREADS, 0, sp_stream(stream), kv_topk_kernel)(d.s, d.n, d.ld, k, d.idx, d.idx_ld);
     return SP_CUDA_LAUNCHED("kv_topk_kernel");
 }
 
@@ -154,7 +154,7 @@ static __global__ void codebook_match_kernel(const float *u, int d, const uint16
  * append when neither is above theta. */
 static __global__ void codebook_code_kernel(sp_gpu_codebook_code_desc c)
 {
-    extern __shared__ float u[];   /* [d] */
+    SP_DYNAMIC_SHARED(float, u);   /* [d] */
     __shared__ float sv[MATCH_THREADS / 32];
     __shared__ long long si[MATCH_THREADS / 32];
     __shared__ double s_m;
@@ -211,7 +211,7 @@ extern "C" int sp_gpu_codebook_match(void *stream, sp_gpu_codebook_match_desc d)
         return 0;
     if (!d.u || !d.entries || !d.n_ent || !d.best)
         return sp_error(EINVAL, "gpu codebook match: NULL pointer");
-    codebook_match_kernel<<<d.n_vec, MATCH_THREADS, 0, sp_stream(stream)>>>(d.u, d.d, d.entries, d.ent_stride,
+    SP_LAUNCH(d.n_vec, MATCH_THREADS, 0, sp_stream(stream), codebook_match_kernel)(d.u, d.d, d.entries, d.ent_stride,
                                                                             d.n_ent, d.theta, d.best, d.best_cos);
     return SP_CUDA_LAUNCHED("codebook_match_kernel");
 }
@@ -226,6 +226,6 @@ extern "C" int sp_gpu_codebook_code(void *stream, sp_gpu_codebook_code_desc d)
         return 0;
     if (!d.x || !d.seg_cb || !d.seg_off || !d.seg_n || !d.tail_ent || !d.tail_n || !d.idx || !d.mag)
         return sp_error(EINVAL, "gpu codebook code: NULL pointer");
-    codebook_code_kernel<<<d.n_vec, MATCH_THREADS, (size_t)d.d * sizeof(float), sp_stream(stream)>>>(d);
+    SP_LAUNCH(d.n_vec, MATCH_THREADS, (size_t)d.d * sizeof(float), sp_stream(stream), codebook_code_kernel)(d);
     return SP_CUDA_LAUNCHED("codebook_code_kernel");
 }

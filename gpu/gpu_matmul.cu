@@ -37,12 +37,44 @@ extern "C" void sp_gpu_blas_free(sp_gpu_blas *b)
     free(b);
 }
 
-static __global__ void f32_to_f16_kernel(const float *x, int64_t ldx, int n, int64_t cols, __half *y)
+enum { SCALE_THREADS = 1024 };
+
+/* scal = {2^k, 2^-k, beta}: k the least exponent with max finite |x| * 2^-k <= 65504 (fp16 max),
+ * so the conversion below never turns a finite activation into inf. One block. */
+static __global__ void x16_scale_kernel(const float *x, int64_t ldx, int n, int64_t cols, float beta, float *scal)
+{
+    __shared__ float part[SCALE_THREADS / 32];
+    const int64_t total = (int64_t)n * cols;
+    float m = 0.0f;
+    for (int64_t i = threadIdx.x; i < total; i += blockDim.x) {
+        float v = x[(i / cols) * ldx + i % cols];
+        if (isfinite(v))
+            m = fmaxf(m, fabsf(v));
+    }
+    m = sp_warp_max(m);
+    if ((threadIdx.x & 31) == 0)
+        part[threadIdx.x / 32] = m;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x / 32); w++)
+            m = fmaxf(m, part[w]);
+        int k = 0;
+        while (ldexpf(m, -k) > 65504.0f)
+            k++;
+        scal[0] = ldexpf(1.0f, k);
+        scal[1] = ldexpf(1.0f, -k);
+        scal[2] = beta;
+    }
+}
+
+static __global__ void f32_to_f16_kernel(const float *x, int64_t ldx, int n, int64_t cols, const float *scal,
+                                         __half *y)
 {
     const int64_t total = (int64_t)n * cols;
+    const float inv = scal[1];   /* a power of two: x * inv is exact */
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
         int64_t t = i / cols, c = i % cols;
-        y[i] = __float2half_rn(x[t * ldx + c]);
+        y[i] = __float2half_rn(x[t * ldx + c] * inv);
     }
 }
 
@@ -59,25 +91,33 @@ extern "C" int sp_gpu_gemm(sp_gpu_blas *b, void *stream, sp_gpu_gemm_desc d)
         return 0;
     cudaStream_t s = sp_stream(stream);
     int rc;
-    const void *x = d.x;
-    int64_t ldx = d.ldx;
-    if (d.x_type == SP_GPU_F32) {
-        int64_t total = (int64_t)d.n * d.cols, blocks = (total + 255) / 256;
-        if (blocks > (1 << 20))
-            blocks = 1 << 20;
-        f32_to_f16_kernel<<<(unsigned)blocks, 256, 0, s>>>((const float *)d.x, d.ldx, d.n, d.cols, (__half *)d.x16);
-        if ((rc = SP_CUDA_LAUNCHED("f32_to_f16_kernel")))
-            return rc;
-        x = d.x16;
-        ldx = d.cols;
-    }
     if ((rc = SP_CUBLAS_CHECK(cublasSetStream(b->h, s))))
         return rc;
     /* Column-major view: Y^T (rows x n, ld ldy) = op_T(W^T view: cols x rows, ld ldw) * X^T (cols x n). */
     const float alpha = 1.0f, beta = d.accumulate ? 1.0f : 0.0f;
-    return SP_CUBLAS_CHECK(cublasGemmEx(b->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)d.rows, d.n, (int)d.cols, &alpha,
-                                        d.w, CUDA_R_16F, (int)d.ldw, x, CUDA_R_16F, (int)ldx, &beta, d.y,
-                                        CUDA_R_32F, (int)d.ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (d.x_type == SP_GPU_F16)
+        return SP_CUBLAS_CHECK(cublasGemmEx(b->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)d.rows, d.n, (int)d.cols, &alpha,
+                                            d.w, CUDA_R_16F, (int)d.ldw, d.x, CUDA_R_16F, (int)d.ldx, &beta, d.y,
+                                            CUDA_R_32F, (int)d.ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    float *scal = (float *)d.x16;
+    __half *x16 = (__half *)((uint8_t *)d.x16 + SP_GPU_GEMM_X16_HEAD);
+    int64_t total = (int64_t)d.n * d.cols, blocks = (total + 255) / 256;
+    if (blocks > (1 << 20))
+        blocks = 1 << 20;
+    SP_LAUNCH(1, SCALE_THREADS, 0, s, x16_scale_kernel)((const float *)d.x, d.ldx, d.n, d.cols, beta, scal);
+    if ((rc = SP_CUDA_LAUNCHED("x16_scale_kernel")))
+        return rc;
+    SP_LAUNCH((unsigned)blocks, 256, 0, s, f32_to_f16_kernel)((const float *)d.x, d.ldx, d.n, d.cols, scal, x16);
+    if ((rc = SP_CUDA_LAUNCHED("f32_to_f16_kernel")))
+        return rc;
+    /* alpha = 2^k undoes the activations' scale; alpha and beta are read on the device */
+    if ((rc = SP_CUBLAS_CHECK(cublasSetPointerMode(b->h, CUBLAS_POINTER_MODE_DEVICE))))
+        return rc;
+    rc = SP_CUBLAS_CHECK(cublasGemmEx(b->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)d.rows, d.n, (int)d.cols, scal, d.w,
+                                      CUDA_R_16F, (int)d.ldw, x16, CUDA_R_16F, (int)d.cols, scal + 2, d.y, CUDA_R_32F,
+                                      (int)d.ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    int rc2 = SP_CUBLAS_CHECK(cublasSetPointerMode(b->h, CUBLAS_POINTER_MODE_HOST));
+    return rc ? rc : rc2;
 }
 
 /* ---- GEMV ---- */
@@ -201,7 +241,7 @@ template <uint32_t WT, bool VEC>
 static int gemv_launch(cudaStream_t s, const sp_gpu_gemv_desc &d)
 {
     unsigned blocks = (unsigned)((d.rows + GEMV_WARPS - 1) / GEMV_WARPS);
-    gemv_kernel<WT, VEC><<<blocks, GEMV_WARPS * 32, 0, s>>>((const uint8_t *)d.w, d.w_row_bytes, d.rows, d.cols, d.n,
+    SP_LAUNCH(blocks, GEMV_WARPS * 32, 0, s, gemv_kernel<WT, VEC>)((const uint8_t *)d.w, d.w_row_bytes, d.rows, d.cols, d.n,
                                                             d.x, d.ldx, d.y, d.ldy, d.accumulate);
     return SP_CUDA_LAUNCHED("gemv_kernel");
 }

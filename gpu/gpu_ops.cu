@@ -42,14 +42,14 @@ extern "C" int sp_gpu_rmsnorm(void *stream, sp_gpu_rmsnorm_desc d)
                         (long long)d.ldx, (long long)d.ldy);
     if (d.n_rows == 0)
         return 0;
-    rmsnorm_kernel<<<d.n_rows, NORM_THREADS, 0, sp_stream(stream)>>>(d.x, d.ldx, d.y, d.ldy, d.w, d.n, d.eps);
+    SP_LAUNCH(d.n_rows, NORM_THREADS, 0, sp_stream(stream), rmsnorm_kernel)(d.x, d.ldx, d.y, d.ldy, d.w, d.n, d.eps);
     return SP_CUDA_LAUNCHED("rmsnorm_kernel");
 }
 
 /* ---- RoPE: one thread per rotated pair ---- */
 
 static __global__ void rope_kernel(float *x, int n_tok, int n_heads, int head_dim, int64_t ld, const int32_t *pos,
-                                   const float *table, double base, int mode)
+                                   const float *table, int n_pos, double base, int mode)
 {
     const int half = head_dim / 2;
     const int64_t total = (int64_t)n_tok * n_heads * half;
@@ -60,7 +60,9 @@ static __global__ void rope_kernel(float *x, int n_tok, int n_heads, int head_di
         int h = (int)(th_ % n_heads), t = (int)(th_ / n_heads);
         int p = pos[t];
         float c, s;
-        if (table) {
+        if (table && (p < 0 || p >= n_pos)) {
+            c = s = NAN;   /* no such row: the positions come from the device, only the kernel can tell */
+        } else if (table) {
             c = table[((int64_t)p * half + i) * 2 + 0];
             s = table[((int64_t)p * half + i) * 2 + 1];
         } else {
@@ -81,17 +83,18 @@ static __global__ void rope_kernel(float *x, int n_tok, int n_heads, int head_di
 extern "C" int sp_gpu_rope(void *stream, sp_gpu_rope_desc d)
 {
     if (d.n_tok < 0 || d.n_heads <= 0 || d.head_dim <= 0 || d.head_dim % 2 || d.ld < (int64_t)d.n_heads * d.head_dim ||
-        (d.mode != 0 && d.mode != 1) || !d.x || !d.pos || (!d.table && !(d.base > 0.0)))
-        return sp_error(EINVAL, "gpu rope: bad descriptor (%d tokens, %d heads x %d, ld %lld, mode %d, base %g)",
-                        d.n_tok, d.n_heads, d.head_dim, (long long)d.ld, d.mode, d.base);
+        (d.mode != 0 && d.mode != 1) || !d.x || !d.pos || (!d.table && !(d.base > 0.0)) || (d.table && d.n_pos < 1))
+        return sp_error(EINVAL, "gpu rope: bad descriptor (%d tokens, %d heads x %d, ld %lld, mode %d, base %g, "
+                        "table of %d positions)", d.n_tok, d.n_heads, d.head_dim, (long long)d.ld, d.mode, d.base,
+                        d.n_pos);
     int64_t total = (int64_t)d.n_tok * d.n_heads * (d.head_dim / 2);
     if (total == 0)
         return 0;
     int64_t blocks = (total + 255) / 256;
     if (blocks > (1 << 20))
         blocks = 1 << 20;
-    rope_kernel<<<(unsigned)blocks, 256, 0, sp_stream(stream)>>>(d.x, d.n_tok, d.n_heads, d.head_dim, d.ld, d.pos,
-                                                                   d.table, d.base, d.mode);
+    SP_LAUNCH((unsigned)blocks, 256, 0, sp_stream(stream), rope_kernel)(d.x, d.n_tok, d.n_heads, d.head_dim, d.ld, d.pos,
+                                                                   d.table, d.n_pos, d.base, d.mode);
     return SP_CUDA_LAUNCHED("rope_kernel");
 }
 
@@ -114,7 +117,7 @@ extern "C" int sp_gpu_swiglu(void *stream, sp_gpu_swiglu_desc d)
     int64_t blocks = (d.n + 255) / 256;
     if (blocks > (1 << 20))
         blocks = 1 << 20;
-    swiglu_kernel<<<(unsigned)blocks, 256, 0, sp_stream(stream)>>>(d.n, d.gate, d.up, d.out);
+    SP_LAUNCH((unsigned)blocks, 256, 0, sp_stream(stream), swiglu_kernel)(d.n, d.gate, d.up, d.out);
     return SP_CUDA_LAUNCHED("swiglu_kernel");
 }
 
@@ -167,6 +170,6 @@ extern "C" int sp_gpu_argmax(void *stream, sp_gpu_argmax_desc d)
                         (long long)d.ld);
     if (d.n_rows == 0)
         return 0;
-    argmax_kernel<<<d.n_rows, ARGMAX_THREADS, 0, sp_stream(stream)>>>(d.logits, d.n, d.ld, d.out);
+    SP_LAUNCH(d.n_rows, ARGMAX_THREADS, 0, sp_stream(stream), argmax_kernel)(d.logits, d.n, d.ld, d.out);
     return SP_CUDA_LAUNCHED("argmax_kernel");
 }

@@ -101,7 +101,7 @@ extern "C" int sp_gpu_sample(void *stream, sp_gpu_sample_desc d)
     if (k > SP_GPU_SAMPLE_MAX_K)
         return sp_error(ENOTSUP, "gpu sample: %lld candidates (top_k %d over %lld logits); at most %d on the GPU",
                         (long long)k, d.top_k, (long long)d.n, (int)SP_GPU_SAMPLE_MAX_K);
-    sample_kernel<<<1, SAMPLE_THREADS, 0, sp_stream(stream)>>>(d.logits, d.n, (int)k, greedy, d.temperature,
+    SP_LAUNCH(1, SAMPLE_THREADS, 0, sp_stream(stream), sample_kernel)(d.logits, d.n, (int)k, greedy, d.temperature,
                                                                 d.top_p, d.u01, d.out);
     return SP_CUDA_LAUNCHED("sample_kernel");
 }

@@ -68,8 +68,9 @@ static __device__ float block_reduce(float v, bool is_max, float *red)
 
 static __global__ void __launch_bounds__(SA_THREADS) segattn_kernel(sa_args A)
 {
-    extern __shared__ float smem[];
+    SP_DYNAMIC_SHARED(float, smem);
     __shared__ float red[SA_WARPS];
+    __shared__ int bad_index;   /* an entry index outside the codebooks (a full tail's UINT32_MAX) */
     const sp_kv_seg_header *h = (const sp_kv_seg_header *)A.seg;
     const int kh = blockIdx.x, d = h->head_dim, half = d / 2, G = h->n_q_heads / h->n_kv_heads;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -110,6 +111,8 @@ static __global__ void __launch_bounds__(SA_THREADS) segattn_kernel(sa_args A)
         qs[i] = qh[i];
     for (int64_t i = threadIdx.x; i < (int64_t)G * ent; i += blockDim.x)
         wv[(i / ent) * A.ent_max + i % ent] = 0.0f;
+    if (threadIdx.x == 0)
+        bad_index = 0;
     __syncthreads();
 
     /* 1. scores */
@@ -140,7 +143,12 @@ static __global__ void __launch_bounds__(SA_THREADS) segattn_kernel(sa_args A)
             p = A.t.pos[j - nk - nw];
             if (A.t.coded) {
                 uint32_t ik = A.t.k_idx[r];
-                src = ik < ent_k_seg ? k_cb + (size_t)ik * d : A.t.k_ent + (trow + ik - (size_t)ent_k_seg) * d;
+                if (ik >= (uint64_t)ent_k_seg + tc) {   /* no such entry: the head's output becomes NaN */
+                    bad_index = 1;
+                    src = A.t.k_ent + trow * d;   /* any readable row */
+                } else {
+                    src = ik < ent_k_seg ? k_cb + (size_t)ik * d : A.t.k_ent + (trow + ik - (size_t)ent_k_seg) * d;
+                }
                 m = f16(A.t.k_mag, (int64_t)r);
             } else {
                 src = A.t.raw_k + r * d;
@@ -160,7 +168,7 @@ static __global__ void __launch_bounds__(SA_THREADS) segattn_kernel(sa_args A)
                 acc += qs[g * d + i] * krow[i];
             acc = sp_warp_sum(acc);
             if (lane == 0)
-                s[(size_t)g * A.n_max + j] = bits >> g & 1 ? m * A.scale * acc : -INFINITY;
+                s[(size_t)g * A.n_max + j] = g < 64 && (bits >> g & 1) ? m * A.scale * acc : -INFINITY;
         }
         __syncwarp();   /* krow is rewritten for the next token */
     }
@@ -191,6 +199,10 @@ static __global__ void __launch_bounds__(SA_THREADS) segattn_kernel(sa_args A)
         for (int64_t j = threadIdx.x; j < nk; j += blockDim.x) {
             uint32_t e = ib == 2 ? ((const uint16_t *)v_idx)[j] : ((const uint32_t *)v_idx)[j];
             float m = f16(v_mag, j);
+            if (e >= (uint64_t)ent) {
+                bad_index = 1;
+                continue;
+            }
             for (int g = 0; g < G; g++) {
                 float p = s[(size_t)g * A.n_max + j];
                 if (p != 0.0f)
@@ -202,6 +214,10 @@ static __global__ void __launch_bounds__(SA_THREADS) segattn_kernel(sa_args A)
             size_t r = trow + (size_t)j;
             uint32_t e = A.t.v_idx[r];
             float m = f16(A.t.v_mag, (int64_t)r);
+            if (e >= (uint64_t)ent) {
+                bad_index = 1;
+                continue;
+            }
             for (int g = 0; g < G; g++) {
                 float p = s[(size_t)g * A.n_max + nk + nw + j];
                 if (p != 0.0f)
@@ -230,7 +246,7 @@ static __global__ void __launch_bounds__(SA_THREADS) segattn_kernel(sa_args A)
                 acc += we * (e < ent_seg ? f16(v_cb, e * d + c)
                                          : f16(A.t.v_ent, (int64_t)((trow + (size_t)(e - ent_seg)) * d) + c));
         }
-        A.out[(size_t)kh * G * d + t] = acc;
+        A.out[(size_t)kh * G * d + t] = bad_index ? NAN : acc;
     }
 }
 
@@ -274,6 +290,11 @@ extern "C" int sp_gpu_segattn_decode(void *stream, sp_gpu_segattn_desc d)
     int hd = h->head_dim, G = seg->group;
     if (hd % 2)
         return sp_error(EINVAL, "gpu segment attention: head_dim %d must be even for RoPE", hd);
+    /* membership masks are 64-bit (bits >> g): a larger group has no mask bit for its heads */
+    if (h->n_kv_heads < 1 || G != h->n_q_heads / h->n_kv_heads || G < 1 || G > SP_KV_MAX_GROUP || h->mask_bytes > 8)
+        return sp_error(EINVAL, "gpu segment attention: group %d (%d query heads / %d KV heads, %u mask bytes); "
+                        "at most %d query heads per KV head", G, h->n_q_heads, h->n_kv_heads, h->mask_bytes,
+                        SP_KV_MAX_GROUP);
     if (hd > SA_MAX_D || G * hd > SA_MAX_GD)
         return sp_error(ENOTSUP, "gpu segment attention: group %d x head_dim %d exceeds %d floats of shared queries",
                         G, hd, SA_MAX_GD);
@@ -322,6 +343,6 @@ extern "C" int sp_gpu_segattn_decode(void *stream, sp_gpu_segattn_desc d)
     A.scratch = d.scratch;
     tail_maxima(seg, t, &A.n_max, &A.ent_max);
     size_t shmem = (size_t)(G * hd + SA_WARPS * hd) * sizeof(float);   /* <= (8192 + 8*256)*4 = 40 KiB */
-    segattn_kernel<<<h->n_kv_heads, SA_THREADS, shmem, sp_stream(stream)>>>(A);
+    SP_LAUNCH(h->n_kv_heads, SA_THREADS, shmem, sp_stream(stream), segattn_kernel)(A);
     return SP_CUDA_LAUNCHED("segattn_kernel");
 }

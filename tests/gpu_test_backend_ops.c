@@ -264,7 +264,8 @@ static void case_rope(int n_tok, int n_heads, int head_dim, int pad, int mode, b
         (table && (rc = dbuf_upload(&tab, htab, sizeof(float) * (size_t)max_pos * head_dim))))
         goto done;
     sp_gpu_rope_desc d = {.x = dptr(&x), .n_tok = n_tok, .n_heads = n_heads, .head_dim = head_dim, .ld = ld,
-                          .pos = dptr(&pos), .table = table ? dptr(&tab) : NULL, .base = base, .mode = mode};
+                          .pos = dptr(&pos), .table = table ? dptr(&tab) : NULL, .n_pos = max_pos, .base = base,
+                          .mode = mode};
     if ((rc = sp_gpu_rope(gh_stream, d)) || (rc = dbuf_download(&x, got, "x")))
         goto done;
     compare(&c, "x", got, ref, mag, NULL, n, EW_ATOL, EW_RTOL);
@@ -279,6 +280,45 @@ done:
     free(mag);
     free(htab);
     free(hp);
+}
+
+/* Positions outside the table (the device holds them, the launcher cannot check): their tokens
+ * become NaN, the others are rotated as usual, and nothing outside the table is read (the table
+ * is a guarded buffer; ASan in the emulation build). */
+static void case_rope_out_of_table(int mode)
+{
+    char op[32];
+    snprintf(op, sizeof op, "rope_%s", mode == SP_ROPE_NORM ? "norm" : "neox");
+    const char *shape = "[4 tok x 2 heads x 8] table of 16 positions, pos {3, 16, -1, 1000000}";
+    if (!gh_selected(op))
+        return;
+    enum { T = 4, H = 2, D = 8, NP = 16, N = T * H * D };
+    const int32_t hp[T] = {3, NP, -1, 1000000};
+    float hx[N], ref[N], got[N], htab[NP * D];
+    cmp c = {0};
+    dbuf x = {0}, pos = {0}, tab = {0};
+    fill_normal(hx, N, 1.0f);
+    sp_rope_table_fill(htab, NP, D, 1e4);
+    memcpy(ref, hx, sizeof ref);
+    sp_op_rope(ref, 1, H, D, H * D, hp, htab, (sp_rope_mode)mode);   /* token 0 only: the in-table one */
+    int rc;
+    if ((rc = dbuf_upload(&x, hx, sizeof hx)) || (rc = dbuf_upload(&pos, hp, sizeof hp)) ||
+        (rc = dbuf_upload(&tab, htab, sizeof htab)))
+        goto done;
+    sp_gpu_rope_desc d = {.x = dptr(&x), .n_tok = T, .n_heads = H, .head_dim = D, .ld = H * D, .pos = dptr(&pos),
+                          .table = dptr(&tab), .n_pos = NP, .mode = mode};
+    if ((rc = sp_gpu_rope(gh_stream, d)) || (rc = dbuf_download(&x, got, "x")) ||
+        (rc = dbuf_download(&tab, NULL, "table")))
+        goto done;
+    for (int i = 0; i < N; i++)
+        if (i >= H * D)
+            ref[i] = NAN;   /* compare() wants NaN exactly where the reference has it */
+    compare(&c, "x", got, ref, NULL, NULL, N, EW_ATOL, EW_RTOL);
+done:
+    report(op, shape, rc, &c, "token 0 as the CPU, the out-of-table tokens NaN");
+    dbuf_free(&x);
+    dbuf_free(&pos);
+    dbuf_free(&tab);
 }
 
 static void case_swiglu(int64_t n, float range)
@@ -346,12 +386,16 @@ static int matmul_ref(const sp_wmat *w, const float *x, int n, float *y, float *
     return rc;
 }
 
-static void case_gemm(sp_gpu_blas *blas, int64_t rows, int64_t cols, int n, sp_gpu_dtype xt, bool accumulate)
+/* big != 0: a few fp32 activations are set to +-big (beyond fp16's 65504: they must not become inf). */
+static void case_gemm(sp_gpu_blas *blas, int64_t rows, int64_t cols, int n, sp_gpu_dtype xt, bool accumulate,
+                      float big)
 {
     const char *op = "gemm_f16";
     char shape[128];
-    snprintf(shape, sizeof shape, "W[%lld x %lld] x %d tok, x %s%s", (long long)rows, (long long)cols, n,
-             xt == SP_GPU_F16 ? "f16" : "f32", accumulate ? ", y +=" : "");
+    snprintf(shape, sizeof shape, "W[%lld x %lld] x %d tok, x %s%s%s", (long long)rows, (long long)cols, n,
+             xt == SP_GPU_F16 ? "f16" : "f32", accumulate ? ", y +=" : "", big != 0.0f ? ", |x| up to " : "");
+    if (big != 0.0f)
+        snprintf(shape + strlen(shape), sizeof shape - strlen(shape), "%g", (double)big);
     if (!gh_selected(op))
         return;
     cmp c = {0};
@@ -366,6 +410,8 @@ static void case_gemm(sp_gpu_blas *blas, int64_t rows, int64_t cols, int n, sp_g
     for (size_t i = 0; i < nw; i++)
         hw[i] = sp_f32_to_fp16(gh_rng_normal() * 0.05f);
     fill_normal(hx, nx, 1.0f);
+    for (size_t i = 0; big != 0.0f && i < nx; i += 97)
+        hx[i] = i % 2 ? big : -big / 3.0f;
     for (size_t i = 0; i < nx; i++) {
         hx16[i] = sp_f32_to_fp16(hx[i]);
         if (xt == SP_GPU_F16)
@@ -382,7 +428,7 @@ static void case_gemm(sp_gpu_blas *blas, int64_t rows, int64_t cols, int n, sp_g
         }
     if ((rc = dbuf_upload(&w, hw, 2 * nw)) ||
         (rc = xt == SP_GPU_F16 ? dbuf_upload(&x, hx16, 2 * nx) : dbuf_upload(&x, hx, 4 * nx)) ||
-        (xt == SP_GPU_F32 && (rc = dbuf_new(&x16, 2 * nx, 0xFF))) ||
+        (xt == SP_GPU_F32 && (rc = dbuf_new(&x16, SP_GPU_GEMM_X16_HEAD + 2 * nx, 0xFF))) ||
         (rc = accumulate ? dbuf_upload(&y, y0, 4 * ny) : dbuf_new(&y, 4 * ny, 0xFF)))
         goto done;
     sp_gpu_gemm_desc d = {.rows = rows, .cols = cols, .w = dptr(&w), .ldw = cols, .n = n, .x = dptr(&x), .ldx = cols,
@@ -680,6 +726,8 @@ int main(int argc, char **argv)
             case_rope(3, 4, 128, 0, mode, table, 1e4, 32768);
             case_rope(2, 2, 6, 2, mode, table, 1e6, 100);
         }
+    for (int mode = 0; mode < 2 && !gh_dead; mode++)
+        case_rope_out_of_table(mode);
 
     case_swiglu(1536, 10.0f);
     case_swiglu(4 * 1536 + 7, 20.0f);
@@ -690,9 +738,13 @@ int main(int argc, char **argv)
     };
     for (size_t i = 0; i < sizeof mm / sizeof mm[0] && !gh_dead; i++)
         for (int xt = 0; xt < 2 && !gh_dead; xt++)
-            case_gemm(blas, mm[i].rows, mm[i].cols, mm[i].n, xt ? SP_GPU_F16 : SP_GPU_F32, false);
+            case_gemm(blas, mm[i].rows, mm[i].cols, mm[i].n, xt ? SP_GPU_F16 : SP_GPU_F32, false, 0.0f);
     if (!gh_dead)
-        case_gemm(blas, 576, 1536, 9, SP_GPU_F32, true);
+        case_gemm(blas, 576, 1536, 9, SP_GPU_F32, true, 0.0f);
+    if (!gh_dead)
+        case_gemm(blas, 192, 200, 5, SP_GPU_F32, false, 3e5f);
+    if (!gh_dead)
+        case_gemm(blas, 576, 576, 17, SP_GPU_F32, true, 1e9f);
 
     static const uint32_t gv_types[] = {SP_TYPE_F16, SP_TYPE_F32, SP_TYPE_Q8_0, SP_TYPE_Q4_1, SP_TYPE_Q4_0, SP_TYPE_Q6_K};
     for (size_t i = 0; i < sizeof gv_types / sizeof gv_types[0] && !gh_dead; i++) {

@@ -528,13 +528,17 @@ done:
 
 /* ---- segment attention ---- */
 
+/* bad_tail: the tail indices of KV head 0 (K of token 1, V of token 2) are set to UINT32_MAX on the
+ * device, what a full tail's coding step writes: that head's outputs must be NaN (never a read or
+ * an atomic outside the codebooks), the other heads unchanged. */
 static void case_segattn(int hq, int hk, int l, int d, int w, int keep, sp_rope_mode mode, bool coded, int n_tail,
-                         bool dense)
+                         bool dense, bool bad_tail)
 {
     const char *op = "segattn";
     char shape[160];
-    snprintf(shape, sizeof shape, "hq %d hk %d l %d d %d window %d keep %d %s %s tail %d%s", hq, hk, l, d, w, keep,
-             mode == SP_ROPE_NORM ? "norm" : "neox", coded ? "coded" : "raw", n_tail, dense ? " dense" : "");
+    snprintf(shape, sizeof shape, "hq %d hk %d l %d d %d window %d keep %d %s %s tail %d%s%s", hq, hk, l, d, w, keep,
+             mode == SP_ROPE_NORM ? "norm" : "neox", coded ? "coded" : "raw", n_tail, dense ? " dense" : "",
+             bad_tail ? " (head 0 tail indices UINT32_MAX)" : "");
     if (!gh_selected(op))
         return;
     int G = hq / hk, npos = l + n_tail + 4;
@@ -582,6 +586,12 @@ static void case_segattn(int hq, int hk, int l, int d, int w, int keep, sp_rope_
         if ((rc = sp_segattn_reference(&seg, &t, h, q + (size_t)h * G * d, table, npos, mode, 1.0f / sqrtf((float)d),
                                        want + (size_t)h * G * d)))
             goto done;
+    if (bad_tail) {
+        t.k_idx[1] = UINT32_MAX;   /* head 0: row h * cap + j */
+        t.v_idx[2] = UINT32_MAX;
+        for (int i = 0; i < G * d; i++)
+            want[i] = NAN;
+    }
     size_t sf = sp_gpu_segattn_scratch_floats(&seg, &t);
     if ((rc = dbuf_upload(&ds, seg.buf, seg.size)) || (rc = dbuf_upload(&dt, t.mem, t.mem_bytes)) ||
         (rc = dbuf_upload(&dq, q, sizeof(float) * (size_t)hq * d)) ||
@@ -597,6 +607,10 @@ static void case_segattn(int hq, int hk, int l, int d, int w, int keep, sp_rope_
         goto done;
     for (int i = 0; i < hq * d; i++) {
         double err = fabs((double)got[i] - want[i]), tol = 1e-4 + 1e-4 * fabs(want[i]);
+        if (isnan(want[i])) {
+            err = isnan(got[i]) ? 0.0 : INFINITY;
+            tol = 0.0;
+        }
         if (!(err <= tol) && bad++ < GH_MAX_PRINT)
             printf("    out[%d]: gpu %.9g ref %.9g\n", i, got[i], want[i]);
         if (err > max_err)
@@ -622,6 +636,64 @@ done:
     free(got);
     free(nk);
     free(nv);
+}
+
+/* A segment whose group (query heads per KV head) exceeds the 64 bits of a membership mask: the
+ * launcher must refuse it (-EINVAL) rather than shift a mask by 64 or more. The segment is a valid
+ * dense one whose header (host and device copy) then claims 130 query heads. */
+static void case_segattn_group(void)
+{
+    const char *op = "segattn";
+    const char *shape = "group 130 > 64 (header patched): -EINVAL";
+    if (!gh_selected(op))
+        return;
+    enum { HQ = 2, HK = 1, L = 40, D = 16, W = 4, GBIG = 130, NPOS = L + 4 };
+    float *k = malloc(sizeof(float) * HK * L * D), *v = malloc(sizeof(float) * HK * L * D);
+    float *table = malloc(sizeof(float) * NPOS * D), *q = calloc((size_t)GBIG * D, sizeof(float));
+    sp_kv_selection sel = {0};
+    sp_kv_segment seg = {0};
+    dbuf ds = {0}, dq = {0}, dtab = {0}, dout = {0}, dsc = {0};
+    int rc = -ENOMEM;
+    int64_t bad = 0;
+    if (!k || !v || !table || !q)
+        goto done;
+    make_clusters(k, HK * L, D, 4, 0.1f, 0);
+    make_clusters(v, HK * L, D, 4, 0.1f, 0);
+    sp_rope_table_fill(table, NPOS, D, 10000.0);
+    if ((rc = sp_kv_selection_init(&sel, HQ, HK, L, W)))
+        goto done;
+    sp_kv_select_all(&sel);
+    if ((rc = sp_kv_segment_build(&seg, 0, k, v, D, &sel, false, 0.9f, 0.85f, NULL)))
+        goto done;
+    ((sp_kv_seg_header *)seg.hdr)->n_q_heads = GBIG * HK;
+    seg.group = GBIG;
+    size_t sf = sp_gpu_segattn_scratch_floats(&seg, NULL);
+    if ((rc = dbuf_upload(&ds, seg.buf, seg.size)) || (rc = dbuf_upload(&dq, q, sizeof(float) * GBIG * D)) ||
+        (rc = dbuf_upload(&dtab, table, sizeof(float) * NPOS * D)) ||
+        (rc = dbuf_new(&dout, sizeof(float) * GBIG * D, 0xFF)) || (rc = dbuf_new(&dsc, sizeof(float) * sf, 0xFF)))
+        goto done;
+    sp_gpu_segattn_desc sd = {.seg = &seg, .seg_dev = dptr(&ds), .q = dptr(&dq), .rope_table = dptr(&dtab),
+                              .rope_n_pos = NPOS, .mode = 0, .scale = 0.25f, .out = dptr(&dout),
+                              .scratch = dptr(&dsc), .scratch_floats = sf};
+    rc = sp_gpu_segattn_decode(gh_stream, sd);
+    if (rc != -EINVAL) {
+        printf("    launcher returned %d, expected -EINVAL\n", rc);
+        bad = 1;
+    }
+    rc = dbuf_download(&dout, NULL, "out");   /* the context survived (and nothing ran) */
+done:
+    report(op, shape, rc, bad, 0.0, "refused");
+    sp_kv_segment_free(&seg);
+    sp_kv_selection_free(&sel);
+    dbuf_free(&ds);
+    dbuf_free(&dq);
+    dbuf_free(&dtab);
+    dbuf_free(&dout);
+    dbuf_free(&dsc);
+    free(k);
+    free(v);
+    free(table);
+    free(q);
 }
 
 /* ---- sampling ---- */
@@ -735,15 +807,22 @@ int main(int argc, char **argv)
         case_tail_code(4, 4, 300, 32, 16, 40, 40);
     }
 
-    struct { int hq, hk, l, d, w, keep; sp_rope_mode m; bool coded; int tail; bool dense; } sa[] = {
-        {9, 3, 700, 64, 32, 150, SP_ROPE_NORM, true, 6, false}, {9, 3, 700, 64, 32, 150, SP_ROPE_NEOX, true, 6, false},
-        {4, 2, 300, 32, 16, 40, SP_ROPE_NORM, false, 5, false}, {16, 1, 257, 128, 8, 100, SP_ROPE_NEOX, true, 3, false},
-        {2, 2, 90, 16, 4, 86, SP_ROPE_NORM, true, 0, false}, {8, 2, 400, 128, 16, 0, SP_ROPE_NEOX, true, 4, true},
-        {4, 4, 200, 64, 64, 60, SP_ROPE_NORM, false, 0, true}, {8, 1, 2000, 64, 32, 500, SP_ROPE_NORM, true, 8, false},
+    struct { int hq, hk, l, d, w, keep; sp_rope_mode m; bool coded; int tail; bool dense, bad_tail; } sa[] = {
+        {9, 3, 700, 64, 32, 150, SP_ROPE_NORM, true, 6, false, false},
+        {9, 3, 700, 64, 32, 150, SP_ROPE_NEOX, true, 6, false, false},
+        {4, 2, 300, 32, 16, 40, SP_ROPE_NORM, false, 5, false, false},
+        {16, 1, 257, 128, 8, 100, SP_ROPE_NEOX, true, 3, false, false},
+        {2, 2, 90, 16, 4, 86, SP_ROPE_NORM, true, 0, false, false},
+        {8, 2, 400, 128, 16, 0, SP_ROPE_NEOX, true, 4, true, false},
+        {4, 4, 200, 64, 64, 60, SP_ROPE_NORM, false, 0, true, false},
+        {8, 1, 2000, 64, 32, 500, SP_ROPE_NORM, true, 8, false, false},
+        {6, 3, 120, 32, 8, 50, SP_ROPE_NORM, true, 4, false, true},
     };
     for (size_t i = 0; i < sizeof sa / sizeof sa[0] && !gh_dead; i++)
         case_segattn(sa[i].hq, sa[i].hk, sa[i].l, sa[i].d, sa[i].w, sa[i].keep, sa[i].m, sa[i].coded, sa[i].tail,
-                     sa[i].dense);
+                     sa[i].dense, sa[i].bad_tail);
+    if (!gh_dead)
+        case_segattn_group();
 
     struct { int64_t n; float t; int k; float p; int draws; bool sp; } smp[] = {
         {49152, 0.8f, 40, 0.95f, 50, false}, {49152, 0.8f, 40, 0.95f, 50, true}, {49152, 1.5f, 1024, 1.0f, 50, false},

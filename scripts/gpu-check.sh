@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# gpu-check.sh - the one prepared run for the rare GPU machine (issue 11, item 5): build for the
+# device, run every GPU test plain and under compute-sanitizer (memcheck, racecheck), one timeout
+# per step, logs and a JSON summary (device name, commit, per-step status and seconds) under $OUT.
+#
+# Budget: the machine (H100/H200, 16 cores, no network) gives about 15 minutes of GPU time in all,
+# at most 10 minutes a command; this script aims to finish well inside 8 minutes (the build is the
+# largest step: sm_90 only, all cores). Steps that fail do not stop the later ones; the exit status
+# is 1 when any step failed.
+#
+# Model: the steps here (the tests/gpu_test_* programs) build their inputs themselves and need no
+# model file. When the end-to-end and benchmark steps of issue 11 (items 4 and 6) exist they will
+# read the default model from a git-ignored folder copied along with the tree (two chunks under
+# 64 MiB, reassembled and checked against a sha256 recorded here) and append their steps below.
+#
+# Usage: OUT=/path scripts/gpu-check.sh            on the GPU machine
+#        OUT=/tmp/x SPINDLE_GPU_CHECK_EMU=1 scripts/gpu-check.sh
+#                                                  dry run on the CPU emulation build (tests/cudaemu):
+#                                                  same steps, compute-sanitizer steps reported as skipped
+#        SPINDLE_GPU_CHECK_BUILD=DIR (build folder) and SPINDLE_GPU_CHECK_TESTS="gpu_test_a gpu_test_b"
+#        (a subset) shorten a dry run
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:?set OUT to the folder that comes back}
+emu=${SPINDLE_GPU_CHECK_EMU:-0}
+jobs=$(nproc)
+logs=$OUT/gpu-check
+mkdir -p "$logs" "$OUT/bench/results"
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain 2>/dev/null | grep -qv '^??' && echo true || echo false)
+steps=()
+failed=0
+
+# step NAME TIMEOUT_S CMD...: run with a timeout, log to $logs/NAME.log, record status and seconds.
+step() {
+    local name=$1 limit=$2
+    shift 2
+    local t0 rc status
+    t0=$(date +%s.%N)
+    timeout --kill-after=10 "$limit" "$@" >"$logs/$name.log" 2>&1
+    rc=$?
+    case $rc in
+    0) status=passed ;;
+    77) status=skipped ;;
+    124 | 137) status=timeout; failed=1 ;;
+    *) status=failed; failed=1 ;;
+    esac
+    local secs
+    secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
+    printf '%-40s %-8s %6ss\n' "$name" "$status" "$secs"
+    steps+=("{\"step\": \"$name\", \"status\": \"$status\", \"rc\": $rc, \"seconds\": $secs}")
+}
+skip() {
+    printf '%-40s %-8s (%s)\n' "$1" skipped "$2"
+    steps+=("{\"step\": \"$1\", \"status\": \"skipped\", \"why\": \"$2\"}")
+}
+
+if [ "$emu" = 1 ]; then
+    build=${SPINDLE_GPU_CHECK_BUILD:-build-gpucheck-emu}
+    step configure 300 cmake -S . -B $build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPINDLE_CUDA=OFF -DSPINDLE_CUDA_EMU=ON
+else
+    build=${SPINDLE_GPU_CHECK_BUILD:-build-gpucheck}
+    step configure 300 cmake -S . -B $build -DCMAKE_BUILD_TYPE=RelWithDebInfo -DSPINDLE_CUDA=ON \
+        -DCMAKE_CUDA_ARCHITECTURES=90 -DCMAKE_CUDA_FLAGS=-lineinfo
+fi
+tests=${SPINDLE_GPU_CHECK_TESTS:-$(cd tests && ls gpu_test_*.c | sed 's/\.c$//')}
+# shellcheck disable=SC2086
+step build 420 cmake --build $build -j"$jobs" --target $tests
+
+device=unknown
+if [ "$emu" != 1 ] && command -v nvidia-smi >/dev/null; then
+    nvidia-smi >"$logs/nvidia-smi.log" 2>&1
+    device=$(nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | head -n 1)
+fi
+for t in $tests; do
+    step "$t" 300 "$build/tests/$t"
+done
+if [ "$device" = unknown ] && [ -f "$logs/gpu_test_device.log" ]; then
+    device=$(sed -n 's/^device 0: \(.*\): selftest ok$/\1/p' "$logs/gpu_test_device.log" | head -n 1)
+fi
+if [ "$emu" != 1 ] && command -v compute-sanitizer >/dev/null; then
+    for tool in memcheck racecheck; do
+        for t in $tests; do
+            step "$t.$tool" 300 compute-sanitizer --tool "$tool" --error-exitcode 99 "$build/tests/$t"
+        done
+    done
+else
+    for tool in memcheck racecheck; do
+        skip "compute-sanitizer $tool" "$([ "$emu" = 1 ] && echo "emulation dry run" || echo "compute-sanitizer not found")"
+    done
+fi
+
+{
+    printf '{\n  "what": "scripts/gpu-check.sh",\n  "device": "%s",\n  "emulated": %s,\n' "${device//\"/}" \
+        "$([ "$emu" = 1 ] && echo true || echo false)"
+    printf '  "commit": "%s",\n  "dirty": %s,\n  "date": "%s",\n  "steps": [\n' "$commit" "$dirty" "$(date -u +%FT%TZ)"
+    for i in "${!steps[@]}"; do
+        printf '    %s%s\n' "${steps[$i]}" "$([ "$i" -lt $((${#steps[@]} - 1)) ] && echo ,)"
+    done
+    printf '  ]\n}\n'
+} >"$OUT/bench/results/gpu_check.json"
+echo "device: $device; commit $commit; logs in $logs; summary in $OUT/bench/results/gpu_check.json"
+exit $failed
