@@ -44,8 +44,9 @@ char *sp_eval_render_prompt(const sp_eval_session *E, const char *intro, const c
                             const char *prefix, bool *special);
 
 /* Decode the held-back last prompt token, then greedy up to max_tokens tokens into buf (JSON-safe),
- * stopping at an end-of-generation token, and once a digit run has ended (stop_digits) or a line
- * with text has ended (else). Returns 0 or a negative errno. */
+ * stopping at an end-of-generation token, and with stop_digits once a digit run has ended (the
+ * tasks' answers are lists that may span lines: they run to max_tokens). Returns 0 or a negative
+ * errno. */
 int sp_eval_greedy(sp_eval_session *E, int32_t last, int max_tokens, bool stop_digits, char *buf, size_t cap);
 
 /* Compress the prefilled prompt for (policy index pi, ret_targets index ti) at retrieval length

@@ -78,15 +78,12 @@ int sp_eval_greedy(sp_eval_session *E, int32_t last, int max_tokens, bool stop_d
             w += (size_t)n;
             buf[w] = '\0';
         }
-        bool digits = false, ended = false, text = false;
-        for (size_t k = 0; k < w; k++) {
+        bool digits = false, ended = false;
+        for (size_t k = 0; stop_digits && k < w; k++) {
             bool d = buf[k] >= '0' && buf[k] <= '9';
-            if (stop_digits && digits && !d)
+            if (digits && !d)
                 ended = true;
-            if (!stop_digits && text && buf[k] == '\n')
-                ended = true;   /* the tasks' answers end with their line */
             digits = digits || d;
-            text = text || (buf[k] != ' ' && buf[k] != '\n');
         }
         if (ended || i + 1 == max_tokens)
             break;
