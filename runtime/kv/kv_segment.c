@@ -115,9 +115,45 @@ static void to_fp16(uint16_t *dst, const float *src, int64_t n)
         dst[i] = sp_f32_to_fp16(src[i]);
 }
 
+/* One codebook, on backend be (the CPU backend runs sp_codebook_build) or here. cb owns its arrays
+ * either way (sp_codebook_free). */
+static int codebook_build_on(sp_backend_t *be, const float *x, int64_t n, int d, const uint32_t *mu,
+                             float theta, sp_codebook *cb)
+{
+    if (!be)
+        return sp_codebook_build(x, n, d, mu, theta, cb);
+    memset(cb, 0, sizeof *cb);
+    size_t nn = (size_t)(n > 0 ? n : 1);
+    cb->index = malloc(nn * sizeof *cb->index);
+    cb->rep = malloc(nn * sizeof *cb->rep);
+    cb->mag = malloc(nn * sizeof *cb->mag);
+    cb->unit = malloc(nn * (size_t)d * sizeof *cb->unit);
+    if (!cb->index || !cb->rep || !cb->mag || !cb->unit) {
+        sp_codebook_free(cb);
+        return sp_error(ENOMEM, "kv segment: out of memory for a codebook of %lld vectors", (long long)n);
+    }
+    sp_codebook_build_desc dd = {.x = x, .n = n, .d = d, .mu = mu, .theta = theta, .index = cb->index,
+                                 .rep = cb->rep, .n_entries = &cb->n_entries, .mag = cb->mag, .unit = cb->unit};
+    int rc = sp_backend_codebook_build(be, &dd);
+    if (rc < 0) {
+        sp_codebook_free(cb);
+        return rc;
+    }
+    cb->n = n;
+    cb->d = d;
+    return 0;
+}
+
 int sp_kv_segment_build(sp_kv_segment *seg, int layer, const float *k, const float *v, int d,
                         const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
                         sp_kv_build_info *info)
+{
+    return sp_kv_segment_build_on(NULL, seg, layer, k, v, d, sel, coded, theta_k, theta_v, info);
+}
+
+int sp_kv_segment_build_on(sp_backend_t *be, sp_kv_segment *seg, int layer, const float *k, const float *v,
+                           int d, const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
+                           sp_kv_build_info *info)
 {
     memset(seg, 0, sizeof *seg);
     if (info)
@@ -178,9 +214,9 @@ int sp_kv_segment_build(sp_kv_segment *seg, int layer, const float *k, const flo
                 memcpy(gv + (size_t)j * d, v + ((size_t)i * l + p) * d, (size_t)d * sizeof *gv);
                 mu[j] = (uint32_t)__builtin_popcountll(sel->mask[(size_t)i * cap + j]);
             }
-            rc = sp_codebook_build(gk, n, d, mu, theta_k, &cbk[i]);
+            rc = codebook_build_on(be, gk, n, d, mu, theta_k, &cbk[i]);
             if (rc == 0)
-                rc = sp_codebook_build(gv, n, d, mu, theta_v, &cbv[i]);
+                rc = codebook_build_on(be, gv, n, d, mu, theta_v, &cbv[i]);
             if (rc < 0)
                 goto free_scratch;
             h.n_ent_k[i] = cbk[i].n_entries;

@@ -103,6 +103,11 @@ typedef struct sp_kv_build_info {
 int sp_kv_segment_build(sp_kv_segment *seg, int layer, const float *k, const float *v, int d,
                         const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
                         sp_kv_build_info *info);
+/* The same with the codebooks built on backend be (NULL: here); k, v and the outputs stay host
+ * memory (the CPU backend; a device build needs the device path of the model). */
+int sp_kv_segment_build_on(sp_backend_t *be, sp_kv_segment *seg, int layer, const float *k, const float *v,
+                           int d, const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
+                           sp_kv_build_info *info);
 
 /* Validate bytes as a segment and make a view (not owned). Checks magic, version, shape, section
  * bounds/alignment/lengths against the counts, the checksum when verify is true (-EBADMSG with a

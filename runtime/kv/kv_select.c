@@ -171,7 +171,39 @@ static uint64_t group_bits(int group)
     return group >= 64 ? ~0ull : (1ull << group) - 1;
 }
 
+/* ---- the backend seam: top-k and score preparation run on a backend when one is given (the CPU
+ * backend runs exactly the functions above), else here directly. ---- */
+
+static int64_t topk_on(sp_backend_t *be, const float *sc, int64_t n, int64_t k, int32_t *idx)
+{
+    if (!be)
+        return sp_kv_topk(sc, n, k, idx);
+    int64_t kk = k < 0 ? 0 : (k > n ? n : k);
+    sp_topk_desc d = {.s = sc, .n_rows = 1, .n = n, .ld = n, .k = kk, .idx = idx, .idx_ld = kk > 0 ? kk : 1};
+    int rc = sp_backend_topk(be, &d);
+    return rc < 0 ? rc : kk;
+}
+
+static int scores_prepare_on(sp_backend_t *be, const float *raw, int n_heads, int64_t l, int64_t window,
+                             int kernel, sp_pool_type type, bool divide, float *out)
+{
+    if (!be)
+        return sp_kv_scores_prepare(raw, n_heads, l, window, kernel, type, divide, out);
+    sp_scores_prepare_desc d = {.raw = raw, .n_heads = n_heads, .l = l, .window = window, .kernel = kernel,
+                                .pool_type = (int)type, .divide_by_l_minus_a = divide, .out = out};
+    return sp_backend_scores_prepare(be, &d);
+}
+
+static int select_scores_on(sp_backend_t *be, sp_kv_selection *s, const float *scores, int64_t keep,
+                            sp_gqa_mode mode);
+
 int sp_kv_select_scores(sp_kv_selection *s, const float *scores, int64_t keep, sp_gqa_mode mode)
+{
+    return select_scores_on(NULL, s, scores, keep, mode);
+}
+
+static int select_scores_on(sp_backend_t *be, sp_kv_selection *s, const float *scores, int64_t keep,
+                            sp_gqa_mode mode)
 {
     int64_t cap = s->cap;
     if (cap == 0) {
@@ -199,7 +231,7 @@ int sp_kv_select_scores(sp_kv_selection *s, const float *scores, int64_t keep, s
                     acc += scores[(size_t)(h * s->group + g) * cap + a];
                 mean[a] = acc / (float)s->group;
             }
-            int64_t n = sp_kv_topk(mean, cap, keep, idx);
+            int64_t n = topk_on(be, mean, cap, keep, idx);
             if (n < 0) {
                 rc = (int)n;
                 goto free_scratch;
@@ -208,7 +240,7 @@ int sp_kv_select_scores(sp_kv_selection *s, const float *scores, int64_t keep, s
                 m[idx[i]] = group_bits(s->group);
         } else {
             for (int g = 0; g < s->group; g++) {
-                int64_t n = sp_kv_topk(scores + (size_t)(h * s->group + g) * cap, cap, keep, idx);
+                int64_t n = topk_on(be, scores + (size_t)(h * s->group + g) * cap, cap, keep, idx);
                 if (n < 0) {
                     rc = (int)n;
                     goto free_scratch;
@@ -261,8 +293,17 @@ int sp_kv_select_streaming(sp_kv_selection *s, int64_t sinks, int64_t budget)
     return 0;
 }
 
+static int pyramidinfer_on(sp_backend_t *be, sp_kv_selection *s, const float *score, int64_t keep,
+                           int64_t sinks, const sp_kv_selection *prev);
+
 int sp_kv_select_pyramidinfer(sp_kv_selection *s, const float *score, int64_t keep, int64_t sinks,
                               const sp_kv_selection *prev)
+{
+    return pyramidinfer_on(NULL, s, score, keep, sinks, prev);
+}
+
+static int pyramidinfer_on(sp_backend_t *be, sp_kv_selection *s, const float *score, int64_t keep,
+                           int64_t sinks, const sp_kv_selection *prev)
 {
     int64_t cap = s->cap;
     if (prev && (prev->cap != cap || prev->n_kv_heads != s->n_kv_heads))
@@ -293,7 +334,7 @@ int sp_kv_select_pyramidinfer(sp_kv_selection *s, const float *score, int64_t ke
         if (cand[a] != -INFINITY)
             cand[a] = INFINITY;
     int64_t k = keep < n_cand ? keep : n_cand;
-    int64_t n = sp_kv_topk(cand, cap, k, idx);
+    int64_t n = topk_on(be, cand, cap, k, idx);
     if (n < 0) {
         rc = (int)n;
         goto free_scratch;
@@ -319,6 +360,12 @@ free_scratch:
 int sp_kv_select_layer(const sp_kv_opts *o, bool evict, int64_t kept, const sp_kv_layer_scores *in,
                        sp_kv_selection *s)
 {
+    return sp_kv_select_layer_on(NULL, o, evict, kept, in, s);
+}
+
+int sp_kv_select_layer_on(sp_backend_t *be, const sp_kv_opts *o, bool evict, int64_t kept,
+                          const sp_kv_layer_scores *in, sp_kv_selection *s)
+{
     if (!evict || o->policy == SP_POLICY_FULL || s->cap == 0) {
         sp_kv_select_all(s);
         return 0;
@@ -330,7 +377,7 @@ int sp_kv_select_layer(const sp_kv_opts *o, bool evict, int64_t kept, const sp_k
         if (!in || !in->pinfer)
             return sp_error(EINVAL, "kv select: policy pyramidinfer needs the weighted head-mean "
                                     "attention scores");
-        return sp_kv_select_pyramidinfer(s, in->pinfer, kept, o->sinks, in->prev);
+        return pyramidinfer_on(be, s, in->pinfer, kept, o->sinks, in->prev);
     case SP_POLICY_H2O:
     case SP_POLICY_SNAPKV:
     case SP_POLICY_PYRAMIDKV:
@@ -345,11 +392,10 @@ int sp_kv_select_layer(const sp_kv_opts *o, bool evict, int64_t kept, const sp_k
         if (!prep)
             return sp_error(ENOMEM, "kv select: out of memory");
         /* h2o: accumulated attention as is (no pooling, no division). */
-        int rc = sp_kv_scores_prepare(raw, s->n_q_heads, s->l, s->window,
-                                      h2o ? 1 : (int)o->pool_kernel, o->pool_type,
-                                      h2o ? false : o->divide_by_l_minus_a, prep);
+        int rc = scores_prepare_on(be, raw, s->n_q_heads, s->l, s->window, h2o ? 1 : (int)o->pool_kernel,
+                                   o->pool_type, h2o ? false : o->divide_by_l_minus_a, prep);
         if (rc == 0)
-            rc = sp_kv_select_scores(s, prep, kept, o->gqa_mode);
+            rc = select_scores_on(be, s, prep, kept, o->gqa_mode);
         free(prep);
         return rc;
     }

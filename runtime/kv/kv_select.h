@@ -21,6 +21,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "kv_policy.h"
 
 #define SP_KV_MAX_GROUP 64 /* query heads per KV head (membership masks are uint64) */
@@ -91,6 +92,10 @@ typedef struct sp_kv_layer_scores {
  * needed score array is missing). */
 int sp_kv_select_layer(const sp_kv_opts *o, bool evict, int64_t kept, const sp_kv_layer_scores *in,
                        sp_kv_selection *s);
+/* The same with the score preparation and the top-k on backend be (NULL: here, as above). The
+ * score arrays must be memory be's ops read (host memory for the CPU backend). */
+int sp_kv_select_layer_on(sp_backend_t *be, const sp_kv_opts *o, bool evict, int64_t kept,
+                          const sp_kv_layer_scores *in, sp_kv_selection *s);
 
 /* CPU reference of the window scores (§4.1): q [n_q_heads][l][d] and k [n_kv_heads][l][d] (both
  * post-RoPE), scale 1/sqrt(d); for each of the last `window` query rows i (causal: keys j <= i),

@@ -876,7 +876,7 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
             .pinfer = c->sc_pinf ? c->sc_pinf + (size_t)i * cap : NULL,
             .prev = i > 0 ? &prev : NULL,
         };
-        if ((rc = sp_kv_select_layer(o, evict[i], kept[i], &in, &sel)) < 0)
+        if ((rc = sp_kv_select_layer_on(c->be, o, evict[i], kept[i], &in, &sel)) < 0)
             goto out;
         const void *vsrc = sp_kvcache_v(c->kv, i);
         for (int g = 0; g < KVH; g++) {
@@ -892,7 +892,7 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
                 memcpy(vd, (const float *)vsrc + (size_t)g * c->kv->head_stride, (size_t)l * D * sizeof *vd);
             }
         }
-        rc = sp_kv_segment_build(&c->seg[i], i, kf, vf, D, &sel, evict[L + i], (float)o->theta_k, (float)o->theta_v,
+        rc = sp_kv_segment_build_on(c->be, &c->seg[i], i, kf, vf, D, &sel, evict[L + i], (float)o->theta_k, (float)o->theta_v,
                                  NULL);
         if (rc == 0)
             rc = sp_kv_tail_init_window(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v,
