@@ -129,18 +129,22 @@ static char *format(const char *tmpl, const char *key, const char *value, int n)
     return out;
 }
 
+/* Whole-word occurrence of w in t[0..n) (t need not be NUL-terminated). */
+static bool has_word(const char *t, size_t n, const char *w)
+{
+    size_t wl = strlen(w);
+    if (!wl || wl > n)
+        return false;
+    for (size_t i = 0; i + wl <= n; i++)
+        if (t[i] == w[0] && !memcmp(t + i, w, wl) && (i == 0 || !isalnum((unsigned char)t[i - 1])) &&
+            (i + wl == n || !isalnum((unsigned char)t[i + wl])))
+            return true;
+    return false;
+}
+
 bool sp_task_text_has(const char *text, const char *answer)
 {
-    size_t n = strlen(answer);
-    if (!n)
-        return false;
-    for (const char *p = strstr(text, answer); p; p = strstr(p + 1, answer)) {
-        bool left = p == text || !isalnum((unsigned char)p[-1]);
-        bool right = !isalnum((unsigned char)p[n]);
-        if (left && right)
-            return true;
-    }
-    return false;
+    return has_word(text, strlen(text), answer);
 }
 
 int sp_task_score(const sp_task_prompt *p, const char *text)
@@ -182,14 +186,10 @@ static void sentence(const filler *f, int j, size_t *b, size_t *e)
  * the scorer matches whole words too). */
 static bool filler_has(const filler *f, const char *str)
 {
-    char buf[1024];
     for (int j = 0; j < f->used; j++) {
         size_t b, e;
         sentence(f, j, &b, &e);
-        size_t n = e - b < sizeof buf - 1 ? e - b : sizeof buf - 1;   /* sentences are cut at ~400 bytes */
-        memcpy(buf, f->hay + b, n);
-        buf[n] = '\0';
-        if (sp_task_text_has(buf, str))
+        if (has_word(f->hay + b, e - b, str))
             return true;
     }
     return false;
