@@ -210,8 +210,8 @@ typedef struct mm_job {
     int err;                  /* set by any thread whose dequant failed */
     /* GGML numerics: the group's activations quantized per format in tiles of SP_ACT_TILE tokens
      * (quant_act.h), NULL when no matrix needs that format */
-    const uint8_t *qa[3];     /* indexed by sp_act_type */
-    size_t qa_stride[3];      /* bytes per tile */
+    const uint8_t *qa[SP_ACT_COUNT];  /* indexed by sp_act_type */
+    size_t qa_stride[SP_ACT_COUNT];   /* bytes per tile */
     const float *qx;          /* quantization input (rows of the group), row stride ldx */
 } mm_job;
 
@@ -225,6 +225,10 @@ static int mm_rows(mm_job *j, int ith, int wi, int64_t r0, int64_t nr)
     float *scr = j->c->thread_scratch + (size_t)ith * j->c->thread_floats;
     sp_act_type at = j->c->numerics == SP_NUMERICS_GGML ? sp_act_type_for(w->type) : SP_ACT_NONE;
     if (at != SP_ACT_NONE) {
+        if (at == SP_ACT_Q8_K)
+            nb = cols / SP_QK_K;
+        else if (at == SP_ACT_F16)
+            nb = cols;
         for (int t0 = 0; t0 < j->n; t0 += MM_QTILE) {
             int nt = j->n - t0 < MM_QTILE ? j->n - t0 : MM_QTILE;
             const uint8_t *tiles = j->qa[at] + (size_t)(t0 / SP_ACT_TILE) * j->qa_stride[at];
@@ -305,7 +309,7 @@ static void quant_unit(void *arg, int u, int ith)
     (void)ith;
     mm_job *j = arg;
     const float *xr = j->qx + (size_t)u * j->ldx;
-    for (int t = SP_ACT_Q8_0; t <= SP_ACT_Q8_1; t++)
+    for (int t = SP_ACT_Q8_0; t < SP_ACT_COUNT; t++)
         if (j->qa[t])
             sp_quant_row_tiled((sp_act_type)t, xr, j->w[0]->cols,
                                (uint8_t *)j->qa[t] + (size_t)(u / SP_ACT_TILE) * j->qa_stride[t], u % SP_ACT_TILE);
@@ -342,18 +346,21 @@ int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const 
     }
     /* Tokens per pass: all of them, or (GGML) as many as the quantized-activation buffer holds. */
     int group = n;
-    size_t tile_bytes = j.qa_stride[SP_ACT_Q8_0] + j.qa_stride[SP_ACT_Q8_1];
+    size_t tile_bytes = 0;
+    for (int t = SP_ACT_Q8_0; t < SP_ACT_COUNT; t++)
+        tile_bytes += j.qa_stride[t];
     if (tile_bytes) {
-        /* c->qact for a group: [Q8_0 tiles][Q8_1 tiles] */
-        size_t fit = (c->qact_bytes / tile_bytes) * SP_ACT_TILE;
+        /* c->qact for a group: [Q8_0 tiles][Q8_1 tiles][Q8_K tiles], each format's tiles 64-byte aligned */
+        size_t fit = (c->qact_bytes / (tile_bytes + 64 * (SP_ACT_COUNT - 1))) * SP_ACT_TILE;
         if (fit < 1)
             return sp_error(ENOSPC, "matmul: quantized-activation buffer %zu bytes < %zu for one tile of rows",
                             c->qact_bytes, tile_bytes);
         group = fit < (size_t)n ? (int)fit : n;
-        j.qa[SP_ACT_Q8_0] = j.qa_stride[SP_ACT_Q8_0] ? (const uint8_t *)c->qact : NULL;
-        j.qa[SP_ACT_Q8_1] = j.qa_stride[SP_ACT_Q8_1] ? (const uint8_t *)c->qact + (size_t)(fit / SP_ACT_TILE) *
-                                                                                      j.qa_stride[SP_ACT_Q8_0]
-                                                     : NULL;
+        size_t off = 0;
+        for (int t = SP_ACT_Q8_0; t < SP_ACT_COUNT; t++) {
+            j.qa[t] = j.qa_stride[t] ? (const uint8_t *)c->qact + off : NULL;
+            off = (off + (fit / SP_ACT_TILE) * j.qa_stride[t] + 63) & ~(size_t)63;
+        }
     }
     /* Units: MM_RB-row blocks for sgemm; for dot products ~64 units per job (>= 16 rows) so that the
      * threads balance without paying a claim per handful of rows. */

@@ -6,6 +6,7 @@
 #include "quant_act.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -13,21 +14,32 @@
 
 #include "fp16.h"
 #include "gguf.h"
+#include "dot_f16.h"
+#include "quant_act_isa.h"
+#include "quant_k.h"
 #include "simd.h"
 
 _Static_assert(sizeof(sp_block_q8_0) == 34, "block_q8_0 layout");
 _Static_assert(sizeof(sp_block_q8_1) == 36, "block_q8_1 layout");
+_Static_assert(sizeof(sp_block_q8_k) == 292, "block_q8_K layout");
 
-enum { Q4_0_BYTES = 18, Q4_1_BYTES = 20, Q8_0_BYTES = 34, };
 
 sp_act_type sp_act_type_for(uint32_t type)
 {
     switch (type) {
     case SP_TYPE_Q4_0:
+    case SP_TYPE_Q5_0:
     case SP_TYPE_Q8_0:
         return SP_ACT_Q8_0;
     case SP_TYPE_Q4_1:
+    case SP_TYPE_Q5_1:
         return SP_ACT_Q8_1;
+    case SP_TYPE_Q4_K:
+    case SP_TYPE_Q5_K:
+    case SP_TYPE_Q6_K:
+        return SP_ACT_Q8_K;
+    case SP_TYPE_F16:
+        return SP_ACT_F16;
     default:
         return SP_ACT_NONE;
     }
@@ -36,7 +48,11 @@ sp_act_type sp_act_type_for(uint32_t type)
 size_t sp_act_row_bytes(sp_act_type t, int64_t n)
 {
     size_t nb = (size_t)(n / SP_QK8);
-    return t == SP_ACT_Q8_0 ? nb * sizeof(sp_block_q8_0) : t == SP_ACT_Q8_1 ? nb * sizeof(sp_block_q8_1) : 0;
+    return t == SP_ACT_Q8_0   ? nb * sizeof(sp_block_q8_0)
+           : t == SP_ACT_Q8_1 ? nb * sizeof(sp_block_q8_1)
+           : t == SP_ACT_Q8_K ? (size_t)(n / SP_QK_K) * sizeof(sp_block_q8_k)
+           : t == SP_ACT_F16  ? (size_t)n * sizeof(uint16_t)
+                              : 0;
 }
 
 static inline float h2f(const uint8_t *p)
@@ -129,12 +145,18 @@ void sp_quant_row(sp_act_type t, const float *x, void *y, int64_t n)
 {
     if (t == SP_ACT_Q8_1)
         sp_quant_row_q8_1(x, y, n);
+    else if (t == SP_ACT_Q8_K)
+        sp_quant_row_q8_k(x, y, n);
+    else if (t == SP_ACT_F16)
+        sp_quant_row_f16(x, y, n);
     else
         sp_quant_row_q8_0(x, y, n);
 }
 
 size_t sp_act_tile_bytes(sp_act_type t, int64_t n)
 {
+    if (t == SP_ACT_Q8_K || t == SP_ACT_F16)
+        return (SP_ACT_TILE * sp_act_row_bytes(t, n) + 3) & ~(size_t)3;
     size_t nb = (size_t)(n / SP_QK8), ab = t == SP_ACT_Q8_1 ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);
     size_t q = nb * SP_ACT_TILE * ab, sc = nb * SP_ACT_TILE * (t == SP_ACT_Q8_1 ? 2 : 1) * sizeof(float);
     return ((q + 31) & ~(size_t)31) + sc;
@@ -142,6 +164,10 @@ size_t sp_act_tile_bytes(sp_act_type t, int64_t n)
 
 void sp_quant_row_tiled(sp_act_type t, const float *x, int64_t n, void *tile, int lane)
 {
+    if (t == SP_ACT_Q8_K || t == SP_ACT_F16) {
+        sp_quant_row(t, x, (uint8_t *)tile + (size_t)lane * sp_act_row_bytes(t, n), n);
+        return;
+    }
     const int64_t nb = n / SP_QK8;
     const bool q81 = t == SP_ACT_Q8_1;
     const size_t ab = q81 ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);
@@ -161,197 +187,61 @@ void sp_quant_row_tiled(sp_act_type t, const float *x, int64_t n, void *tile, in
 
 /* ---- dot products ---------------------------------------------------------------------------- */
 
-#ifdef __AVX2__
-/* 8 lanes: float(sum of the 4 products ux[4i..4i+3] * sy[4i..4i+3]), ux unsigned, sy signed. */
-static inline __m256 lanes_us(__m256i ux, __m256i sy)
-{
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_set1_epi16(1), _mm256_maddubs_epi16(ux, sy)));
-}
+#define SP_QA_FN(name) name
+#include "quant_act_kern.h"
 
-/* 32 nibbles -> 32 bytes: low nibbles first (elements 0..15), then high nibbles (16..31). */
-static inline __m256i nibbles(const uint8_t *qs)
+sp_qa_isa sp_qa_isa_active(void)
 {
-    __m128i raw = _mm_loadu_si128((const __m128i *)(const void *)qs);
-    __m256i b = _mm256_insertf128_si256(_mm256_castsi128_si256(raw), _mm_srli_epi16(raw, 4), 1);
-    return _mm256_and_si256(b, _mm256_set1_epi8(0x0f));
-}
-
-/* The weight block as bytes for maddubs: unsigned values for Q4_1 (ux), else |w| with *sx = w for the
- * sign transfer. */
-static inline __m256i wbytes(uint32_t type, const uint8_t *blk, __m256i *sx)
-{
-    __m256i q = type == SP_TYPE_Q8_0 ? _mm256_loadu_si256((const __m256i *)(const void *)(blk + 2))
-                : type == SP_TYPE_Q4_0 ? _mm256_sub_epi8(nibbles(blk + 2), _mm256_set1_epi8(8))
-                                       : nibbles(blk + 4);
-    *sx = q;
-    return type == SP_TYPE_Q4_1 ? q : _mm256_sign_epi8(q, q);
-}
-
-static inline __m256i abytes(uint32_t type, const uint8_t *ablk, __m256i sx)
-{
-    __m256i qy = _mm256_loadu_si256((const __m256i *)(const void *)(ablk + (type == SP_TYPE_Q4_1 ? 4 : 2)));
-    return type == SP_TYPE_Q4_1 ? qy : _mm256_sign_epi8(qy, sx);
-}
-#else
-static float hsum8(const float *l)
-{
-    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
-}
-
-/* Weight values of one block as ints (32 of them). */
-static void unpack_block(uint32_t type, const uint8_t *blk, int *q)
-{
-    if (type == SP_TYPE_Q8_0) {
-        for (int j = 0; j < SP_QK8; j++)
-            q[j] = (int8_t)blk[2 + j];
-        return;
+    /* benign race: every thread computes the same value */
+    static _Atomic int isa = -1;
+    int v = isa;
+    if (v < 0) {
+        const char *off = getenv("SPINDLE_NO_AVX512");
+        v = sp_qa_isa_vnni_available() && !(off && *off && strcmp(off, "0")) ? SP_QA_ISA_VNNI : SP_QA_ISA_BASE;
+        isa = v;
     }
-    const uint8_t *qs = blk + (type == SP_TYPE_Q4_1 ? 4 : 2);
-    int off = type == SP_TYPE_Q4_0 ? 8 : 0;
-    for (int j = 0; j < SP_QK8 / 2; j++) {
-        q[j] = (qs[j] & 0x0f) - off;
-        q[j + SP_QK8 / 2] = (qs[j] >> 4) - off;
+    return (sp_qa_isa)v;
+}
+
+bool sp_dot_rows_isa(sp_qa_isa isa, uint32_t type, const void *w, int64_t nb, const void *tiles, int nt, float *out,
+                     size_t out_stride)
+{
+    if (isa == SP_QA_ISA_VNNI)
+        return sp_dot_rows_vnni(type, w, nb, tiles, nt, out, out_stride);
+    switch (type) {
+    case SP_TYPE_Q4_0: rows_q4_0(w, nb, tiles, nt, out, out_stride); return true;
+    case SP_TYPE_Q4_1: rows_q4_1(w, nb, tiles, nt, out, out_stride); return true;
+    case SP_TYPE_Q5_0: rows_q5_0(w, nb, tiles, nt, out, out_stride); return true;
+    case SP_TYPE_Q5_1: rows_q5_1(w, nb, tiles, nt, out, out_stride); return true;
+    case SP_TYPE_Q8_0: rows_q8_0(w, nb, tiles, nt, out, out_stride); return true;
+    default: return false;
     }
 }
-#endif
-
-static inline size_t wblock_bytes(uint32_t type)
-{
-    return type == SP_TYPE_Q4_1 ? Q4_1_BYTES : type == SP_TYPE_Q4_0 ? Q4_0_BYTES : Q8_0_BYTES;
-}
-
-/* One weight row . one activation row whose blocks are ab bytes apart, scales read from the blocks
- * (ggml_vec_dot_*). */
-static inline __attribute__((always_inline)) float dot_one(uint32_t type, const uint8_t *w, int64_t nb,
-                                                           const uint8_t *a, size_t ab)
-{
-    const bool q41 = type == SP_TYPE_Q4_1;
-    const size_t wb = wblock_bytes(type);
-    float summs = 0.0f;
-#ifdef __AVX2__
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + (size_t)b * wb, *ablk = a + (size_t)b * ab;
-        __m256i sx, ux = wbytes(type, blk, &sx);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(h2f(blk) * h2f(ablk)), lanes_us(ux, abytes(type, ablk, sx)), acc);
-        if (q41)
-            summs = fmaf(h2f(blk + 2), h2f(ablk + 2), summs);
-    }
-    return sp_hsum256(acc) + summs;
-#else
-    float acc[8] = { 0 };
-    int q[SP_QK8];
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + (size_t)b * wb, *ablk = a + (size_t)b * ab;
-        const int8_t *qy = (const int8_t *)(ablk + (q41 ? 4 : 2));
-        unpack_block(type, blk, q);
-        float dd = h2f(blk) * h2f(ablk);
-        for (int l = 0; l < 8; l++) {
-            int s4 = 0;
-            for (int j = 4 * l; j < 4 * l + 4; j++)
-                s4 += q[j] * qy[j];
-            acc[l] = fmaf(dd, (float)s4, acc[l]);
-        }
-        if (q41)
-            summs = fmaf(h2f(blk + 2), h2f(ablk + 2), summs);
-    }
-    return hsum8(acc) + summs;
-#endif
-}
-
-/* One weight row . the first nt rows of an activation tile (sp_act_quant_tiled layout), scales from
- * the tile's scale block. Same per-row arithmetic as dot_one; the scale products and min terms of the
- * tile's rows are computed 8 at a time. Rows >= nt are computed from whatever the tile holds and not
- * written. */
-static inline __attribute__((always_inline)) void dot_tile(uint32_t type, const uint8_t *w, int64_t nb,
-                                                           const uint8_t *a, const float *sc, int nt, float *out,
-                                                           size_t out_stride)
-{
-    enum { T = SP_ACT_TILE };
-    const bool q41 = type == SP_TYPE_Q4_1;
-    const size_t wb = wblock_bytes(type), ab = q41 ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);
-    const int ks = q41 ? 2 : 1;
-#ifdef __AVX2__
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, acc2 = acc0, acc3 = acc0, acc4 = acc0, acc5 = acc0,
-           acc6 = acc0, acc7 = acc0, summs = acc0;
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + (size_t)b * wb, *at = a + (size_t)b * T * ab;
-        __m256i sx, ux = wbytes(type, blk, &sx);
-        const float *scb = sc + (size_t)b * ks * T;
-        __m256 dd = _mm256_mul_ps(_mm256_set1_ps(h2f(blk)), _mm256_loadu_ps(scb));
-        if (q41)
-            summs = _mm256_fmadd_ps(_mm256_set1_ps(h2f(blk + 2)), _mm256_loadu_ps(scb + T), summs);
-#define TILE_ROW(t, acc)                                                                                       \
-    acc = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(dd, _mm256_set1_epi32(t)),                                   \
-                          lanes_us(ux, abytes(type, at + (t) * ab, sx)), acc)
-        TILE_ROW(0, acc0); TILE_ROW(1, acc1); TILE_ROW(2, acc2); TILE_ROW(3, acc3);
-        TILE_ROW(4, acc4); TILE_ROW(5, acc5); TILE_ROW(6, acc6); TILE_ROW(7, acc7);
-#undef TILE_ROW
-    }
-    float sm[T];
-    _mm256_storeu_ps(sm, summs);
-    const __m256 accs[T] = { acc0, acc1, acc2, acc3, acc4, acc5, acc6, acc7 };
-    for (int t = 0; t < nt; t++)
-        out[t * out_stride] = sp_hsum256(accs[t]) + sm[t];
-#else
-    float acc[T][8], summs[T];
-    memset(acc, 0, sizeof(acc));
-    memset(summs, 0, sizeof(summs));
-    int q[SP_QK8];
-    for (int64_t b = 0; b < nb; b++) {
-        const uint8_t *blk = w + (size_t)b * wb;
-        const float *scb = sc + (size_t)b * ks * T;
-        unpack_block(type, blk, q);
-        float dw = h2f(blk);
-        for (int t = 0; t < nt; t++) {
-            const int8_t *qy = (const int8_t *)(a + ((size_t)b * T + t) * ab + (q41 ? 4 : 2));
-            float dd = dw * scb[t];
-            for (int l = 0; l < 8; l++) {
-                int s4 = 0;
-                for (int j = 4 * l; j < 4 * l + 4; j++)
-                    s4 += q[j] * qy[j];
-                acc[t][l] = fmaf(dd, (float)s4, acc[t][l]);
-            }
-            if (q41)
-                summs[t] = fmaf(h2f(blk + 2), scb[T + t], summs[t]);
-        }
-    }
-    for (int t = 0; t < nt; t++)
-        out[t * out_stride] = hsum8(acc[t]) + summs[t];
-#endif
-}
-
-/* Specialized per weight type (the type tests then fold away). */
-#define DOT_ROWS_FN(name, TYPE)                                                                                \
-    static void name(const void *w, int64_t nb, const void *tiles, int nt, float *out, size_t out_stride)     \
-    {                                                                                                          \
-        const size_t ab = TYPE == SP_TYPE_Q4_1 ? sizeof(sp_block_q8_1) : sizeof(sp_block_q8_0);               \
-        const size_t tb = sp_act_tile_bytes(sp_act_type_for(TYPE), nb * SP_QK8);                              \
-        const size_t qb = ((size_t)nb * SP_ACT_TILE * ab + 31) & ~(size_t)31;  /* the scales' offset */        \
-        for (int t = 0; t < nt; t += SP_ACT_TILE) {                                                            \
-            const uint8_t *tile = (const uint8_t *)tiles + (size_t)(t / SP_ACT_TILE) * tb;                     \
-            int k = nt - t < SP_ACT_TILE ? nt - t : SP_ACT_TILE;                                               \
-            if (k >= SP_ACT_TILE / 2) /* fewer rows: the tile would compute mostly unused ones */              \
-                dot_tile(TYPE, w, nb, tile, (const float *)(const void *)(tile + qb), k,                       \
-                         out + (size_t)t * out_stride, out_stride);                                            \
-            else                                                                                               \
-                for (int i = 0; i < k; i++)                                                                    \
-                    out[(size_t)(t + i) * out_stride] = dot_one(TYPE, w, nb, tile + (size_t)i * ab,            \
-                                                                SP_ACT_TILE * ab);                             \
-        }                                                                                                      \
-    }
-DOT_ROWS_FN(rows_q4_0, SP_TYPE_Q4_0)
-DOT_ROWS_FN(rows_q4_1, SP_TYPE_Q4_1)
-DOT_ROWS_FN(rows_q8_0, SP_TYPE_Q8_0)
 
 void sp_dot_rows(uint32_t type, const void *w, int64_t nb, const void *tiles, int nt, float *out, size_t out_stride)
 {
+    if (sp_qa_isa_active() == SP_QA_ISA_VNNI && sp_dot_rows_vnni(type, w, nb, tiles, nt, out, out_stride))
+        return;
     switch (type) {
     case SP_TYPE_Q4_0:
         rows_q4_0(w, nb, tiles, nt, out, out_stride);
         break;
     case SP_TYPE_Q4_1:
         rows_q4_1(w, nb, tiles, nt, out, out_stride);
+        break;
+    case SP_TYPE_Q5_0:
+        rows_q5_0(w, nb, tiles, nt, out, out_stride);
+        break;
+    case SP_TYPE_Q5_1:
+        rows_q5_1(w, nb, tiles, nt, out, out_stride);
+        break;
+    case SP_TYPE_Q4_K:
+    case SP_TYPE_Q5_K:
+    case SP_TYPE_Q6_K:
+        sp_dot_rows_k(type, w, nb, tiles, nt, out, out_stride);
+        break;
+    case SP_TYPE_F16:
+        sp_dot_rows_f16(w, nb, tiles, nt, out, out_stride);
         break;
     default:
         rows_q8_0(w, nb, tiles, nt, out, out_stride);
@@ -372,4 +262,14 @@ float sp_dot_q4_1_q8_1(const void *w, const sp_block_q8_1 *a, int64_t nb)
 float sp_dot_q8_0_q8_0(const void *w, const sp_block_q8_0 *a, int64_t nb)
 {
     return dot_one(SP_TYPE_Q8_0, w, nb, (const uint8_t *)a, sizeof(sp_block_q8_0));
+}
+
+float sp_dot_q5_0_q8_0(const void *w, const sp_block_q8_0 *a, int64_t nb)
+{
+    return dot_one(SP_TYPE_Q5_0, w, nb, (const uint8_t *)a, sizeof(sp_block_q8_0));
+}
+
+float sp_dot_q5_1_q8_1(const void *w, const sp_block_q8_1 *a, int64_t nb)
+{
+    return dot_one(SP_TYPE_Q5_1, w, nb, (const uint8_t *)a, sizeof(sp_block_q8_1));
 }

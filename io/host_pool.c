@@ -3,6 +3,7 @@
 #include "host_pool.h"
 
 #include "sp_error.h"
+#include "sp_alloc.h"
 
 #include <errno.h>
 #include <stdatomic.h>
@@ -38,7 +39,7 @@ int sp_host_pool_alloc(sp_host_buf *out, size_t size, const sp_topology_t *topo)
         *out = (sp_host_buf){p, size, mapped, SP_HOST_CUDA | SP_HOST_LOCKED, pin};
         return 0;
     }
-    p = mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    p = sp_alloc_fault() ? MAP_FAILED : mmap(NULL, mapped, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return sp_error(ENOMEM, "host pool: cannot map %zu bytes: %s", mapped, strerror(errno));
     unsigned flags = 0;

@@ -2,6 +2,7 @@
  * DESIGN: over-map by one huge page, then unmap the unaligned head and the tail, so the caller
  * owns exactly the aligned range and frees it with one munmap. */
 #include "huge_map.h"
+#include "sp_alloc.h"
 
 #include <errno.h>
 #include <stdint.h>
@@ -21,6 +22,8 @@ void *sp_huge_map(size_t size, size_t *mapped)
         return NULL;
     }
     size_t want = sp_huge_round(size), len = want + SP_HUGE_PAGE;
+    if (sp_alloc_fault())
+        return NULL;
     uint8_t *map = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (map == MAP_FAILED)
         return NULL;

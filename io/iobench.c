@@ -141,13 +141,12 @@ static int run_cell(const sp_iobench_opts *o, sp_iob_engine e, size_t bs, int qd
         return -EIO; /* the store's message stands */
     }
     int rc = 0, sync_fd = -1;
-    if (strchr(sp_uring_store_path(s), '\'')) {
-        rc = sp_error(EINVAL, "io-bench: directory '%s' contains a quote; pick another", o->dir);
+    char fpath[64]; /* the spill file has no name: fio opens it through our descriptor */
+    if ((rc = sp_uring_store_fd_path(s, fpath, sizeof fpath)) < 0)
         goto cleanup;
-    }
-    sync_fd = open(sp_uring_store_path(s), O_RDONLY | O_CLOEXEC);
+    sync_fd = open(fpath, O_RDONLY | O_CLOEXEC);
     if (sync_fd < 0) {
-        rc = sp_error(errno, "io-bench: cannot open %s: %s", sp_uring_store_path(s), strerror(errno));
+        rc = sp_error(errno, "io-bench: cannot open %s: %s", fpath, strerror(errno));
         goto cleanup;
     }
     rc = sp_uring_store_stream(s, true, o->file_size); /* layout, untimed */
@@ -167,14 +166,14 @@ static int run_cell(const sp_iobench_opts *o, sp_iob_engine e, size_t bs, int qd
         for (int k = 0; k < o->repeats; k++) {
             double ours, theirs = -1;
             if (fio && k % 2 == 1)
-                theirs = fio_once(sp_uring_store_path(s), e, w, o->file_size, bs, qd);
+                theirs = fio_once(fpath, e, w, o->file_size, bs, qd);
             ours = ours_once(s, sync_fd, e, w, o->file_size);
             if (ours < 0) {
                 rc = (int)ours;
                 goto cleanup;
             }
             if (fio && k % 2 == 0)
-                theirs = fio_once(sp_uring_store_path(s), e, w, o->file_size, bs, qd);
+                theirs = fio_once(fpath, e, w, o->file_size, bs, qd);
             row->ours_gbs[k] = ours;
             row->fio_gbs[k] = theirs;
             if (theirs <= 0)

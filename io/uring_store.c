@@ -11,15 +11,18 @@
  * - Errors: -EAGAIN resubmits as is; a short transfer advances the request and requeues the
  *   remainder; -EIO is retried SP_STORE_RETRIES times; anything else stops issuing, drains what is
  *   in flight (the slots are ours until their completion arrives), and fails the call.
- * - Signals: spill paths sit in a fixed table that the SIGINT/SIGTERM handler walks with unlink()
- *   only (async-signal-safe); the handler then restores the previous action and re-raises. An
- *   atexit hook walks the same table, for processes that exit without closing their stores.
+ * - Lifetime: the spill file has no name while it is in use: O_TMPFILE where the file system has
+ *   it, else created O_EXCL and unlinked at once. Only the descriptor keeps it, so the kernel frees
+ *   it however the process ends (SIGKILL, a crash, SIGPIPE): no signal handler, no atexit hook, and
+ *   no signal disposition of the caller is touched. Files named spindle-<pid>-*.seg of processes
+ *   that no longer exist (older versions, or a kill between create and unlink) are swept at open.
  */
 #define _GNU_SOURCE /* O_DIRECT */
 #include "uring_store.h"
 
 #include "huge_map.h"
 
+#include "sp_alloc.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -34,81 +37,47 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <dirent.h>
 #include <unistd.h>
 #include <xxhash.h>
 
 #define ALIGN 4096u
 #define MAX_BOUNCE_BYTES (256u << 20) /* cap on bounce memory: queue_depth x block_size */
 
-/* ---- signal-safe registry of spill paths ---- */
+/* ---- sweep of spill files left by dead processes ---- */
 
-#define MAX_PATHS 64
-static char reg_paths[MAX_PATHS][PATH_MAX];
-static volatile sig_atomic_t reg_used[MAX_PATHS];
-static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
-static bool handlers_installed;
-static struct sigaction old_int, old_term;
-
-/* Remove every registered spill file: unlink() only, so it is async-signal-safe. */
-static void unlink_registered(void)
+/* Remove dir/spindle-<pid>-<hex>.seg files whose process is gone. Another live spindle's files
+ * are left alone (kill(pid, 0) tells; EPERM means it exists under another user). */
+static void sweep_dead(const char *dir)
 {
-    for (int i = 0; i < MAX_PATHS; i++)
-        if (reg_used[i])
-            unlink(reg_paths[i]);
-}
-
-static void on_signal(int sig)
-{
-    unlink_registered();
-    sigaction(sig, sig == SIGINT ? &old_int : &old_term, NULL);
-    raise(sig);
-}
-
-static int register_path(const char *path)
-{
-    int slot = -1;
-    pthread_mutex_lock(&reg_lock);
-    if (!handlers_installed) {
-        atexit(unlink_registered); /* also when a process exits without closing its stores */
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = on_signal;
-        sigemptyset(&sa.sa_mask);
-        sigaction(SIGINT, &sa, &old_int);
-        sigaction(SIGTERM, &sa, &old_term);
-        handlers_installed = true;
-    }
-    for (int i = 0; i < MAX_PATHS; i++) {
-        if (!reg_used[i]) {
-            snprintf(reg_paths[i], PATH_MAX, "%s", path);
-            atomic_signal_fence(memory_order_seq_cst); /* path complete before it is visible */
-            reg_used[i] = 1;
-            slot = i;
-            break;
+    DIR *d = opendir(dir);
+    if (!d)
+        return;
+    int removed = 0;
+    uint64_t bytes = 0;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        int pid, end = 0;
+        unsigned r;
+        if (sscanf(e->d_name, "spindle-%d-%8x.seg%n", &pid, &r, &end) != 2 || end == 0 ||
+            e->d_name[end] != '\0' || pid <= 0 || pid == (int)getpid())
+            continue;
+        if (kill(pid, 0) == 0 || errno != ESRCH)
+            continue;
+        char p[PATH_MAX];
+        struct stat st;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        if (lstat(p, &st) == 0 && S_ISREG(st.st_mode) && unlink(p) == 0) {
+            removed++;
+            bytes += (uint64_t)st.st_blocks * 512u;
         }
     }
-    pthread_mutex_unlock(&reg_lock);
-    return slot;
-}
-
-static void unregister_path(int slot)
-{
-    if (slot < 0)
-        return;
-    pthread_mutex_lock(&reg_lock);
-    reg_used[slot] = 0;
-    pthread_mutex_unlock(&reg_lock);
-}
-
-int sp_uring_store_registered_paths(void)
-{
-    int n = 0;
-    pthread_mutex_lock(&reg_lock);
-    for (int i = 0; i < MAX_PATHS; i++)
-        n += reg_used[i] != 0;
-    pthread_mutex_unlock(&reg_lock);
-    return n;
+    closedir(d);
+    if (removed)
+        sp_notice("spill dir '%s': removed %d spill file(s) of processes that no longer run "
+                  "(%.2f MB on disk)", dir, removed, (double)bytes / 1e6);
 }
 
 /* ---- one-time notices ---- */
@@ -142,8 +111,7 @@ typedef struct sp_req {
 
 struct sp_uring_store {
     pthread_mutex_t lock;
-    char path[PATH_MAX];
-    int reg_slot;
+    char path[PATH_MAX]; /* for messages only: the file has no name (see DESIGN) */
     int fd;
     sp_store_mode mode;
     bool ring_ok, fixed_bufs, fixed_file;
@@ -183,39 +151,87 @@ const char *sp_uring_store_mode_name(sp_store_mode m)
 
 static uint64_t round_up(uint64_t v, uint64_t a) { return (v + a - 1) / a * a; }
 
-/* Try an aligned O_DIRECT write: the only reliable probe (tmpfs and some FUSE file systems accept
- * the open flag on some kernels, then fail the I/O). Returns the O_DIRECT fd or -errno. */
-static int probe_direct(const char *path, unsigned faults)
+/* Switch fd to O_DIRECT and try an aligned write: the only reliable probe (tmpfs and some FUSE
+ * file systems accept the flag on some kernels, then fail the I/O). Returns 0, or -errno with fd
+ * back in buffered mode. */
+static int probe_direct(int fd, unsigned faults)
 {
     if (faults & SP_FAULT_NO_ODIRECT)
         return -EINVAL;
-    int fd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
-    if (fd < 0)
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_DIRECT) != 0)
         return -errno;
     void *buf = NULL;
+    int err = 0;
     if (posix_memalign(&buf, ALIGN, ALIGN) != 0) {
-        close(fd);
-        return -ENOMEM;
+        err = ENOMEM;
+    } else {
+        memset(buf, 0, ALIGN);
+        ssize_t w = pwrite(fd, buf, ALIGN, 0);
+        err = w == (ssize_t)ALIGN ? 0 : (w < 0 ? errno : EIO);
+        free(buf);
     }
-    memset(buf, 0, ALIGN);
-    ssize_t w = pwrite(fd, buf, ALIGN, 0);
-    int err = w == (ssize_t)ALIGN ? 0 : (w < 0 ? errno : EIO);
-    free(buf);
-    if (err) {
-        close(fd);
-        return -err;
-    }
-    if (ftruncate(fd, 0) != 0) {
+    if (!err && ftruncate(fd, 0) != 0)
         err = errno;
-        close(fd);
+    if (err) {
+        fcntl(fd, F_SETFL, fl);
+        ftruncate(fd, 0);
         return -err;
     }
-    return fd;
+    return 0;
+}
+
+/* A spill file nobody else can see: O_TMPFILE, else a fresh O_EXCL name unlinked at once. Fills
+ * s->path with a description for messages. Returns the fd or -errno. */
+static int create_unnamed(sp_uring_store_t *s, const char *dir, unsigned faults)
+{
+    if (faults & SP_FAULT_DIR_RO)
+        return -EROFS;
+    int fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0) {
+        snprintf(s->path, sizeof s->path, "%s/(unnamed spill file of pid %d)", dir, (int)getpid());
+        return fd;
+    }
+    if (errno != EOPNOTSUPP && errno != EISDIR && errno != EINVAL && errno != ENOENT)
+        return -errno; /* EACCES, EROFS, ENOSPC...: the named path would fail the same way */
+    for (int attempt = 0; attempt < 16; attempt++) {
+        uint32_t r = 0;
+        if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
+            r = (uint32_t)rand() ^ (uint32_t)attempt;
+        char name[PATH_MAX - 16]; /* room for " (unlinked)" in s->path */
+        snprintf(name, sizeof name, "%s/spindle-%d-%08x.seg", dir, (int)getpid(), r);
+        fd = open(name, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        if (fd < 0 && errno == EEXIST)
+            continue;
+        if (fd < 0)
+            return -errno;
+        if (unlink(name) != 0) {
+            int err = errno;
+            close(fd);
+            unlink(name);
+            return -err;
+        }
+        snprintf(s->path, sizeof s->path, "%s (unlinked)", name);
+        return fd;
+    }
+    return -EEXIST;
 }
 
 /* Bounce memory: huge-page backed (huge_map.h says why), populated before it is registered. */
 static int bounce_alloc(sp_uring_store_t *s, size_t bytes)
 {
+    /* Below half a huge page the rounding would cost more than huge pages gain (the same rule
+     * as sp_tier_dma_round): plain pages, so what is charged to the host tier stays close to
+     * queue_depth x block_size. */
+    if (bytes < SP_HUGE_PAGE / 2) {
+        size_t len = (bytes + ALIGN - 1) / ALIGN * ALIGN;
+        void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return -errno;
+        s->bounce = p;
+        s->bounce_len = len;
+        return 0;
+    }
     s->bounce = sp_huge_map(bytes, &s->bounce_len);
     return s->bounce ? 0 : -errno;
 }
@@ -260,59 +276,39 @@ sp_uring_store_t *sp_uring_store_open(const sp_uring_store_opts *o)
         sp_error(ENOTDIR, "spill dir '%s' is not a directory (set [spill] dir)", o->dir);
         return NULL;
     }
-    sp_uring_store_t *s = calloc(1, sizeof *s);
+    sp_uring_store_t *s = sp_calloc(1, sizeof *s);
     if (!s) {
         sp_error(ENOMEM, "spill store: out of memory");
         return NULL;
     }
     pthread_mutex_init(&s->lock, NULL);
     s->fd = -1;
-    s->reg_slot = -1;
     s->verify = o->verify_checksums;
     s->block_size = o->block_size;
     s->zero_copy = true;
 
-    /* Create the spill file with a name nobody else can have. */
-    for (int attempt = 0; attempt < 16 && s->fd < 0; attempt++) {
-        uint32_t r = 0;
-        if (getrandom(&r, sizeof r, 0) != (ssize_t)sizeof r)
-            r = (uint32_t)rand() ^ (uint32_t)attempt;
-        snprintf(s->path, sizeof s->path, "%s/spindle-%d-%08x.seg", o->dir, (int)getpid(), r);
-        if (o->open_faults & SP_FAULT_DIR_RO) {
-            errno = EROFS;
-            break;
-        }
-        s->fd = open(s->path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-        if (s->fd < 0 && errno != EEXIST)
-            break;
-    }
-    if (s->fd < 0) {
-        sp_error(errno, "cannot create a spill file in '%s': %s (set [spill] dir to a writable "
-                        "directory)", o->dir, strerror(errno));
-        s->path[0] = '\0';
+    sweep_dead(o->dir);
+    int fd = create_unnamed(s, o->dir, o->open_faults);
+    if (fd < 0) {
+        sp_error(-fd, "cannot create a spill file in '%s': %s (set [spill] dir to a writable "
+                      "directory)", o->dir, strerror(-fd));
         goto fail;
     }
-    s->reg_slot = register_path(s->path);
-    if (s->reg_slot < 0) {
-        sp_error(EMFILE, "spill store: more than %d spill files open", MAX_PATHS);
-        goto fail;
-    }
+    s->fd = fd;
 
     /* Direct I/O probe. */
     s->mode = SP_STORE_MODE_URING_BUFFERED;
     if (o->direct_io != 2) {
-        int dfd = probe_direct(s->path, o->open_faults);
-        if (dfd >= 0) {
-            close(s->fd);
-            s->fd = dfd;
+        int dr = probe_direct(s->fd, o->open_faults);
+        if (dr == 0) {
             s->mode = SP_STORE_MODE_URING_DIRECT;
         } else if (o->direct_io == 1) {
-            sp_error(-dfd, "spill dir '%s' does not support O_DIRECT (%s) and [spill] direct_io = "
-                           "on; use direct_io = auto or another directory", o->dir, strerror(-dfd));
+            sp_error(-dr, "spill dir '%s' does not support O_DIRECT (%s) and [spill] direct_io = "
+                          "on; use direct_io = auto or another directory", o->dir, strerror(-dr));
             goto fail;
         } else if (!atomic_flag_test_and_set(&notice_no_direct)) {
             sp_notice("spill dir '%s' refuses O_DIRECT (%s): using buffered I/O", o->dir,
-                      strerror(-dfd));
+                      strerror(-dr));
         }
     }
 
@@ -340,15 +336,15 @@ sp_uring_store_t *sp_uring_store_open(const sp_uring_store_opts *o)
                  s->n_slots, s->block_size);
         goto fail;
     }
-    s->reqs = calloc(s->n_slots, sizeof *s->reqs);
-    s->free_slots = calloc(s->n_slots, sizeof *s->free_slots);
+    s->reqs = sp_calloc(s->n_slots, sizeof *s->reqs);
+    s->free_slots = sp_calloc(s->n_slots, sizeof *s->free_slots);
     s->hstate = XXH3_createState();
     if (!s->reqs || !s->free_slots || !s->hstate) {
         sp_error(ENOMEM, "spill store: out of memory");
         goto fail;
     }
     if (s->ring_ok && o->register_buffers) {
-        struct iovec *iov = calloc(s->n_slots, sizeof *iov);
+        struct iovec *iov = sp_calloc(s->n_slots, sizeof *iov);
         if (!iov) {
             sp_error(ENOMEM, "spill store: out of memory");
             goto fail;
@@ -380,10 +376,7 @@ void sp_uring_store_close(sp_uring_store_t *s)
     if (s->ring_ok)
         io_uring_queue_exit(&s->ring); /* also unregisters buffers and files */
     if (s->fd >= 0)
-        close(s->fd);
-    if (s->path[0])
-        unlink(s->path);
-    unregister_path(s->reg_slot);
+        close(s->fd); /* the last reference: the kernel frees the unnamed file */
     sp_huge_unmap(s->bounce, s->bounce_len);
     free(s->reqs);
     free(s->free_slots);
@@ -428,7 +421,7 @@ static int extent_free(sp_uring_store_t *s, uint64_t off, uint64_t len)
     }
     if (s->n_free == s->cap_free) {
         size_t nc = s->cap_free ? 2 * s->cap_free : 16;
-        extent *ne = realloc(s->free_ext, nc * sizeof *ne);
+        extent *ne = sp_realloc(s->free_ext, nc * sizeof *ne);
         if (!ne)
             return -ENOMEM; /* the space is leaked inside the file, never reused: harmless */
         s->free_ext = ne;
@@ -617,7 +610,7 @@ static int do_io(sp_uring_store_t *s, bool write, uint64_t off, uint8_t *ubuf, s
     uint8_t piece_bits[4096], *piece_done = NULL;
     if (hs && !write) {
         size_t nb = (n_pieces + 7) / 8;
-        piece_done = nb <= sizeof piece_bits ? piece_bits : malloc(nb);
+        piece_done = nb <= sizeof piece_bits ? piece_bits : sp_malloc(nb);
         if (!piece_done)
             return sp_error(ENOMEM, "spill I/O: out of memory");
         memset(piece_done, 0, nb);
@@ -787,7 +780,7 @@ int64_t sp_uring_store_put(sp_uring_store_t *s, const void *bytes, size_t size)
     if (id < 0) {
         if (s->n_segs == s->cap_segs) {
             size_t nc = s->cap_segs ? 2 * s->cap_segs : 64;
-            seg_rec *ns = realloc(s->segs, nc * sizeof *ns);
+            seg_rec *ns = sp_realloc(s->segs, nc * sizeof *ns);
             if (!ns) {
                 rc = sp_error(ENOMEM, "spill put: out of memory");
                 goto out;
@@ -875,6 +868,10 @@ void sp_uring_store_del(sp_uring_store_t *s, int64_t id)
         return;
     pthread_mutex_lock(&s->lock);
     if (id >= 0 && (size_t)id < s->n_segs && s->segs[id].used) {
+        /* Give the blocks back now (the extent stays reusable), so the disk holds what the nvme
+         * tier is charged with and no more; file systems without hole punching keep them. */
+        fallocate(s->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)s->segs[id].off,
+                  (off_t)s->segs[id].alloc);
         extent_free(s, s->segs[id].off, s->segs[id].alloc);
         s->segs[id].used = false;
         s->st.segments--;
@@ -885,10 +882,20 @@ void sp_uring_store_del(sp_uring_store_t *s, int64_t id)
 sp_store_mode sp_uring_store_mode(const sp_uring_store_t *s) { return s->mode; }
 const char *sp_uring_store_path(const sp_uring_store_t *s) { return s->path; }
 
+int sp_uring_store_fd_path(const sp_uring_store_t *s, char *buf, size_t len)
+{
+    int n = snprintf(buf, len, "/proc/%d/fd/%d", (int)getpid(), s->fd);
+    return n > 0 && (size_t)n < len ? 0 : sp_error(ENAMETOOLONG, "spill store: buffer too small");
+}
+
 void sp_uring_store_get_stats(sp_uring_store_t *s, sp_uring_store_stats *out)
 {
     pthread_mutex_lock(&s->lock);
     *out = s->st;
+    struct stat st;
+    out->disk_bytes = fstat(s->fd, &st) == 0 ? (uint64_t)st.st_blocks * 512u : 0;
+    out->bounce_bytes = s->bounce_len;
+    out->bounce_pinned = s->fixed_bufs;
     pthread_mutex_unlock(&s->lock);
 }
 

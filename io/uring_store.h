@@ -1,9 +1,12 @@
 /* uring_store.h - the NVMe tier's spill store: opaque byte segments in one spill file, moved with
  * io_uring (O_DIRECT when the file system allows), each segment guarded by an XXH3-64 checksum.
  *
- * A store owns one file `<dir>/spindle-<pid>-<rand>.seg`, created O_EXCL and removed on close, on
- * a failed open, and on SIGINT/SIGTERM (an async-signal-safe handler unlinks every registered spill
- * path, then re-raises the signal with the previous disposition).
+ * A store owns one spill file in its directory that has no name while it is used: O_TMPFILE, or
+ * `<dir>/spindle-<pid>-<rand>.seg` created O_EXCL and unlinked right away. The kernel frees it
+ * when the descriptor closes, however the process ends (close, exit, SIGKILL, a crash), so nothing
+ * is ever left on disk and no signal handler is installed. Opening a store also removes
+ * `spindle-<pid>-*.seg` files of processes that no longer exist (left by older versions), with a
+ * notice.
  *
  * I/O modes, probed at open and each fallback announced once with sp_notice():
  *   io_uring + O_DIRECT  ->  io_uring buffered  ->  pread/pwrite.
@@ -67,17 +70,21 @@ typedef struct {
 typedef struct {
     uint64_t bytes_written, bytes_read; /* payload bytes of completed puts / gets */
     uint64_t segments;                  /* segments currently stored */
-    uint64_t file_bytes;                /* current extent of the spill file */
+    uint64_t file_bytes;                /* largest extent the spill file reached (its size) */
     uint64_t eagain_resubmits, short_requeues, eio_retries, csum_retries;
     uint64_t fixed_ops;                 /* requests that used registered buffers */
     uint64_t zero_copy_ops;             /* pieces moved straight from/to the caller's buffer */
+    uint64_t disk_bytes;                /* blocks the spill file occupies on disk now (fstat) */
+    uint64_t bounce_bytes;              /* bounce buffers mapped (queue_depth x block_size, rounded) */
+    bool bounce_pinned;                 /* they are registered with the ring: pinned in memory */
 } sp_uring_store_stats;
 
-/* Open a store (creates the spill file). NULL on failure with sp_last_error() naming the
+/* Open a store (creates the unnamed spill file). NULL on failure with sp_last_error() naming the
  * directory and the reason; nothing is left on disk then. */
 sp_uring_store_t *sp_uring_store_open(const sp_uring_store_opts *opts);
 
-/* Close: waits for nothing (no I/O outlives a call), removes the file. Accepts NULL. */
+/* Close: waits for nothing (no I/O outlives a call); closing the descriptor frees the file.
+ * Accepts NULL. */
 void sp_uring_store_close(sp_uring_store_t *s);
 
 /* Store `size` bytes; returns a segment id >= 0, or a negative errno (-EIO, -ENOSPC, ...) with a
@@ -99,20 +106,22 @@ size_t sp_uring_store_size(sp_uring_store_t *s, int64_t id);
  * the bytes. For a store that holds no segments (else -EBUSY). Returns 0 or a negative errno. */
 int sp_uring_store_stream(sp_uring_store_t *s, bool write, uint64_t len);
 
-/* Drop segment id; its file space is reused. Unknown ids are ignored. */
+/* Drop segment id; its file space is reused, and its blocks are punched out of the file where
+ * the file system allows (disk_bytes then counts live segments only). Unknown ids are ignored. */
 void sp_uring_store_del(sp_uring_store_t *s, int64_t id);
 
 sp_store_mode sp_uring_store_mode(const sp_uring_store_t *s);
 const char *sp_uring_store_mode_name(sp_store_mode m);
+/* A description of the spill file for messages (it has no name; see above). */
 const char *sp_uring_store_path(const sp_uring_store_t *s);
+/* A path that opens the spill file from any process while the store is open ("/proc/<pid>/fd/<n>",
+ * for benchmarks that hand the file to fio, and tests). 0, or -ENAMETOOLONG. */
+int sp_uring_store_fd_path(const sp_uring_store_t *s, char *buf, size_t len);
 void sp_uring_store_get_stats(sp_uring_store_t *s, sp_uring_store_stats *out);
 
 /* Test only: make the nth (1-based, counted from this call) I/O request of a kind in `faults`
  * fail as described above; nth < 0 makes every request from the |nth|-th on fail (persistent).
  * faults = 0 clears. */
 void sp_uring_store_inject(sp_uring_store_t *s, unsigned faults, int nth);
-
-/* Number of spill paths currently registered for removal by the signal handler (for tests). */
-int sp_uring_store_registered_paths(void);
 
 #endif

@@ -14,7 +14,9 @@ trap 'rm -rf "$spill"' EXIT
 fail() { echo "FAIL $1"; shift; printf '%s\n' "$@" | tail -8; fails=$((fails + 1)); }
 
 prompt="Note 1: the river near house 7 is quiet. Note 2: the lamp near house 44 is bright. Note 3: the garden near house 81 is quiet. Note 4: the violin near house 17 is bright. Note 5: the harbor near house 23 is quiet. Note 6: the pencil near house 90 is bright. Which house has the lamp?"
-run=("$bin" run -m "$model" -t 2 -n 8 --set compression.window=8 --set spill.dir="$spill")
+# queue_depth 4 x block_size 1 MiB: the spill store's bounce buffers, charged to the host tier
+bounce=$((4 * 1048576))
+run=("$bin" run -m "$model" -t 2 -n 8 --set compression.window=8 --set spill.dir="$spill" --set spill.queue_depth=4)
 
 # resident reference (no budgets: no tiering)
 ref=$("${run[@]}" -p "$prompt" 2>/dev/null) || fail reference "$ref"
@@ -30,9 +32,9 @@ else
   scratch=${base% *}; tails=${base#* }
   grep -q '"per_layer":\[{"layer":0,"tier":"device"' "$spill/s.json" || fail json-layers "$(cat "$spill/s.json")"
   # 2. a device budget of scratch + tails + 400 KiB: pinned layers, slots and a few more; the rest spills;
-  #    a 1 MiB-above-weights host budget sends most of it to nvme
+  #    a host budget of the weights + the bounce buffers + 256 KiB sends most of it to nvme
   dev=$((scratch + tails + 400 * 1024))
-  host=$(( $(stat -c %s "$model") + 256 * 1024 ))
+  host=$(( $(stat -c %s "$model") + bounce + 256 * 1024 ))
   out=$("${run[@]}" --stats --set tiers.device_budget=$dev --set tiers.host_budget=$host \
         --set tiers.resident_deep_layers=2 -p "$prompt" 2>"$spill/err")
   rc=$?
@@ -61,7 +63,7 @@ else
   fi
   # ... and fails naming [spill] dir when nothing else has room
   out=$("$bin" run -m "$model" -t 2 -n 8 --set compression.window=8 --set spill.dir=/nonexistent/sp \
-        --set tiers.device_budget=$dev --set tiers.host_budget=$host --set tiers.resident_deep_layers=2 \
+        --set tiers.device_budget=$dev --set tiers.host_budget=$((host - bounce)) --set tiers.resident_deep_layers=2 \
         -p "$prompt" 2>&1)
   rc=$?
   if [ $rc -eq 0 ] || ! grep -q 'spill' <<<"$out"; then fail missing-dir-refused "$out"; else passes=$((passes + 1)); fi

@@ -4,10 +4,12 @@
 
 #include "config.h"
 #include "sp_error.h"
+#include "support/notice_capture.h"
 
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static char *slurp(FILE *f, size_t *len)
 {
@@ -143,6 +145,72 @@ Test(config, missing_file_is_an_error)
     cr_assert(strstr(sp_last_error(), "/nonexistent/x.ini"));
 }
 
+/* A directory opens and reads as empty (it used to load as "all defaults"); /dev/zero never ends
+ * (it used to spin forever): both are refused, naming the path. */
+Test(config, only_regular_files_are_configs, .timeout = 20)
+{
+    const char *paths[] = {"/tmp", "/dev/zero", "/dev/null"};
+    for (size_t i = 0; i < sizeof paths / sizeof paths[0]; i++) {
+        sp_config c;
+        sp_config_defaults(&c);
+        cr_assert_lt(sp_config_load_file(&c, paths[i]), 0, "%s loaded as a config", paths[i]);
+        cr_assert(strstr(sp_last_error(), paths[i]) && strstr(sp_last_error(), "not a regular file"),
+                  "%s", sp_last_error());
+    }
+}
+
+/* Regular files that are not INI text end the read with an error, never a hang or a cut: an
+ * endless line, a NUL byte, more than SP_CONFIG_FILE_MAX bytes. */
+Test(config, bad_regular_files_end_the_read, .timeout = 20)
+{
+    char path[] = "/tmp/sp-config-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    FILE *f = fdopen(fd, "w");
+    for (int i = 0; i < 4 << 20; i++)
+        fputc('x', f); /* one 4 MiB line */
+    fclose(f);
+    sp_config c;
+    sp_config_defaults(&c);
+    cr_assert_lt(sp_config_load_file(&c, path), 0);
+    cr_assert(strstr(sp_last_error(), "line longer than"), "%s", sp_last_error());
+
+    f = fopen(path, "w");
+    fputs("[tiers]\ndevice_budget = 20MiB\n", f);
+    fputc('\0', f);
+    fputs("host_budget = 1GiB\n", f);
+    fclose(f);
+    sp_config_defaults(&c);
+    cr_assert_lt(sp_config_load_file(&c, path), 0);
+    cr_assert(strstr(sp_last_error(), ":3: NUL byte"), "%s", sp_last_error());
+
+    f = fopen(path, "w");
+    for (int i = 0; i < (SP_CONFIG_FILE_MAX / 16) + 2; i++)
+        fputs(";  comment line\n", f); /* 16 bytes a line */
+    fclose(f);
+    sp_config_defaults(&c);
+    cr_assert_lt(sp_config_load_file(&c, path), 0);
+    cr_assert(strstr(sp_last_error(), "longer than"), "%s", sp_last_error());
+    unlink(path);
+}
+
+/* A key set twice keeps the later value, with a notice naming both lines. */
+Test(config, duplicate_keys_are_announced_with_both_lines)
+{
+    sp_config c;
+    sp_config_defaults(&c);
+    notice_capture nc;
+    notice_capture_start(&nc);
+    int rc = sp_config_load_string(&c, "[tiers]\ndevice_budget = 20MiB\n\nhost_budget = 1GiB\n"
+                                       "device_budget = 30MiB\n", "dup.ini");
+    notice_capture_stop();
+    cr_assert_eq(rc, 0, "%s", sp_last_error());
+    cr_assert_eq(c.tiers.device_budget, 30u << 20);
+    cr_assert_eq(nc.count, 1);
+    cr_assert(strstr(nc.last, "dup.ini:5") && strstr(nc.last, "line 2") && strstr(nc.last, "device_budget"),
+              "%s", nc.last);
+}
+
 Test(config, set_overrides)
 {
     sp_config c;
@@ -255,4 +323,27 @@ Test(config, committed_default_ini_matches_table)
     cr_assert_eq(memcmp(&a, &b, sizeof a), 0);
     free(want);
     free(got);
+}
+
+/* Short model names resolve against the model cache wherever model.path is set (-m is --set
+ * model.path=...); anything else stays a path. */
+Test(config, model_short_names_resolve_to_the_cache)
+{
+    sp_config c;
+    setenv("HOME", "/home/u", 1);
+    unsetenv("SPINDLE_CACHE");
+    sp_config_defaults(&c);
+    cr_assert_eq(sp_config_set(&c, "model.path=qwen2.5-0.5b", "-m"), 0, "%s", sp_last_error());
+    cr_assert_str_eq(c.model.path, "/home/u/.cache/spindle/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    setenv("SPINDLE_CACHE", "/srv/sp", 1);
+    cr_assert_eq(sp_config_set(&c, "model.path=Qwen2.5-1.5B", "-m"), 0, "%s", sp_last_error());
+    cr_assert_str_eq(c.model.path, "/srv/sp/models/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf");
+    cr_assert_eq(sp_config_set(&c, "model.path=smollm2-135m", "-m"), 0, "%s", sp_last_error());
+    cr_assert_str_eq(c.model.path, "/srv/sp/models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    cr_assert_eq(sp_config_load_string(&c, "[model]\npath = qwen2.5-0.5b\n", "t.ini"), 0, "%s", sp_last_error());
+    cr_assert_str_eq(c.model.path, "/srv/sp/models/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf");
+    /* not a known name: a relative path, kept as given */
+    cr_assert_eq(sp_config_set(&c, "model.path=qwen2.5-7b", "-m"), 0, "%s", sp_last_error());
+    cr_assert_str_eq(c.model.path, "qwen2.5-7b");
+    unsetenv("SPINDLE_CACHE");
 }

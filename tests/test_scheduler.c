@@ -137,8 +137,15 @@ static void one_config(const int *tier, int n, int d, int steps)
     }
     free(buf);
     model_free(&m, ts);
+    /* Only the spill store's bounce buffers stay charged (host/staging) while it is open. */
+    uint64_t bounce = 0;
+    if (sp_tiers_used(ts, SP_TIER_NVME, -1) == 0 && sp_tiers_used(ts, SP_TIER_HOST, SP_TAG_STAGING)) {
+        sp_uring_store_stats st;
+        sp_uring_store_get_stats(sp_tiers_nvme_store(ts), &st);
+        bounce = st.bounce_bytes;
+    }
     for (int t = 0; t < SP_TIER_COUNT; t++)
-        cr_assert_eq(sp_tiers_used(ts, (sp_tier_kind)t, -1), 0, "tier %d leaks", t);
+        cr_assert_eq(sp_tiers_used(ts, (sp_tier_kind)t, -1), t == SP_TIER_HOST ? bounce : 0, "tier %d leaks", t);
     sp_tiers_free(ts);
 }
 

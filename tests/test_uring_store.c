@@ -1,6 +1,8 @@
 /* test_uring_store.c - the NVMe spill store: round trips in every I/O mode, extent reuse, and one
  * test per injected fault with its defined outcome (retry, fail cleanly, never wrong bytes, never a
- * leaked file), plus removal of the spill file on SIGTERM and on exit() without a close. The fault
+ * leaked file), plus the unnamed spill file (nothing in the directory while it is used, nothing after
+ * SIGKILL/SIGTERM/exit() without a close), the sweep of dead processes' files, and signal dispositions
+ * left alone. The fault
  * tests run twice: with unaligned buffers (every piece through the bounce slots) and with 4 KiB-
  * aligned ones (zero-copy pieces straight to/from the caller, ragged tails through the slots). The
  * stream (benchmark) path is checked for its contract. */
@@ -83,23 +85,24 @@ static void round_trip(sp_uring_store_t *s)
 
 Test(store, direct_round_trip_and_file_lifecycle)
 {
-    int before = sp_uring_store_registered_paths();
     sp_uring_store_opts o = opts(0, 8, 65536, 0);
     sp_uring_store_t *s = sp_uring_store_open(&o);
     cr_assert(s, "%s", sp_last_error());
-    char name[64];
-    snprintf(name, sizeof name, "/spindle-%d-", (int)getpid());
-    cr_assert(strstr(sp_uring_store_path(s), name), "path %s", sp_uring_store_path(s));
-    cr_assert_eq(access(sp_uring_store_path(s), F_OK), 0);
-    cr_assert_eq(sp_uring_store_registered_paths(), before + 1);
+    /* The file has no name in the directory while it is used, yet it is reachable through the
+     * store's descriptor. */
+    cr_assert_eq(count_files(), 0, "the spill file has a name in %s", dir);
+    char fp[64];
+    cr_assert_eq(sp_uring_store_fd_path(s, fp, sizeof fp), 0);
+    cr_assert_eq(access(fp, F_OK), 0, "%s", fp);
     /* ext4/xfs here support O_DIRECT; on tmpfs the store must still work in buffered mode. */
     cr_assert(sp_uring_store_mode(s) != SP_STORE_MODE_PSYNC);
     round_trip(s);
     sp_uring_store_stats st;
     sp_uring_store_get_stats(s, &st);
     cr_assert_gt(st.fixed_ops, 0, "registered buffers were not used");
+    cr_assert_gt(st.disk_bytes, 0, "the segments occupy no disk blocks");
+    cr_assert_eq(count_files(), 0);
     sp_uring_store_close(s);
-    cr_assert_eq(sp_uring_store_registered_paths(), before);
 }
 
 /* Open with these options, check the I/O mode the store settled on, round-trip, close. */
@@ -340,7 +343,9 @@ Test(store, stream_contract)
     cr_assert_eq(sp_uring_store_stream(s, false, len), 0, "%s", sp_last_error());
     cr_assert_eq(sp_uring_store_stream(s, false, 2 * len), -EINVAL, "read past the end");
     struct stat stt;
-    cr_assert_eq(stat(sp_uring_store_path(s), &stt), 0);
+    char fp[64];
+    cr_assert_eq(sp_uring_store_fd_path(s, fp, sizeof fp), 0);
+    cr_assert_eq(stat(fp, &stt), 0);
     cr_assert_geq((uint64_t)stt.st_size, len, "the stream write did not reach the file");
     sp_uring_store_stats st;
     sp_uring_store_get_stats(s, &st);
@@ -359,9 +364,14 @@ Test(store, stream_contract)
     sp_uring_store_close(s);
 }
 
-/* Fork a child that opens a store, puts a segment, sends its spill path and then ends without a
- * close: by SIGTERM (raise_term) or by exit(0). Returns the path and the child's wait status. */
-static int child_leaves_store_open(bool raise_term, char path[512])
+/* Fork a child that opens a store, puts a segment, reports how many names its spill directory
+ * holds, and then ends without a close: by signal `sig` (SIGKILL, SIGTERM, SIGHUP, SIGQUIT: the
+ * kernel must free the unnamed file) or, with sig 0, by exit(0). Returns the wait status. */
+/* The child's store, kept reachable so LeakSanitizer (ASan builds) does not count the store that
+ * exit() abandons on purpose as a leak. */
+static sp_uring_store_t *volatile child_store;
+
+static int child_leaves_store_open(int sig)
 {
     int pfd[2];
     cr_assert_eq(pipe(pfd), 0);
@@ -372,42 +382,93 @@ static int child_leaves_store_open(bool raise_term, char path[512])
         sp_uring_store_t *s = sp_uring_store_open(&o);
         if (!s)
             _exit(3);
+        child_store = s;
         char buf[8192];
         memset(buf, 1, sizeof buf);
         if (sp_uring_store_put(s, buf, sizeof buf) < 0)
             _exit(4);
-        char p[512];
-        snprintf(p, sizeof p, "%s", sp_uring_store_path(s));
-        if (write(pfd[1], p, sizeof p) != (ssize_t)sizeof p)
+        int names = spill_dir_count(dir);
+        if (write(pfd[1], &names, sizeof names) != (ssize_t)sizeof names)
             _exit(5);
-        if (raise_term)
-            raise(SIGTERM);
+        if (sig)
+            raise(sig);
         else
             exit(0); /* the store is never closed */
-        _exit(6); /* not reached: the handler re-raises with the default action */
+        _exit(6); /* not reached: the default action ends the process */
     }
     close(pfd[1]);
-    cr_assert_eq(read(pfd[0], path, 512), 512);
+    int names = -1;
+    cr_assert_eq(read(pfd[0], &names, sizeof names), (ssize_t)sizeof names);
     close(pfd[0]);
+    cr_assert_eq(names, 0, "the child's open spill file has a name in %s", dir);
     int status;
     cr_assert_eq(waitpid(pid, &status, 0), pid);
     return status;
 }
 
-Test(store, sigterm_removes_spill_file)
+static void ended_by_signal_leaves_nothing(int sig)
 {
-    char path[512];
-    int status = child_leaves_store_open(true, path);
-    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == SIGTERM, "status %d", status);
-    cr_assert_neq(access(path, F_OK), 0, "%s survived SIGTERM", path);
+    int status = child_leaves_store_open(sig);
+    cr_assert(WIFSIGNALED(status) && WTERMSIG(status) == sig, "status %d", status);
+    cr_assert_eq(count_files(), 0, "a spill file survived signal %d", sig);
 }
 
-Test(store, exit_without_close_removes_spill_file)
+Test(store, sigkill_leaves_no_spill_file) { ended_by_signal_leaves_nothing(SIGKILL); }
+Test(store, sigterm_leaves_no_spill_file) { ended_by_signal_leaves_nothing(SIGTERM); }
+Test(store, sighup_leaves_no_spill_file) { ended_by_signal_leaves_nothing(SIGHUP); }
+Test(store, sigquit_leaves_no_spill_file) { ended_by_signal_leaves_nothing(SIGQUIT); }
+
+Test(store, exit_without_close_leaves_no_spill_file)
 {
-    char path[512];
-    int status = child_leaves_store_open(false, path);
+    int status = child_leaves_store_open(0);
     cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "status %d", status);
-    cr_assert_neq(access(path, F_OK), 0, "%s survived exit()", path);
+    cr_assert_eq(count_files(), 0, "a spill file survived exit()");
+}
+
+/* Files of older versions named spindle-<pid>-<hex>.seg: a dead process's file is removed at the
+ * next open, a live process's file is kept. */
+Test(store, open_sweeps_files_of_dead_processes)
+{
+    pid_t dead = fork();
+    cr_assert_geq(dead, 0);
+    if (dead == 0)
+        _exit(0);
+    cr_assert_eq(waitpid(dead, NULL, 0), dead); /* reaped: the pid names no process now */
+    char stale[512], live[512];
+    snprintf(stale, sizeof stale, "%s/spindle-%d-0000abcd.seg", dir, (int)dead);
+    snprintf(live, sizeof live, "%s/spindle-%d-0000abcd.seg", dir, (int)getppid());
+    for (int i = 0; i < 2; i++) {
+        FILE *f = fopen(i ? live : stale, "w");
+        cr_assert(f);
+        fputs("old segment bytes", f);
+        fclose(f);
+    }
+    sp_uring_store_opts o = opts(0, 4, 65536, 0);
+    sp_uring_store_t *s = sp_uring_store_open(&o);
+    cr_assert(s, "%s", sp_last_error());
+    cr_assert_neq(access(stale, F_OK), 0, "%s of a dead process was not swept", stale);
+    cr_assert_eq(access(live, F_OK), 0, "%s of a live process was removed", live);
+    sp_uring_store_close(s);
+    unlink(live);
+}
+
+/* The store installs no signal handler: a caller's SIG_IGN (nohup, background jobs) stays. */
+Test(store, signal_dispositions_are_left_alone)
+{
+    struct sigaction ign = {.sa_handler = SIG_IGN}, old_int, old_term, now;
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGINT, &ign, &old_int);
+    sigaction(SIGTERM, &ign, &old_term);
+    sp_uring_store_opts o = opts(0, 4, 65536, 0);
+    sp_uring_store_t *s = sp_uring_store_open(&o);
+    cr_assert(s, "%s", sp_last_error());
+    sigaction(SIGINT, NULL, &now);
+    cr_assert(now.sa_handler == SIG_IGN, "SIGINT disposition was changed");
+    sigaction(SIGTERM, NULL, &now);
+    cr_assert(now.sa_handler == SIG_IGN, "SIGTERM disposition was changed");
+    sp_uring_store_close(s);
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
 }
 
 /* The stored checksum is XXH3_64bits(payload) whatever the path (it is computed while the I/O is
@@ -431,7 +492,9 @@ static void on_disk_corruption(int direct, bool aligned, bool no_uring)
         cr_assert_eq(sp_uring_store_get(s, id, db.p, n), 0, "%s", sp_last_error());
         cr_assert_eq(memcmp(sb.p, db.p, n), 0);
         /* The first segment of a fresh store starts at offset 0 of its file. */
-        int fd = open(sp_uring_store_path(s), O_RDWR);
+        char fp[64];
+        cr_assert_eq(sp_uring_store_fd_path(s, fp, sizeof fp), 0);
+        int fd = open(fp, O_RDWR);
         cr_assert_geq(fd, 0);
         uint8_t b = (uint8_t)(sb.p[spots[k]] ^ 0x01);
         cr_assert_eq(pwrite(fd, &b, 1, (off_t)spots[k]), 1);
@@ -449,3 +512,31 @@ Test(store, checksum_catches_disk_corruption_direct) { on_disk_corruption(0, fal
 Test(store, checksum_catches_disk_corruption_direct_zero_copy) { on_disk_corruption(0, true, false); }
 Test(store, checksum_catches_disk_corruption_buffered) { on_disk_corruption(2, true, false); }
 Test(store, checksum_catches_disk_corruption_pread) { on_disk_corruption(2, false, true); }
+
+/* The disk holds what the live segments need: a dropped segment's blocks are given back, so the
+ * nvme figure (live, 4 KiB-rounded) and the file's blocks on disk agree. */
+Test(store, dropped_segments_leave_the_disk)
+{
+    sp_uring_store_opts o = opts(0, 4, 65536, 0);
+    sp_uring_store_t *s = sp_uring_store_open(&o);
+    cr_assert(s, "%s", sp_last_error());
+    enum { N = 4, SZ = 300000 };
+    uint8_t *b = malloc(SZ);
+    fill(b, SZ, 9);
+    int64_t id[N];
+    for (int i = 0; i < N; i++)
+        cr_assert_geq(id[i] = sp_uring_store_put(s, b, SZ), 0, "%s", sp_last_error());
+    sp_uring_store_del(s, id[0]);
+    sp_uring_store_del(s, id[2]);
+    sp_uring_store_stats st;
+    sp_uring_store_get_stats(s, &st);
+    const uint64_t live = 2 * ((SZ + 4095) / 4096 * 4096);
+    cr_assert_eq(st.segments, 2);
+    /* st_blocks may include a block or two of the file system's own extent map. */
+    cr_assert(st.disk_bytes >= live && st.disk_bytes <= live + 16384, "%llu B on disk for %llu B of live segments",
+              (unsigned long long)st.disk_bytes, (unsigned long long)live);
+    cr_assert_eq(sp_uring_store_get(s, id[1], b, SZ), 0, "%s", sp_last_error());
+    cr_assert_eq(sp_uring_store_get(s, id[3], b, SZ), 0, "%s", sp_last_error());
+    sp_uring_store_close(s);
+    free(b);
+}

@@ -10,8 +10,9 @@
 #include "backend.h"
 #include "config.h"
 
-/* Exit codes: 0 ok, 1 runtime failure (bad model file, I/O), 2 usage error. */
-enum { SP_EXIT_OK = 0, SP_EXIT_FAIL = 1, SP_EXIT_USAGE = 2 };
+/* Exit codes: 0 ok, 1 runtime failure (bad model file, I/O, out of memory), 2 usage error,
+ * 3 the output was lost (stdout could not be written: a closed pipe, a full disk). */
+enum { SP_EXIT_OK = 0, SP_EXIT_FAIL = 1, SP_EXIT_USAGE = 2, SP_EXIT_OUTPUT = 3 };
 
 /* Options every subcommand accepts; the rest are subcommand-specific. */
 typedef struct sp_cli_common {
@@ -38,8 +39,21 @@ void sp_cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
  * error naming why when it is not available here). 0, or -1 with the message printed. */
 int sp_cli_backend(const sp_config *cfg, sp_backend_kind *out);
 
-/* Resolve the thread count (0 = online cores). */
+/* Resolve the thread count (0 = online cores); warns (sp_notice) when more are asked for than
+ * CPUs are online. */
 int sp_cli_threads(const sp_config *cfg);
+
+/* Make sure OpenBLAS runs no threads of its own (spindle calls it from its pool): unless
+ * OPENBLAS_NUM_THREADS is already 1, set it and re-execute /proc/self/exe with argv (OpenBLAS reads
+ * it before main). Returns only when nothing needs doing or the exec failed. Call first in main. */
+void sp_cli_single_threaded_blas(char **argv);
+
+/* Write n bytes to stdout and flush. On the first failure (EPIPE, ENOSPC, ...) prints one message
+ * and returns false; every later call returns false without writing. */
+bool sp_cli_put_out(const void *bytes, size_t n);
+/* Flush and close stdout at the end of the program. Returns 0, or SP_EXIT_OUTPUT when any output
+ * was lost (message printed once). */
+int sp_cli_close_stdout(void);
 
 /* For the JSON results: s as a JSON string (quotes, escapes; NULL prints ""); the CPU's model name
  * from /proc/cpuinfo ("unknown" if none); the commit of the git checkout the binary was built in
@@ -48,8 +62,18 @@ void sp_cli_json_str(FILE *f, const char *s);
 void sp_cli_cpu_model(char *buf, size_t len);
 void sp_cli_git_commit(char *buf, size_t len);
 
-/* Read a whole file (or stdin when path is "-") into a NUL-terminated malloc'd buffer. */
-char *sp_cli_read_file(const char *path, size_t *len);
+/* Read a whole file (or stdin when path is "-") into a NUL-terminated malloc'd buffer (caller
+ * frees), reading at most max_bytes: a longer input stops the read and fails with "stopped reading
+ * ...: <too_long>". A NUL byte inside the text is refused with its offset. NULL on failure, the
+ * message printed. *len (may be NULL) gets the length. */
+char *sp_cli_read_file(const char *path, size_t max_bytes, const char *too_long, size_t *len);
+
+/* Find `rel` (e.g. "data/haystack/pg_essays") among the shared data: under $SPINDLE_SHARED when
+ * set; else in ../shared beside the checkout the binary was built in (<checkout>/build/spindle);
+ * else ../shared of the current directory; else the installed data directory (SPINDLE_DATADIR).
+ * Writes the path to buf and a description of the choice to *how. 0, or -ENOENT (*how lists
+ * where it looked). No machine path is built in. */
+int sp_cli_data_path(const char *rel, char *buf, size_t len, const char **how);
 
 int sp_cmd_run(int argc, char **argv);
 int sp_cmd_inspect(int argc, char **argv);

@@ -149,40 +149,122 @@ int sp_cli_backend(const sp_config *cfg, sp_backend_kind *out)
 
 int sp_cli_threads(const sp_config *cfg)
 {
-    if (cfg->runtime.threads > 0)
-        return (int)cfg->runtime.threads;
     long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (cfg->runtime.threads > 0) {
+        /* More threads than cores only queue behind each other (and spin at barriers): say so. */
+        if (n > 0 && cfg->runtime.threads > n)
+            sp_notice("%lld compute threads requested but only %ld CPUs are online: the threads "
+                      "will share cores and run slower than with -t %ld",
+                      (long long)cfg->runtime.threads, n, n);
+        return (int)cfg->runtime.threads;
+    }
     return n > 0 ? (int)n : 1;
 }
 
-char *sp_cli_read_file(const char *path, size_t *len)
+void sp_cli_single_threaded_blas(char **argv)
+{
+    /* OpenBLAS reads its thread count in its library constructor, before main(), and starts its
+     * thread server there: each server thread then allocates a 128 MiB buffer, retrying forever
+     * under an address-space limit, and exit() waits for it. spindle runs sgemm from its own pool,
+     * so OpenBLAS must start none: fix the environment and restart this program once. */
+    const char *v = getenv("OPENBLAS_NUM_THREADS");
+    if (v && !strcmp(v, "1"))
+        return;
+    if (setenv("OPENBLAS_NUM_THREADS", "1", 1) != 0)
+        return;
+    execv("/proc/self/exe", argv);
+    /* exec refused (no /proc): carry on; only the address-space-limit case suffers. */
+}
+
+/* ---- stdout: every write checked, the loss reported once ---- */
+
+static bool stdout_lost;
+
+static void report_stdout_loss(int err)
+{
+    if (stdout_lost)
+        return;
+    stdout_lost = true;
+    sp_cli_error("cannot write the output to stdout: %s; the output is lost (exit code %d)",
+                 strerror(err ? err : EIO), SP_EXIT_OUTPUT);
+}
+
+bool sp_cli_put_out(const void *bytes, size_t n)
+{
+    if (stdout_lost)
+        return false;
+    errno = 0;
+    if ((n && fwrite(bytes, 1, n, stdout) != n) || fflush(stdout) != 0) {
+        report_stdout_loss(errno);
+        return false;
+    }
+    return true;
+}
+
+int sp_cli_close_stdout(void)
+{
+    errno = 0;
+    bool bad = fflush(stdout) != 0 || ferror(stdout);
+    int err = errno;
+    if (fclose(stdout) != 0 && !bad) {
+        bad = true;
+        err = errno;
+    }
+    if (!bad && !stdout_lost)
+        return 0;
+    report_stdout_loss(err);
+    return SP_EXIT_OUTPUT;
+}
+
+char *sp_cli_read_file(const char *path, size_t max_bytes, const char *too_long, size_t *len)
 {
     FILE *f = strcmp(path, "-") ? fopen(path, "rb") : stdin;
     if (!f) {
         sp_cli_error("cannot open '%s': %s", path, strerror(errno));
         return NULL;
     }
+    /* Read at most max_bytes + 1: one byte more tells "too long" from "exactly the limit", and an
+     * endless source (/dev/zero, `yes`) costs no more than the limit. */
     size_t cap = 1 << 16, n = 0;
+    if (cap > max_bytes + 1)
+        cap = max_bytes + 1;
     char *buf = malloc(cap + 1);
     while (buf) {
         size_t got = fread(buf + n, 1, cap - n, f);
         n += got;
-        if (n < cap)
+        if (n < cap || n > max_bytes)
             break;
-        char *nb = realloc(buf, 2 * cap + 1);
+        size_t nc = 2 * cap > max_bytes + 1 ? max_bytes + 1 : 2 * cap;
+        char *nb = realloc(buf, nc + 1);
         if (!nb) {
             free(buf);
             buf = NULL;
             break;
         }
         buf = nb;
-        cap *= 2;
+        cap = nc;
     }
     bool failed = ferror(f);
+    int err = errno;
     if (f != stdin)
         fclose(f);
     if (!buf || failed) {
-        sp_cli_error("cannot read '%s'%s", path, buf ? ": I/O error" : ": out of memory");
+        sp_cli_error("cannot read '%s': %s", path, buf ? strerror(err ? err : EIO) : "out of memory");
+        free(buf);
+        return NULL;
+    }
+    if (n > max_bytes) {
+        sp_cli_error("stopped reading '%s' after %zu bytes: %s", path, max_bytes,
+                     too_long ? too_long : "the input is too long");
+        free(buf);
+        return NULL;
+    }
+    /* Text is bytes with a length: a NUL inside it would cut every C-string consumer short, so it
+     * is refused rather than silently truncated. */
+    const char *nul = memchr(buf, '\0', n);
+    if (nul) {
+        sp_cli_error("'%s' contains a NUL byte at offset %zu (of %zu bytes): prompts are text; "
+                     "remove the NUL bytes (e.g. tr -d '\\000')", path, (size_t)(nul - buf), n);
         free(buf);
         return NULL;
     }
@@ -190,6 +272,52 @@ char *sp_cli_read_file(const char *path, size_t *len)
     if (len)
         *len = n;
     return buf;
+}
+
+/* ---- shared data ---- */
+
+static bool readable_dir(const char *p) { return access(p, R_OK | X_OK) == 0; }
+
+int sp_cli_data_path(const char *rel, char *buf, size_t len, const char **how)
+{
+    const char *sh = getenv("SPINDLE_SHARED");
+    if (sh && sh[0]) {
+        snprintf(buf, len, "%s/%s", sh, rel);
+        *how = "from $SPINDLE_SHARED";
+        return readable_dir(buf) ? 0 : -ENOENT;
+    }
+    /* ../shared beside the checkout: the binary lives in <checkout>/<build dir>/ (or one deeper). */
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n > 0) {
+        exe[n] = '\0';
+        static const char *const up[] = {"../..", "../../.."};
+        char *slash = strrchr(exe, '/');
+        if (slash)
+            *slash = '\0';
+        for (size_t i = 0; i < sizeof up / sizeof up[0]; i++) {
+            snprintf(buf, len, "%s/%s/shared/%s", exe, up[i], rel);
+            if (readable_dir(buf)) {
+                *how = "../shared beside the checkout the binary was built in";
+                return 0;
+            }
+        }
+    }
+    snprintf(buf, len, "../shared/%s", rel);
+    if (readable_dir(buf)) {
+        *how = "../shared relative to the current directory";
+        return 0;
+    }
+#ifdef SPINDLE_DATADIR
+    snprintf(buf, len, "%s/%s", SPINDLE_DATADIR, rel);
+    if (readable_dir(buf)) {
+        *how = "the installed data directory";
+        return 0;
+    }
+#endif
+    *how = "looked under $SPINDLE_SHARED (unset), ../shared beside the checkout and the current "
+           "directory, and the installed data directory";
+    return -ENOENT;
 }
 
 /* ---- machine description for the JSON results ---- */

@@ -31,7 +31,7 @@ typedef struct bench_row {
 static void usage(FILE *out)
 {
     fputs("usage: spindle bench [options]\n"
-          "  -m, --model FILE      GGUF model (default: [model] path)\n"
+          "  -m, --model FILE|NAME GGUF model or a short name: smollm2-135m, qwen2.5-0.5b, qwen2.5-1.5b\n"
           "  --depths LIST         context depths, comma-separated (default 512,2048,8192)\n"
           "  --pp N                prompt tokens timed per prefill (default 512)\n"
           "  --tg N                tokens timed per decode run (default 64)\n"

@@ -61,8 +61,10 @@ static void usage(FILE *out)
           "  --template TASK.FIELD=TEXT a task's text (FIELD: intro, needle, question, prefix; repeatable);\n"
           "                             placeholders {key} {value} {n}, e.g.\n"
           "                             --template 'multikey.needle=The code of {key} is {value}.'\n"
-          "  --haystack DIR             essays directory (every retrieval task's haystack) (default $SPINDLE_SHARED/data/haystack/pg_essays,\n"
-          "                             else /work/shared/data/haystack/pg_essays)\n"
+          "  --haystack DIR             essays directory of every retrieval task (default\n"
+          "                             data/haystack/pg_essays under $SPINDLE_SHARED, else ../shared of the\n"
+          "                             checkout the binary was built in, else the installed data directory;\n"
+          "                             the choice is printed)\n"
           "  --seed S                   base seed of the passkeys (default [runtime] seed)\n"
           "  --json FILE                write every point as JSON\n"
           "  --out DIR                  write PNG plots (gnuplot) and their data files there\n"
@@ -1012,10 +1014,12 @@ int sp_cmd_eval(int argc, char **argv)
     }
     char hay_dir[4096];
     if (!o.haystack) {
-        const char *sh = getenv("SPINDLE_SHARED");
-        snprintf(hay_dir, sizeof hay_dir, "%s/data/haystack/pg_essays", sh ? sh : "/work/shared");
-        if (access(hay_dir, R_OK) != 0)
-            snprintf(hay_dir, sizeof hay_dir, "/work/shared/data/haystack/pg_essays");
+        const char *how = NULL;
+        if (sp_cli_data_path("data/haystack/pg_essays", hay_dir, sizeof hay_dir, &how) < 0) {
+            sp_cli_error("eval: no haystack essays found (%s); pass --haystack DIR", how);
+            return SP_EXIT_USAGE;
+        }
+        sp_notice("eval: haystack %s (%s)", hay_dir, how);
         o.haystack = hay_dir;
     }
 

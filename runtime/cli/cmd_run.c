@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "blas_guard.h"
 #include "ctx_tiering.h"
 #include "chat.h"
 #include "cli.h"
@@ -25,7 +26,9 @@ static void usage(FILE *out)
           "  -p, --prompt TEXT  prompt text\n"
           "  -f, --file FILE    read the prompt from FILE ('-' = stdin)\n"
           "  -n, --n-predict N  tokens to generate (default 128; stops early at end of turn)\n"
-          "  --chat             wrap the prompt in the model's chat template (from its vocabulary)\n"
+          "  --chat             wrap the prompt in the model's chat template (from its vocabulary);\n"
+          "                     as in llama.cpp, control-token text in the prompt (<|im_end|>) is parsed\n"
+          "                     as that token (with a notice)\n"
           "  --template NAME    chatml | llama3 | none (overrides the detected template)\n"
           "  --system TEXT      system message for --chat\n"
           "  --temp T           sampling temperature (default 0 = greedy)\n"
@@ -35,6 +38,7 @@ static void usage(FILE *out)
           "  -t, --threads N    compute threads (default: all cores)\n"
           "  -c, --ctx N        context length (default: the model's; with compression on, prompt + -n)\n"
           "  --stats            print the per-layer KV cache table (tokens kept, codebook entries, bytes)\n"
+          "Exit codes: 0 ok, 1 failure (model, memory, I/O), 2 usage, 3 output lost (stdout closed or full).\n"
           "KV compression comes from [compression] (default policy spindle), e.g.\n"
           "  --set compression.policy=snapkv --set compression.ratio=0.3; policy=full turns it off.\n"
           "  --config FILE, --set section.key=value, --print-config\n",
@@ -196,8 +200,40 @@ static int parse_args(int argc, char **argv, sp_cli_common *c, run_opts *o)
     return 0;
 }
 
+/* Read a prompt file, bounded by what the context can hold: every token covers at most the
+ * longest piece of the vocabulary, so more bytes than n_ctx x that cannot fit whatever they say. */
+static char *read_prompt(const char *path, int64_t n_ctx, const sp_tokenizer_t *tok)
+{
+    size_t longest = 1;
+    for (int32_t id = 0; id < sp_tokenizer_n_vocab(tok); id++) {
+        int l = sp_tokenizer_piece_len(tok, id, true);
+        if (l > 0 && (size_t)l > longest)
+            longest = (size_t)l;
+    }
+    char why[192];
+    snprintf(why, sizeof why, "more text than a context of %lld tokens can hold (at most %zu bytes a "
+             "token); shorten the input or raise -c", (long long)n_ctx, longest);
+    return sp_cli_read_file(path, (size_t)n_ctx * longest, why, NULL);
+}
+
+/* With --chat the whole rendering is tokenized with special tokens parsed, as llama.cpp's chat
+ * does: control-token text typed by the user ("<|im_end|>") becomes that control token. Kept for
+ * compatibility, but never silently: name the first such text found. */
+static void warn_special_text(const sp_tokenizer_t *tok, const char *text)
+{
+    for (int32_t id = 0; id < sp_tokenizer_n_vocab(tok); id++) {
+        const char *s = sp_tokenizer_is_control(tok, id) ? sp_tokenizer_token_text(tok, id) : NULL;
+        if (s && s[0] && strstr(text, s)) {
+            sp_notice("--chat: the prompt contains '%s', the text of a control token; it is parsed as "
+                      "that token (as llama.cpp does), so it can end or restructure the turn", s);
+            return;
+        }
+    }
+}
+
 /* The prompt as it will be tokenized: raw text or the chat rendering. Caller frees. */
-static char *build_prompt(const run_opts *o, const sp_config *cfg, const sp_tokenizer_t *tok, bool *parse_special)
+static char *build_prompt(const run_opts *o, const sp_config *cfg, const sp_tokenizer_t *tok, int64_t n_ctx,
+                          bool *parse_special)
 {
     char *text;
     if (o->prompt) {
@@ -207,7 +243,7 @@ static char *build_prompt(const run_opts *o, const sp_config *cfg, const sp_toke
             sp_cli_error("run: no prompt: use -p TEXT, -f FILE, or pipe text on stdin");
             return NULL;
         }
-        text = sp_cli_read_file(o->file ? o->file : "-", NULL);
+        text = read_prompt(o->file ? o->file : "-", n_ctx, tok);
     }
     if (!text)
         return NULL;
@@ -231,6 +267,9 @@ static char *build_prompt(const run_opts *o, const sp_config *cfg, const sp_toke
             sp_notice("--chat: the vocabulary implies no known chat template; using the raw prompt");
         return text;
     }
+    warn_special_text(tok, text);
+    if (o->system)
+        warn_special_text(tok, o->system);
     size_t cap = sp_chat_render_size(o->system, text);
     char *chat = malloc(cap);
     if (!chat || sp_chat_render((sp_chat_family)family, o->system, text, chat, cap) < 0) {
@@ -283,7 +322,8 @@ int sp_cmd_run(int argc, char **argv)
         goto out;
     }
     bool parse_special;
-    if (!(text = build_prompt(&o, &c.cfg, tok, &parse_special)))
+    if (!(text = build_prompt(&o, &c.cfg, tok, c.cfg.model.n_ctx > 0 ? c.cfg.model.n_ctx : hp->n_ctx_train,
+                              &parse_special)))
         goto out;
 
     size_t n_ids = 0, cap = strlen(text) + 16;
@@ -355,6 +395,12 @@ int sp_cmd_run(int argc, char **argv)
     }
     t_load = sp_now_s() - t_load;
 
+    /* Every big allocation is done: the GEMM work buffers OpenBLAS maps on first use must fit
+     * (one per compute thread; the caller is one of them), or it would hang instead of failing. */
+    if (sp_blas_guard_headroom(cp.n_threads) < 0) {
+        sp_cli_error("run: %s", sp_last_error());
+        goto out;
+    }
     prog.t0 = sp_now_s();
     if (sp_ctx_prefill(ctx, ids, (int)n_ids, logits, NULL) < 0 || sp_kv_tiering_after_prefill(tiering, ctx) < 0) {
         sp_cli_error("run: prefill failed: %s", sp_last_error());
@@ -373,9 +419,9 @@ int sp_cmd_run(int argc, char **argv)
             break;
         }
         int len = sp_tokenizer_stream_put(tok, &ts, t, false, piece, sizeof piece);
-        if (len > 0) {
-            fwrite(piece, 1, (size_t)len, stdout);
-            fflush(stdout);
+        if (len > 0 && !sp_cli_put_out(piece, (size_t)len)) {
+            rc = SP_EXIT_OUTPUT; /* nobody reads the rest: stop generating (message printed) */
+            goto out;
         }
         if (n_gen + 1 < o.n_predict && sp_ctx_decode(ctx, t, logits) < 0) {
             sp_cli_error("run: decode failed: %s", sp_last_error());
@@ -383,10 +429,10 @@ int sp_cmd_run(int argc, char **argv)
         }
     }
     int tail = sp_tokenizer_stream_flush(&ts, piece, sizeof piece);
-    if (tail > 0)
-        fwrite(piece, 1, (size_t)tail, stdout);
-    fputc('\n', stdout);
-    fflush(stdout);
+    if ((tail > 0 && !sp_cli_put_out(piece, (size_t)tail)) || !sp_cli_put_out("\n", 1)) {
+        rc = SP_EXIT_OUTPUT;
+        goto out;
+    }
 
     sp_kv_stats ks;
     if (sp_ctx_kv_stats(ctx, &ks) < 0) {
@@ -405,16 +451,17 @@ int sp_cmd_run(int argc, char **argv)
             "threads    %d   load %.2f s\n"
             "prompt     %" PRId64 " tokens, prefill %.2f s = %.1f tok/s\n"
             "generated  %" PRId64 " tokens (%s), decode %.2f s = %.1f tok/s\n"
-            "KV cache   %s, %.2f MiB used for %d tokens (fp16 cache: %.2f MiB, true ratio %.3f), %.2f MiB "
-            "allocated (context of %d)\n"
+            "KV cache   %s, %d tokens: %.2f MiB of data (fp16 cache: %.2f MiB, true ratio %.3f); %.2f MiB "
+            "allocated for it (table 'alloc': segments + tail capacity, context of %d), %.2f MiB of that "
+            "held by the context itself\n"
             "memory     peak RSS %.1f MiB\n",
             o.chat ? "chat" : "raw", c.cfg.model.path, hp->arch_name, hp->n_layer, hp->n_head,
             hp->n_kv_head, cp.n_threads, t_load, st.prefill_tokens, st.prefill_s,
             st.prefill_s > 0 ? st.prefill_tokens / st.prefill_s : 0.0, n_gen, stop, st.decode_s,
             st.decode_s > 0 ? st.decode_tokens / st.decode_s : 0.0,
-            ks.compressed ? sp_kv_policy_name(kvo.policy) : "fp16 (uncompressed)", ks.bytes / 1048576.0,
-            sp_ctx_n_past(ctx), kv_tok * sp_ctx_n_past(ctx) / 1048576.0, ks.true_ratio, st.kv_bytes / 1048576.0,
-            sp_ctx_n_ctx(ctx), peak_rss_kib() / 1024.0);
+            ks.compressed ? sp_kv_policy_name(kvo.policy) : "fp16 (uncompressed)", sp_ctx_n_past(ctx),
+            ks.bytes / 1048576.0, kv_tok * sp_ctx_n_past(ctx) / 1048576.0, ks.true_ratio,
+            ks.bytes_alloc / 1048576.0, sp_ctx_n_ctx(ctx), st.kv_bytes / 1048576.0, peak_rss_kib() / 1024.0);
     print_ratio_line(stderr, &ks);
     if (ks.compressed)
         fprintf(stderr, "compression %.3f s (%.1f%% of prefill): scores prepare + top-k + codebook + segments\n",

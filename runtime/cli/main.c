@@ -1,4 +1,7 @@
-/* main.c - the `spindle` command: dispatch to the subcommands in runtime/cli/. */
+/* main.c - the `spindle` command: dispatch to the subcommands in runtime/cli/, then check that
+ * what they wrote to stdout really left the process (a lost output is an error, SP_EXIT_OUTPUT). */
+#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -22,7 +25,7 @@ static void usage(FILE *out)
           out);
 }
 
-int main(int argc, char **argv)
+static int dispatch(int argc, char **argv)
 {
     if (argc < 2) {
         usage(stderr);
@@ -50,4 +53,17 @@ int main(int argc, char **argv)
     sp_cli_error("unknown command '%s'", cmd);
     usage(stderr);
     return SP_EXIT_USAGE;
+}
+
+int main(int argc, char **argv)
+{
+    sp_cli_single_threaded_blas(argv);
+    /* A closed pipe (`spindle run | head`) must be an EPIPE the writers see and report, not a
+     * silent death by signal; an inherited SIG_IGN stays as it is. */
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
+    int rc = dispatch(argc, argv);
+    int out_rc = sp_cli_close_stdout();
+    return rc == SP_EXIT_OK && out_rc ? out_rc : rc;
 }

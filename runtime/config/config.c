@@ -19,11 +19,14 @@
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+
+#include "model_names.h"
 
 typedef enum { KT_BOOL, KT_INT, KT_FLOAT, KT_SIZE, KT_STRING, KT_ENUM, KT_MASK } key_type;
 
 /* Flags for string keys whose stored value is derived from the text. */
-enum { KF_TILDE = 1, KF_TMPDIR = 2, KF_ALIGN4K = 4 };
+enum { KF_TILDE = 1, KF_TMPDIR = 2, KF_ALIGN4K = 4, KF_MODEL = 8 /* short model names (model_names.h) */ };
 
 typedef struct {
     const char *section, *name;
@@ -64,9 +67,10 @@ _Static_assert(SP_NUMERICS_GGML == 0 && SP_NUMERICS_EXACT == 1, "numerics_names 
 #define GIB (MIB * 1024)
 
 static const key_def keys[] = {
-    {"model", "path", KT_STRING, OFF(model.path), LEN(model.path), .flags = KF_TILDE,
+    {"model", "path", KT_STRING, OFF(model.path), LEN(model.path), .flags = KF_TILDE | KF_MODEL,
      .def = "~/.cache/spindle/models/SmolLM2-135M-Instruct.Q4_1.gguf",
-     .help = "GGUF model file; a leading ~/ expands to $HOME"},
+     .help = "GGUF file, or a name from setup.sh --model (smollm2-135m, qwen2.5-0.5b, qwen2.5-1.5b: "
+             "found in $SPINDLE_CACHE/models, default ~/.cache/spindle); ~/ expands to $HOME"},
     {"model", "n_ctx", KT_INT, OFF(model.n_ctx), 0, .imin = 0, .imax = 1 << 24, .def = "0",
      .help = "context length in tokens; 0 = the model's trained context"},
     {"model", "chat_template", KT_ENUM, OFF(model.chat_template), 0, .enums = chat_names,
@@ -455,14 +459,21 @@ static int set_value(sp_config *cfg, const key_def *k, const char *raw, const ch
             const char *t = getenv("TMPDIR");
             src = (t && *t) ? t : "/tmp";
         }
-        if ((k->flags & KF_TILDE) && src[0] == '~' && (src[1] == '/' || src[1] == '\0')) {
+        int named = (k->flags & KF_MODEL) ? sp_model_name_resolve(src, out, k->len) : 0;
+        if (named < 0) {
+            char why_named[256];
+            snprintf(why_named, sizeof why_named, "%s", sp_last_error());
+            return key_error(origin, k->section, k->name, value, -named, why_named, k);
+        }
+        /* named == 1: out already holds the cached file's path */
+        if (!named && (k->flags & KF_TILDE) && src[0] == '~' && (src[1] == '/' || src[1] == '\0')) {
             const char *home = getenv("HOME");
             if (!home || !*home)
                 return key_error(origin, k->section, k->name, value, EINVAL,
                                  "'~' used but $HOME is not set", k);
             if ((size_t)snprintf(out, sizeof out, "%s%s", home, src + 1) >= k->len)
                 return key_error(origin, k->section, k->name, value, ENAMETOOLONG, "path too long", k);
-        } else {
+        } else if (!named) {
             if (strlen(src) >= k->len)
                 return key_error(origin, k->section, k->name, value, ENAMETOOLONG, "too long", k);
             snprintf(out, sizeof out, "%s", src);
@@ -511,6 +522,8 @@ typedef struct {
     FILE *fp;           /* file source (or NULL) */
     int line;           /* line number of the last line handed to inih */
     int err;            /* first error (negative errno), 0 if none */
+    size_t bytes;       /* bytes read so far (bounded by SP_CONFIG_FILE_MAX) */
+    int key_line[N_KEYS]; /* line where each key was last set in this file, 0 = not yet */
 } load_ctx;
 
 static void check_section_line(load_ctx *c, const char *line)
@@ -545,8 +558,17 @@ static char *reader(char *str, int num, void *stream)
         int ch;
         if (c->fp) {
             ch = fgetc(c->fp);
-            if (ch == EOF)
+            if (ch == EOF) {
+                if (ferror(c->fp) && !c->err)
+                    c->err = sp_error(EIO, "%s:%d: read error: %s", c->name, c->line + 1,
+                                      strerror(errno ? errno : EIO));
                 break;
+            }
+            if (++c->bytes > SP_CONFIG_FILE_MAX && !c->err) {
+                c->err = sp_error(EFBIG, "%s: longer than %d bytes: not a config file", c->name,
+                                  SP_CONFIG_FILE_MAX);
+                break;
+            }
         } else {
             ch = (unsigned char)c->text[c->pos];
             if (ch == 0)
@@ -558,12 +580,22 @@ static char *reader(char *str, int num, void *stream)
             nl = true;
             break;
         }
-        if (n < num - 2)
+        if (ch == '\0' && !c->err) {
+            c->err = sp_error(EINVAL, "%s:%d: NUL byte: not a text config file", c->name, c->line + 1);
+            break;
+        }
+        if (n < num - 2) {
             str[n++] = (char)ch;
-        else if (!c->err)
-            c->err = sp_error(EINVAL, "%s:%d: line longer than %d characters", c->name, c->line + 1,
-                              num - 2);
+        } else {
+            /* Stop here: reading on to the end of an endless line would never return. */
+            if (!c->err)
+                c->err = sp_error(EINVAL, "%s:%d: line longer than %d characters", c->name,
+                                  c->line + 1, num - 2);
+            break;
+        }
     }
+    if (c->err)
+        return NULL; /* inih stops at "end of input"; load() reports c->err */
     if (!got)
         return NULL;
     if (nl)
@@ -606,6 +638,11 @@ static int handler(void *user, const char *section, const char *name, const char
         c->err = rc;
         return 0;
     }
+    int ki = (int)(k - keys);
+    if (c->key_line[ki])
+        sp_notice("%s:%d: [%s] %s is set again (first on line %d); the later value '%s' is used",
+                  c->name, c->line, k->section, k->name, c->key_line[ki], value);
+    c->key_line[ki] = c->line;
     return 1;
 }
 
@@ -626,16 +663,35 @@ int sp_config_load_file(sp_config *cfg, const char *path)
     FILE *fp = fopen(path, "r");
     if (!fp)
         return sp_error(errno, "%s: cannot open config file: %s", path, strerror(errno));
-    load_ctx c = {.cfg = cfg, .name = path, .fp = fp};
-    int rc = load(&c);
+    /* A directory opens and reads as empty, /dev/zero never ends: only regular files are configs. */
+    struct stat st;
+    if (fstat(fileno(fp), &st) != 0 || !S_ISREG(st.st_mode)) {
+        int err = S_ISDIR(st.st_mode) ? EISDIR : EINVAL;
+        fclose(fp);
+        return sp_error(err, "%s: not a regular file (%s): give --config an INI file such as "
+                             "configs/default.ini", path, S_ISDIR(st.st_mode) ? "a directory" : "a device, pipe or socket");
+    }
+    load_ctx *c = calloc(1, sizeof *c);
+    if (!c) {
+        fclose(fp);
+        return sp_error(ENOMEM, "%s: out of memory", path);
+    }
+    *c = (load_ctx){.cfg = cfg, .name = path, .fp = fp};
+    int rc = load(c);
+    free(c);
     fclose(fp);
     return rc;
 }
 
 int sp_config_load_string(sp_config *cfg, const char *text, const char *name)
 {
-    load_ctx c = {.cfg = cfg, .name = name ? name : "<string>", .text = text};
-    return load(&c);
+    load_ctx *c = calloc(1, sizeof *c);
+    if (!c)
+        return sp_error(ENOMEM, "%s: out of memory", name ? name : "<string>");
+    *c = (load_ctx){.cfg = cfg, .name = name ? name : "<string>", .text = text};
+    int rc = load(c);
+    free(c);
+    return rc;
 }
 
 int sp_config_set(sp_config *cfg, const char *assignment, const char *origin)

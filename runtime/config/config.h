@@ -30,6 +30,8 @@ typedef enum sp_backend_choice {
 #define SP_CONFIG_PATH_MAX 1024
 #define SP_CONFIG_MASK_MAX 256
 #define SP_CONFIG_ORIGIN_MAX 96
+/* A config file larger than this is refused (no INI file of ours comes near it). */
+#define SP_CONFIG_FILE_MAX (1 << 20)
 #define SP_CONFIG_MAX_KEYS 64
 
 typedef enum { SP_CHAT_AUTO, SP_CHAT_CHATML, SP_CHAT_LLAMA3, SP_CHAT_NONE } sp_chat_template;
@@ -107,7 +109,10 @@ typedef struct sp_config {
 void sp_config_defaults(sp_config *cfg);
 
 /* Apply an INI file on top of cfg. Returns 0, or a negative errno with sp_last_error() set to
- * "file:line: [section] key = value: reason; allowed: ...". cfg may be partly updated on error. */
+ * "file:line: [section] key = value: reason; allowed: ...". cfg may be partly updated on error.
+ * Only a regular file is read (a directory or device is -EISDIR / -EINVAL naming it), at most
+ * SP_CONFIG_FILE_MAX bytes; a NUL byte, an over-long line or a read error ends the read with an
+ * error. A key set twice in one file keeps the later value with a notice naming both lines. */
 int sp_config_load_file(sp_config *cfg, const char *path);
 
 /* Same for INI text held in memory; `name` is used in messages in place of the file name. */

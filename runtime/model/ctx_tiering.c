@@ -3,6 +3,7 @@
 #include "ctx_tiering.h"
 
 #include "model.h"
+#include "sp_alloc.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -35,7 +36,7 @@ int sp_kv_tiering_attach(sp_kv_tiering_t **out, const sp_config *cfg, const sp_m
     *out = NULL;
     if (!compressing || (!cfg->tiers.device_budget && !cfg->tiers.host_budget))
         return 0;
-    sp_kv_tiering_t *tg = calloc(1, sizeof *tg);
+    sp_kv_tiering_t *tg = sp_calloc(1, sizeof *tg);
     if (!tg)
         return sp_error(ENOMEM, "tiers: out of memory");
     sp_tiers_opts to;
@@ -55,6 +56,10 @@ int sp_kv_tiering_attach(sp_kv_tiering_t **out, const sp_config *cfg, const sp_m
     rc = -ENOMEM;
     if (!(tg->kvt = sp_kv_tiered_create(&ko)))
         goto fail;
+    /* Find a bad spill dir (missing, read-only, full) now, not after a long prefill: the run goes
+     * on without the nvme tier, and a later "no tier can take it" names this reason. */
+    if (sp_tiers_nvme_probe(tg->tiers) < 0)
+        sp_kv_tiered_nvme_disable(tg->kvt, sp_last_error());
     sp_kv_provider p = sp_kv_tiered_provider(tg->kvt);
     if ((rc = sp_ctx_set_kv_provider(ctx, &p)) < 0)
         goto fail;

@@ -9,6 +9,7 @@
 #endif
 
 #include "fp16.h"
+#include "sp_alloc.h"
 #include "sp_error.h"
 
 sp_kvcache *sp_kvcache_new(sp_kv_type type, int n_layer, int n_kv_head, int head_dim, int n_ctx)
@@ -18,7 +19,7 @@ sp_kvcache *sp_kvcache_new(sp_kv_type type, int n_layer, int n_kv_head, int head
                  n_kv_head, head_dim, n_ctx, (int)type);
         return NULL;
     }
-    sp_kvcache *kv = calloc(1, sizeof(*kv));
+    sp_kvcache *kv = sp_calloc(1, sizeof(*kv));
     if (!kv) {
         sp_error(ENOMEM, "kv cache: out of memory");
         return NULL;
@@ -33,8 +34,8 @@ sp_kvcache *sp_kvcache_new(sp_kv_type type, int n_layer, int n_kv_head, int head
     kv->layer_elems = (size_t)n_kv_head * kv->head_stride;
     size_t bytes = (size_t)n_layer * kv->layer_elems * kv->elem_bytes;
     /* calloc of this size maps fresh zero pages: memory is committed only as positions fill. */
-    kv->k = calloc(1, bytes);
-    kv->v = calloc(1, bytes);
+    kv->k = sp_calloc(1, bytes);
+    kv->v = sp_calloc(1, bytes);
     if (!kv->k || !kv->v) {
         sp_error(ENOMEM, "kv cache: cannot allocate 2 x %zu bytes for n_ctx=%d", bytes, n_ctx);
         sp_kvcache_free(kv);

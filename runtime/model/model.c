@@ -30,6 +30,7 @@
 #include "kv_target.h"
 #include "kvcache.h"
 #include "segment_attn.h"
+#include "sp_alloc.h"
 #include "sp_error.h"
 #include "sp_time.h"
 
@@ -143,7 +144,7 @@ static int load_vec(const sp_gguf_t *g, const char *name, int64_t n, bool option
 
 sp_model_t *sp_model_load(const char *path)
 {
-    sp_model_t *m = calloc(1, sizeof(*m));
+    sp_model_t *m = sp_calloc(1, sizeof(*m));
     if (!m) {
         sp_error(ENOMEM, "%s: out of memory", path);
         return NULL;
@@ -213,8 +214,8 @@ sp_model_t *sp_model_load(const char *path)
     hp->qkv_bias = sp_gguf_find_tensor(g, nm) != NULL;
 
     size_t nvec = (size_t)E + (size_t)L * (2 * (size_t)E + (hp->qkv_bias ? (size_t)Q + 2 * (size_t)KV : 0));
-    m->vecs = malloc(nvec * sizeof(float));
-    m->layers = calloc((size_t)L, sizeof(sp_layer));
+    m->vecs = sp_malloc(nvec * sizeof(float));
+    m->layers = sp_calloc((size_t)L, sizeof(sp_layer));
     if (!m->vecs || !m->layers) {
         sp_error(ENOMEM, "%s: out of memory", path);
         goto fail;
@@ -373,7 +374,7 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
         p.chunk = p.n_ctx;
     if (p.n_window > p.chunk)
         p.n_window = p.chunk;
-    sp_ctx_t *c = calloc(1, sizeof(*c));
+    sp_ctx_t *c = sp_calloc(1, sizeof(*c));
     if (!c) {
         sp_error(ENOMEM, "context: out of memory");
         return NULL;
@@ -417,15 +418,15 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
     size_t total = 0;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
         total += (sizes[i] + 15) & ~(size_t)15;
-    c->mem = aligned_alloc(64, total * sizeof(float));
+    c->mem = sp_aligned_alloc(64, total * sizeof(float));
     if (!c->mem) {
         sp_error(ENOMEM, "context: cannot allocate %zu bytes of activations", total * sizeof(float));
         goto fail;
     }
     c->mem_floats = total;
-    c->seg = calloc((size_t)hp->n_layer, sizeof *c->seg);
-    c->tail = calloc((size_t)hp->n_layer, sizeof *c->tail);
-    c->lst = calloc((size_t)hp->n_layer, sizeof *c->lst);
+    c->seg = sp_calloc((size_t)hp->n_layer, sizeof *c->seg);
+    c->tail = sp_calloc((size_t)hp->n_layer, sizeof *c->tail);
+    c->lst = sp_calloc((size_t)hp->n_layer, sizeof *c->lst);
     if (!c->seg || !c->tail || !c->lst) {
         sp_error(ENOMEM, "context: out of memory");
         goto fail;
@@ -662,6 +663,19 @@ static int seg_attention(sp_ctx_t *c, int layer, int n, int pos0)
 }
 
 /* One chunk of n tokens at positions n_past.. ; window: produce window scores in this chunk. */
+/* A NaN or Inf (a corrupt weight, random bytes in tensor data) would make sampling print nothing
+ * and "succeed": refuse it with a message. Checked on the final hidden state too, because the
+ * quantized LM-head matmul turns a NaN activation into finite garbage. */
+static int check_finite(const float *v, int n, const char *what, int pos)
+{
+    for (int i = 0; i < n; i++)
+        if (!isfinite(v[i]))
+            return sp_error(EDOM, "the model produced a non-finite %s (%g at index %d, position %d): its "
+                                  "weights hold NaN/Inf or corrupt tensor data; check the GGUF file "
+                                  "(re-download it, compare its sha256)", what, (double)v[i], i, pos);
+    return 0;
+}
+
 static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, float *logits_last, float *logits_all)
 {
     const sp_model_t *m = c->m;
@@ -739,6 +753,9 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
             memcpy(logits_last, logits_all + (size_t)(n - 1) * hp->n_vocab, sizeof(float) * hp->n_vocab);
         else if ((rc = matmul(c, &m->output, c->xn + (size_t)(n - 1) * E, 1, logits_last, false)) != 0)
             return rc;
+        if ((rc = check_finite(c->xn + (size_t)(n - 1) * E, E, "hidden state", pos0 + n - 1)) != 0 ||
+            (rc = check_finite(logits_last, hp->n_vocab, "logit", pos0 + n - 1)) != 0)
+            return rc;
     }
     c->n_past += n;
     return 0;
@@ -762,11 +779,13 @@ static int check_tokens(const sp_ctx_t *c, const int32_t *tok, int n)
 
 static void kv_drop_segments(sp_ctx_t *c)
 {
-    if (c->seg)
-        for (int l = 0; l < c->m->hp.n_layer; l++) {
+    /* Either array may be missing when sp_ctx_new failed half-way. */
+    for (int l = 0; l < c->m->hp.n_layer; l++) {
+        if (c->seg)
             sp_kv_segment_free(&c->seg[l]);
+        if (c->tail)
             sp_kv_tail_free(&c->tail[l]);
-        }
+    }
     free(c->work);
     c->work = NULL;
     c->work_floats = 0;
@@ -815,10 +834,10 @@ static int kv_capture_begin(sp_ctx_t *c, int64_t l)
         return rc;
     bool col = c->kvo.policy == SP_POLICY_H2O || c->p.keep_prefill_state;
     bool pinf = c->kvo.policy == SP_POLICY_PYRAMIDINFER || c->p.keep_prefill_state;
-    c->kpre = malloc(L * hp->n_kv_head * n * hp->head_dim * sizeof *c->kpre);
-    c->sc_win = calloc(L * H * n, sizeof *c->sc_win);
-    c->sc_col = col ? calloc(L * H * n, sizeof *c->sc_col) : NULL;
-    c->sc_pinf = pinf ? calloc(L * n, sizeof *c->sc_pinf) : NULL;
+    c->kpre = sp_malloc(L * hp->n_kv_head * n * hp->head_dim * sizeof *c->kpre);
+    c->sc_win = sp_calloc(L * H * n, sizeof *c->sc_win);
+    c->sc_col = col ? sp_calloc(L * H * n, sizeof *c->sc_col) : NULL;
+    c->sc_pinf = pinf ? sp_calloc(L * n, sizeof *c->sc_pinf) : NULL;
     if (!c->kpre || !c->sc_win || (col && !c->sc_col) || (pinf && !c->sc_pinf)) {
         kv_drop_state(c);
         return sp_error(ENOMEM, "context: out of memory for the prefill state of %lld tokens", (long long)l);
@@ -844,10 +863,10 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
     sp_kv_selection sel, prev;
     memset(&sel, 0, sizeof sel);
     memset(&prev, 0, sizeof prev);
-    bool *evict = malloc((size_t)L * 2 * sizeof *evict);
-    int64_t *kept = malloc((size_t)L * sizeof *kept);
-    double *U = calloc((size_t)L, sizeof *U);
-    float *kf = malloc((size_t)KVH * (size_t)l * D * sizeof *kf), *vf = malloc((size_t)KVH * (size_t)l * D * sizeof *vf);
+    bool *evict = sp_malloc((size_t)L * 2 * sizeof *evict);
+    int64_t *kept = sp_malloc((size_t)L * sizeof *kept);
+    double *U = sp_calloc((size_t)L, sizeof *U);
+    float *kf = sp_malloc((size_t)KVH * (size_t)l * D * sizeof *kf), *vf = sp_malloc((size_t)KVH * (size_t)l * D * sizeof *vf);
     size_t wf = 0;
     if (!evict || !kept || !U || !kf || !vf) {
         rc = sp_error(ENOMEM, "kv compress: out of memory for %lld tokens", (long long)l);
@@ -916,7 +935,7 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
         memset(&sel, 0, sizeof sel);
     }
     wf = (wf + 15) & ~(size_t)15;
-    c->work = aligned_alloc(64, (size_t)c->p.n_threads * wf * sizeof *c->work);
+    c->work = sp_aligned_alloc(64, (size_t)c->p.n_threads * wf * sizeof *c->work);
     if (!c->work) {
         rc = sp_error(ENOMEM, "kv compress: out of memory for attention scratch");
         goto out;

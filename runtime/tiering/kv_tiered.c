@@ -16,6 +16,7 @@
 #include "kv_tiered.h"
 
 #include "kv_segment.h"
+#include "sp_alloc.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -34,6 +35,7 @@ struct sp_kv_tiered {
     sp_placement_opts popts;  /* last planning input (seg_bytes not kept) */
     bool planned;
     bool nvme_broken;         /* a write to the nvme tier failed for a reason other than budget */
+    char nvme_why[640];       /* why (quoted by every later "no tier can take it") */
     sp_sched_t *sched;
     bool in_step;
     int next, held, failed, side_layer;
@@ -72,7 +74,7 @@ sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o)
         sp_error(EINVAL, "kv tiered: bad options");
         return NULL;
     }
-    sp_kv_tiered_t *t = calloc(1, sizeof *t);
+    sp_kv_tiered_t *t = sp_calloc(1, sizeof *t);
     if (!t) {
         sp_error(ENOMEM, "kv tiered: out of memory");
         return NULL;
@@ -82,16 +84,16 @@ sp_kv_tiered_t *sp_kv_tiered_create(const sp_kv_tiered_opts *o)
     if (t->o.resident_deep_layers > o->n_layers)
         t->o.resident_deep_layers = o->n_layers;
     size_t L = (size_t)o->n_layers;
-    t->locs = calloc(L, sizeof *t->locs);
-    t->have = calloc(L, sizeof *t->have);
-    t->fresh = calloc(L, sizeof *t->fresh);
-    t->plan = calloc(L, sizeof *t->plan);
-    t->old_wait = calloc(L, sizeof *t->old_wait);
-    t->old_acq = calloc(L, sizeof *t->old_acq);
-    t->views = calloc(L, sizeof *t->views);
-    t->headers = calloc(L, SP_KV_SEG_ALIGN);
+    t->locs = sp_calloc(L, sizeof *t->locs);
+    t->have = sp_calloc(L, sizeof *t->have);
+    t->fresh = sp_calloc(L, sizeof *t->fresh);
+    t->plan = sp_calloc(L, sizeof *t->plan);
+    t->old_wait = sp_calloc(L, sizeof *t->old_wait);
+    t->old_acq = sp_calloc(L, sizeof *t->old_acq);
+    t->views = sp_calloc(L, sizeof *t->views);
+    t->headers = sp_calloc(L, SP_KV_SEG_ALIGN);
     if (o->force)
-        t->force = malloc(L * sizeof *t->force);
+        t->force = sp_malloc(L * sizeof *t->force);
     if (!t->locs || !t->have || !t->fresh || !t->plan || !t->old_wait || !t->old_acq || !t->views || !t->headers ||
         (o->force && !t->force)) {
         sp_kv_tiered_free(t);
@@ -186,11 +188,15 @@ static bool fits(sp_kv_tiered_t *t, sp_tier_kind k, size_t n)
 
 static void nvme_fault(sp_kv_tiered_t *t, const char *what)
 {
-    if (!t->nvme_broken)
+    if (!t->nvme_broken) {
+        snprintf(t->nvme_why, sizeof t->nvme_why, "%s", what);
         sp_notice("nvme tier unusable (%s); spilled layers are kept on the host/device tiers where "
                   "the budgets allow", what);
+    }
     t->nvme_broken = true;
 }
+
+void sp_kv_tiered_nvme_disable(sp_kv_tiered_t *t, const char *why) { nvme_fault(t, why); }
 
 /* First write of a layer: somewhere it can wait until the plan is made. */
 static int put_provisional(sp_kv_tiered_t *t, int layer, const void *bytes, size_t size,
@@ -225,6 +231,9 @@ static int put_provisional(sp_kv_tiered_t *t, int layer, const void *bytes, size
         if (wl < sizeof why)
             wl += (size_t)snprintf(why + wl, sizeof why - wl, "%s%s", wl ? "; " : "", sp_last_error());
     }
+    if (t->nvme_broken && !t->force)
+        return sp_error(ENOSPC, "kv tiered: layer %d: no tier can take its %zu-byte segment: %s; "
+                                "the nvme tier is not used because %s", layer, size, why, t->nvme_why);
     return sp_error(ENOSPC, "kv tiered: layer %d: no tier can take its %zu-byte segment: %s", layer,
                     size, why);
 }
@@ -387,7 +396,7 @@ static int verify_host(void *user, int layer, const void *bytes, size_t size)
 static int make_plan(sp_kv_tiered_t *t)
 {
     const int L = t->o.n_layers;
-    size_t *sizes = malloc((size_t)L * sizeof *sizes);
+    size_t *sizes = sp_malloc((size_t)L * sizeof *sizes);
     if (!sizes)
         return sp_error(ENOMEM, "kv tiered: out of memory");
     sp_placement_opts *p = &t->popts;
@@ -684,7 +693,7 @@ void sp_kv_tiered_print_stats(sp_kv_tiered_t *t, FILE *out)
 {
     sp_kv_tiered_stats s;
     sp_kv_tiered_get_stats(t, &s);
-    sp_tier_kind *where = malloc((size_t)t->o.n_layers * sizeof *where);
+    sp_tier_kind *where = sp_malloc((size_t)t->o.n_layers * sizeof *where);
     if (!where)
         return;
     sp_placement_summary sum;
@@ -736,9 +745,14 @@ void sp_kv_tiered_print_stats(sp_kv_tiered_t *t, FILE *out)
         fprintf(out, "  out-of-order reads: %" PRIu64 "\n", s.side_reads);
     if (s.layers[SP_TIER_NVME]) {
         sp_uring_store_t *st = sp_tiers_nvme_store(t->o.tiers);
-        if (st)
-            fprintf(out, "  nvme file %s (%s)\n", sp_uring_store_path(st),
-                    sp_uring_store_mode_name(sp_uring_store_mode(st)));
+        if (st) {
+            sp_uring_store_stats ss;
+            sp_uring_store_get_stats(st, &ss);
+            fprintf(out, "  nvme file %s (%s): %" PRIu64 " B on disk for %" PRIu64 " live segments "
+                         "(freed extents are punched out); peak extent %" PRIu64 " B\n",
+                    sp_uring_store_path(st), sp_uring_store_mode_name(sp_uring_store_mode(st)),
+                    ss.disk_bytes, ss.segments, ss.file_bytes);
+        }
     }
 }
 

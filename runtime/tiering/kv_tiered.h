@@ -126,4 +126,8 @@ void sp_kv_tiered_stats_json(sp_kv_tiered_t *t, FILE *out);
 int sp_kv_tiered_n_placed(const sp_kv_tiered_t *t);
 
 
+/* Stop using the nvme tier (a failed probe of the spill dir): announce `why` once; placement keeps
+ * segments on the host/device tiers, and a placement that then fails quotes `why`. */
+void sp_kv_tiered_nvme_disable(sp_kv_tiered_t *t, const char *why);
+
 #endif

@@ -18,6 +18,7 @@
  */
 #include "scheduler.h"
 
+#include "sp_alloc.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -241,7 +242,7 @@ sp_sched_t *sp_sched_create(const sp_sched_opts *o)
         sp_error(EINVAL, "scheduler: bad options");
         return NULL;
     }
-    sp_sched_t *s = calloc(1, sizeof *s);
+    sp_sched_t *s = sp_calloc(1, sizeof *s);
     if (!s) {
         sp_error(ENOMEM, "scheduler: out of memory");
         return NULL;
@@ -249,10 +250,10 @@ sp_sched_t *sp_sched_create(const sp_sched_opts *o)
     s->o = *o;
     pthread_mutex_init(&s->lock, NULL);
     pthread_cond_init(&s->cv, NULL);
-    s->streamed = calloc((size_t)o->n_layers, sizeof *s->streamed);
-    s->pos_of_layer = calloc((size_t)o->n_layers, sizeof *s->pos_of_layer);
-    s->layer_wait_ns = calloc((size_t)o->n_layers, sizeof *s->layer_wait_ns);
-    s->layer_acquires = calloc((size_t)o->n_layers, sizeof *s->layer_acquires);
+    s->streamed = sp_calloc((size_t)o->n_layers, sizeof *s->streamed);
+    s->pos_of_layer = sp_calloc((size_t)o->n_layers, sizeof *s->pos_of_layer);
+    s->layer_wait_ns = sp_calloc((size_t)o->n_layers, sizeof *s->layer_wait_ns);
+    s->layer_acquires = sp_calloc((size_t)o->n_layers, sizeof *s->layer_acquires);
     if (!s->streamed || !s->pos_of_layer || !s->layer_wait_ns || !s->layer_acquires) {
         sp_error(ENOMEM, "scheduler: out of memory");
         goto fail;
@@ -269,7 +270,7 @@ sp_sched_t *sp_sched_create(const sp_sched_opts *o)
     s->R = o->prefetch_depth + 1 < s->n_str ? o->prefetch_depth + 1 : s->n_str;
     if (o->prefetch_depth == 0)
         s->R = 1;
-    s->slots = calloc((size_t)s->R, sizeof *s->slots);
+    s->slots = sp_calloc((size_t)s->R, sizeof *s->slots);
     if (!s->slots) {
         sp_error(ENOMEM, "scheduler: out of memory");
         goto fail;

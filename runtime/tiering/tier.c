@@ -8,6 +8,7 @@
 
 #include "host_pool.h"
 #include "huge_map.h"
+#include "sp_alloc.h"
 #include "sp_error.h"
 
 #include <errno.h>
@@ -25,6 +26,8 @@ struct sp_tiers {
     sp_uring_store_t *store;
     bool store_failed;
     char store_error[512];
+    uint64_t bounce_charged; /* the store's bounce buffers, charged to host/staging while it is open */
+    uint64_t locked_host;    /* bytes of host-tier buffers that are mlocked or CUDA-pinned */
 };
 
 const char *sp_tier_name(sp_tier_kind t)
@@ -47,6 +50,8 @@ static size_t page_round(size_t size) { return (size ? size + 4095 : 4096) / 409
 static void *cpu_alloc(void *ctx, size_t size)
 {
     (void)ctx;
+    if (sp_alloc_fault())
+        return NULL;
     void *p = mmap(NULL, page_round(size), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     return p == MAP_FAILED ? NULL : p;
 }
@@ -79,7 +84,7 @@ sp_tiers_t *sp_tiers_create(const sp_tiers_opts *o)
         sp_error(EINVAL, "tiers: no options");
         return NULL;
     }
-    sp_tiers_t *ts = calloc(1, sizeof *ts);
+    sp_tiers_t *ts = sp_calloc(1, sizeof *ts);
     if (!ts) {
         sp_error(ENOMEM, "tiers: out of memory");
         return NULL;
@@ -95,6 +100,7 @@ void sp_tiers_free(sp_tiers_t *ts)
     if (!ts)
         return;
     sp_uring_store_close(ts->store);
+    ts->used[SP_TIER_HOST][SP_TAG_STAGING] -= ts->bounce_charged;
     pthread_mutex_destroy(&ts->lock);
     free(ts);
 }
@@ -171,7 +177,7 @@ static int mem_obtain(sp_tiers_t *ts, sp_tier_kind t, sp_tier_tag tag, size_t si
                             size);
         return 0;
     }
-    sp_host_buf *hb = malloc(sizeof *hb);
+    sp_host_buf *hb = sp_malloc(sizeof *hb);
     if (!hb)
         return sp_error(ENOMEM, "tier host: out of memory");
     int rc = sp_host_pool_alloc(hb, size ? size : 1, ts->opts.topo);
@@ -181,6 +187,11 @@ static int mem_obtain(sp_tiers_t *ts, sp_tier_kind t, sp_tier_tag tag, size_t si
     }
     out->ptr = hb->ptr;
     out->priv = hb;
+    if (hb->flags & SP_HOST_LOCKED) {
+        pthread_mutex_lock(&ts->lock);
+        ts->locked_host += hb->mapped;
+        pthread_mutex_unlock(&ts->lock);
+    }
     return 0;
 }
 
@@ -189,8 +200,14 @@ static void mem_drop(sp_tiers_t *ts, sp_tier_mem *m)
     if (m->tier == SP_TIER_DEVICE) {
         ts->dev.free(ts->dev.ctx, m->ptr, m->size);
     } else {
-        sp_host_pool_free(m->priv);
-        free(m->priv);
+        sp_host_buf *hb = m->priv;
+        if (hb && (hb->flags & SP_HOST_LOCKED)) {
+            pthread_mutex_lock(&ts->lock);
+            ts->locked_host -= hb->mapped;
+            pthread_mutex_unlock(&ts->lock);
+        }
+        sp_host_pool_free(hb);
+        free(hb);
     }
 }
 
@@ -266,6 +283,24 @@ sp_uring_store_t *sp_tiers_nvme_store(sp_tiers_t *ts)
     pthread_mutex_lock(&ts->lock);
     if (!ts->store && !ts->store_failed) {
         ts->store = sp_uring_store_open(&ts->opts.nvme);
+        if (ts->store) {
+            /* The bounce buffers are host memory that io_uring pins: they count against the host
+             * budget like any other host buffer. */
+            sp_uring_store_stats st;
+            sp_uring_store_get_stats(ts->store, &st);
+            char why[256] = "";
+            if (!charge(ts, SP_TIER_HOST, SP_TAG_STAGING, st.bounce_bytes)) {
+                describe_full(ts, SP_TIER_HOST, why, sizeof why);
+                sp_error(ENOSPC, "the spill store's bounce buffers ([spill] queue_depth x block_size "
+                                 "= %.2f MiB) do not fit the host tier: %s; lower [spill] queue_depth "
+                                 "or block_size, or raise [tiers] host_budget",
+                         (double)st.bounce_bytes / 1048576.0, why);
+                sp_uring_store_close(ts->store);
+                ts->store = NULL;
+            } else {
+                ts->bounce_charged = st.bounce_bytes;
+            }
+        }
         if (!ts->store) {
             /* Remember why: every later spill fails with the same, clear reason. */
             ts->store_failed = true;
@@ -277,6 +312,50 @@ sp_uring_store_t *sp_tiers_nvme_store(sp_tiers_t *ts)
         sp_error(EIO, "tier nvme unavailable: %s", ts->store_error);
     pthread_mutex_unlock(&ts->lock);
     return s;
+}
+
+int sp_tiers_nvme_probe(sp_tiers_t *ts)
+{
+    sp_uring_store_t *s = sp_tiers_nvme_store(ts);
+    if (!s)
+        return sp_error(EIO, "%s", ts->store_error); /* names the dir or the budget, and the keys */
+    size_t n = ts->opts.nvme.block_size ? ts->opts.nvme.block_size : 4096;
+    uint8_t *probe = sp_calloc(1, n);
+    if (!probe)
+        return sp_error(ENOMEM, "spill probe: out of memory");
+    int64_t id = sp_uring_store_put(s, probe, n);
+    int rc = 0;
+    if (id == -ENOSPC)
+        rc = sp_error(ENOSPC, "spill dir '%s': the file system is full (a %zu-byte probe write "
+                              "failed); free space there, point [spill] dir at a directory with "
+                              "room, or raise [tiers] host_budget", ts->opts.nvme.dir, n);
+    else if (id < 0)
+        rc = sp_error((int)-id, "spill dir '%s': a %zu-byte probe write failed: %s (set [spill] "
+                                "dir to a writable directory)", ts->opts.nvme.dir, n, sp_last_error());
+    else if ((rc = sp_uring_store_get(s, id, probe, n)) < 0)
+        rc = sp_error(-rc, "spill dir '%s': reading back a probe write failed: %s",
+                      ts->opts.nvme.dir, sp_last_error());
+    if (id >= 0)
+        sp_uring_store_del(s, id);
+    free(probe);
+    return rc;
+}
+
+uint64_t sp_tiers_locked(sp_tiers_t *ts, uint64_t *host_buffers, uint64_t *bounce)
+{
+    pthread_mutex_lock(&ts->lock);
+    uint64_t h = ts->locked_host, b = 0;
+    if (ts->store) {
+        sp_uring_store_stats st;
+        sp_uring_store_get_stats(ts->store, &st);
+        b = st.bounce_pinned ? st.bounce_bytes : 0;
+    }
+    pthread_mutex_unlock(&ts->lock);
+    if (host_buffers)
+        *host_buffers = h;
+    if (bounce)
+        *bounce = b;
+    return h + b;
 }
 
 static int put_on(sp_tiers_t *ts, sp_tier_kind t, const void *bytes, size_t size, sp_seg_loc *out,
@@ -300,7 +379,14 @@ static int put_on(sp_tiers_t *ts, sp_tier_kind t, const void *bytes, size_t size
         if (id < 0) {
             uncharge(ts, t, SP_TAG_KV, charged);
             size_t n = strlen(why);
-            snprintf(why + n, why_len - n, "%s%s", n ? "; " : "", sp_last_error());
+            if (id == -ENOSPC)
+                /* The disk, not a budget: say so, and which keys move the data elsewhere. */
+                snprintf(why + n, why_len - n, "%sthe file system of the spill dir '%s' is full "
+                         "(%s); free space there, point [spill] dir at a directory with room, or "
+                         "raise [tiers] host_budget to keep more in memory", n ? "; " : "",
+                         ts->opts.nvme.dir, sp_last_error());
+            else
+                snprintf(why + n, why_len - n, "%s%s", n ? "; " : "", sp_last_error());
             return (int)id;
         }
         out->nvme_id = id;
@@ -430,4 +516,7 @@ void sp_tiers_print(sp_tiers_t *ts, FILE *out)
         fprintf(out, "nvme   file %s (%s)\n", sp_uring_store_path(ts->store),
                 sp_uring_store_mode_name(sp_uring_store_mode(ts->store)));
     pthread_mutex_unlock(&ts->lock);
+    uint64_t hb, bb, lk = sp_tiers_locked(ts, &hb, &bb);
+    fprintf(out, "locked %12" PRIu64 " B  host buffers %" PRIu64 "  io_uring bounce %" PRIu64
+                 " (charged to host staging)\n", lk, hb, bb);
 }

@@ -129,8 +129,20 @@ int sp_tiers_to_host(sp_tiers_t *ts, void *dst_host, const void *src_dev, size_t
 uint64_t sp_tiers_used(sp_tiers_t *ts, sp_tier_kind tier, int tag);
 uint64_t sp_tiers_budget(const sp_tiers_t *ts, sp_tier_kind tier);
 
-/* The nvme store (opening it now if needed); NULL with a message when the spill dir is unusable. */
+/* The nvme store (opening it now if needed); NULL with a message when the spill dir is unusable
+ * or its bounce buffers (queue_depth x block_size, pinned by io_uring) do not fit the host budget:
+ * they are charged to host/staging while the store is open. */
 sp_uring_store_t *sp_tiers_nvme_store(sp_tiers_t *ts);
+
+/* Open the store and write, read back and drop one block, so an unusable or full spill dir shows
+ * before any work depends on it. 0, or a negative errno with a message naming the directory, the
+ * condition (-ENOSPC: the file system is full) and the keys that help. */
+int sp_tiers_nvme_probe(sp_tiers_t *ts);
+
+/* Bytes of memory the tiers hold locked: host buffers that are mlocked or CUDA-pinned, plus the
+ * spill store's bounce buffers when io_uring has them registered (pinned). Every one of them is
+ * charged to the host tier. Either out pointer may be NULL. */
+uint64_t sp_tiers_locked(sp_tiers_t *ts, uint64_t *host_buffers, uint64_t *bounce);
 
 const char *sp_tier_name(sp_tier_kind t);
 const char *sp_tier_tag_name(sp_tier_tag t);

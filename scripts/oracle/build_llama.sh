@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Builds the llama.cpp oracle used to generate spindle's reference fixtures.
 # llama.cpp is taken only from the llama-cpp-python PyPI sdist (never committed):
-#   (a) venv /root/.cache/spindle/oracle-venv with numpy, gguf and llama-cpp-python
+#   (a) venv ~/.cache/spindle/oracle-venv with numpy, gguf and llama-cpp-python
 #       built from the sdist (CPU, GGML_NATIVE=ON, 2 jobs);
 #   (b) llama-bench built with cmake from the sdist's
-#       vendor/llama.cpp into /root/.cache/spindle/llama.cpp-build.
+#       vendor/llama.cpp into ~/.cache/spindle/llama.cpp-build.
 # Idempotent: each step is skipped when its product already exists.
 # Usage: scripts/oracle/build_llama.sh [--python-only|--tools-only]
 set -euo pipefail
 
-CACHE=/root/.cache/spindle
+CACHE=${SPINDLE_CACHE:-$HOME/.cache/spindle}
 VER=0.3.36
 SDIST=$CACHE/dl/llama_cpp_python-$VER.tar.gz
 VENV=$CACHE/oracle-venv
