@@ -17,6 +17,11 @@ expect bad-policy 2 "lru" -- "${ev[@]}" --policies snapkv,lru
 expect bad-target 2 "out of range" -- "${ev[@]}" --targets 0.2,1.5
 expect bad-depth 2 "out of range" -- "${ev[@]}" --depths 0,120
 expect bad-option 2 "unknown option" -- "${ev[@]}" --frobnicate
+expect bad-task 2 "unknown task 'needles'" -- "${ev[@]}" --tasks passkey,needles
+expect bad-template 2 "needs .key. and .value." -- "${ev[@]}" --template 'multikey.needle=The number is {value}.'
+expect bad-template-field 2 "unknown template field" -- "${ev[@]}" --template 'vartrack.colour=x'
+expect passkey-template 2 "passkey texts are fixed" -- "${ev[@]}" --template 'passkey.intro=x'
+expect bad-keys 2 "out of range" -- "${ev[@]}" --keys 17
 
 plots=$("$bin" eval --help | grep -c gnuplot)
 [ "$plots" -ge 1 ] || fail "help does not mention the plots"
@@ -107,6 +112,39 @@ if d["fidelity"] != []:
 EOF2
 else
   fail "default policies run"; tail -3 "$tmp/err2"
+fi
+
+# The RULER-style tasks, tiny: one multivalue and one vartrack prompt with a custom needle, the
+# JSON "tasks" block beside "retrieval" (no passkey run: its cells are empty).
+if "${ev[@]}" --retrieval --tasks multivalue,vartrack --values 3 --hops 2 --task-tokens 6 --ret-lengths 300 \
+     --depths 50 --seeds 1 --policies snapkv --ret-targets 0.3 \
+     --template 'multivalue.needle=The code of {key} is {value}.' --json "$tmp/t.json" >"$tmp/tout" 2>"$tmp/err3"; then
+  grep -q '| multivalue | snapkv | 0.30 |' "$tmp/tout" || fail "no task table on stdout"
+  python3 - "$tmp/t.json" <<'EOF3' || fail "tasks JSON"
+import json, sys
+d = json.load(open(sys.argv[1]))
+def need(cond, msg):
+    if not cond:
+        print("JSON:", msg); sys.exit(1)
+need(d["retrieval"]["cells"] == [], "passkey ran without being asked")
+t = d["tasks"]
+need([r["task"] for r in t["run"]] == ["multivalue", "vartrack"], "task runs")
+need(t["run"][0]["needle"] == "The code of {key} is {value}." and t["run"][0]["needles"] == 3, "multivalue config")
+need(t["run"][1]["needles"] == 2, "vartrack hops")
+for r in t["run"]:
+    need([s["policy"] for s in r["summary"]] == ["full", "snapkv"], "summary rows")
+    need(r["summary"][0]["same_text_as_full"] == 1 and r["summary"][0]["prompts"] == 1, "full agrees with itself")
+need(len(t["cells"]) == 2, "task cells")
+for c in t["cells"]:
+    need(len(c["answers"]) == (3 if c["task"] == "multivalue" else 2), "answers per cell")
+    need(c["n_prompt"] <= 300 and 0 < c["needle_token"] < c["n_prompt"], "prompt length and needle position")
+    for r in c["results"]:
+        need(0 <= r["found"] <= len(c["answers"]) and r["correct"] == (r["found"] == len(c["answers"])), "found / correct")
+        need(r["found"] == sum(a in r["answer"] for a in c["answers"]), "found = answers in the continuation")
+EOF3
+  passes=$((passes + 1))
+else
+  fail "tasks run"; tail -3 "$tmp/err3"
 fi
 
 echo "cli_eval: $passes passed, $fails failed"

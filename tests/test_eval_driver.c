@@ -108,6 +108,56 @@ Test(eval_driver, retrieval_full_finds_passkey, .timeout = 300)
     sp_model_free(m);
 }
 
+/* The tasks driver on one tiny multikey and one vartrack prompt: the full cache is the reference
+ * (agrees with itself), every result's found count is the scorer's on its own answer, and the
+ * cells carry the prompt's query and answers. */
+Test(eval_driver, tasks_cells_and_agreement, .timeout = 300)
+{
+    sp_model_t *m = model_fixture_load();
+    sp_eval_opts o;
+    tiny_opts(&o);
+    o.fid = false;
+    o.n_pol = 1;
+    o.tasks = (1u << SP_TASK_MULTIKEY) | (1u << SP_TASK_VARTRACK);
+    o.task_needles[SP_TASK_VARTRACK] = 2;
+    o.task_tokens = 12;
+    sp_kv_opts base;
+    sp_kv_opts_defaults(&base);
+    sp_eval_session E = {0};
+    cr_assert_eq(sp_eval_session_open(&E, &o, m, &base, 2), 0, "%s", sp_last_error());
+    size_t len;
+    char *hay = sp_eval_read_dir(o.haystack, &len);
+    cr_assert(hay, "%s", sp_last_error());
+    cr_assert_eq(sp_eval_run_tasks(&E, hay, len), 0, "%s", sp_last_error());
+    free(hay);
+    cr_assert_eq(E.n_tc, 2);
+    cr_assert_eq(E.tc[0].task, SP_TASK_MULTIKEY);
+    cr_assert_eq(E.tc[1].task, SP_TASK_VARTRACK);
+    cr_assert_eq(E.tc[0].n_answers, 1);
+    cr_assert_eq(E.tc[1].n_answers, 2);
+    for (int i = 0; i < E.n_tc; i++) {
+        const sp_eval_task_cell *c = &E.tc[i];
+        cr_assert_eq(c->n_r, 2);
+        cr_assert_eq(c->r[0].pi, -1);
+        cr_expect(c->r[0].same_text && c->r[0].same_correct, "full agrees with itself");
+        cr_expect(c->n_prompt <= 300 && c->needle_token > 0 && c->needle_token < c->n_prompt);
+        cr_expect(c->query[0] != '\0');
+        for (int k = 0; k < c->n_r; k++) {
+            const sp_eval_task_res *r = &c->r[k];
+            sp_task_prompt p = {.n_answers = c->n_answers};
+            memcpy(p.answers, c->answers, sizeof p.answers);
+            cr_expect_eq(r->found, sp_task_score(&p, r->answer));
+            cr_expect_eq(r->correct, r->found == c->n_answers);
+            cr_expect_eq(r->same_text, !strcmp(r->answer, c->r[0].answer));
+        }
+        cr_expect(fabs(c->r[1].ratio - 0.3) <= o.tol + 1e-9 || !c->r[1].hit);
+    }
+    cr_expect(isfinite(sp_eval_task_mean(&E, SP_TASK_MULTIKEY, 0, 0, SP_EVAL_TASK_SAME_CORRECT, NULL)));
+    cr_expect(isnan(sp_eval_task_mean(&E, SP_TASK_MULTIVALUE, -1, -1, SP_EVAL_TASK_ACC, NULL)), "not run: NAN");
+    sp_eval_session_free(&E);
+    sp_model_free(m);
+}
+
 Test(eval_driver, open_refuses_bad_options)
 {
     sp_model_t *m = model_fixture_load();

@@ -53,9 +53,18 @@ static void usage(FILE *out)
           "  --max-probes N             recompressions per knob search (default 8)\n"
           "  --tf prefill|decode        teacher forcing as one batched prefill of the T tokens (default)\n"
           "                             or one decode call per token (same tail path, slower)\n"
-          "  --haystack DIR             essays directory (default data/haystack/pg_essays under\n"
-          "                             $SPINDLE_SHARED, else ../shared of the checkout the binary was\n"
-          "                             built in, else the installed data directory; the choice is printed)\n"
+          "  --tasks LIST               retrieval tasks: passkey, multikey, multivalue, vartrack (RULER style;\n"
+          "                             default passkey); each runs over the --ret-* / --depths / --seeds grid\n"
+          "  --keys N, --values N, --hops N  needles of multikey (keys), multivalue (values), vartrack\n"
+          "                             (chain length) (default 4 each, at most 16)\n"
+          "  --task-tokens N            greedy answer length limit of the tasks (default 40)\n"
+          "  --template TASK.FIELD=TEXT a task's text (FIELD: intro, needle, question, prefix; repeatable);\n"
+          "                             placeholders {key} {value} {n}, e.g.\n"
+          "                             --template 'multikey.needle=The code of {key} is {value}.'\n"
+          "  --haystack DIR             essays directory of every retrieval task (default\n"
+          "                             data/haystack/pg_essays under $SPINDLE_SHARED, else ../shared of the\n"
+          "                             checkout the binary was built in, else the installed data directory;\n"
+          "                             the choice is printed)\n"
           "  --seed S                   base seed of the passkeys (default [runtime] seed)\n"
           "  --json FILE                write every point as JSON\n"
           "  --out DIR                  write PNG plots (gnuplot) and their data files there\n"
@@ -180,6 +189,45 @@ static int parse_texts(const char *list, eval_opts *o)
         snprintf(o->texts[o->n_texts++], sizeof o->texts[0], "%s", s);
     }
     return o->n_texts ? 0 : -1;
+}
+
+static int parse_tasks(const char *list, eval_opts *o)
+{
+    char buf[128];
+    snprintf(buf, sizeof buf, "%s", list);
+    o->tasks = 0;
+    for (char *s = strtok(buf, ","); s; s = strtok(NULL, ",")) {
+        sp_task_kind k;
+        if (sp_task_from_name(s, &k) < 0) {
+            sp_cli_error("--tasks: %s", sp_last_error());
+            return -1;
+        }
+        o->tasks |= 1u << k;
+    }
+    if (!o->tasks)
+        sp_cli_error("--tasks: empty list");
+    return o->tasks ? 0 : -1;
+}
+
+/* --template TASK.FIELD=TEXT: the text is borrowed from argv; checked for its placeholders now. */
+static int parse_template(const char *v, eval_opts *o)
+{
+    const char *dot = strchr(v, '.'), *eq = strchr(v, '=');
+    char task[16], field[16];
+    if (!dot || !eq || dot > eq || (size_t)(dot - v) >= sizeof task || (size_t)(eq - dot - 1) >= sizeof field) {
+        sp_cli_error("--template: '%s' is not TASK.FIELD=TEXT", v);
+        return -1;
+    }
+    snprintf(task, sizeof task, "%.*s", (int)(dot - v), v);
+    snprintf(field, sizeof field, "%.*s", (int)(eq - dot - 1), dot + 1);
+    sp_task_kind k;
+    if (sp_task_from_name(task, &k) < 0 || (k == SP_TASK_PASSKEY && sp_error(EINVAL, "the passkey texts are fixed "
+                                                                                "(the retrieval driver's)") < 0) ||
+        sp_task_templates_set(&o->tmpl[k], field, eq + 1) < 0 || sp_task_templates_check(k, &o->tmpl[k]) < 0) {
+        sp_cli_error("--template '%s': %s", v, sp_last_error());
+        return -1;
+    }
+    return 0;
 }
 
 static bool list_d(const char *opt, const char *v, double *out, int cap, int *n, double lo, double hi)
@@ -317,6 +365,20 @@ static int parse_args(int argc, char **argv, sp_cli_common *c, eval_opts *o, con
                 return -1;
             }
             o->tf_decode = !strcmp(v, "decode");
+        } else if (!strcmp(a, "--tasks")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || parse_tasks(v, o) < 0)
+                return -1;
+        } else if (!strcmp(a, "--keys") || !strcmp(a, "--values") || !strcmp(a, "--hops")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 1, SP_TASK_MAXN, &x))
+                return -1;
+            o->task_needles[a[2] == 'k' ? SP_TASK_MULTIKEY : a[2] == 'v' ? SP_TASK_MULTIVALUE : SP_TASK_VARTRACK] = (int)x;
+        } else if (!strcmp(a, "--task-tokens")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 1, 256, &x))
+                return -1;
+            o->task_tokens = (int)x;
+        } else if (!strcmp(a, "--template")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || parse_template(v, o) < 0)
+                return -1;
         } else if (!strcmp(a, "--haystack")) {
             if (!(o->haystack = sp_cli_value(argc, argv, &i)))
                 return -1;
@@ -368,6 +430,78 @@ static void jnum(FILE *f, double v)
         fprintf(f, "%.6g", v);
     else
         fputs("null", f);
+}
+
+/* The "tasks" block: the configuration and texts of each task run, per (task, policy, target) the
+ * accuracy / partial score / agreement with the full cache, and every cell with every answer. */
+static void write_json_tasks(evalcli *E, FILE *f)
+{
+    eval_opts *o = E->o;
+    fprintf(f, "  \"tasks\": {\"run\": [");
+    for (int k = SP_TASK_MULTIKEY, first = 1; k < SP_TASK_COUNT; k++) {
+        if (!(o->tasks & (1u << k)))
+            continue;
+        fprintf(f, "%s\n    {\"task\": \"%s\", \"needles\": %d, \"digits\": %d, \"answer_tokens\": %d, \"intro\": ",
+                first ? "" : ",", sp_task_name((sp_task_kind)k), o->task_needles[k], o->digits, o->task_tokens);
+        first = 0;
+        sp_cli_json_str(f, o->tmpl[k].intro);
+        fprintf(f, ", \"needle\": ");
+        sp_cli_json_str(f, o->tmpl[k].needle);
+        fprintf(f, ", \"question\": ");
+        sp_cli_json_str(f, o->tmpl[k].question);
+        fprintf(f, ", \"prefix\": ");
+        sp_cli_json_str(f, o->tmpl[k].prefix);
+        fprintf(f, ",\n     \"summary\": [");
+        for (int pi = -1, f1 = 1; pi < o->n_pol; pi++)
+            for (int ti = pi < 0 ? -1 : 0; ti < (pi < 0 ? 0 : o->n_ret_targets); ti++) {
+                int n;
+                fprintf(f, "%s\n       {\"policy\": ", f1 ? "" : ",");
+                f1 = 0;
+                sp_cli_json_str(f, pi < 0 ? "full" : o->pol_name[pi]);
+                fprintf(f, ", \"target\": ");
+                jnum(f, ti < 0 ? 1.0 : o->ret_targets[ti]);
+                fprintf(f, ", \"accuracy\": ");
+                jnum(f, sp_eval_task_mean(&E->S, (sp_task_kind)k, pi, ti, SP_EVAL_TASK_ACC, &n));
+                fprintf(f, ", \"score\": ");
+                jnum(f, sp_eval_task_mean(&E->S, (sp_task_kind)k, pi, ti, SP_EVAL_TASK_SCORE, NULL));
+                fprintf(f, ", \"same_text_as_full\": ");
+                jnum(f, sp_eval_task_mean(&E->S, (sp_task_kind)k, pi, ti, SP_EVAL_TASK_SAME_TEXT, NULL));
+                fprintf(f, ", \"same_correct_as_full\": ");
+                jnum(f, sp_eval_task_mean(&E->S, (sp_task_kind)k, pi, ti, SP_EVAL_TASK_SAME_CORRECT, NULL));
+                fprintf(f, ", \"prompts\": %d}", n);
+            }
+        fprintf(f, "]}");
+    }
+    fprintf(f, "\n  ],\n  \"cells\": [");
+    for (int i = 0; i < E->S.n_tc; i++) {
+        const sp_eval_task_cell *c = &E->S.tc[i];
+        fprintf(f, "%s\n    {\"task\": \"%s\", \"length\": %d, \"n_prompt\": %d, \"depth\": %g, \"needle_token\": %d, "
+                   "\"seed\": %" PRIu64 ", \"query\": ",
+                i ? "," : "", sp_task_name(c->task), c->length, c->n_prompt, c->depth, c->needle_token, c->seed);
+        sp_cli_json_str(f, c->query);
+        fprintf(f, ", \"answers\": [");
+        for (int a = 0; a < c->n_answers; a++) {
+            fprintf(f, "%s", a ? ", " : "");
+            sp_cli_json_str(f, c->answers[a]);
+        }
+        fprintf(f, "], \"prefill_s\": %.2f, \"results\": [", c->prefill_s);
+        for (int k = 0; k < c->n_r; k++) {
+            const sp_eval_task_res *r = &c->r[k];
+            fprintf(f, "%s\n      {\"policy\": ", k ? "," : "");
+            sp_cli_json_str(f, r->pi < 0 ? "full" : o->pol_name[r->pi]);
+            fprintf(f, ", \"target\": ");
+            jnum(f, r->ti < 0 ? 1.0 : o->ret_targets[r->ti]);
+            fprintf(f, ", \"knob\": %.6g, \"hit\": %s, \"true_ratio\": ", r->knob, r->hit ? "true" : "false");
+            jnum(f, r->ratio);
+            fprintf(f, ", \"answer\": ");
+            sp_cli_json_str(f, r->answer);
+            fprintf(f, ", \"found\": %d, \"correct\": %s, \"same_text_as_full\": %s, \"same_correct_as_full\": %s}",
+                    r->found, r->correct ? "true" : "false", r->same_text ? "true" : "false",
+                    r->same_correct ? "true" : "false");
+        }
+        fprintf(f, "]}");
+    }
+    fprintf(f, "\n  ]}\n");
 }
 
 static void write_json(evalcli *E, FILE *f, double wall_s, bool complete)
@@ -574,7 +708,9 @@ static void write_json(evalcli *E, FILE *f, double wall_s, bool complete)
         }
         fprintf(f, "]}");
     }
-    fprintf(f, "\n    ]\n  }\n}\n");
+    fprintf(f, "\n    ]\n  },\n");
+    write_json_tasks(E, f);
+    fprintf(f, "}\n");
 }
 
 static void print_summary(evalcli *E)
@@ -675,6 +811,27 @@ static void print_summary(evalcli *E)
                 printf("| %s | %.2f | %.3f | %.4f |\n", o->pol_name[pi], o->ret_targets[ti],
                        sp_eval_ret_acc_all(&E->S, pi, ti), n ? s / n : NAN);
             }
+    }
+    if (E->S.n_tc) {
+        printf("\nRetrieval tasks (RULER style) over %d prompts: accuracy (every answer found) / partial score (share "
+               "of answers found) / agreement with full (same continuation, same correctness)\n\n| task | policy | "
+               "target | accuracy | score | same text | same correct | prompts |\n|---|---|---|---|---|---|---|---|\n",
+               E->S.n_tc);
+        for (int k = SP_TASK_MULTIKEY; k < SP_TASK_COUNT; k++) {
+            if (!(o->tasks & (1u << k)))
+                continue;
+            for (int pi = -1; pi < o->n_pol; pi++)
+                for (int ti = pi < 0 ? -1 : 0; ti < (pi < 0 ? 0 : o->n_ret_targets); ti++) {
+                    int n;
+                    sp_task_kind tk = (sp_task_kind)k;
+                    double acc = sp_eval_task_mean(&E->S, tk, pi, ti, SP_EVAL_TASK_ACC, &n);
+                    printf("| %s | %s | %.2f | %.3f | %.3f | %.3f | %.3f | %d |\n", sp_task_name(tk),
+                           pi < 0 ? "full" : o->pol_name[pi], ti < 0 ? 1.0 : o->ret_targets[ti], acc,
+                           sp_eval_task_mean(&E->S, tk, pi, ti, SP_EVAL_TASK_SCORE, NULL),
+                           sp_eval_task_mean(&E->S, tk, pi, ti, SP_EVAL_TASK_SAME_TEXT, NULL),
+                           sp_eval_task_mean(&E->S, tk, pi, ti, SP_EVAL_TASK_SAME_CORRECT, NULL), n);
+                }
+        }
     }
     fflush(stdout);
 }
@@ -909,8 +1066,12 @@ int sp_cmd_eval(int argc, char **argv)
             sp_cli_error("eval: haystack: %s", sp_last_error());
             goto out;
         }
-        if (sp_eval_run_retrieval(&E.S, hay, hay_len) < 0) {
+        if ((o.tasks & (1u << SP_TASK_PASSKEY)) && sp_eval_run_retrieval(&E.S, hay, hay_len) < 0) {
             sp_cli_error("eval: retrieval: %s", sp_last_error());
+            goto out;
+        }
+        if ((o.tasks & ~(1u << SP_TASK_PASSKEY)) && sp_eval_run_tasks(&E.S, hay, hay_len) < 0) {
+            sp_cli_error("eval: tasks: %s", sp_last_error());
             goto out;
         }
     }

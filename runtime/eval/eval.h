@@ -107,6 +107,88 @@ int sp_eval_count_occurrences(const char *hay, size_t len, const char *needle);
 /* Exact match of an answer: the first maximal run of digits in the answer equals the passkey. */
 bool sp_eval_passkey_match(const char *answer, const char *passkey);
 
+/* Haystack sentences (shared by the passkey and the task generators): starts[0..*n) are byte
+ * offsets, each sentence running to the next start (the last to len); the whitespace after a
+ * sentence belongs to the next one. Returns 0 or -ENOMEM; the caller frees *starts. */
+int sp_eval_split_sentences(const char *text, size_t len, size_t **starts, int *n);
+
+/* ---- RULER-style tasks: question after context ------------------------------------------- */
+
+/* passkey: the digits of one needle (eval_needle.c, the retrieval driver);
+ * multikey: n key -> value needles, the question names one key, its value is the answer;
+ * multivalue: n needles with one key and different values, every value is an answer;
+ * vartrack: a chain VAR X1 = v, VAR X2 = X1, ..., the answers are every variable equal to v. */
+typedef enum sp_task_kind {
+    SP_TASK_PASSKEY = 0, SP_TASK_MULTIKEY, SP_TASK_MULTIVALUE, SP_TASK_VARTRACK, SP_TASK_COUNT
+} sp_task_kind;
+
+const char *sp_task_name(sp_task_kind k);                 /* "passkey", ... ("?" if out of range) */
+int sp_task_from_name(const char *name, sp_task_kind *k); /* 0, or -EINVAL with a message */
+
+/* The texts of a task's prompt. Placeholders: {key} (a key, or a variable name for vartrack),
+ * {value} (a value, or the previous variable / the number for vartrack), {n} (the number of
+ * answers). The needle needs {key} and {value}; the question of multikey / multivalue needs {key},
+ * that of vartrack {value}. Strings are borrowed (static defaults or the caller's). */
+typedef struct sp_task_templates {
+    const char *intro, *needle, *question, *prefix;
+} sp_task_templates;
+
+/* The RULER-style defaults of task k (passkey: the retrieval driver's texts). Never fails. */
+void sp_task_templates_default(sp_task_kind k, sp_task_templates *t);
+
+/* Set field ("intro", "needle", "question", "prefix") of t to text (borrowed). 0 or -EINVAL. */
+int sp_task_templates_set(sp_task_templates *t, const char *field, const char *text);
+
+/* Check the placeholders task k needs. 0, or -EINVAL with a message naming the field. */
+int sp_task_templates_check(sp_task_kind k, const sp_task_templates *t);
+
+#define SP_TASK_MAXN 16   /* needles per prompt */
+
+typedef struct sp_task_spec {
+    sp_task_kind kind;            /* multikey, multivalue or vartrack */
+    int filler_tokens;            /* haystack tokens around the needles */
+    double depth;                 /* [0,1]: where needle 0 goes, as a share of the filler tokens */
+    uint64_t seed;                /* filler start, keys, values, other needles' depths */
+    int n_needles;                /* 1..SP_TASK_MAXN: keys (multikey), values (multivalue), chain
+                                     length (vartrack) */
+    int n_digits;                 /* values' digits, 1..18 (default 5 when 0) */
+    sp_task_templates tmpl;       /* checked by sp_task_build */
+} sp_task_spec;
+
+typedef struct sp_task_prompt {
+    char *context;                /* malloc'd: filler with the needle sentences inserted */
+    size_t len;
+    char *question, *prefix;      /* malloc'd: the formatted question and answer prefix */
+    char query[32];               /* the asked key (multikey/multivalue) or value (vartrack) */
+    char answers[SP_TASK_MAXN][32];
+    int n_answers;
+    /* needle i: byte span in context and counted filler tokens before it. Needle 0 is the one at
+       the requested depth (the asked key / the first value / the assignment of the number);
+       vartrack's needles are in chain order, and so is their order in the text. */
+    size_t needle_off[SP_TASK_MAXN], needle_len[SP_TASK_MAXN];
+    int tokens_before[SP_TASK_MAXN];
+    int n_needles;
+    int filler_tokens;            /* counted filler tokens (sum over sentences) */
+} sp_task_prompt;
+
+/* Build a task prompt: filler sentences as for the passkey (seeded start, wrapping, within
+ * filler_tokens), the needles formatted from the templates and inserted at sentence boundaries:
+ * needle 0 at the one nearest to depth x filler tokens; multikey / multivalue's others at seeded
+ * depths; vartrack's chain evenly from depth to the end, in order. Keys, values and variable
+ * names are distinct, drawn from the seed and redrawn while they occur in the filler. Same
+ * inputs -> same output. Returns 0, -EINVAL (bad spec or templates, no sentence fits), -ENOMEM or
+ * the counter's error; out is zeroed on failure. */
+int sp_task_build(const char *hay, size_t hay_len, const sp_task_spec *spec, sp_eval_count_fn count, void *user,
+                  sp_task_prompt *out);
+void sp_task_prompt_free(sp_task_prompt *p);   /* accepts NULL and a zeroed prompt */
+
+/* Whether answer occurs in text as a whole word: not preceded or followed by a letter or digit. */
+bool sp_task_text_has(const char *text, const char *answer);
+
+/* Answers of p found in text (each counted once, 0..p->n_answers). The score is that over
+ * n_answers; a prompt is correct when every answer is found. */
+int sp_task_score(const sp_task_prompt *p, const char *text);
+
 /* ---- sweeps at equal true bytes ----------------------------------------------------------- */
 
 /* Linear interpolation of y at x = target over points (x[i], y[i]) in any order. The two nearest
@@ -185,6 +267,11 @@ typedef struct sp_eval_opts {
     bool tf_decode;                  /* teacher forcing one decode call per token (else one prefill) */
     const char *haystack;            /* essays directory (texts "pg" and the retrieval haystack) */
     uint64_t seed;                   /* base seed of the passkeys */
+    unsigned tasks;                  /* bit (1u << sp_task_kind): the retrieval tasks to run
+                                        (default: passkey only) */
+    int task_needles[SP_TASK_COUNT]; /* needles per prompt (default 4 keys, 4 values, 4 hops) */
+    int task_tokens;                 /* greedy answer length limit of the tasks (default 40) */
+    sp_task_templates tmpl[SP_TASK_COUNT];   /* default sp_task_templates_default */
 } sp_eval_opts;
 
 /* The defaults of `spindle eval` (both parts, texts pg,kjv, lengths 2048,4096,8000, 256 tokens, the
@@ -273,6 +360,8 @@ typedef struct sp_eval_session {
     int n_fr;
     sp_eval_ret_cell *rc;            /* [n_ret_lengths * n_depths * seeds] */
     int n_rc;
+    struct sp_eval_task_cell *tc;    /* [tasks * n_ret_lengths * n_depths * seeds] */
+    int n_tc;
     double warm[SP_EVAL_MAXP][SP_EVAL_MAXT][SP_EVAL_MAXL];  /* retrieval knob warm starts */
     sp_eval_log_fn log;
     sp_eval_checkpoint_fn checkpoint;
@@ -280,7 +369,7 @@ typedef struct sp_eval_session {
 } sp_eval_session;
 
 /* Context length the options need (fidelity: length + tokens + 1; retrieval: length + answer
- * tokens + 16). */
+ * tokens + 16, task_tokens for the tasks other than passkey). */
 int sp_eval_ctx_needed(const sp_eval_opts *o);
 
 /* Open a session on a loaded model: tokenizer, a context of sp_eval_ctx_needed() tokens with the
@@ -299,6 +388,41 @@ int sp_eval_run_fidelity(sp_eval_session *E);
 /* Retrieval over the passkey grid on haystack text hay[0..hay_len). Appends to E->rc. Returns 0 or
  * a negative errno (sp_last_error()). */
 int sp_eval_run_retrieval(sp_eval_session *E, const char *hay, size_t hay_len);
+
+/* The multikey / multivalue / vartrack tasks of o->tasks over the same grid as the passkey
+ * (ret_lengths x depths x seeds, policies x ret_targets, full first as the reference). Appends to
+ * E->tc. Returns 0 or a negative errno (sp_last_error()). */
+int sp_eval_run_tasks(sp_eval_session *E, const char *hay, size_t hay_len);
+
+typedef struct sp_eval_task_res {
+    int pi, ti;                    /* policy index / ret_targets index, -1 = full */
+    double knob, ratio;
+    bool hit;
+    int found;                     /* answers found in the continuation */
+    bool correct;                  /* found == n_answers */
+    bool same_text;                /* continuation identical to the full cache's */
+    bool same_correct;             /* correct == the full cache's correct */
+    char answer[192];              /* the greedy continuation (JSON-safe) */
+} sp_eval_task_res;
+
+typedef struct sp_eval_task_cell {
+    sp_task_kind task;
+    int length, n_prompt, needle_token;   /* needle_token: prompt tokens before needle 0 */
+    double depth;
+    uint64_t seed;
+    char query[32];
+    char answers[SP_TASK_MAXN][32];
+    int n_answers;
+    double prefill_s;
+    sp_eval_task_res r[SP_EVAL_MAXP * SP_EVAL_MAXT + 1];
+    int n_r;
+} sp_eval_task_cell;
+
+/* Mean over the task's cells of a result of (pi, ti) (-1, -1 = full): SP_EVAL_TASK_ACC (all answers
+ * found), _SCORE (share of answers found), _SAME_TEXT, _SAME_CORRECT (agreement with the full
+ * cache). NAN when nothing matches; n_out (may be NULL): cells counted. */
+enum { SP_EVAL_TASK_ACC = 0, SP_EVAL_TASK_SCORE, SP_EVAL_TASK_SAME_TEXT, SP_EVAL_TASK_SAME_CORRECT };
+double sp_eval_task_mean(const sp_eval_session *E, sp_task_kind task, int pi, int ti, int which, int *n_out);
 
 /* Passkey accuracy of (policy index pi or -1 = full, target index ti or -1) at (length index li,
  * depth index di) over seeds, or over every cell (_all); NAN when nothing matches. n_out: cells

@@ -38,4 +38,20 @@ int sp_eval_prefill_prompt(sp_eval_session *E, const int32_t *toks, int n, doubl
 int sp_eval_teacher_force(sp_eval_session *E, const int32_t *toks, int T, bool store, sp_eval_acc *acc,
                           sp_eval_acc *acc_short);
 
+/* The prompt: intro, filler and question as the user turn (the vocabulary's chat template when it
+ * has one, *special set), then the answer prefix. malloc'd; NULL when out of memory. */
+char *sp_eval_render_prompt(const sp_eval_session *E, const char *intro, const char *filler, const char *question,
+                            const char *prefix, bool *special);
+
+/* Decode the held-back last prompt token, then greedy up to max_tokens tokens into buf (JSON-safe),
+ * stopping at an end-of-generation token, and with stop_digits once a digit run has ended (the
+ * tasks' answers are lists that may span lines: they run to max_tokens). Returns 0 or a negative
+ * errno. */
+int sp_eval_greedy(sp_eval_session *E, int32_t last, int max_tokens, bool stop_digits, char *buf, size_t cap);
+
+/* Compress the prefilled prompt for (policy index pi, ret_targets index ti) at retrieval length
+ * index li: pi = -1 is the full cache (knob 1); else the knob is searched for the true byte target
+ * (warm start per (pi, ti, li)). *knob, *hit (search within tol), *ratio (measured). */
+int sp_eval_compress_at(sp_eval_session *E, int pi, int ti, int li, double *knob, bool *hit, double *ratio);
+
 #endif

@@ -66,7 +66,7 @@ bool sp_eval_passkey_match(const char *answer, const char *passkey)
  * whitespace that follows belongs to the NEXT sentence, so that a sentence tokenized alone gets the
  * same tokens as inside the concatenation (byte-level BPE attaches a leading space to its word).
  * Long runs without punctuation are cut before a space after 400 bytes. Caller frees *starts. */
-static int split_sentences(const char *t, size_t len, size_t **starts, int *n)
+int sp_eval_split_sentences(const char *t, size_t len, size_t **starts, int *n)
 {
     size_t cap = 1024, k = 0;
     size_t *s = malloc(cap * sizeof *s);
@@ -139,7 +139,7 @@ int sp_needle_build(const char *hay, size_t hay_len, const sp_needle_spec *spec,
     int n_sent = 0, rc;
     int *toks = NULL, *order = NULL;
     char *text = NULL;
-    if ((rc = split_sentences(hay, hay_len, &starts, &n_sent)) < 0)
+    if ((rc = sp_eval_split_sentences(hay, hay_len, &starts, &n_sent)) < 0)
         return sp_error(-rc, "needle: out of memory splitting the haystack");
     if (n_sent == 0) {
         free(starts);

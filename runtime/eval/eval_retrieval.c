@@ -22,18 +22,18 @@ const char sp_eval_ret_intro[] = "There is a pass key hidden inside a lot of irr
 const char sp_eval_ret_question[] = "What is the pass key? Answer with the number only.";
 const char sp_eval_ret_prefix[] = "The pass key is";
 
-/* Render the retrieval prompt into a malloc'd string (NULL: out of memory / template error). */
-static char *render_prompt(const sp_eval_session *E, const char *filler, bool *special)
+char *sp_eval_render_prompt(const sp_eval_session *E, const char *intro, const char *filler, const char *question,
+                            const char *prefix, bool *special)
 {
-    size_t ul = strlen(sp_eval_ret_intro) + strlen(filler) + strlen(sp_eval_ret_question) + 8;
+    size_t ul = strlen(intro) + strlen(filler) + strlen(question) + 8;
     char *user = malloc(ul);
     if (!user)
         return NULL;
-    snprintf(user, ul, "%s\n\n%s\n\n%s", sp_eval_ret_intro, filler, sp_eval_ret_question);
+    snprintf(user, ul, "%s\n\n%s\n\n%s", intro, filler, question);
     int fam = sp_chat_family_from_name(sp_tokenizer_chat_template(E->tok));
     char *out;
     if (fam > SP_CHAT_FAMILY_NONE) {
-        size_t cap = sp_chat_render_size(NULL, user) + strlen(sp_eval_ret_prefix) + 1;
+        size_t cap = sp_chat_render_size(NULL, user) + strlen(prefix) + 1;
         out = malloc(cap);
         int n = out ? sp_chat_render((sp_chat_family)fam, NULL, user, out, cap) : -ENOMEM;
         if (n < 0) {
@@ -41,29 +41,33 @@ static char *render_prompt(const sp_eval_session *E, const char *filler, bool *s
             free(user);
             return NULL;
         }
-        memcpy(out + n, sp_eval_ret_prefix, strlen(sp_eval_ret_prefix) + 1);
+        memcpy(out + n, prefix, strlen(prefix) + 1);
         *special = true;
     } else {
-        size_t cap = ul + strlen(sp_eval_ret_prefix) + 2;
+        size_t cap = ul + strlen(prefix) + 2;
         out = malloc(cap);
         if (out)
-            snprintf(out, cap, "%s\n%s", user, sp_eval_ret_prefix);
+            snprintf(out, cap, "%s\n%s", user, prefix);
         *special = false;
     }
     free(user);
     return out;
 }
 
-/* Decode the held-back last prompt token, then greedy up to answer_tokens tokens, stopping once a
- * digit run has ended. */
-static int answer(sp_eval_session *E, int32_t last, char *buf, size_t cap)
+/* The passkey prompt around a filler. */
+static char *render_prompt(const sp_eval_session *E, const char *filler, bool *special)
+{
+    return sp_eval_render_prompt(E, sp_eval_ret_intro, filler, sp_eval_ret_question, sp_eval_ret_prefix, special);
+}
+
+int sp_eval_greedy(sp_eval_session *E, int32_t last, int max_tokens, bool stop_digits, char *buf, size_t cap)
 {
     size_t w = 0;
     buf[0] = '\0';
     int rc = sp_ctx_decode(E->ctx, last, E->logits);
     if (rc < 0)
         return rc;
-    for (int i = 0; i < E->o->answer_tokens; i++) {
+    for (int i = 0; i < max_tokens; i++) {
         int32_t t = sp_sampler_greedy(E->logits, E->n_vocab);
         if (sp_tokenizer_is_eog(E->tok, t))
             break;
@@ -75,13 +79,13 @@ static int answer(sp_eval_session *E, int32_t last, char *buf, size_t cap)
             buf[w] = '\0';
         }
         bool digits = false, ended = false;
-        for (size_t k = 0; k < w; k++) {
+        for (size_t k = 0; stop_digits && k < w; k++) {
             bool d = buf[k] >= '0' && buf[k] <= '9';
             if (digits && !d)
                 ended = true;
             digits = digits || d;
         }
-        if (ended || i + 1 == E->o->answer_tokens)
+        if (ended || i + 1 == max_tokens)
             break;
         if ((rc = sp_ctx_decode(E->ctx, t, E->logits)) < 0)
             return rc;
@@ -89,6 +93,38 @@ static int answer(sp_eval_session *E, int32_t last, char *buf, size_t cap)
     for (size_t k = 0; k < w; k++)
         if (buf[k] == '"' || buf[k] == '\\' || (unsigned char)buf[k] < 0x20)
             buf[k] = ' ';   /* JSON- and table-safe */
+    return 0;
+}
+
+/* The passkey answer: up to answer_tokens, ending with the first digit run. */
+static int answer(sp_eval_session *E, int32_t last, char *buf, size_t cap)
+{
+    return sp_eval_greedy(E, last, E->o->answer_tokens, true, buf, cap);
+}
+
+int sp_eval_compress_at(sp_eval_session *E, int pi, int ti, int li, double *knob, bool *hit, double *ratio)
+{
+    const sp_eval_opts *o = E->o;
+    sp_kv_stats st;
+    int rc;
+    *knob = 1.0;
+    *hit = true;
+    if (pi >= 0) {
+        sp_eval_search srch = {.knob_min = 0.01, .knob_max = 1.0, .tol = o->tol, .max_iter = o->max_probes,
+                               .start = E->warm[pi][ti][li]};
+        sp_eval_measure_ctx mc = {E, pi};
+        sp_eval_probe pr[SP_EVAL_MAXPROBE];
+        int np;
+        int sres = sp_eval_knob_search(&srch, o->ret_targets[ti], sp_eval_measure_cb, &mc, pr, SP_EVAL_MAXPROBE, &np,
+                                       knob);
+        if (sres < 0)
+            return sres;
+        *hit = sres == 0;
+        E->warm[pi][ti][li] = *knob;
+    }
+    if ((rc = sp_eval_apply(E, pi, *knob, &st)) < 0)
+        return rc;
+    *ratio = st.true_ratio;
     return 0;
 }
 
@@ -137,43 +173,20 @@ static int prepare_cell(sp_eval_session *E, const char *hay, size_t hay_len, int
 static int score_cell(sp_eval_session *E, sp_eval_ret_cell *cell, int li, int32_t last, int *n_ok, int *n_all)
 {
     const sp_eval_opts *o = E->o;
-    sp_eval_search srch = {.knob_min = 0.01, .knob_max = 1.0, .tol = o->tol, .max_iter = o->max_probes};
-    sp_kv_stats st;
-    sp_eval_ret_res *r = &cell->r[cell->n_r++];
-    r->pi = r->ti = -1;
-    r->knob = 1.0;
-    int rc;
-    if ((rc = sp_eval_apply(E, -1, 1.0, &st)) < 0 || (rc = answer(E, last, r->answer, sizeof r->answer)) < 0)
-        return rc;
-    r->ratio = st.true_ratio;
-    r->hit = true;
-    r->correct = sp_eval_passkey_match(r->answer, cell->passkey);
-    *n_ok = r->correct;
-    *n_all = 1;
-    for (int pi = 0; pi < o->n_pol; pi++) {
-        sp_eval_measure_ctx mc = {E, pi};
-        for (int ti = 0; ti < o->n_ret_targets; ti++) {
-            r = &cell->r[cell->n_r++];
+    *n_ok = *n_all = 0;
+    for (int pi = -1; pi < o->n_pol; pi++)
+        for (int ti = pi < 0 ? -1 : 0; ti < (pi < 0 ? 0 : o->n_ret_targets); ti++) {
+            sp_eval_ret_res *r = &cell->r[cell->n_r++];
             r->pi = pi;
             r->ti = ti;
-            sp_eval_probe pr[SP_EVAL_MAXPROBE];
-            int np;
-            srch.start = E->warm[pi][ti][li];
-            int sres = sp_eval_knob_search(&srch, o->ret_targets[ti], sp_eval_measure_cb, &mc, pr, SP_EVAL_MAXPROBE,
-                                           &np, &r->knob);
-            if (sres < 0)
-                return sres;
-            r->hit = sres == 0;
-            E->warm[pi][ti][li] = r->knob;
-            if ((rc = sp_eval_apply(E, pi, r->knob, &st)) < 0 ||
+            int rc;
+            if ((rc = sp_eval_compress_at(E, pi, ti, li, &r->knob, &r->hit, &r->ratio)) < 0 ||
                 (rc = answer(E, last, r->answer, sizeof r->answer)) < 0)
                 return rc;
-            r->ratio = st.true_ratio;
             r->correct = sp_eval_passkey_match(r->answer, cell->passkey);
             *n_ok += r->correct;
             (*n_all)++;
         }
-    }
     return 0;
 }
 

@@ -50,6 +50,11 @@ void sp_eval_opts_defaults(sp_eval_opts *o)
     o->answer_tokens = 10;
     o->tol = 0.01;
     o->max_probes = 8;
+    o->tasks = 1u << SP_TASK_PASSKEY;
+    o->task_needles[SP_TASK_MULTIKEY] = o->task_needles[SP_TASK_MULTIVALUE] = o->task_needles[SP_TASK_VARTRACK] = 4;
+    o->task_tokens = 40;
+    for (int k = 0; k < SP_TASK_COUNT; k++)
+        sp_task_templates_default((sp_task_kind)k, &o->tmpl[k]);
 }
 
 int sp_eval_ctx_needed(const sp_eval_opts *o)
@@ -61,6 +66,10 @@ int sp_eval_ctx_needed(const sp_eval_opts *o)
     for (int i = 0; o->ret && i < o->n_ret_lengths; i++)
         if (o->ret_lengths[i] + o->answer_tokens + 16 > n_ctx)
             n_ctx = o->ret_lengths[i] + o->answer_tokens + 16;
+    bool tasks = (o->tasks & ~(1u << SP_TASK_PASSKEY)) != 0;
+    for (int i = 0; o->ret && tasks && i < o->n_ret_lengths; i++)
+        if (o->ret_lengths[i] + o->task_tokens + 16 > n_ctx)
+            n_ctx = o->ret_lengths[i] + o->task_tokens + 16;
     return n_ctx;
 }
 
@@ -70,6 +79,7 @@ void sp_eval_session_free(sp_eval_session *E)
         return;
     free(E->fr);
     free(E->rc);
+    free(E->tc);
     free(E->tbuf);
     free(E->logits);
     free(E->ref);
