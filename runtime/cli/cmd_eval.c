@@ -713,6 +713,30 @@ static void write_json(evalcli *E, FILE *f, double wall_s, bool complete)
     fprintf(f, "}\n");
 }
 
+/* One "| policy | target... |" table of mean KL / top-1 (metrics kl_m, t1_m of sp_eval_fid_mean). */
+static void print_kl_top1_table(evalcli *E, int kl_m, int t1_m)
+{
+    eval_opts *o = E->o;
+    for (int ti = 0; ti < o->n_targets; ti++)
+        printf(" %.2f |", o->targets[ti]);
+    printf("\n|---|");
+    for (int ti = 0; ti < o->n_targets; ti++)
+        printf("---|");
+    printf("\n");
+    for (int pi = 0; pi < o->n_pol; pi++) {
+        printf("| %s |", o->pol_name[pi]);
+        for (int ti = 0; ti < o->n_targets; ti++) {
+            double kl = sp_eval_fid_mean(&E->S, pi, ti, kl_m, NULL),
+                   t1 = sp_eval_fid_mean(&E->S, pi, ti, t1_m, NULL);
+            if (isfinite(kl))
+                printf(" %.4f / %.3f |", kl, t1);
+            else
+                printf(" - |");
+        }
+        printf("\n");
+    }
+}
+
 static void print_summary(evalcli *E)
 {
     eval_opts *o = E->o;
@@ -741,44 +765,10 @@ static void print_summary(evalcli *E)
         }
         printf("\nAt equal SPAN bytes: the same KL / top-1, interpolated in the true byte ratio at the end of the "
                "scored span (decode tokens counted; '-' = outside the measured span ratios)\n\n| policy |");
-        for (int ti = 0; ti < o->n_targets; ti++)
-            printf(" %.2f |", o->targets[ti]);
-        printf("\n|---|");
-        for (int ti = 0; ti < o->n_targets; ti++)
-            printf("---|");
-        printf("\n");
-        for (int pi = 0; pi < o->n_pol; pi++) {
-            printf("| %s |", o->pol_name[pi]);
-            for (int ti = 0; ti < o->n_targets; ti++) {
-                double kl = sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_KL_SPAN, NULL),
-                       t1 = sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_TOP1_SPAN, NULL);
-                if (isfinite(kl))
-                    printf(" %.4f / %.3f |", kl, t1);
-                else
-                    printf(" - |");
-            }
-            printf("\n");
-        }
+        print_kl_top1_table(E, SP_EVAL_KL_SPAN, SP_EVAL_TOP1_SPAN);
         printf("\nShort continuation: the first %d teacher-forced tokens (KL / top-1, same interpolation)\n\n| policy |",
                o->short_tokens < o->tokens ? o->short_tokens : o->tokens);
-        for (int ti = 0; ti < o->n_targets; ti++)
-            printf(" %.2f |", o->targets[ti]);
-        printf("\n|---|");
-        for (int ti = 0; ti < o->n_targets; ti++)
-            printf("---|");
-        printf("\n");
-        for (int pi = 0; pi < o->n_pol; pi++) {
-            printf("| %s |", o->pol_name[pi]);
-            for (int ti = 0; ti < o->n_targets; ti++) {
-                double kl = sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_KL_SHORT, NULL),
-                       t1 = sp_eval_fid_mean(&E->S, pi, ti, SP_EVAL_TOP1_SHORT, NULL);
-                if (isfinite(kl))
-                    printf(" %.4f / %.3f |", kl, t1);
-                else
-                    printf(" - |");
-            }
-            printf("\n");
-        }
+        print_kl_top1_table(E, SP_EVAL_KL_SHORT, SP_EVAL_TOP1_SHORT);
         printf("\nPer run, best policy (lowest interpolated KL) at each target:\n");
         for (int r = 0; r < E->S.n_fr; r++) {
             const sp_eval_fid_run *fr = &E->S.fr[r];
