@@ -572,6 +572,13 @@ static int cpu_segattn(sp_backend_t *be, const sp_segattn_desc *d)
     return atomic_load(&j.rc);
 }
 
+static int cpu_kv_store(sp_backend_t *be, const sp_kv_store_desc *d)
+{
+    cpu_for_op(be);
+    sp_op_kv_store(d);
+    return 0;
+}
+
 static int cpu_argmax(sp_backend_t *be, const sp_argmax_desc *d)
 {
     cpu_for_op(be);
@@ -622,6 +629,7 @@ static const sp_backend_iface cpu_iface = {
     .segattn = cpu_segattn,
     .argmax = cpu_argmax,
     .sample = NULL, /* sampling stays in the host sampler (model/sampler.c) on a CPU run */
+    .kv_store = cpu_kv_store,
 };
 
 sp_backend_t *sp_backend_cpu_new(const sp_backend_params *p)

@@ -11,6 +11,7 @@
 #include <immintrin.h>
 #endif
 
+#include "fp16.h"
 #include "sp_error.h"
 #include "simd.h"
 
@@ -190,3 +191,33 @@ void sp_op_swiglu(float *out, const float *gate, const float *up, int n)
     }
 }
 
+
+/* ---- KV store ---- */
+
+static void kv_store_one(const sp_kv_store_desc *d, void *base, const float *src, int ld)
+{
+    int D = d->head_dim;
+    for (int g = 0; g < d->n_kv_head; g++)
+        for (int t = 0; t < d->n; t++) {
+            const float *s = src + (size_t)t * ld + (size_t)g * D;
+            size_t off = (size_t)g * d->head_stride + (size_t)(d->pos0 + t) * D;
+            if (d->kv_type == SP_KV_F32) {
+                memcpy((float *)base + off, s, sizeof(float) * D);
+                continue;
+            }
+            uint16_t *o = (uint16_t *)base + off;
+            int i = 0;
+#ifdef __F16C__
+            for (; i + 8 <= D; i += 8)
+                _mm_storeu_si128((__m128i *)(o + i), _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT));
+#endif
+            for (; i < D; i++)
+                o[i] = sp_f32_to_fp16(s[i]);
+        }
+}
+
+void sp_op_kv_store(const sp_kv_store_desc *d)
+{
+    kv_store_one(d, d->k_dst, d->k, d->ldk);
+    kv_store_one(d, d->v_dst, d->v, d->ldv);
+}

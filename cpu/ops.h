@@ -89,6 +89,8 @@ int sp_op_matmul_multi(sp_cpu *c, int nw, const sp_wmat *const *w, float *const 
                        int n, int ldx, bool swiglu);
 /* Dequantize row r of w to fp32 (n = w->cols floats). Returns 0 or -EINVAL. */
 int sp_op_get_row(const sp_wmat *w, int64_t r, float *out);
+/* The KV cache store (sp_kv_store_desc, already range-checked) on host memory. */
+void sp_op_kv_store(const sp_kv_store_desc *d);
 
 /* ---- attention ------------------------------------------------------------------------------ */
 

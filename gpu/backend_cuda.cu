@@ -5,9 +5,8 @@
  *   (timing off). Ops run on the compute stream and never synchronize.
  * - Buffers: cudaMalloc (device) or cudaHostAlloc (pinned). The backend also registers
  *   cudaHostAlloc as the host pool's pinner while it lives, so the host tier is DMA-able.
- * - Ops whose launcher does not exist yet stay NULL (the wrapper answers -ENOTSUP): get_rows.
- *   matmul: the GEMV kernel (n <= SP_GPU_GEMV_MAX_N, the types sp_gpu_gemv_supported) without
- *   bias; swiglu fused afterwards. Attention and codebook scratch is device memory owned by the
+ * - Every slot is filled. matmul: the GEMV kernel over blocks of SP_GPU_GEMV_MAX_N tokens on the
+ *   stored (quantized) weights, every type the loader reads; biases and swiglu afterwards. Attention and codebook scratch is device memory owned by the
  *   backend, grown when a larger shape comes (at prefill; a decode step reuses it).
  */
 #include "gpu_common.cuh" /* gpu.h, sp_error.h (C headers, in extern "C") */
@@ -175,13 +174,15 @@ bool cu_supports(const sp_backend_t *be, sp_op op, const void *desc)
     switch (op) {
     case SP_OP_MATMUL: {
         const sp_matmul_desc *d = static_cast<const sp_matmul_desc *>(desc);
-        if (d->nw < 1 || d->nw > SP_MM_MAX || d->n > SP_GPU_GEMV_MAX_N || (d->swiglu && d->nw != 2))
+        if (d->nw < 1 || d->nw > SP_MM_MAX || (d->swiglu && d->nw != 2))
             return false;
         for (int i = 0; i < d->nw; i++)
-            if (!sp_gpu_gemv_supported(d->w[i]->type) || d->bias[i])
+            if (!sp_gpu_dequant_supported(d->w[i]->type))
                 return false;
         return true;
     }
+    case SP_OP_GET_ROWS:
+        return sp_gpu_dequant_supported(static_cast<const sp_get_rows_desc *>(desc)->w->type);
     case SP_OP_ATTN_PREFILL:
     case SP_OP_ATTN_DECODE: {
         const sp_attn_desc *d = static_cast<const sp_attn_desc *>(desc);
@@ -198,25 +199,34 @@ bool cu_supports(const sp_backend_t *be, sp_op op, const void *desc)
     }
 }
 
+/* Every row block of at most SP_GPU_GEMV_MAX_N tokens through the GEMV on the stored weights (prefill
+ * too: no fp16 weight copy; a GEMM path for long prefill chunks is future work), then the biases. */
 int cu_matmul(sp_backend_t *be, const sp_matmul_desc *d)
 {
     void *s = stream_of(be, SP_STREAM_COMPUTE);
     for (int i = 0; i < d->nw; i++) {
-        sp_gpu_gemv_desc g = {};
-        g.w_type = d->w[i]->type;
-        g.rows = d->w[i]->rows;
-        g.cols = d->w[i]->cols;
-        g.w = d->w[i]->data;
-        g.w_row_bytes = d->w[i]->row_bytes;
-        g.n = d->n;
-        g.x = d->x;
-        g.ldx = d->ldx;
-        g.y = d->y[i];
-        g.ldy = d->ldy[i];
-        g.accumulate = d->accumulate;
-        int rc = sp_gpu_gemv(s, g);
-        if (rc < 0)
-            return rc;
+        for (int t0 = 0; t0 < d->n; t0 += SP_GPU_GEMV_MAX_N) {
+            sp_gpu_gemv_desc g = {};
+            g.w_type = d->w[i]->type;
+            g.rows = d->w[i]->rows;
+            g.cols = d->w[i]->cols;
+            g.w = d->w[i]->data;
+            g.w_row_bytes = d->w[i]->row_bytes;
+            g.n = d->n - t0 < SP_GPU_GEMV_MAX_N ? d->n - t0 : SP_GPU_GEMV_MAX_N;
+            g.x = d->x + (size_t)t0 * (size_t)d->ldx;
+            g.ldx = d->ldx;
+            g.y = d->y[i] + (size_t)t0 * (size_t)d->ldy[i];
+            g.ldy = d->ldy[i];
+            g.accumulate = d->accumulate;
+            int rc = sp_gpu_gemv(s, g);
+            if (rc < 0)
+                return rc;
+        }
+        if (d->bias[i]) {
+            int rc = sp_gpu_add_bias(s, d->y[i], d->ldy[i], d->n, d->w[i]->rows, d->bias[i]);
+            if (rc < 0)
+                return rc;
+        }
     }
     if (d->swiglu) {
         for (int t = 0; t < d->n; t++) {
@@ -228,6 +238,26 @@ int cu_matmul(sp_backend_t *be, const sp_matmul_desc *d)
         }
     }
     return 0;
+}
+
+int cu_get_rows(sp_backend_t *be, const sp_get_rows_desc *d)
+{
+    sp_gpu_get_rows_desc g = {};
+    g.type = d->w->type;
+    g.rows = d->w->rows;
+    g.cols = d->w->cols;
+    g.w = d->w->data;
+    g.w_row_bytes = d->w->row_bytes;
+    g.ids = d->ids;
+    g.n = d->n;
+    g.out = d->out;
+    g.ldo = d->ldo;
+    return sp_gpu_get_rows(stream_of(be, SP_STREAM_COMPUTE), g);
+}
+
+int cu_kv_store(sp_backend_t *be, const sp_kv_store_desc *d)
+{
+    return sp_gpu_kv_store(stream_of(be, SP_STREAM_COMPUTE), d);
 }
 
 int cu_rmsnorm(sp_backend_t *be, const sp_rmsnorm_desc *d)
@@ -253,6 +283,16 @@ int cu_rope(sp_backend_t *be, const sp_rope_desc *d)
 int cu_swiglu(sp_backend_t *be, const sp_swiglu_desc *d)
 {
     return sp_gpu_swiglu(stream_of(be, SP_STREAM_COMPUTE), *d);
+}
+
+int cu_reserve(sp_backend_t *be, sp_op op, const void *desc)
+{
+    if (op == SP_OP_ATTN_PREFILL || op == SP_OP_ATTN_DECODE) {
+        const sp_attn_desc *d = static_cast<const sp_attn_desc *>(desc);
+        return scratch_reserve(be, sp_gpu_attention_scratch_floats(d->n_q, d->q_pos0, d->n_head, d->head_dim,
+                                                                   d->n_window) * sizeof(float));
+    }
+    return 0;
 }
 
 int cu_attention(sp_backend_t *be, const sp_attn_desc *d)
@@ -359,7 +399,8 @@ sp_backend_iface make_iface()
     i.stream_sync = cu_stream_sync;
     i.copy = cu_copy;
     i.supports = cu_supports;
-    i.get_rows = NULL; /* no device gather yet: the caller falls back */
+    i.reserve = cu_reserve;
+    i.get_rows = cu_get_rows;
     i.matmul = cu_matmul;
     i.rmsnorm = cu_rmsnorm;
     i.rope = cu_rope;
@@ -373,6 +414,7 @@ sp_backend_iface make_iface()
     i.segattn = cu_segattn;
     i.argmax = cu_argmax;
     i.sample = cu_sample;
+    i.kv_store = cu_kv_store;
     return i;
 }
 

@@ -94,6 +94,21 @@ typedef struct sp_gpu_dequant_desc {
 bool sp_gpu_dequant_supported(uint32_t type);
 int sp_gpu_dequant(void *stream, sp_gpu_dequant_desc d);
 
+/* Embedding gather: out[t][c] = value c of row ids[t] of W (any sp_gpu_dequant_supported type), fp32,
+ * bit-identical to the CPU's sp_op_get_row. ids are device memory: an id outside [0, rows) yields a
+ * NaN row (only the kernel sees the ids), which the caller's finiteness check reports. */
+typedef struct sp_gpu_get_rows_desc {
+    uint32_t type;
+    int64_t rows, cols;
+    const void *w;
+    size_t w_row_bytes;
+    const int32_t *ids;      /* [n], device */
+    int n;
+    float *out;              /* [n][ldo] */
+    int64_t ldo;
+} sp_gpu_get_rows_desc;
+int sp_gpu_get_rows(void *stream, sp_gpu_get_rows_desc d);
+
 /* ---- element-wise ops on fp32 activations ------------------------------------------------------ */
 
 /* y = x / sqrt(mean(x^2) + eps) * w per row (y may alias x). */
@@ -170,6 +185,17 @@ typedef struct sp_gpu_gemv_desc {
 } sp_gpu_gemv_desc;
 bool sp_gpu_gemv_supported(uint32_t w_type);
 int sp_gpu_gemv(void *stream, sp_gpu_gemv_desc d);
+/* The GEMV for the weight types without a block kernel of their own in gpu_matmul.cu (Q4_0, Q5_0,
+ * Q5_1, Q4_K, Q5_K, Q6_K, BF16): each value read through the dequantizer of gpu_dequant.cu, fp32
+ * accumulation, same descriptor and checks as sp_gpu_gemv (which calls it). */
+int sp_gpu_gemv_dequant(void *stream, sp_gpu_gemv_desc d);
+
+/* y[t*ldy + r] += bias[r] for t < n, r < rows (the q/k/v biases of qwen2). */
+int sp_gpu_add_bias(void *stream, float *y, int64_t ldy, int n, int64_t rows, const float *bias);
+
+/* The KV cache store of backend.h (sp_kv_store_desc) on device memory: fp32 rows to fp16 (round to
+ * nearest even, as the CPU) or fp32. */
+int sp_gpu_kv_store(void *stream, const sp_kv_store_desc *d);
 
 /* ---- attention -------------------------------------------------------------------------------- */
 

@@ -165,3 +165,122 @@ extern "C" int sp_gpu_dequant(void *stream, sp_gpu_dequant_desc d)
     default: return sp_error(ENOTSUP, "gpu dequant: tensor type %u not supported", (unsigned)d.type);
     }
 }
+
+/* ---- embedding gather ---- */
+
+template <uint32_t T>
+static __global__ void get_rows_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, const int32_t *ids,
+                                       int n, float *out, int64_t ldo)
+{
+    const int64_t total = (int64_t)n * cols;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int64_t t = i / cols, c = i % cols;
+        int32_t r = ids[t];
+        out[t * ldo + c] = r >= 0 && r < rows ? dq_elem<T>(w + (size_t)r * row_bytes, c) : NAN;
+    }
+}
+
+template <uint32_t T>
+static int get_rows_t(cudaStream_t s, const sp_gpu_get_rows_desc &d)
+{
+    int64_t blocks = ((int64_t)d.n * d.cols + 255) / 256;
+    if (blocks > (1 << 20))
+        blocks = 1 << 20;
+    SP_LAUNCH((unsigned)blocks, 256, 0, s, get_rows_kernel<T>)((const uint8_t *)d.w, d.w_row_bytes, d.rows, d.cols,
+                                                           d.ids, d.n, d.out, d.ldo);
+    return SP_CUDA_LAUNCHED("get_rows_kernel");
+}
+
+/* ---- GEMV through the dequantizer: one warp per output row ---- */
+
+enum { GEMV_DQ_WARPS = 8 };
+
+template <uint32_t T>
+static __global__ void gemv_dq_kernel(const uint8_t *w, size_t row_bytes, int64_t rows, int64_t cols, int n,
+                                      const float *x, int64_t ldx, float *y, int64_t ldy, bool accumulate)
+{
+    const int lane = threadIdx.x & 31;
+    const int64_t r = (int64_t)blockIdx.x * GEMV_DQ_WARPS + threadIdx.x / 32;
+    if (r >= rows)
+        return;
+    const uint8_t *row = w + (size_t)r * row_bytes;
+    float acc[SP_GPU_GEMV_MAX_N];
+#pragma unroll
+    for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++)
+        acc[t] = 0.0f;
+    for (int64_t c = lane; c < cols; c += 32) {
+        float v = dq_elem<T>(row, c);
+#pragma unroll
+        for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++)
+            if (t < n)
+                acc[t] += v * x[t * ldx + c];
+    }
+#pragma unroll
+    for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++) {
+        if (t >= n)
+            break;
+        float s = sp_warp_sum(acc[t]);
+        if (lane == 0) {
+            float *dst = y + t * ldy + r;
+            *dst = accumulate ? *dst + s : s;
+        }
+    }
+}
+
+template <uint32_t T>
+static int gemv_dq_t(cudaStream_t s, const sp_gpu_gemv_desc &d)
+{
+    unsigned blocks = (unsigned)((d.rows + GEMV_DQ_WARPS - 1) / GEMV_DQ_WARPS);
+    SP_LAUNCH(blocks, GEMV_DQ_WARPS * 32, 0, s, gemv_dq_kernel<T>)((const uint8_t *)d.w, d.w_row_bytes, d.rows, d.cols,
+                                                               d.n, d.x, d.ldx, d.y, d.ldy, d.accumulate);
+    return SP_CUDA_LAUNCHED("gemv_dq_kernel");
+}
+
+/* One switch over the types for both launchers. */
+#define SP_DQ_DISPATCH(type, fn, ...)                                                 \
+    switch (type) {                                                                   \
+    case SP_TYPE_F32: return fn<SP_TYPE_F32>(__VA_ARGS__);                            \
+    case SP_TYPE_F16: return fn<SP_TYPE_F16>(__VA_ARGS__);                            \
+    case SP_TYPE_BF16: return fn<SP_TYPE_BF16>(__VA_ARGS__);                          \
+    case SP_TYPE_Q4_0: return fn<SP_TYPE_Q4_0>(__VA_ARGS__);                          \
+    case SP_TYPE_Q4_1: return fn<SP_TYPE_Q4_1>(__VA_ARGS__);                          \
+    case SP_TYPE_Q5_0: return fn<SP_TYPE_Q5_0>(__VA_ARGS__);                          \
+    case SP_TYPE_Q5_1: return fn<SP_TYPE_Q5_1>(__VA_ARGS__);                          \
+    case SP_TYPE_Q8_0: return fn<SP_TYPE_Q8_0>(__VA_ARGS__);                          \
+    case SP_TYPE_Q4_K: return fn<SP_TYPE_Q4_K>(__VA_ARGS__);                          \
+    case SP_TYPE_Q5_K: return fn<SP_TYPE_Q5_K>(__VA_ARGS__);                          \
+    case SP_TYPE_Q6_K: return fn<SP_TYPE_Q6_K>(__VA_ARGS__);                          \
+    default: break;                                                                   \
+    }
+
+extern "C" int sp_gpu_get_rows(void *stream, sp_gpu_get_rows_desc d)
+{
+    if (!sp_gpu_dequant_supported(d.type))
+        return sp_error(ENOTSUP, "gpu get_rows: tensor type %s not supported", sp_ggml_type_name(d.type));
+    if (d.rows < 1 || d.cols < 1 || d.n < 0 || d.ldo < d.cols || d.cols % sp_type_block_elems(d.type) ||
+        d.w_row_bytes < sp_type_row_bytes(d.type, d.cols) || (d.n > 0 && (!d.w || !d.ids || !d.out)))
+        return sp_error(EINVAL, "gpu get_rows: bad descriptor (%s %lld x %lld, %d ids, ldo %lld)",
+                        sp_ggml_type_name(d.type), (long long)d.rows, (long long)d.cols, d.n, (long long)d.ldo);
+    if (d.n == 0)
+        return 0;
+    cudaStream_t s = sp_stream(stream);
+    SP_DQ_DISPATCH(d.type, get_rows_t, s, d)
+    return sp_error(ENOTSUP, "gpu get_rows: tensor type %u not supported", (unsigned)d.type);
+}
+
+extern "C" int sp_gpu_gemv_dequant(void *stream, sp_gpu_gemv_desc d)
+{
+    if (!sp_gpu_dequant_supported(d.w_type))
+        return sp_error(ENOTSUP, "gpu gemv: weight type %s not supported", sp_ggml_type_name(d.w_type));
+    if (d.rows <= 0 || d.cols <= 0 || d.n < 0 || d.n > SP_GPU_GEMV_MAX_N || d.ldx < d.cols || d.ldy < d.rows ||
+        d.cols % sp_type_block_elems(d.w_type) || d.w_row_bytes < sp_type_row_bytes(d.w_type, d.cols) ||
+        (unsigned long long)(d.rows + GEMV_DQ_WARPS - 1) / GEMV_DQ_WARPS > 0x7fffffffull || !d.w || !d.x || !d.y)
+        return sp_error(EINVAL, "gpu gemv: bad descriptor (%s W %lld x %lld, row %zu bytes, n %d of at most %d)",
+                        sp_ggml_type_name(d.w_type), (long long)d.rows, (long long)d.cols, d.w_row_bytes, d.n,
+                        SP_GPU_GEMV_MAX_N);
+    if (d.n == 0)
+        return 0;
+    cudaStream_t s = sp_stream(stream);
+    SP_DQ_DISPATCH(d.w_type, gemv_dq_t, s, d)
+    return sp_error(ENOTSUP, "gpu gemv: weight type %u not supported", (unsigned)d.w_type);
+}

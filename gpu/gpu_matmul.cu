@@ -232,6 +232,7 @@ static __global__ void gemv_kernel(const uint8_t *w, size_t row_bytes, int64_t r
     }
 }
 
+/* The types with a block kernel here; sp_gpu_gemv takes every sp_gpu_dequant_supported type. */
 extern "C" bool sp_gpu_gemv_supported(uint32_t w_type)
 {
     return w_type == SP_TYPE_F16 || w_type == SP_TYPE_F32 || w_type == SP_TYPE_Q8_0 || w_type == SP_TYPE_Q4_1;
@@ -249,8 +250,7 @@ static int gemv_launch(cudaStream_t s, const sp_gpu_gemv_desc &d)
 extern "C" int sp_gpu_gemv(void *stream, sp_gpu_gemv_desc d)
 {
     if (!sp_gpu_gemv_supported(d.w_type))
-        return sp_error(ENOTSUP, "gpu gemv: weight type %s not supported (F16, F32, Q8_0, Q4_1 are)",
-                        sp_ggml_type_name(d.w_type));
+        return sp_gpu_gemv_dequant(stream, d);   /* every other stored type, through the dequantizer */
     if (d.rows <= 0 || d.cols <= 0 || d.n < 0 || d.n > SP_GPU_GEMV_MAX_N || d.ldx < d.cols || d.ldy < d.rows ||
         d.cols % sp_type_block_elems(d.w_type) || d.w_row_bytes < sp_type_row_bytes(d.w_type, d.cols) ||
         (unsigned long long)(d.rows + GEMV_WARPS - 1) / GEMV_WARPS > 0x7fffffffull || !d.w || !d.x || !d.y)

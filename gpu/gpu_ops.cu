@@ -173,3 +173,63 @@ extern "C" int sp_gpu_argmax(void *stream, sp_gpu_argmax_desc d)
     SP_LAUNCH(d.n_rows, ARGMAX_THREADS, 0, sp_stream(stream), argmax_kernel)(d.logits, d.n, d.ld, d.out);
     return SP_CUDA_LAUNCHED("argmax_kernel");
 }
+
+/* ---- bias add ---- */
+
+static __global__ void add_bias_kernel(float *y, int64_t ldy, int n, int64_t rows, const float *bias)
+{
+    const int64_t total = (int64_t)n * rows;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x)
+        y[(i / rows) * ldy + i % rows] += bias[i % rows];
+}
+
+extern "C" int sp_gpu_add_bias(void *stream, float *y, int64_t ldy, int n, int64_t rows, const float *bias)
+{
+    if (n < 0 || rows < 1 || ldy < rows || (n > 0 && (!y || !bias)))
+        return sp_error(EINVAL, "gpu bias: bad shape (%d x %lld, ldy %lld)", n, (long long)rows, (long long)ldy);
+    int64_t total = (int64_t)n * rows, blocks = (total + 255) / 256;
+    if (total == 0)
+        return 0;
+    if (blocks > (1 << 20))
+        blocks = 1 << 20;
+    SP_LAUNCH((unsigned)blocks, 256, 0, sp_stream(stream), add_bias_kernel)(y, ldy, n, rows, bias);
+    return SP_CUDA_LAUNCHED("add_bias_kernel");
+}
+
+/* ---- KV store: one thread per stored element ---- */
+
+static __global__ void kv_store_kernel(const float *src, int ld, int n, int pos0, int n_kv_head, int head_dim,
+                                       void *dst, size_t head_stride, bool f16)
+{
+    const int64_t total = (int64_t)n * n_kv_head * head_dim;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        int d = (int)(i % head_dim);
+        int64_t r = i / head_dim;
+        int g = (int)(r % n_kv_head), t = (int)(r / n_kv_head);
+        float v = src[(int64_t)t * ld + (int64_t)g * head_dim + d];
+        size_t off = (size_t)g * head_stride + (size_t)(pos0 + t) * head_dim + d;
+        if (f16)
+            ((__half *)dst)[off] = __float2half_rn(v);
+        else
+            ((float *)dst)[off] = v;
+    }
+}
+
+extern "C" int sp_gpu_kv_store(void *stream, const sp_kv_store_desc *d)
+{
+    int64_t total = (int64_t)d->n * d->n_kv_head * d->head_dim, blocks = (total + 255) / 256;
+    if (total == 0)
+        return 0;
+    if (blocks > (1 << 20))
+        blocks = 1 << 20;
+    bool f16 = d->kv_type == SP_KV_F16;
+    cudaStream_t s = sp_stream(stream);
+    SP_LAUNCH((unsigned)blocks, 256, 0, s, kv_store_kernel)(d->k, d->ldk, d->n, d->pos0, d->n_kv_head, d->head_dim,
+                                                           d->k_dst, d->head_stride, f16);
+    int rc = SP_CUDA_LAUNCHED("kv_store_kernel (K)");
+    if (rc)
+        return rc;
+    SP_LAUNCH((unsigned)blocks, 256, 0, s, kv_store_kernel)(d->v, d->ldv, d->n, d->pos0, d->n_kv_head, d->head_dim,
+                                                           d->v_dst, d->head_stride, f16);
+    return SP_CUDA_LAUNCHED("kv_store_kernel (V)");
+}

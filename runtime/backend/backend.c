@@ -18,6 +18,7 @@ static const char *const op_names[SP_OP_COUNT] = {
     [SP_OP_TOPK] = "topk",                 [SP_OP_CODEBOOK_BUILD] = "codebook_build",
     [SP_OP_CODEBOOK_CODE] = "codebook_code", [SP_OP_SEGATTN] = "segattn",
     [SP_OP_ARGMAX] = "argmax",             [SP_OP_SAMPLE] = "sample",
+    [SP_OP_KV_STORE] = "kv_store",
 };
 
 const char *sp_op_name(sp_op op) { return (unsigned)op < SP_OP_COUNT ? op_names[op] : "unknown"; }
@@ -274,6 +275,7 @@ static void *op_slot(const sp_backend_t *be, sp_op op)
     case SP_OP_SEGATTN: return (void *)i->segattn;
     case SP_OP_ARGMAX: return (void *)i->argmax;
     case SP_OP_SAMPLE: return (void *)i->sample;
+    case SP_OP_KV_STORE: return (void *)i->kv_store;
     default: return NULL;
     }
 }
@@ -283,6 +285,11 @@ bool sp_backend_supports(const sp_backend_t *be, sp_op op, const void *desc)
     if (!be || !op_slot(be, op))
         return false;
     return be->iface->supports ? be->iface->supports(be, op, desc) : true;
+}
+
+int sp_backend_reserve(sp_backend_t *be, sp_op op, const void *desc)
+{
+    return be->iface->reserve ? be->iface->reserve(be, op, desc) : 0;
 }
 
 static int unsupported(const sp_backend_t *be, sp_op op)
@@ -314,3 +321,15 @@ SP_BACKEND_OP_WRAPPER(sp_backend_codebook_code, codebook_code, SP_OP_CODEBOOK_CO
 SP_BACKEND_OP_WRAPPER(sp_backend_segattn, segattn, SP_OP_SEGATTN, sp_segattn_desc)
 SP_BACKEND_OP_WRAPPER(sp_backend_argmax, argmax, SP_OP_ARGMAX, sp_argmax_desc)
 SP_BACKEND_OP_WRAPPER(sp_backend_sample, sample, SP_OP_SAMPLE, sp_sample_desc)
+
+int sp_backend_kv_store(sp_backend_t *be, const sp_kv_store_desc *d)
+{
+    if (!be->iface->kv_store || !sp_backend_supports(be, SP_OP_KV_STORE, d))
+        return unsupported(be, SP_OP_KV_STORE);
+    if (d->n < 0 || d->pos0 < 0 || d->pos0 + d->n > d->n_pos || d->n_kv_head < 1 || d->head_dim < 1 ||
+        d->head_stride < (size_t)d->n_pos * (size_t)d->head_dim || (d->kv_type != SP_KV_F16 && d->kv_type != SP_KV_F32))
+        return sp_error(ERANGE, "kv store: %d tokens at position %d do not fit a cache of %d positions "
+                        "(%d heads x %d, head stride %zu)", d->n, d->pos0, d->n_pos, d->n_kv_head, d->head_dim,
+                        d->head_stride);
+    return be->iface->kv_store(be, d);
+}

@@ -165,6 +165,7 @@ typedef enum sp_op {
     SP_OP_SEGATTN,           /* decode attention over a compressed layer segment + tail */
     SP_OP_ARGMAX,
     SP_OP_SAMPLE,
+    SP_OP_KV_STORE,          /* new K/V rows into the fp16 (or fp32) cache */
     SP_OP_COUNT
 } sp_op;
 
@@ -189,10 +190,11 @@ typedef struct sp_wmat {
     const void *data;
 } sp_wmat;
 
-/* out[t][0..cols) = row ids[t] of w, dequantized to fp32. ids: host array. */
+/* out[t][0..cols) = row ids[t] of w, dequantized to fp32. ids: host (CPU) or device (CUDA) memory, as
+ * the backend's buffers are. */
 typedef struct sp_get_rows_desc {
     const sp_wmat *w;
-    const int32_t *ids;      /* [n], host */
+    const int32_t *ids;      /* [n] */
     int n;
     float *out;
     int64_t ldo;
@@ -369,6 +371,24 @@ typedef struct sp_sample_desc {
     int32_t *out;            /* one int32 */
 } sp_sample_desc;
 
+/* Store n tokens at positions pos0.. of one layer's cache from row-major fp32 k[t*ldk + g*head_dim + d]
+ * (same for v), converted to kv_type (round to nearest even). The cache element [g][p][d] is at
+ * g*head_stride + p*head_dim + d from k_dst (v_dst); pos0 + n must be <= n_pos. */
+typedef struct sp_kv_store_desc {
+    int n, pos0, n_pos;
+    int n_kv_head, head_dim;
+    const float *k, *v;
+    int ldk, ldv;
+    void *k_dst, *v_dst;
+    size_t head_stride;      /* elements between KV heads (>= n_pos*head_dim) */
+    sp_kv_type kv_type;
+} sp_kv_store_desc;
+
+/* Size the backend's scratch for the largest descriptor op will see (e.g. decode attention at the
+ * last position of the context), so that later calls never reallocate (a reallocation waits for the
+ * queued work: a host synchronisation). 0 when the backend needs no scratch for op; -ENOMEM. */
+int sp_backend_reserve(sp_backend_t *be, sp_op op, const void *desc);
+
 /* Whether be implements op for this descriptor (desc may be NULL: for some descriptor). */
 bool sp_backend_supports(const sp_backend_t *be, sp_op op, const void *desc);
 
@@ -388,6 +408,7 @@ int sp_backend_codebook_code(sp_backend_t *be, const sp_codebook_code_desc *d);
 int sp_backend_segattn(sp_backend_t *be, const sp_segattn_desc *d);
 int sp_backend_argmax(sp_backend_t *be, const sp_argmax_desc *d);
 int sp_backend_sample(sp_backend_t *be, const sp_sample_desc *d);
+int sp_backend_kv_store(sp_backend_t *be, const sp_kv_store_desc *d);
 
 #ifdef __cplusplus
 }

@@ -44,6 +44,8 @@ typedef struct sp_backend_iface {
 
     /* ops (optional) */
     bool (*supports)(const sp_backend_t *be, sp_op op, const void *desc);
+    /* NULL: the backend keeps no scratch that grows with the shape */
+    int (*reserve)(sp_backend_t *be, sp_op op, const void *desc);
     int (*get_rows)(sp_backend_t *be, const sp_get_rows_desc *d);
     int (*matmul)(sp_backend_t *be, const sp_matmul_desc *d);
     int (*rmsnorm)(sp_backend_t *be, const sp_rmsnorm_desc *d);
@@ -58,6 +60,7 @@ typedef struct sp_backend_iface {
     int (*segattn)(sp_backend_t *be, const sp_segattn_desc *d);
     int (*argmax)(sp_backend_t *be, const sp_argmax_desc *d);
     int (*sample)(sp_backend_t *be, const sp_sample_desc *d);
+    int (*kv_store)(sp_backend_t *be, const sp_kv_store_desc *d);
 } sp_backend_iface;
 
 struct sp_backend {

@@ -139,7 +139,8 @@ int sp_cli_backend(const sp_config *cfg, sp_backend_kind *out)
     }
     static bool said;
     if (sp_backend_available(SP_BACKEND_CUDA, &why))
-        why = "the forward pass runs on the cpu backend in this version";
+        why = "KV compression runs on the cpu backend in this version; --backend cuda runs the full cache "
+              "(policy full) on the device";
     if (!said)
         fprintf(stderr, "spindle: backend auto: cpu (cuda: %s)\n", why);
     said = true;

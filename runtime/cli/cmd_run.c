@@ -413,7 +413,11 @@ int sp_cmd_run(int argc, char **argv)
     int64_t n_gen = 0;
     const char *stop = "length";
     for (; n_gen < o.n_predict; n_gen++) {
-        int32_t t = sp_sampler_sample(smp, logits);
+        int32_t t;
+        if (sp_ctx_sample(ctx, smp, logits, &t) < 0) {
+            sp_cli_error("run: sampling failed: %s", sp_last_error());
+            goto out;
+        }
         if (sp_tokenizer_is_eog(tok, t)) {
             stop = "end of turn";
             break;
@@ -423,7 +427,8 @@ int sp_cmd_run(int argc, char **argv)
             rc = SP_EXIT_OUTPUT; /* nobody reads the rest: stop generating (message printed) */
             goto out;
         }
-        if (n_gen + 1 < o.n_predict && sp_ctx_decode(ctx, t, logits) < 0) {
+        /* on a device the logits stay there: sp_ctx_sample reads back one token */
+        if (n_gen + 1 < o.n_predict && sp_ctx_decode(ctx, t, sp_ctx_device_resident(ctx) ? NULL : logits) < 0) {
             sp_cli_error("run: decode failed: %s", sp_last_error());
             goto out;
         }

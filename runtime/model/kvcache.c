@@ -68,35 +68,16 @@ void *sp_kvcache_v(const sp_kvcache *kv, int layer)
     return (char *)kv->v + (size_t)layer * kv->layer_elems * kv->elem_bytes;
 }
 
-static void store_one(const sp_kvcache *kv, void *base, int pos0, int n, const float *src, int ld)
-{
-    int D = kv->head_dim;
-    for (int g = 0; g < kv->n_kv_head; g++)
-        for (int t = 0; t < n; t++) {
-            const float *s = src + (size_t)t * ld + (size_t)g * D;
-            size_t off = (size_t)g * kv->head_stride + (size_t)(pos0 + t) * D;
-            if (kv->type == SP_KV_F32) {
-                memcpy((float *)base + off, s, sizeof(float) * D);
-                continue;
-            }
-            uint16_t *d = (uint16_t *)base + off;
-            int i = 0;
-#ifdef __F16C__
-            for (; i + 8 <= D; i += 8)
-                _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT));
-#endif
-            for (; i < D; i++)
-                d[i] = sp_f32_to_fp16(s[i]);
-        }
-}
-
 int sp_kvcache_store(sp_kvcache *kv, int layer, int pos0, int n, const float *k, int ldk, const float *v,
                      int ldv)
 {
     if (layer < 0 || layer >= kv->n_layer || pos0 < 0 || n < 0 || pos0 + n > kv->n_ctx)
         return sp_error(ERANGE, "kv cache: store of %d tokens at position %d (layer %d) exceeds n_ctx=%d", n, pos0,
                         layer, kv->n_ctx);
-    store_one(kv, sp_kvcache_k(kv, layer), pos0, n, k, ldk);
-    store_one(kv, sp_kvcache_v(kv, layer), pos0, n, v, ldv);
+    sp_kv_store_desc d = {.n = n, .pos0 = pos0, .n_pos = kv->n_ctx, .n_kv_head = kv->n_kv_head,
+                          .head_dim = kv->head_dim, .k = k, .v = v, .ldk = ldk, .ldv = ldv,
+                          .k_dst = sp_kvcache_k(kv, layer), .v_dst = sp_kvcache_v(kv, layer),
+                          .head_stride = kv->head_stride, .kv_type = kv->type};
+    sp_op_kv_store(&d);
     return 0;
 }

@@ -34,20 +34,9 @@
 #include "sp_error.h"
 #include "sp_time.h"
 
-typedef struct sp_layer {
-    const float *attn_norm, *ffn_norm;   /* [n_embd] fp32 (owned by model->vecs) */
-    const float *bq, *bk, *bv;           /* biases or NULL */
-    sp_wmat wq, wk, wv, wo, w_gate, w_up, w_down;
-} sp_layer;
-
-struct sp_model {
-    sp_gguf_t *g;
-    sp_hparams hp;
-    sp_wmat tok_embd, output;
-    const float *output_norm;
-    sp_layer *layers;                    /* [n_layer] */
-    float *vecs;                         /* fp32 copies of every 1-D tensor */
-};
+#include "model_internal.h"
+#include "sampler.h"
+#include "weights_device.h"
 
 /* ---- loading -------------------------------------------------------------------------------- */
 
@@ -214,6 +203,7 @@ sp_model_t *sp_model_load(const char *path)
     hp->qkv_bias = sp_gguf_find_tensor(g, nm) != NULL;
 
     size_t nvec = (size_t)E + (size_t)L * (2 * (size_t)E + (hp->qkv_bias ? (size_t)Q + 2 * (size_t)KV : 0));
+    m->n_vecs = nvec;
     m->vecs = sp_malloc(nvec * sizeof(float));
     m->layers = sp_calloc((size_t)L, sizeof(sp_layer));
     if (!m->vecs || !m->layers) {
@@ -275,6 +265,21 @@ struct sp_ctx {
     sp_backend_t *be;        /* every op of the forward pass and of decode attention runs here */
     size_t be_scratch_bytes; /* the backend's kernel scratch (thread + shared floats) */
     sp_kvcache *kv;
+    /* ---- device residency (a backend whose memory the host cannot read, e.g. CUDA) ----
+     * Weights, activations (mem), the KV cache and the logits live in the backend's memory; the
+     * host stages token ids and positions in pinned memory (stage) and reads back one int32 per
+     * sampled token, or the logits when a caller asks for them. */
+    bool dev;
+    sp_weights_device wd;
+    const sp_layer *layers;  /* m->layers, or wd.layers on a device */
+    const sp_wmat *tok_embd, *output;
+    const float *output_norm;
+    sp_buffer_t *mem_buf;    /* dev: owns mem */
+    sp_buffer_t *kv_buf;     /* dev: owns kv->k and kv->v */
+    sp_buffer_t *stage;      /* dev: pinned [chunk] ids, [chunk] positions, [1] sampled token */
+    sp_event_t *stage_ev;    /* dev: the last copy out of (or into) stage has completed */
+    int32_t *ids;            /* dev: [chunk] token ids, device */
+    float *logits_dev;       /* dev: [n_vocab], the last row's logits */
     /* One allocation, carved: */
     float *mem;
     size_t mem_floats;
@@ -322,6 +327,117 @@ struct sp_ctx {
 };
 
 enum { KV_PLAIN = 0, KV_CAPTURE = 1, KV_SEG = 2 };
+
+/* The fp16 (fp32) cache in the backend's memory: host memory on the CPU, one device buffer else. */
+static int kv_cache_alloc(sp_ctx_t *c)
+{
+    const sp_hparams *hp = &c->m->hp;
+    if (!c->dev) {
+        c->kv = sp_kvcache_new(c->p.kv_type, hp->n_layer, hp->n_kv_head, hp->head_dim, c->p.n_ctx);
+        return c->kv ? 0 : -ENOMEM;
+    }
+    sp_kvcache *kv = sp_calloc(1, sizeof *kv);
+    if (!kv)
+        return sp_error(ENOMEM, "context: out of memory");
+    kv->type = c->p.kv_type;
+    kv->n_layer = hp->n_layer;
+    kv->n_kv_head = hp->n_kv_head;
+    kv->head_dim = hp->head_dim;
+    kv->n_ctx = c->p.n_ctx;
+    kv->elem_bytes = kv->type == SP_KV_F16 ? 2 : 4;
+    kv->head_stride = (size_t)kv->n_ctx * (size_t)kv->head_dim;
+    kv->layer_elems = (size_t)kv->n_kv_head * kv->head_stride;
+    size_t half = (size_t)kv->n_layer * kv->layer_elems * kv->elem_bytes;
+    c->kv_buf = sp_backend_buffer_alloc(c->be, SP_MEM_DEVICE, 2 * half, NULL);
+    if (!c->kv_buf) {
+        free(kv);
+        return sp_error(ENOMEM, "context: the KV cache (%.1f MiB for n_ctx=%d) does not fit on %s: lower "
+                        "[runtime] n_ctx", 2.0 * (double)half / 1048576.0, c->p.n_ctx, sp_backend_name(c->be));
+    }
+    kv->k = sp_backend_buffer_base(c->kv_buf);
+    kv->v = (char *)kv->k + half;
+    c->kv = kv;
+    return 0;
+}
+
+static void kv_cache_release(sp_ctx_t *c)
+{
+    if (!c->dev) {
+        sp_kvcache_free(c->kv);
+    } else {
+        sp_backend_buffer_free(c->kv_buf);
+        free(c->kv);
+        c->kv_buf = NULL;
+    }
+    c->kv = NULL;
+}
+
+/* On a device: the weights once, the staging buffer and its event. What the device path does not
+ * do yet is refused here, by name. */
+static int device_begin(sp_ctx_t *c)
+{
+    if (c->kv_on)
+        return sp_error(ENOTSUP, "context: KV compression (policy %s) runs only on the cpu backend in this "
+                        "version; use --backend cpu or [compression] policy = full", sp_kv_policy_name(c->kvo.policy));
+    if (c->p.on_hidden || c->p.on_window)
+        return sp_error(ENOTSUP, "context: hidden-state and window-score callbacks need the cpu backend");
+    int rc = sp_weights_device_upload(&c->wd, c->m, c->be, NULL);
+    if (rc < 0)
+        return rc;
+    c->layers = c->wd.layers;
+    c->tok_embd = &c->wd.tok_embd;
+    c->output = &c->wd.output;
+    c->output_norm = c->wd.output_norm;
+    c->stage = sp_backend_buffer_alloc(c->be, SP_MEM_HOST_PINNED, (2 * (size_t)c->p.chunk + 1) * sizeof(int32_t), NULL);
+    c->stage_ev = sp_backend_event_new(c->be);
+    return c->stage && c->stage_ev ? 0 : -ENOMEM;
+}
+
+static int32_t *stage_ids(sp_ctx_t *c) { return sp_backend_buffer_base(c->stage); }
+static int32_t *stage_pos(sp_ctx_t *c) { return stage_ids(c) + c->p.chunk; }
+static int32_t *stage_token(sp_ctx_t *c) { return stage_ids(c) + 2 * c->p.chunk; }
+
+/* Before the host writes stage: the previous copy out of it must be done. In decode it always is
+ * (reading the sampled token waited for it), so this costs no synchronisation there. */
+static int stage_wait(sp_ctx_t *c)
+{
+    return sp_backend_event_done(c->be, c->stage_ev) ? 0 : sp_backend_event_sync(c->be, c->stage_ev);
+}
+
+/* The RoPE table, computed on the host and copied once to a device. */
+static int rope_table_init(sp_ctx_t *c)
+{
+    const sp_hparams *hp = &c->m->hp;
+    size_t nf = (size_t)c->p.n_ctx * hp->head_dim;
+    float *t = c->dev ? sp_malloc(nf * sizeof(float)) : c->rope;
+    if (!t)
+        return sp_error(ENOMEM, "context: out of memory");
+    if (c->p.numerics == SP_NUMERICS_GGML)
+        sp_rope_table_fill_ggml(t, c->p.n_ctx, hp->head_dim, hp->rope_base);
+    else
+        sp_rope_table_fill(t, c->p.n_ctx, hp->head_dim, hp->rope_base);
+    int rc = 0;
+    if (c->dev) {
+        rc = sp_backend_buffer_set(c->mem_buf, (size_t)((char *)c->rope - (char *)c->mem), t, nf * sizeof(float));
+        free(t);
+    }
+    return rc;
+}
+
+/* Sizes the backend's attention scratch for the last position of the context, so that decode never
+ * grows it (growing waits for the device). */
+static int device_reserve(sp_ctx_t *c)
+{
+    const sp_hparams *hp = &c->m->hp;
+    sp_attn_desc last = {.n_q = 1, .q_pos0 = c->p.n_ctx - 1, .n_head = hp->n_head, .n_kv_head = hp->n_kv_head,
+                         .head_dim = hp->head_dim};
+    sp_attn_desc chunk = last;
+    chunk.n_q = c->p.chunk;
+    chunk.q_pos0 = c->p.n_ctx - c->p.chunk;
+    chunk.n_window = c->p.n_window;
+    int rc = sp_backend_reserve(c->be, SP_OP_ATTN_DECODE, &last);
+    return rc < 0 ? rc : sp_backend_reserve(c->be, SP_OP_ATTN_PREFILL, &chunk);
+}
 
 sp_ctx_params sp_ctx_default_params(void)
 {
@@ -399,26 +515,32 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
     c->be = sp_backend_create(p.backend, &bp);
     if (!c->be)
         goto fail;
-    if (sp_backend_get_kind(c->be) != SP_BACKEND_CPU) {
-        sp_error(ENOTSUP, "context: the forward pass keeps its activations in host memory and runs only on the "
-                          "cpu backend in this version (use --backend cpu)");
+    c->dev = sp_backend_get_kind(c->be) != SP_BACKEND_CPU;
+    c->layers = m->layers;
+    c->tok_embd = &m->tok_embd;
+    c->output = &m->output;
+    c->output_norm = m->output_norm;
+    if (c->dev && device_begin(c) < 0)
         goto fail;
-    }
-    c->be_scratch_bytes = ((size_t)p.n_threads * bp.thread_floats + bp.shared_floats) * sizeof(float);
-    c->kv = sp_kvcache_new(p.kv_type, hp->n_layer, hp->n_kv_head, hp->head_dim, p.n_ctx);
-    if (!c->kv)
+    c->be_scratch_bytes = c->dev ? 0 : ((size_t)p.n_threads * bp.thread_floats + bp.shared_floats) * sizeof(float);
+    if (kv_cache_alloc(c) < 0)
         goto fail;
     size_t sizes[] = {
         (size_t)C * E, (size_t)C * E, (size_t)C * Q, (size_t)C * KV, (size_t)C * KV, (size_t)C * Q,
         (size_t)C * F, (size_t)C * F, (size_t)p.n_ctx * hp->head_dim, (size_t)hp->n_head * p.n_ctx, (size_t)C,
-        (size_t)C * Q, (size_t)C,
+        (size_t)C * Q, (size_t)C, c->dev ? (size_t)C : 0, c->dev ? (size_t)hp->n_vocab : 0,
     };
     float **dst[] = { &c->x, &c->xn, &c->q, &c->k, &c->v, &c->att, &c->gate, &c->up, &c->rope, &c->win,
-                      (float **)&c->pos, &c->attx, &c->winw };
+                      (float **)&c->pos, &c->attx, &c->winw, (float **)&c->ids, &c->logits_dev };
     size_t total = 0;
     for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
         total += (sizes[i] + 15) & ~(size_t)15;
-    c->mem = sp_aligned_alloc(64, total * sizeof(float));
+    if (c->dev) {
+        c->mem_buf = sp_backend_buffer_alloc(c->be, SP_MEM_DEVICE, total * sizeof(float), NULL);
+        c->mem = c->mem_buf ? sp_backend_buffer_base(c->mem_buf) : NULL;
+    } else {
+        c->mem = sp_aligned_alloc(64, total * sizeof(float));
+    }
     if (!c->mem) {
         sp_error(ENOMEM, "context: cannot allocate %zu bytes of activations", total * sizeof(float));
         goto fail;
@@ -436,10 +558,10 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
         *dst[i] = sizes[i] ? cur : NULL;
         cur += (sizes[i] + 15) & ~(size_t)15;
     }
-    if (p.numerics == SP_NUMERICS_GGML)
-        sp_rope_table_fill_ggml(c->rope, p.n_ctx, hp->head_dim, hp->rope_base);
-    else
-        sp_rope_table_fill(c->rope, p.n_ctx, hp->head_dim, hp->rope_base);
+    if (rope_table_init(c) < 0)
+        goto fail;
+    if (c->dev && device_reserve(c) < 0)
+        goto fail;
     c->st.kv_bytes = sp_kvcache_bytes(c->kv);
     c->st.buffer_bytes = total * sizeof(float) + c->be_scratch_bytes;
     return c;
@@ -461,9 +583,16 @@ void sp_ctx_free(sp_ctx_t *c)
     free(c->seg);
     free(c->tail);
     free(c->lst);
+    kv_cache_release(c);
+    if (c->dev) {
+        sp_backend_buffer_free(c->mem_buf);
+        sp_backend_buffer_free(c->stage);
+        sp_backend_event_free(c->stage_ev);
+        sp_weights_device_free(&c->wd);
+    } else {
+        free(c->mem);
+    }
     sp_backend_free(c->be);
-    sp_kvcache_free(c->kv);
-    free(c->mem);
     free(c);
 }
 
@@ -676,6 +805,29 @@ static int check_finite(const float *v, int n, const char *what, int pos)
     return 0;
 }
 
+/* On a device the last row's logits always go to logits_dev (sp_ctx_sample reads them there); the
+ * host gets logits only when it asks, each row copied back and waited for (not the decode hot path
+ * of a sampling run, which passes NULL). */
+static int device_logits(sp_ctx_t *c, int n, float *logits_last, float *logits_all)
+{
+    const sp_hparams *hp = &c->m->hp;
+    int E = hp->n_embd, V = hp->n_vocab, rc;
+    size_t lg_off = (size_t)((char *)c->logits_dev - (char *)c->mem);
+    for (int t = logits_all ? 0 : n - 1; t < n; t++) {
+        if ((rc = matmul(c, c->output, c->xn + (size_t)t * E, 1, c->logits_dev, false)) != 0)
+            return rc;
+        float *dst = logits_all ? logits_all + (size_t)t * V : t == n - 1 ? logits_last : NULL;
+        if (dst && ((rc = sp_backend_copy_d2h(c->be, SP_STREAM_COMPUTE, dst, c->mem_buf, lg_off, sizeof(float) * V)) < 0 ||
+                    (rc = sp_backend_stream_sync(c->be, SP_STREAM_COMPUTE)) < 0))
+            return rc;
+    }
+    if (logits_all && logits_last)
+        memcpy(logits_last, logits_all + (size_t)(n - 1) * V, sizeof(float) * V);
+    if (logits_last && (rc = check_finite(logits_last, V, "logit", c->n_past + n - 1)) != 0)
+        return rc;
+    return 0;
+}
+
 static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, float *logits_last, float *logits_all)
 {
     const sp_model_t *m = c->m;
@@ -684,15 +836,31 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
     int pos0 = c->n_past, rc;
     if (c->mode == KV_SEG && c->has_prov && (rc = c->prov.step_begin(c->prov.user)) < 0)
         return rc;
-    for (int t = 0; t < n; t++)
-        c->pos[t] = pos0 + t;
-    sp_get_rows_desc gr = {.w = &m->tok_embd, .ids = tok, .n = n, .out = c->x, .ldo = E};
+    const int32_t *ids = tok;
+    if (c->dev) {
+        /* ids and positions through the pinned stage, on the compute stream before the ops */
+        if ((rc = stage_wait(c)) < 0)
+            return rc;
+        memcpy(stage_ids(c), tok, sizeof(int32_t) * n);
+        for (int t = 0; t < n; t++)
+            stage_pos(c)[t] = pos0 + t;
+        size_t ids_off = (size_t)((char *)c->ids - (char *)c->mem), pos_off = (size_t)((char *)c->pos - (char *)c->mem);
+        if ((rc = sp_backend_copy_h2d(c->be, SP_STREAM_COMPUTE, c->mem_buf, ids_off, stage_ids(c), sizeof(int32_t) * n)) < 0 ||
+            (rc = sp_backend_copy_h2d(c->be, SP_STREAM_COMPUTE, c->mem_buf, pos_off, stage_pos(c), sizeof(int32_t) * n)) < 0 ||
+            (rc = sp_backend_event_record(c->be, c->stage_ev, SP_STREAM_COMPUTE)) < 0)
+            return rc;
+        ids = c->ids;
+    } else {
+        for (int t = 0; t < n; t++)
+            c->pos[t] = pos0 + t;
+    }
+    sp_get_rows_desc gr = {.w = c->tok_embd, .ids = ids, .n = n, .out = c->x, .ldo = E};
     if ((rc = sp_backend_get_rows(c->be, &gr)) != 0)
         return rc;
     if (c->p.on_hidden)
         c->p.on_hidden(c->p.hidden_user, 0, pos0, n, c->x);
     for (int l = 0; l < hp->n_layer; l++) {
-        const sp_layer *ly = &m->layers[l];
+        const sp_layer *ly = &c->layers[l];
         if ((rc = norm_rows(c, c->xn, c->x, ly->attn_norm, n, E, hp->norm_eps)) != 0)
             return rc;
         sp_matmul_desc qkv = {.nw = 3, .w = {&ly->wq, &ly->wk, &ly->wv}, .y = {c->q, c->k, c->v}, .ldy = {Q, KV, KV},
@@ -709,7 +877,11 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
                 capture_kpre(c, l, n, pos0);
             if ((rc = rope(c, c->k, n, hp->n_kv_head, KV)) != 0)
                 return rc;
-            if ((rc = sp_kvcache_store(c->kv, l, pos0, n, c->k, KV, c->v, KV)) != 0)
+            sp_kv_store_desc st = {.n = n, .pos0 = pos0, .n_pos = c->kv->n_ctx, .n_kv_head = hp->n_kv_head,
+                                   .head_dim = D, .k = c->k, .v = c->v, .ldk = KV, .ldv = KV,
+                                   .k_dst = sp_kvcache_k(c->kv, l), .v_dst = sp_kvcache_v(c->kv, l),
+                                   .head_stride = c->kv->head_stride, .kv_type = c->kv->type};
+            if ((rc = sp_backend_kv_store(c->be, &st)) != 0)
                 return rc;
             sp_attn_desc aa = {
                 .n_q = n, .q_pos0 = pos0, .n_head = hp->n_head, .n_kv_head = hp->n_kv_head, .head_dim = D,
@@ -741,17 +913,23 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
     /* Final norm: every row when someone needs them all, else only the last. */
     bool all = logits_all || c->p.on_hidden;
     int t0 = all ? 0 : n - 1;
-    if ((rc = norm_rows(c, c->xn + (size_t)t0 * E, c->x + (size_t)t0 * E, m->output_norm, n - t0, E,
+    if ((rc = norm_rows(c, c->xn + (size_t)t0 * E, c->x + (size_t)t0 * E, c->output_norm, n - t0, E,
                         hp->norm_eps)) != 0)
         return rc;
+    if (c->dev) {
+        if ((rc = device_logits(c, n, logits_last, logits_all)) != 0)
+            return rc;
+        c->n_past += n;
+        return 0;
+    }
     if (c->p.on_hidden)
         c->p.on_hidden(c->p.hidden_user, hp->n_layer + 1, pos0, n, c->xn);
-    if (logits_all && (rc = matmul(c, &m->output, c->xn, n, logits_all, false)) != 0)
+    if (logits_all && (rc = matmul(c, c->output, c->xn, n, logits_all, false)) != 0)
         return rc;
     if (logits_last) {
         if (logits_all)
             memcpy(logits_last, logits_all + (size_t)(n - 1) * hp->n_vocab, sizeof(float) * hp->n_vocab);
-        else if ((rc = matmul(c, &m->output, c->xn + (size_t)(n - 1) * E, 1, logits_last, false)) != 0)
+        else if ((rc = matmul(c, c->output, c->xn + (size_t)(n - 1) * E, 1, logits_last, false)) != 0)
             return rc;
         if ((rc = check_finite(c->xn + (size_t)(n - 1) * E, E, "hidden state", pos0 + n - 1)) != 0 ||
             (rc = check_finite(logits_last, hp->n_vocab, "logit", pos0 + n - 1)) != 0)
@@ -816,11 +994,7 @@ static void kv_update_bytes(sp_ctx_t *c)
 
 static int kv_ensure_cache(sp_ctx_t *c)
 {
-    if (c->kv)
-        return 0;
-    const sp_hparams *hp = &c->m->hp;
-    c->kv = sp_kvcache_new(c->p.kv_type, hp->n_layer, hp->n_kv_head, hp->head_dim, c->p.n_ctx);
-    return c->kv ? 0 : -ENOMEM;
+    return c->kv ? 0 : kv_cache_alloc(c);
 }
 
 /* Allocate the capture state for a prompt of l tokens. */
@@ -1049,6 +1223,9 @@ int sp_ctx_set_policy(sp_ctx_t *c, const sp_kv_opts *o)
     if (rc < 0)
         return rc;
     bool on = o->policy != SP_POLICY_FULL;
+    if (on && c->dev)
+        return sp_error(ENOTSUP, "context: KV compression (policy %s) runs only on the cpu backend in this "
+                        "version; use --backend cpu", sp_kv_policy_name(o->policy));
     if (on && o->window > c->p.chunk && o->window < c->p.n_ctx)
         return sp_error(EINVAL, "context: compression window %lld exceeds the prefill chunk %d (give the options "
                         "at creation, sp_ctx_params.kv_opts, or raise chunk)", (long long)o->window, c->p.chunk);
@@ -1227,13 +1404,51 @@ int sp_ctx_prefill(sp_ctx_t *c, const int32_t *tok, int n, float *logits_last, f
         }
         if (!c->p.keep_prefill_state) {
             kv_drop_state(c);
-            sp_kvcache_free(c->kv);
-            c->kv = NULL;
+            kv_cache_release(c);
         }
         kv_update_bytes(c);
     }
     c->st.prefill_s += sp_now_s() - t0;
     c->st.prefill_tokens += n;
+    return 0;
+}
+
+bool sp_ctx_device_resident(const sp_ctx_t *c)
+{
+    return c->dev;
+}
+
+int sp_ctx_sample(sp_ctx_t *c, sp_sampler_t *s, const float *logits, int32_t *out)
+{
+    if (!c->dev) {
+        *out = sp_sampler_sample(s, logits);
+        return 0;
+    }
+    if (c->n_past == 0)
+        return sp_error(EINVAL, "context: nothing to sample from (no prefill yet)");
+    int rc, V = c->m->hp.n_vocab;
+    int32_t *tok_dev = c->ids;   /* the ids of the last chunk are consumed: reuse the slot */
+    if (sp_sampler_is_greedy(s)) {
+        sp_argmax_desc d = {.logits = c->logits_dev, .n_rows = 1, .n = V, .ld = V, .out = tok_dev};
+        rc = sp_backend_argmax(c->be, &d);
+    } else {
+        sp_sampler_params sp = sp_sampler_get_params(s);
+        sp_sample_desc d = {.logits = c->logits_dev, .n = V, .temperature = sp.temperature,
+                            .top_k = sp.top_k > 0 && sp.top_k < V ? sp.top_k : V, .top_p = sp.top_p,
+                            .u01 = sp_sampler_draw_u01(s), .out = tok_dev};
+        rc = sp_backend_sample(c->be, &d);
+    }
+    size_t off = (size_t)((char *)tok_dev - (char *)c->mem);
+    /* the token slot of stage is written only by this copy: no wait for earlier copies */
+    if (rc < 0 ||
+        (rc = sp_backend_copy_d2h(c->be, SP_STREAM_COMPUTE, stage_token(c), c->mem_buf, off, sizeof(int32_t))) < 0 ||
+        (rc = sp_backend_event_record(c->be, c->stage_ev, SP_STREAM_COMPUTE)) < 0 ||
+        (rc = sp_backend_event_sync(c->be, c->stage_ev)) < 0)
+        return rc;
+    *out = *stage_token(c);
+    if (*out < 0 || *out >= V)
+        return sp_error(EDOM, "the model produced no valid token at position %d (non-finite logits: check the "
+                        "GGUF file)", c->n_past - 1);
     return 0;
 }
 

@@ -120,6 +120,15 @@ int sp_ctx_n_ctx(const sp_ctx_t *c);
 int sp_ctx_prefill(sp_ctx_t *c, const int32_t *tok, int n, float *logits_last, float *logits_all);
 /* Append one token and write its logits ([n_vocab]). Same errors as prefill. No heap allocation. */
 int sp_ctx_decode(sp_ctx_t *c, int32_t tok, float *logits);
+/* Whether the context computes in a device's memory (weights, activations, KV cache and logits;
+ * --backend cuda). Then a sampling loop passes logits = NULL to sp_ctx_decode and samples with
+ * sp_ctx_sample, which reads back one int32 per token instead of the logits. */
+bool sp_ctx_device_resident(const sp_ctx_t *c);
+/* The next token from the logits of the last prefill/decode: on a device, the backend's argmax or
+ * sample op with the sampler's own draw (one int32 copied back, one host synchronisation); else
+ * sp_sampler_sample(s, logits). Same tokens either way, up to expf rounding (gpu.h). 0 or < 0. */
+struct sp_sampler;
+int sp_ctx_sample(sp_ctx_t *c, struct sp_sampler *s, const float *logits, int32_t *out);
 sp_ctx_stats sp_ctx_get_stats(const sp_ctx_t *c);
 
 /* ---- KV compression ------------------------------------------------------------------------- */

@@ -116,10 +116,25 @@ int32_t sp_sampler_greedy(const float *logits, int n_vocab)
     return best;
 }
 
+bool sp_sampler_is_greedy(const sp_sampler_t *s)
+{
+    return s->p.temperature <= 0.0f || s->p.top_k == 1;
+}
+
+sp_sampler_params sp_sampler_get_params(const sp_sampler_t *s)
+{
+    return s->p;
+}
+
+double sp_sampler_draw_u01(sp_sampler_t *s)
+{
+    return (double)pcg32(s) / 4294967296.0;
+}
+
 int32_t sp_sampler_sample(sp_sampler_t *s, const float *logits)
 {
     int V = s->n_vocab;
-    if (s->p.temperature <= 0.0f || s->p.top_k == 1)
+    if (sp_sampler_is_greedy(s))
         return sp_sampler_greedy(logits, V);
     int k = s->p.top_k > 0 && s->p.top_k < V ? s->p.top_k : V;
     int32_t *h = s->idx;
@@ -164,7 +179,7 @@ int32_t sp_sampler_sample(sp_sampler_t *s, const float *logits)
         n = keep > 0 ? keep : 1;
         sum = cum;
     }
-    double u = (double)pcg32(s) / 4294967296.0 * sum, acc = 0.0;
+    double u = sp_sampler_draw_u01(s) * sum, acc = 0.0;
     for (int i = 0; i < n; i++) {
         acc += s->prob[i];
         if (u < acc)

@@ -7,6 +7,7 @@
 #ifndef SP_SAMPLER_H
 #define SP_SAMPLER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct sp_sampler_params {
@@ -28,6 +29,11 @@ void sp_sampler_seed(sp_sampler_t *s, uint64_t seed);
 /* Pick a token id in [0, n_vocab) from logits[n_vocab]. Tokens whose logit is NaN or -inf are never
  * picked unless every logit is; then returns 0. */
 int32_t sp_sampler_sample(sp_sampler_t *s, const float *logits);
+/* For sampling elsewhere (a backend's sample op) with the same result: whether this sampler is
+ * greedy, its parameters, and the next uniform draw in [0, 1) that sp_sampler_sample would use. */
+bool sp_sampler_is_greedy(const sp_sampler_t *s);
+sp_sampler_params sp_sampler_get_params(const sp_sampler_t *s);
+double sp_sampler_draw_u01(sp_sampler_t *s);
 /* Argmax (lowest id on ties); no state. */
 int32_t sp_sampler_greedy(const float *logits, int n_vocab);
 
