@@ -35,7 +35,7 @@ spindle_params spindle_default_params(void)
     return (spindle_params){.version = SPINDLE_API_VERSION, .temperature = 0.0f, .top_k = 40, .top_p = 0.95f};
 }
 
-/* auto: the best available backend whose forward pass exists (the CPU one in this version). */
+/* auto: the CPU (KV compression, the default, runs only there in this version); cuda when asked. */
 static sp_backend_kind resolve_backend(const sp_config *cfg, int *rc)
 {
     *rc = 0;
@@ -150,13 +150,16 @@ int spindle_generate(spindle_session *s, const char *prompt, size_t len, int n_p
     char piece[256];
     bool stop = false;
     for (; n_gen < n_predict && !stop; n_gen++) {
-        int32_t t = sp_sampler_sample(smp, logits);
+        int32_t t;
+        if ((rc = sp_ctx_sample(ctx, smp, logits, &t)) < 0)
+            goto out;
         if (sp_tokenizer_is_eog(s->tok, t))
             break;
         int n = sp_tokenizer_stream_put(s->tok, &ts, t, false, piece, sizeof piece);
         if (n > 0 && on_text)
             stop = on_text(user, piece, (size_t)n) != 0;
-        if (n_gen + 1 < n_predict && !stop && (rc = sp_ctx_decode(ctx, t, logits)) < 0)
+        if (n_gen + 1 < n_predict && !stop &&
+            (rc = sp_ctx_decode(ctx, t, sp_ctx_device_resident(ctx) ? NULL : logits)) < 0)
             goto out;
     }
     int n = sp_tokenizer_stream_flush(&ts, piece, sizeof piece);
