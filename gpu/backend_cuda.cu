@@ -242,17 +242,7 @@ int cu_matmul(sp_backend_t *be, const sp_matmul_desc *d)
 
 int cu_get_rows(sp_backend_t *be, const sp_get_rows_desc *d)
 {
-    sp_gpu_get_rows_desc g = {};
-    g.type = d->w->type;
-    g.rows = d->w->rows;
-    g.cols = d->w->cols;
-    g.w = d->w->data;
-    g.w_row_bytes = d->w->row_bytes;
-    g.ids = d->ids;
-    g.n = d->n;
-    g.out = d->out;
-    g.ldo = d->ldo;
-    return sp_gpu_get_rows(stream_of(be, SP_STREAM_COMPUTE), g);
+    return sp_gpu_get_rows(stream_of(be, SP_STREAM_COMPUTE), *d);
 }
 
 int cu_kv_store(sp_backend_t *be, const sp_kv_store_desc *d)

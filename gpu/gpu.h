@@ -97,16 +97,7 @@ int sp_gpu_dequant(void *stream, sp_gpu_dequant_desc d);
 /* Embedding gather: out[t][c] = value c of row ids[t] of W (any sp_gpu_dequant_supported type), fp32,
  * bit-identical to the CPU's sp_op_get_row. ids are device memory: an id outside [0, rows) yields a
  * NaN row (only the kernel sees the ids), which the caller's finiteness check reports. */
-typedef struct sp_gpu_get_rows_desc {
-    uint32_t type;
-    int64_t rows, cols;
-    const void *w;
-    size_t w_row_bytes;
-    const int32_t *ids;      /* [n], device */
-    int n;
-    float *out;              /* [n][ldo] */
-    int64_t ldo;
-} sp_gpu_get_rows_desc;
+typedef sp_get_rows_desc sp_gpu_get_rows_desc; /* the shared descriptor (backend.h); ids device */
 int sp_gpu_get_rows(void *stream, sp_gpu_get_rows_desc d);
 
 /* ---- element-wise ops on fp32 activations ------------------------------------------------------ */

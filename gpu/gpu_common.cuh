@@ -64,6 +64,22 @@ static __device__ __forceinline__ float sp_warp_sum(float v)
         v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+
+/* The end of a GEMV row: lane 0 writes (or adds) each token's warp-reduced sum to y[t*ldy + r]. */
+static __device__ __forceinline__ void sp_gemv_store(const float *acc, int n, int lane, float *y, int64_t ldy,
+                                                     int64_t r, bool accumulate)
+{
+#pragma unroll
+    for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++) {
+        if (t >= n)
+            break;
+        float s = sp_warp_sum(acc[t]);
+        if (lane == 0) {
+            float *dst = y + t * ldy + r;
+            *dst = accumulate ? *dst + s : s;
+        }
+    }
+}
 static __device__ __forceinline__ float sp_warp_max(float v)
 {
     for (int o = 16; o > 0; o >>= 1)

@@ -183,10 +183,11 @@ static __global__ void get_rows_kernel(const uint8_t *w, size_t row_bytes, int64
 template <uint32_t T>
 static int get_rows_t(cudaStream_t s, const sp_gpu_get_rows_desc &d)
 {
-    int64_t blocks = ((int64_t)d.n * d.cols + 255) / 256;
+    const sp_wmat *w = d.w;
+    int64_t blocks = ((int64_t)d.n * w->cols + 255) / 256;
     if (blocks > (1 << 20))
         blocks = 1 << 20;
-    SP_LAUNCH((unsigned)blocks, 256, 0, s, get_rows_kernel<T>)((const uint8_t *)d.w, d.w_row_bytes, d.rows, d.cols,
+    SP_LAUNCH((unsigned)blocks, 256, 0, s, get_rows_kernel<T>)((const uint8_t *)w->data, w->row_bytes, w->rows, w->cols,
                                                            d.ids, d.n, d.out, d.ldo);
     return SP_CUDA_LAUNCHED("get_rows_kernel");
 }
@@ -215,16 +216,7 @@ static __global__ void gemv_dq_kernel(const uint8_t *w, size_t row_bytes, int64_
             if (t < n)
                 acc[t] += v * x[t * ldx + c];
     }
-#pragma unroll
-    for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++) {
-        if (t >= n)
-            break;
-        float s = sp_warp_sum(acc[t]);
-        if (lane == 0) {
-            float *dst = y + t * ldy + r;
-            *dst = accumulate ? *dst + s : s;
-        }
-    }
+    sp_gemv_store(acc, n, lane, y, ldy, r, accumulate);
 }
 
 template <uint32_t T>
@@ -255,17 +247,18 @@ static int gemv_dq_t(cudaStream_t s, const sp_gpu_gemv_desc &d)
 
 extern "C" int sp_gpu_get_rows(void *stream, sp_gpu_get_rows_desc d)
 {
-    if (!sp_gpu_dequant_supported(d.type))
-        return sp_error(ENOTSUP, "gpu get_rows: tensor type %s not supported", sp_ggml_type_name(d.type));
-    if (d.rows < 1 || d.cols < 1 || d.n < 0 || d.ldo < d.cols || d.cols % sp_type_block_elems(d.type) ||
-        d.w_row_bytes < sp_type_row_bytes(d.type, d.cols) || (d.n > 0 && (!d.w || !d.ids || !d.out)))
+    const sp_wmat *w = d.w;
+    if (!w || !sp_gpu_dequant_supported(w->type))
+        return sp_error(ENOTSUP, "gpu get_rows: tensor type %s not supported", w ? sp_ggml_type_name(w->type) : "?");
+    if (w->rows < 1 || w->cols < 1 || d.n < 0 || d.ldo < w->cols || w->cols % sp_type_block_elems(w->type) ||
+        w->row_bytes < sp_type_row_bytes(w->type, w->cols) || (d.n > 0 && (!w->data || !d.ids || !d.out)))
         return sp_error(EINVAL, "gpu get_rows: bad descriptor (%s %lld x %lld, %d ids, ldo %lld)",
-                        sp_ggml_type_name(d.type), (long long)d.rows, (long long)d.cols, d.n, (long long)d.ldo);
+                        sp_ggml_type_name(w->type), (long long)w->rows, (long long)w->cols, d.n, (long long)d.ldo);
     if (d.n == 0)
         return 0;
     cudaStream_t s = sp_stream(stream);
-    SP_DQ_DISPATCH(d.type, get_rows_t, s, d)
-    return sp_error(ENOTSUP, "gpu get_rows: tensor type %u not supported", (unsigned)d.type);
+    SP_DQ_DISPATCH(w->type, get_rows_t, s, d)
+    return sp_error(ENOTSUP, "gpu get_rows: tensor type %u not supported", (unsigned)w->type);
 }
 
 extern "C" int sp_gpu_gemv_dequant(void *stream, sp_gpu_gemv_desc d)

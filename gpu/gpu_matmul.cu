@@ -220,16 +220,7 @@ static __global__ void gemv_kernel(const uint8_t *w, size_t row_bytes, int64_t r
     for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++)
         acc[t] = 0.0f;
     gemv_row<WT, VEC>(w + (size_t)r * row_bytes, cols, n, x, ldx, lane, acc);
-#pragma unroll
-    for (int t = 0; t < SP_GPU_GEMV_MAX_N; t++) {
-        if (t >= n)
-            break;
-        float s = sp_warp_sum(acc[t]);
-        if (lane == 0) {
-            float *dst = y + t * ldy + r;
-            *dst = accumulate ? *dst + s : s;
-        }
-    }
+    sp_gemv_store(acc, n, lane, y, ldy, r, accumulate);
 }
 
 /* The types with a block kernel here; sp_gpu_gemv takes every sp_gpu_dequant_supported type. */

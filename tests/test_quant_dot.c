@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "support/test_note.h"
 #include "dequant.h"
 #include "dot_f16.h"
 #include "fp16.h"
@@ -385,7 +386,7 @@ Test(quant_dot, matmul_ggml_numerics_equal_the_row_products)
 Test(quant_dot, vnni_kernels_equal_the_baseline)
 {
     if (!sp_qa_isa_vnni_available()) {
-        cr_log_warn("skipped: this CPU (or build) has no AVX-512 VNNI");
+        test_note("skipped: this CPU (or build) has no AVX-512 VNNI");
         return;
     }
     static const uint32_t types[] = { SP_TYPE_Q4_0, SP_TYPE_Q4_1, SP_TYPE_Q5_0, SP_TYPE_Q5_1, SP_TYPE_Q8_0 };

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "support/test_note.h"
 #include "model.h"
 #include "model_names.h"
 #include "sampler.h"
@@ -36,7 +37,7 @@ static const char *qwen_model(const char *name, char *buf, size_t len)
 {
     cr_assert_eq(sp_model_name_resolve(name, buf, len), 1, "%s is a known short name", name);
     if (access(buf, R_OK) != 0) {
-        cr_log_warn("skipped: %s not present (scripts/setup.sh --model %s fetches it)", buf, name);
+        test_note("skipped: %s not present (scripts/setup.sh --model %s fetches it)", buf, name);
         return NULL;
     }
     return buf;
