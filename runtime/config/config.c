@@ -52,6 +52,7 @@ static const char *const allocator_names[] = {"uniform", "pyramidkv", "spindle-l
 static const char *const pool_names[] = {"max", "avg", NULL};
 static const char *const gqa_names[] = {"query_head", "kv_head", NULL};
 static const char *const target_names[] = {"bytes", "tokens", NULL};
+static const char *const decode_coding_names[] = {"append", "batch", NULL};
 static const char *const order_names[] = {"shallow-first", "deep-first", NULL};
 static const char *const direct_names[] = {"auto", "on", "off", NULL};
 static const char *const numerics_names[] = {"ggml", "exact", NULL};
@@ -117,6 +118,11 @@ static const key_def keys[] = {
      .imax = 1 << 20, .def = "0",
      .help = "coded layers: the last N decode tokens stay raw, older ones are coded as they leave "
              "(0 = coded at once, as the paper; other layers and policies keep decode tokens raw)"},
+    {"compression", "decode_coding", KT_ENUM, OFF(compression.decode_coding), 0,
+     .enums = decode_coding_names, .def = "append",
+     .help = "append: a decode token leaving decode_window is coded alone against the codebook; "
+             "batch: they are coded decode_window at a time by Algorithm 1 over the batch (the "
+             "paper's \"repeat the process for the remaining tokens\"; needs decode_window >= 1)"},
     {"compression", "sinks", KT_INT, OFF(compression.sinks), 0, .imin = 0, .imax = 1024,
      .def = "4", .help = "attention-sink tokens kept by streaming and pyramidinfer"},
     {"compression", "pyramidkv_beta", KT_INT, OFF(compression.pyramidkv_beta), 0, .imin = 1,

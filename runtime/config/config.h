@@ -44,6 +44,9 @@ typedef enum {
 } sp_allocator_kind;
 typedef enum { SP_POOL_MAX, SP_POOL_AVG } sp_pool_type;
 typedef enum { SP_GQA_QUERY_HEAD, SP_GQA_KV_HEAD } sp_gqa_mode;
+/* How decode tokens leaving the raw window are coded: one by one against the codebook, or in
+ * batches by Algorithm 1 (the paper's "repeat the process for the remaining tokens"). */
+typedef enum { SP_DECODE_CODING_APPEND, SP_DECODE_CODING_BATCH } sp_decode_coding;
 /* What [compression] ratio means: the true byte ratio (default) or the papers' token share. */
 typedef enum { SP_TARGET_BYTES, SP_TARGET_TOKENS } sp_ratio_target;
 typedef enum { SP_SPILL_SHALLOW_FIRST, SP_SPILL_DEEP_FIRST } sp_spill_order;
@@ -72,6 +75,7 @@ typedef struct sp_config {
         char codebook_layers[SP_CONFIG_MASK_MAX]; /* layer mask */
         bool codebook;                  /* codebook stage on/off */
         int64_t decode_window;          /* coded layers: last N decode tokens raw (0 = coded at once) */
+        sp_decode_coding decode_coding; /* append | batch (batch needs decode_window >= 1) */
         int64_t sinks;                  /* streaming/pyramidinfer attention sinks */
         int64_t pyramidkv_beta;         /* PyramidKV's beta (min = (B - w) / beta) */
         double zigzag_tau;              /* ZigZagKV attention-mass threshold */

@@ -61,6 +61,7 @@ void sp_kv_opts_from_config(sp_kv_opts *o, const sp_config *cfg)
     snprintf(o->codebook_layers, sizeof o->codebook_layers, "%s", c->codebook_layers);
     o->codebook = c->codebook;
     o->decode_window = c->decode_window;
+    o->decode_coding = c->decode_coding;
     o->sinks = c->sinks;
     o->pyramidkv_beta = c->pyramidkv_beta;
     o->zigzag_tau = c->zigzag_tau;
@@ -211,6 +212,15 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
         return parse_bool(key, v, &o->codebook);
     if (!strcmp(key, "decode_window"))
         return parse_int(key, v, &o->decode_window);
+    if (!strcmp(key, "decode_coding")) {
+        if (!strcmp(v, "append"))
+            o->decode_coding = SP_DECODE_CODING_APPEND;
+        else if (!strcmp(v, "batch"))
+            o->decode_coding = SP_DECODE_CODING_BATCH;
+        else
+            return sp_error(EINVAL, "kv option decode_coding=%s: allowed: append, batch", v);
+        return 0;
+    }
     if (!strcmp(key, "sinks"))
         return parse_int(key, v, &o->sinks);
     if (!strcmp(key, "pyramidkv_beta"))
@@ -220,7 +230,7 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
     return sp_error(EINVAL, "unknown kv option '%s'; allowed: policy, allocator, ratio, target, "
                             "budget_tokens, window, pool_kernel, pool_type, divide_by_l_minus_a, "
                             "beta, theta_k, theta_v, gqa_mode, evict_layers, codebook_layers, "
-                            "codebook, decode_window, sinks, pyramidkv_beta, zigzag_tau", key);
+                            "codebook, decode_window, decode_coding, sinks, pyramidkv_beta, zigzag_tau", key);
 }
 
 int sp_kv_opts_parse(sp_kv_opts *o, const char *list)
@@ -267,6 +277,9 @@ static int validate(const sp_kv_opts *o, int n_layers, int64_t l, double theta_m
     if (o->decode_window < 0)
         return sp_error(EINVAL, "kv option decode_window=%lld: must be >= 0 (0 = decode tokens coded at once)",
                         (long long)o->decode_window);
+    if (o->decode_coding == SP_DECODE_CODING_BATCH && o->decode_window < 1)
+        return sp_error(EINVAL, "kv option decode_coding=batch: needs decode_window >= 1 (the "
+                                "batches are the decode tokens leaving that window)");
     if (o->pool_kernel < 1 || o->pool_kernel % 2 == 0)
         return sp_error(EINVAL, "kv option pool_kernel=%lld: must be a positive odd number (a "
                                 "centred window; 1 = no pooling)", (long long)o->pool_kernel);
