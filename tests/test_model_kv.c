@@ -469,3 +469,48 @@ Test(model_kv, prefill_after_compression_appends_like_decode)
     free(all);
     free(one);
 }
+
+/* ---- observation window l_w in {8, 32} (the paper's two settings) ---------------------------- */
+
+/* Both observation windows work end to end: every layer's segment holds exactly l_w raw window
+ * tokens, the byte target lands (target bytes), and decode runs - with decode tokens coded one by
+ * one and in Algorithm-1 batches (decode_coding = batch, decode_window 1: a batch is coded at the
+ * third decode step). */
+Test(model_kv, observation_windows_8_and_32)
+{
+    const sp_hparams *hp = sp_model_hparams(g_model);
+    int V = hp->n_vocab, L = hp->n_layer;
+    static const char *const knobs[] = {
+        "policy=spindle ratio=0.3 window=8", "policy=spindle ratio=0.3 window=32",
+        "policy=spindle ratio=0.3 window=8 decode_window=1 decode_coding=batch",
+        "policy=spindle ratio=0.3 window=32 decode_window=1 decode_coding=batch",
+    };
+    for (int t = 0; t < 4; t++) {
+        int64_t w = t % 2 ? 32 : 8;
+        sp_kv_opts o = opts_of(knobs[t]);
+        sp_ctx_t *c = new_ctx(&o, false);
+        test_prov tp;
+        memset(&tp, 0, sizeof tp);
+        sp_kv_provider prov = { &tp, tp_place, tp_step, tp_acquire, tp_release };
+        cr_assert_eq(sp_ctx_set_kv_provider(c, &prov), 0, "%s", sp_last_error());
+        float *lg = new_logits();
+        run(c, lg, NULL);
+        for (int i = 0; i < (STEPS + 1) * V; i++)
+            cr_assert(isfinite(lg[i]), "%s: logit %d not finite", knobs[t], i);
+        for (int i = 0; i < L; i++) {
+            sp_kv_segment seg;
+            cr_assert_eq(sp_kv_segment_open(&seg, tp.bytes[i], tp.size[i], true), 0, "%s", sp_last_error());
+            cr_assert_eq(seg.hdr->window, w, "%s: layer %d holds a window of %lld", knobs[t], i,
+                         (long long)seg.hdr->window);
+            sp_kv_segment_free(&seg);
+        }
+        sp_kv_stats st;
+        cr_assert_eq(sp_ctx_kv_stats(c, &st), 0);
+        cr_assert(fabs(st.prompt_ratio - 0.3) <= 0.01, "%s: prompt true ratio %.4f", knobs[t],
+                  st.prompt_ratio);
+        sp_ctx_free(c);
+        for (int i = 0; i < 64; i++)
+            free(tp.bytes[i]);
+        free(lg);
+    }
+}

@@ -105,7 +105,8 @@ static const key_def keys[] = {
     {"compression", "theta_v", KT_FLOAT, OFF(compression.theta_v), 0, .fmin = -1, .fmax = 2,
      .def = "0.95", .help = "codebook cosine threshold for values (strict >; > 1 disables sharing)"},
     {"compression", "gqa_mode", KT_ENUM, OFF(compression.gqa_mode), 0, .enums = gqa_names,
-     .def = "query_head", .help = "query_head: each query head picks its tokens; kv_head: one pick per group"},
+     .def = "query_head", .help = "query_head: each query head picks its tokens (the paper's \"repeat\"); kv_head: "
+             "one pick per group from the group-mean score (the paper's \"w/o repeat\", eq. 3)"},
     {"compression", "evict_layers", KT_MASK, OFF(compression.evict_layers),
      LEN(compression.evict_layers), .def = "all",
      .help = "layers that evict: all, none, or a list like 0-3,7,20-"},
