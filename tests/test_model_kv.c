@@ -514,3 +514,37 @@ Test(model_kv, observation_windows_8_and_32)
         free(lg);
     }
 }
+
+/* entry = centroid (beyond the paper) changes only the entries' directions: the same entries and
+ * bytes per layer as entry = first at the end of the prompt, other decode logits; a bad value is refused. */
+Test(model_kv, centroid_entries_same_layout_other_directions)
+{
+    int V = sp_model_hparams(g_model)->n_vocab;
+    sp_kv_opts of = opts_of("policy=spindle ratio=0.3 target=tokens");
+    sp_kv_opts oc = opts_of("policy=spindle ratio=0.3 target=tokens entry=centroid");
+    cr_assert(oc.entry_centroid && !of.entry_centroid);
+    cr_assert_eq(sp_kv_opts_parse(&oc, "entry=middle"), -EINVAL);
+    sp_ctx_t *cf = new_ctx(&of, false), *cc = new_ctx(&oc, false);
+    float *a = new_logits(), *b = new_logits();
+    cr_assert_eq(sp_ctx_prefill(cf, g_ids, PROMPT, a, NULL), 0, "%s", sp_last_error());
+    cr_assert_eq(sp_ctx_prefill(cc, g_ids, PROMPT, b, NULL), 0, "%s", sp_last_error());
+    sp_kv_stats sf, sc;
+    cr_assert_eq(sp_ctx_kv_stats(cf, &sf), 0);
+    cr_assert_eq(sp_ctx_kv_stats(cc, &sc), 0);
+    for (int i = 0; i < sf.n_layer; i++) {
+        cr_assert_eq(sf.layer[i].k_entries, sc.layer[i].k_entries, "layer %d", i);
+        cr_assert_eq(sf.layer[i].v_entries, sc.layer[i].v_entries, "layer %d", i);
+        cr_assert_eq(sf.layer[i].bytes, sc.layer[i].bytes, "layer %d", i);
+    }
+    for (int s = 0; s < STEPS; s++) {
+        cr_assert_eq(sp_ctx_decode(cf, g_ids[PROMPT + s], a + (size_t)(s + 1) * V), 0);
+        cr_assert_eq(sp_ctx_decode(cc, g_ids[PROMPT + s], b + (size_t)(s + 1) * V), 0);
+    }
+    /* the prefill logits come before compression; the decode steps attend over the entries */
+    cr_assert_neq(memcmp(a + V, b + V, sizeof(float) * STEPS * (size_t)V), 0,
+                  "centroids left the decode logits unchanged");
+    sp_ctx_free(cf);
+    sp_ctx_free(cc);
+    free(a);
+    free(b);
+}

@@ -54,6 +54,7 @@ static const char *const gqa_names[] = {"query_head", "kv_head", NULL};
 static const char *const target_names[] = {"bytes", "tokens", NULL};
 static const char *const decode_coding_names[] = {"append", "batch", NULL};
 static const char *const preset_names[] = {"none", "paper", NULL};
+static const char *const entry_names[] = {"first", "centroid", NULL};
 
 /* The SpindleKV paper's settings (DESIGN §4): its ratio is a kept-token share per query head, one
  * observation window of 32 max-pooled with kernel 7, the corrected linear schedule with beta 0.05,
@@ -68,6 +69,7 @@ static const char *const paper_preset[][2] = {
     {"compression.gqa_mode", "query_head"},   {"compression.evict_layers", "all"},
     {"compression.codebook_layers", "all"},   {"compression.codebook", "true"},
     {"compression.decode_window", "0"},       {"compression.decode_coding", "append"},
+    {"compression.entry", "first"},
 };
 static const char *const order_names[] = {"shallow-first", "deep-first", NULL};
 static const char *const direct_names[] = {"auto", "on", "off", NULL};
@@ -139,6 +141,10 @@ static const key_def keys[] = {
      .imax = 1 << 20, .def = "0",
      .help = "coded layers: the last N decode tokens stay raw, older ones are coded as they leave "
              "(0 = coded at once, as the paper; other layers and policies keep decode tokens raw)"},
+    {"compression", "entry", KT_ENUM, OFF(compression.entry), 0, .enums = entry_names,
+     .def = "first",
+     .help = "codebook entry of a merged group: first = the greedy pick's own direction (the "
+             "paper); centroid = the members' normalized mean direction (beyond the paper)"},
     {"compression", "decode_coding", KT_ENUM, OFF(compression.decode_coding), 0,
      .enums = decode_coding_names, .def = "append",
      .help = "append: a decode token leaving decode_window is coded alone; batch: they are coded "

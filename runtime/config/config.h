@@ -47,6 +47,8 @@ typedef enum { SP_GQA_QUERY_HEAD, SP_GQA_KV_HEAD } sp_gqa_mode;
 /* How decode tokens leaving the raw window are coded: one by one against the codebook, or in
  * batches by Algorithm 1 (the paper's "repeat the process for the remaining tokens"). */
 typedef enum { SP_DECODE_CODING_APPEND, SP_DECODE_CODING_BATCH } sp_decode_coding;
+/* The direction a codebook entry stores: its greedy pick's own, or its members' mean. */
+typedef enum { SP_ENTRY_FIRST, SP_ENTRY_CENTROID } sp_entry_kind;
 /* What [compression] ratio means: the true byte ratio (default) or the papers' token share. */
 typedef enum { SP_TARGET_BYTES, SP_TARGET_TOKENS } sp_ratio_target;
 /* [compression] preset: paper = the SpindleKV paper's exact settings (sp_config_preset_keys). */
@@ -79,6 +81,7 @@ typedef struct sp_config {
         bool codebook;                  /* codebook stage on/off */
         int64_t decode_window;          /* coded layers: last N decode tokens raw (0 = coded at once) */
         sp_decode_coding decode_coding; /* append | batch (batch needs decode_window >= 1) */
+        sp_entry_kind entry;            /* first (the paper) | centroid (members' mean direction) */
         int64_t sinks;                  /* streaming/pyramidinfer attention sinks */
         int64_t pyramidkv_beta;         /* PyramidKV's beta (min = (B - w) / beta) */
         double zigzag_tau;              /* ZigZagKV attention-mass threshold */

@@ -62,6 +62,7 @@ void sp_kv_opts_from_config(sp_kv_opts *o, const sp_config *cfg)
     o->codebook = c->codebook;
     o->decode_window = c->decode_window;
     o->decode_coding = c->decode_coding;
+    o->entry_centroid = c->entry == SP_ENTRY_CENTROID;
     o->sinks = c->sinks;
     o->pyramidkv_beta = c->pyramidkv_beta;
     o->zigzag_tau = c->zigzag_tau;
@@ -212,6 +213,12 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
         return parse_bool(key, v, &o->codebook);
     if (!strcmp(key, "decode_window"))
         return parse_int(key, v, &o->decode_window);
+    if (!strcmp(key, "entry")) {
+        if (strcmp(v, "first") && strcmp(v, "centroid"))
+            return sp_error(EINVAL, "kv option entry=%s: allowed: first, centroid", v);
+        o->entry_centroid = !strcmp(v, "centroid");
+        return 0;
+    }
     if (!strcmp(key, "decode_coding")) {
         if (!strcmp(v, "append"))
             o->decode_coding = SP_DECODE_CODING_APPEND;
@@ -230,7 +237,7 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
     return sp_error(EINVAL, "unknown kv option '%s'; allowed: policy, allocator, ratio, target, "
                             "budget_tokens, window, pool_kernel, pool_type, divide_by_l_minus_a, "
                             "beta, theta_k, theta_v, gqa_mode, evict_layers, codebook_layers, "
-                            "codebook, decode_window, decode_coding, sinks, pyramidkv_beta, zigzag_tau", key);
+                            "codebook, decode_window, decode_coding, entry, sinks, pyramidkv_beta, zigzag_tau", key);
 }
 
 int sp_kv_opts_parse(sp_kv_opts *o, const char *list)

@@ -155,6 +155,16 @@ int sp_kv_segment_build_on(sp_backend_t *be, sp_kv_segment *seg, int layer, cons
                            int d, const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
                            sp_kv_build_info *info)
 {
+    sp_kv_code_opts co = {.coded = coded, .theta_k = theta_k, .theta_v = theta_v};
+    return sp_kv_segment_build_opts(be, seg, layer, k, v, d, sel, &co, info);
+}
+
+int sp_kv_segment_build_opts(sp_backend_t *be, sp_kv_segment *seg, int layer, const float *k,
+                             const float *v, int d, const sp_kv_selection *sel,
+                             const sp_kv_code_opts *co, sp_kv_build_info *info)
+{
+    bool coded = co->coded;
+    float theta_k = co->theta_k, theta_v = co->theta_v;
     memset(seg, 0, sizeof *seg);
     if (info)
         memset(info, 0, sizeof *info);
@@ -217,6 +227,10 @@ int sp_kv_segment_build_on(sp_backend_t *be, sp_kv_segment *seg, int layer, cons
             rc = codebook_build_on(be, gk, n, d, mu, theta_k, &cbk[i]);
             if (rc == 0)
                 rc = codebook_build_on(be, gv, n, d, mu, theta_v, &cbv[i]);
+            if (rc == 0 && co->centroid)
+                rc = sp_codebook_centroids(&cbk[i], mu);
+            if (rc == 0 && co->centroid)
+                rc = sp_codebook_centroids(&cbv[i], mu);
             if (rc < 0)
                 goto free_scratch;
             h.n_ent_k[i] = cbk[i].n_entries;

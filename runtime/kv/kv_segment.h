@@ -109,6 +109,19 @@ int sp_kv_segment_build_on(sp_backend_t *be, sp_kv_segment *seg, int layer, cons
                            int d, const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
                            sp_kv_build_info *info);
 
+/* How a segment's codebooks are made (sp_kv_segment_build_opts). */
+typedef struct sp_kv_code_opts {
+    bool coded;              /* run the codebook (else the listed tokens are stored raw fp16) */
+    float theta_k, theta_v;  /* strict cosine thresholds */
+    bool centroid;           /* entries are their members' normalized mean direction
+                                (sp_codebook_centroids) instead of the first member's */
+} sp_kv_code_opts;
+
+/* sp_kv_segment_build_on with the coding options in one struct. */
+int sp_kv_segment_build_opts(sp_backend_t *be, sp_kv_segment *seg, int layer, const float *k,
+                             const float *v, int d, const sp_kv_selection *sel,
+                             const sp_kv_code_opts *co, sp_kv_build_info *info);
+
 /* Validate bytes as a segment and make a view (not owned). Checks magic, version, shape, section
  * bounds/alignment/lengths against the counts, the checksum when verify is true (-EBADMSG with a
  * message on mismatch), positions in range and ascending, entry indices < entry counts. Returns 0,
