@@ -284,6 +284,40 @@ Test(segment_attn, full_fp16_baseline_and_bad_table)
     sp_kv_selection_free(&sel);
 }
 
+/* A coded segment (θ_K 0.95, θ_V 0.9) over clustered K/V [hk][l][d], each query head keeping its
+ * top 60 of random scores: the base of the decode-tail tests. The caller frees all five. */
+static void coded_fixture(int hq, int hk, int l, int d, int win, float **k, float **v, float **sc,
+                          sp_kv_selection *sel, sp_kv_segment *seg)
+{
+    *k = malloc(sizeof(float) * hk * l * d);
+    *v = malloc(sizeof(float) * hk * l * d);
+    make_kv(*k, *v, hk, l, d);
+    *sc = malloc(sizeof(float) * hq * (l - win));
+    for (int i = 0; i < hq * (l - win); i++)
+        (*sc)[i] = (float)urand();
+    cr_assert_eq(sp_kv_selection_init(sel, hq, hk, l, win), 0);
+    cr_assert_eq(sp_kv_select_scores(sel, *sc, 60, SP_GQA_QUERY_HEAD), 0);
+    cr_assert_eq(sp_kv_segment_build(seg, 0, *k, *v, d, sel, true, 0.95f, 0.9f, NULL), 0);
+}
+
+/* The fused decode attention over segment + tail of KV head h equals the explicit reconstruction
+ * (one random query per head of the group, NEOX RoPE). */
+static void fused_equals_explicit(const sp_kv_segment *seg, const sp_kv_tail *tail, int h, int g,
+                                  int d, const float *table, int npos)
+{
+    float *q = malloc(sizeof(float) * g * d * 3), *a = q + g * d, *b = a + g * d;
+    for (int i = 0; i < g * d; i++)
+        q[i] = (float)(urand() * 2 - 1);
+    float *work = malloc(sizeof(float) * sp_segattn_work_floats(seg, tail, h));
+    cr_assert_eq(sp_segattn_decode(seg, tail, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(d), a, work), 0,
+                 "%s", sp_last_error());
+    cr_assert_eq(sp_segattn_reference(seg, tail, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(d), b), 0);
+    double md = max_diff(a, b, g * d);
+    cr_assert_lt(md, 2e-6, "head %d: fused vs explicit differ by %g", h, md);
+    free(work);
+    free(q);
+}
+
 /* decode_window: the last W tail tokens are held raw (exactly their fp16 values), older ones are
  * coded as they leave the window - identical to a tail without window fed the fp16 copies; the
  * fused attention equals the explicit reconstruction; the bytes count raw tokens at 4·d each;
@@ -292,16 +326,10 @@ Test(segment_attn, tail_raw_window)
 {
     enum { HQ = 6, HK = 2, L = 300, D = 32, WIN = 16, CAP = 12, RW = 4, NT = 10 };
     int G = HQ / HK, npos = L + CAP;
-    float *k = malloc(sizeof(float) * HK * L * D), *v = malloc(sizeof(float) * HK * L * D);
-    make_kv(k, v, HK, L, D);
-    float *sc = malloc(sizeof(float) * HQ * (L - WIN));
-    for (int i = 0; i < HQ * (L - WIN); i++)
-        sc[i] = (float)urand();
+    float *k, *v, *sc;
     sp_kv_selection sel;
-    cr_assert_eq(sp_kv_selection_init(&sel, HQ, HK, L, WIN), 0);
-    cr_assert_eq(sp_kv_select_scores(&sel, sc, 60, SP_GQA_QUERY_HEAD), 0);
     sp_kv_segment seg;
-    cr_assert_eq(sp_kv_segment_build(&seg, 0, k, v, D, &sel, true, 0.95f, 0.9f, NULL), 0);
+    coded_fixture(HQ, HK, L, D, WIN, &k, &v, &sc, &sel, &seg);
     sp_kv_tail tw, tr;   /* with window; reference without window, fed fp16-rounded copies */
     cr_assert_eq(sp_kv_tail_init_window(&tw, &seg, CAP, 0.95f, 0.9f, RW), 0);
     cr_assert_eq(sp_kv_tail_init(&tr, &seg, CAP, 0.95f, 0.9f), 0);
@@ -341,16 +369,7 @@ Test(segment_attn, tail_raw_window)
                 }
             }
         cr_assert_eq(tw.n_new_k[h] <= tr.n_new_k[h], true, "the window codes no more tokens than append");
-        float q[HQ * D], a[HQ * D], b[HQ * D];
-        for (int i = 0; i < G * D; i++)
-            q[i] = (float)(urand() * 2 - 1);
-        float *work = malloc(sizeof(float) * sp_segattn_work_floats(&seg, &tw, h));
-        cr_assert_eq(sp_segattn_decode(&seg, &tw, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(D), a, work), 0,
-                     "%s", sp_last_error());
-        cr_assert_eq(sp_segattn_reference(&seg, &tw, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(D), b), 0);
-        double md = max_diff(a, b, G * D);
-        cr_assert_lt(md, 2e-6, "head %d: fused vs explicit differ by %g", h, md);
-        free(work);
+        fused_equals_explicit(&seg, &tw, h, G, D, table, npos);
     }
     sp_kv_seg_stats sw, sr;
     sp_kv_segment_stats(&seg, &tw, &sw);
@@ -416,16 +435,10 @@ Test(segment_attn, tail_batch_coding)
 {
     enum { HQ = 6, HK = 2, L = 300, D = 32, WIN = 16, CAP = 16, RW = 4, NT = 13 };
     int G = HQ / HK, npos = L + CAP;
-    float *k = malloc(sizeof(float) * HK * L * D), *v = malloc(sizeof(float) * HK * L * D);
-    make_kv(k, v, HK, L, D);
-    float *sc = malloc(sizeof(float) * HQ * (L - WIN));
-    for (int i = 0; i < HQ * (L - WIN); i++)
-        sc[i] = (float)urand();
+    float *k, *v, *sc;
     sp_kv_selection sel;
-    cr_assert_eq(sp_kv_selection_init(&sel, HQ, HK, L, WIN), 0);
-    cr_assert_eq(sp_kv_select_scores(&sel, sc, 60, SP_GQA_QUERY_HEAD), 0);
     sp_kv_segment seg;
-    cr_assert_eq(sp_kv_segment_build(&seg, 0, k, v, D, &sel, true, 0.95f, 0.9f, NULL), 0);
+    coded_fixture(HQ, HK, L, D, WIN, &k, &v, &sc, &sel, &seg);
     sp_kv_tail tb, ta;   /* batch; append (the same window) */
     cr_assert_eq(sp_kv_tail_init_coding(&tb, &seg, CAP, 0.95f, 0.9f, 0, true), -EINVAL,
                  "batch without a window is refused");
@@ -493,16 +506,7 @@ Test(segment_attn, tail_batch_coding)
                 cr_assert_eq(kb[o], sp_fp16_to_f32(sp_f32_to_fp16(in_k[j][h * D + i])));
                 cr_assert_eq(vb[o], sp_fp16_to_f32(sp_f32_to_fp16(in_v[j][h * D + i])));
             }
-        float q[HQ * D], a[HQ * D], r[HQ * D];
-        for (int i = 0; i < G * D; i++)
-            q[i] = (float)(urand() * 2 - 1);
-        float *work = malloc(sizeof(float) * sp_segattn_work_floats(&seg, &tb, h));
-        cr_assert_eq(sp_segattn_decode(&seg, &tb, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(D), a, work), 0,
-                     "%s", sp_last_error());
-        cr_assert_eq(sp_segattn_reference(&seg, &tb, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(D), r), 0);
-        double md = max_diff(a, r, G * D);
-        cr_assert_lt(md, 2e-6, "head %d: fused vs explicit differ by %g", h, md);
-        free(work);
+        fused_equals_explicit(&seg, &tb, h, G, D, table, npos);
     }
     sp_kv_seg_stats s0, sb;
     sp_kv_segment_stats(&seg, NULL, &s0);

@@ -123,6 +123,16 @@ static int parse_int(const char *key, const char *v, int64_t *out)
     return 0;
 }
 
+/* A two-valued option: 0 for `a`, 1 for `b`, or -EINVAL naming both. */
+static int parse_choice(const char *key, const char *v, const char *a, const char *b)
+{
+    if (!strcmp(v, a))
+        return 0;
+    if (!strcmp(v, b))
+        return 1;
+    return sp_error(EINVAL, "kv option %s=%s: allowed: %s, %s", key, v, a, b);
+}
+
 static int parse_bool(const char *key, const char *v, bool *out)
 {
     if (!strcmp(v, "true") || !strcmp(v, "on") || !strcmp(v, "1") || !strcmp(v, "yes")) {
@@ -154,13 +164,10 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
     if (!strcmp(key, "ratio"))
         return parse_double(key, v, &o->ratio);
     if (!strcmp(key, "target")) {
-        if (!strcmp(v, "bytes"))
-            o->target = SP_TARGET_BYTES;
-        else if (!strcmp(v, "tokens"))
-            o->target = SP_TARGET_TOKENS;
-        else
-            return sp_error(EINVAL, "kv option target=%s: allowed: bytes, tokens", v);
-        return 0;
+        int c = parse_choice(key, v, "bytes", "tokens");
+        if (c >= 0)
+            o->target = (sp_ratio_target)c;
+        return c < 0 ? c : 0;
     }
     if (!strcmp(key, "budget_tokens"))
         return parse_int(key, v, &o->budget_tokens);
@@ -186,13 +193,10 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
     if (!strcmp(key, "theta_v"))
         return parse_double(key, v, &o->theta_v);
     if (!strcmp(key, "gqa_mode")) {
-        if (!strcmp(v, "query_head"))
-            o->gqa_mode = SP_GQA_QUERY_HEAD;
-        else if (!strcmp(v, "kv_head"))
-            o->gqa_mode = SP_GQA_KV_HEAD;
-        else
-            return sp_error(EINVAL, "kv option gqa_mode=%s: allowed: query_head, kv_head", v);
-        return 0;
+        int c = parse_choice(key, v, "query_head", "kv_head");
+        if (c >= 0)
+            o->gqa_mode = (sp_gqa_mode)c;
+        return c < 0 ? c : 0;
     }
     if (!strcmp(key, "evict_layers") || !strcmp(key, "codebook_layers")) {
         char *dst = key[0] == 'e' ? o->evict_layers : o->codebook_layers;
@@ -214,19 +218,16 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
     if (!strcmp(key, "decode_window"))
         return parse_int(key, v, &o->decode_window);
     if (!strcmp(key, "entry")) {
-        if (strcmp(v, "first") && strcmp(v, "centroid"))
-            return sp_error(EINVAL, "kv option entry=%s: allowed: first, centroid", v);
-        o->entry_centroid = !strcmp(v, "centroid");
-        return 0;
+        int c = parse_choice(key, v, "first", "centroid");
+        if (c >= 0)
+            o->entry_centroid = c == 1;
+        return c < 0 ? c : 0;
     }
     if (!strcmp(key, "decode_coding")) {
-        if (!strcmp(v, "append"))
-            o->decode_coding = SP_DECODE_CODING_APPEND;
-        else if (!strcmp(v, "batch"))
-            o->decode_coding = SP_DECODE_CODING_BATCH;
-        else
-            return sp_error(EINVAL, "kv option decode_coding=%s: allowed: append, batch", v);
-        return 0;
+        int c = parse_choice(key, v, "append", "batch");
+        if (c >= 0)
+            o->decode_coding = (sp_decode_coding)c;
+        return c < 0 ? c : 0;
     }
     if (!strcmp(key, "sinks"))
         return parse_int(key, v, &o->sinks);
