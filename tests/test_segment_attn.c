@@ -285,19 +285,33 @@ Test(segment_attn, full_fp16_baseline_and_bad_table)
 }
 
 /* A coded segment (θ_K 0.95, θ_V 0.9) over clustered K/V [hk][l][d], each query head keeping its
- * top 60 of random scores: the base of the decode-tail tests. The caller frees all five. */
-static void coded_fixture(int hq, int hk, int l, int d, int win, float **k, float **v, float **sc,
-                          sp_kv_selection *sel, sp_kv_segment *seg)
+ * top 60 of random scores: the base of the decode-tail tests (free with tail_fixture_free). */
+typedef struct tail_fixture {
+    float *k, *v, *sc;
+    sp_kv_selection sel;
+    sp_kv_segment seg;
+} tail_fixture;
+
+static void tail_fixture_init(tail_fixture *f, int hq, int hk, int l, int d, int win)
 {
-    *k = malloc(sizeof(float) * hk * l * d);
-    *v = malloc(sizeof(float) * hk * l * d);
-    make_kv(*k, *v, hk, l, d);
-    *sc = malloc(sizeof(float) * hq * (l - win));
+    f->k = malloc(sizeof(float) * hk * l * d);
+    f->v = malloc(sizeof(float) * hk * l * d);
+    make_kv(f->k, f->v, hk, l, d);
+    f->sc = malloc(sizeof(float) * hq * (l - win));
     for (int i = 0; i < hq * (l - win); i++)
-        (*sc)[i] = (float)urand();
-    cr_assert_eq(sp_kv_selection_init(sel, hq, hk, l, win), 0);
-    cr_assert_eq(sp_kv_select_scores(sel, *sc, 60, SP_GQA_QUERY_HEAD), 0);
-    cr_assert_eq(sp_kv_segment_build(seg, 0, *k, *v, d, sel, true, 0.95f, 0.9f, NULL), 0);
+        f->sc[i] = (float)urand();
+    cr_assert_eq(sp_kv_selection_init(&f->sel, hq, hk, l, win), 0);
+    cr_assert_eq(sp_kv_select_scores(&f->sel, f->sc, 60, SP_GQA_QUERY_HEAD), 0);
+    cr_assert_eq(sp_kv_segment_build(&f->seg, 0, f->k, f->v, d, &f->sel, true, 0.95f, 0.9f, NULL), 0);
+}
+
+static void tail_fixture_free(tail_fixture *f)
+{
+    sp_kv_segment_free(&f->seg);
+    sp_kv_selection_free(&f->sel);
+    free(f->k);
+    free(f->v);
+    free(f->sc);
 }
 
 /* The fused decode attention over segment + tail of KV head h equals the explicit reconstruction
@@ -326,10 +340,10 @@ Test(segment_attn, tail_raw_window)
 {
     enum { HQ = 6, HK = 2, L = 300, D = 32, WIN = 16, CAP = 12, RW = 4, NT = 10 };
     int G = HQ / HK, npos = L + CAP;
-    float *k, *v, *sc;
-    sp_kv_selection sel;
-    sp_kv_segment seg;
-    coded_fixture(HQ, HK, L, D, WIN, &k, &v, &sc, &sel, &seg);
+    tail_fixture fx;
+    tail_fixture_init(&fx, HQ, HK, L, D, WIN);
+    sp_kv_segment seg = fx.seg;
+    const float *k = fx.k, *v = fx.v;
     sp_kv_tail tw, tr;   /* with window; reference without window, fed fp16-rounded copies */
     cr_assert_eq(sp_kv_tail_init_window(&tw, &seg, CAP, 0.95f, 0.9f, RW), 0);
     cr_assert_eq(sp_kv_tail_init(&tr, &seg, CAP, 0.95f, 0.9f), 0);
@@ -385,9 +399,7 @@ Test(segment_attn, tail_raw_window)
     free(kw); free(vw); free(kr); free(vr); free(table);
     sp_kv_tail_free(&tw);
     sp_kv_tail_free(&tr);
-    sp_kv_segment_free(&seg);
-    sp_kv_selection_free(&sel);
-    free(k); free(v); free(sc);
+    tail_fixture_free(&fx);
 }
 
 /* One decode token per KV head for tail_batch_coding: token j of a batch of 4 is, for j < 3, the
@@ -435,10 +447,9 @@ Test(segment_attn, tail_batch_coding)
 {
     enum { HQ = 6, HK = 2, L = 300, D = 32, WIN = 16, CAP = 16, RW = 4, NT = 13 };
     int G = HQ / HK, npos = L + CAP;
-    float *k, *v, *sc;
-    sp_kv_selection sel;
-    sp_kv_segment seg;
-    coded_fixture(HQ, HK, L, D, WIN, &k, &v, &sc, &sel, &seg);
+    tail_fixture fx;
+    tail_fixture_init(&fx, HQ, HK, L, D, WIN);
+    sp_kv_segment seg = fx.seg;
     sp_kv_tail tb, ta;   /* batch; append (the same window) */
     cr_assert_eq(sp_kv_tail_init_coding(&tb, &seg, CAP, 0.95f, 0.9f, 0, true), -EINVAL,
                  "batch without a window is refused");
@@ -520,7 +531,5 @@ Test(segment_attn, tail_batch_coding)
     free(kb); free(vb); free(table);
     sp_kv_tail_free(&tb);
     sp_kv_tail_free(&ta);
-    sp_kv_segment_free(&seg);
-    sp_kv_selection_free(&sel);
-    free(k); free(v); free(sc);
+    tail_fixture_free(&fx);
 }
