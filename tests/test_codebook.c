@@ -262,3 +262,54 @@ Test(codebook, eight_k_tokens_bounded, .timeout = 120)
     sp_codebook_free(&cb);
     free(x);
 }
+
+/* entry = centroid: each entry becomes the normalized mu-weighted mean of its members' directions,
+ * which has at least the weighted cosine sum of the first member's own direction (the paper's
+ * entry); indices, magnitudes and representatives do not change. */
+Test(codebook, centroid_entries)
+{
+    enum { N = 300, D = 24 };
+    float *x = malloc(sizeof(float) * N * D);
+    uint32_t mu[N];
+    clustered(x, N, D, 12, 0.08);
+    for (int i = 0; i < N; i++)
+        mu[i] = 1 + (uint32_t)(urand() * 4);
+    sp_codebook a, b;
+    cr_assert_eq(sp_codebook_build(x, N, D, mu, 0.95f, &a), 0);
+    cr_assert_eq(sp_codebook_build(x, N, D, mu, 0.95f, &b), 0);
+    cr_assert_eq(sp_codebook_centroids(&b, mu), 0);
+    cr_assert_lt(a.n_entries, N / 2, "the fixture merges (%lld entries)", (long long)a.n_entries);
+    int moved = 0;
+    for (int64_t e = 0; e < a.n_entries; e++) {
+        double want[D] = {0}, nrm = 0, first = 0, cent = 0;
+        const float *ua = a.unit + (size_t)a.rep[e] * D, *ub = b.unit + (size_t)b.rep[e] * D;
+        for (int i = 0; i < N; i++)
+            if (a.index[i] == (uint32_t)e)
+                for (int j = 0; j < D; j++)
+                    want[j] += mu[i] * (double)a.unit[(size_t)i * D + j];
+        for (int j = 0; j < D; j++)
+            nrm += want[j] * want[j];
+        for (int j = 0; j < D; j++)
+            cr_assert_float_eq(ub[j], want[j] / sqrt(nrm), 1e-6, "entry %lld", (long long)e);
+        for (int i = 0; i < N; i++) {
+            if (a.index[i] != (uint32_t)e)
+                continue;
+            double cf = 0, cc = 0;
+            for (int j = 0; j < D; j++) {
+                cf += (double)ua[j] * a.unit[(size_t)i * D + j];
+                cc += (double)ub[j] * a.unit[(size_t)i * D + j];
+            }
+            first += mu[i] * cf;
+            cent += mu[i] * cc;
+        }
+        cr_assert_geq(cent, first - 1e-9, "entry %lld: centroid %g < first member %g", (long long)e,
+                      cent, first);
+        moved += cent > first + 1e-6;
+    }
+    cr_assert_gt(moved, 0, "no centroid differs from its first member");
+    cr_assert_eq(memcmp(a.index, b.index, sizeof(uint32_t) * N), 0);
+    cr_assert_eq(memcmp(a.mag, b.mag, sizeof(float) * N), 0);
+    sp_codebook_free(&a);
+    sp_codebook_free(&b);
+    free(x);
+}

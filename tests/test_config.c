@@ -347,3 +347,65 @@ Test(config, model_short_names_resolve_to_the_cache)
     cr_assert_str_eq(c.model.path, "qwen2.5-7b");
     unsetenv("SPINDLE_CACHE");
 }
+
+/* preset = paper: sets the paper's values on keys still at their defaults, in any line order;
+ * explicit keys (the file, before or after the preset line, and --set) win; ratio stays the
+ * user's; the keys it set name it as their origin. */
+Test(config, preset_paper_precedence)
+{
+    sp_config c;
+    sp_config_defaults(&c);
+    cr_assert_eq(c.compression.preset, SP_PRESET_NONE);
+    cr_assert_eq(c.compression.target, SP_TARGET_BYTES, "the default differs from the paper here");
+    cr_assert_eq(sp_config_load_string(&c, "[compression]\npreset = paper\n", "p.ini"), 0, "%s",
+                 sp_last_error());
+    cr_assert_eq(c.compression.target, SP_TARGET_TOKENS);
+    cr_assert_eq(c.compression.decode_window, 0);
+    cr_assert_eq(c.compression.decode_coding, SP_DECODE_CODING_APPEND);
+    cr_assert_float_eq(c.compression.ratio, 0.2, 1e-12, "ratio is not part of the preset");
+    char name[96];
+    for (int i = 0; i < sp_config_key_count(); i++) {
+        sp_config_key_name(i, name, sizeof name);
+        if (!strcmp(name, "compression.target"))
+            cr_assert_str_eq(c.origin[i], "preset paper (p.ini:2)");
+    }
+    /* The preset equals setting each listed key explicitly, and names itself as their origin. */
+    const char *value, *key;
+    sp_config d;
+    sp_config_defaults(&d);
+    int n = 0;
+    for (; (key = sp_config_preset_key(SP_PRESET_PAPER, n, &value)) != NULL; n++) {
+        char set[160];
+        snprintf(set, sizeof set, "%s=%s", key, value);
+        cr_assert_eq(sp_config_set(&d, set, NULL), 0, "%s: %s", set, sp_last_error());
+        for (int i = 0; i < sp_config_key_count(); i++) {
+            sp_config_key_name(i, name, sizeof name);
+            if (!strcmp(name, key))
+                cr_assert_str_eq(c.origin[i], "preset paper (p.ini:2)", "%s not set by the preset", key);
+        }
+    }
+    d.compression.preset = SP_PRESET_PAPER;
+    cr_assert_eq(memcmp(&d.compression, &c.compression, sizeof c.compression), 0);
+    cr_assert_geq(n, 16);
+    cr_assert_null(sp_config_preset_key(SP_PRESET_NONE, 0, NULL));
+
+    /* explicit before and after the preset line, and --set afterwards, all win */
+    sp_config_defaults(&c);
+    cr_assert_eq(sp_config_load_string(&c, "[compression]\ntarget = bytes\ntheta_k = 0.9\n"
+                                           "preset = paper\nwindow = 8\n", "q.ini"), 0, "%s",
+                 sp_last_error());
+    cr_assert_eq(c.compression.target, SP_TARGET_BYTES, "an explicit key before the preset wins");
+    cr_assert_float_eq(c.compression.theta_k, 0.9, 1e-12);
+    cr_assert_eq(c.compression.window, 8, "an explicit key after the preset wins");
+    cr_assert_eq(c.compression.gqa_mode, SP_GQA_QUERY_HEAD);
+    cr_assert_eq(sp_config_set(&c, "compression.decode_window=16", NULL), 0);
+    cr_assert_eq(c.compression.decode_window, 16, "--set wins over the file's preset");
+
+    /* a preset given by --set after a file does not touch the file's keys */
+    sp_config_defaults(&c);
+    cr_assert_eq(sp_config_load_string(&c, "[compression]\ngqa_mode = kv_head\n", "r.ini"), 0);
+    cr_assert_eq(sp_config_set(&c, "compression.preset=paper", NULL), 0, "%s", sp_last_error());
+    cr_assert_eq(c.compression.gqa_mode, SP_GQA_KV_HEAD);
+    cr_assert_eq(c.compression.target, SP_TARGET_TOKENS);
+    cr_assert_eq(sp_config_validate(&c, 30), 0, "%s", sp_last_error());
+}

@@ -68,14 +68,19 @@ Test(kv_policy, bad_names_and_values_rejected_with_messages)
     cr_assert_eq(sp_kv_opts_set(&o, "noequals"), -EINVAL);
     cr_assert_eq(sp_kv_opts_set(&o, "evict_layers=top"), -EINVAL);
     cr_assert_eq(sp_kv_opts_set(&o, "codebook=maybe"), -EINVAL);
+    cr_assert_eq(sp_kv_opts_set(&o, "decode_coding=later"), -EINVAL);
+    cr_assert(strstr(sp_last_error(), "append, batch"), "%s", sp_last_error());
+    cr_assert_eq(sp_kv_opts_set(&o, "entry=middle"), -EINVAL);
+    cr_assert(strstr(sp_last_error(), "first, centroid"), "%s", sp_last_error());
     cr_assert_eq(o.policy, SP_POLICY_SPINDLE, "failed sets leave the options unchanged");
 
     const char *bad[] = {"ratio=0", "ratio=1.5", "ratio=-0.2", "theta_k=1.5", "theta_v=-0.1",
                          "pool_kernel=4", "pool_kernel=0", "window=0", "beta=1",
-                         "zigzag_tau=0", "budget_tokens=32", "evict_layers=0-99"};
+                         "zigzag_tau=0", "budget_tokens=32", "evict_layers=0-99",
+                         "decode_coding=batch"};
     const char *word[] = {"ratio", "ratio", "ratio", "theta_k", "theta_v", "pool_kernel",
                           "pool_kernel", "window", "beta", "zigzag_tau", "budget_tokens",
-                          "evict_layers"};
+                          "evict_layers", "decode_window >= 1"};
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
         sp_kv_opts_defaults(&o);
         cr_assert_eq(sp_kv_opts_set(&o, bad[i]), 0, "%s: %s", bad[i], sp_last_error());

@@ -469,3 +469,82 @@ Test(model_kv, prefill_after_compression_appends_like_decode)
     free(all);
     free(one);
 }
+
+/* ---- observation window l_w in {8, 32} (the paper's two settings) ---------------------------- */
+
+/* Both observation windows work end to end: every layer's segment holds exactly l_w raw window
+ * tokens, the byte target lands (target bytes), and decode runs - with decode tokens coded one by
+ * one and in Algorithm-1 batches (decode_coding = batch, decode_window 1: a batch is coded at the
+ * third decode step). */
+Test(model_kv, observation_windows_8_and_32)
+{
+    const sp_hparams *hp = sp_model_hparams(g_model);
+    int V = hp->n_vocab, L = hp->n_layer;
+    static const char *const knobs[] = {
+        "policy=spindle ratio=0.3 window=8", "policy=spindle ratio=0.3 window=32",
+        "policy=spindle ratio=0.3 window=8 decode_window=1 decode_coding=batch",
+        "policy=spindle ratio=0.3 window=32 decode_window=1 decode_coding=batch",
+    };
+    for (int t = 0; t < 4; t++) {
+        int64_t w = t % 2 ? 32 : 8;
+        sp_kv_opts o = opts_of(knobs[t]);
+        sp_ctx_t *c = new_ctx(&o, false);
+        test_prov tp;
+        memset(&tp, 0, sizeof tp);
+        sp_kv_provider prov = { &tp, tp_place, tp_step, tp_acquire, tp_release };
+        cr_assert_eq(sp_ctx_set_kv_provider(c, &prov), 0, "%s", sp_last_error());
+        float *lg = new_logits();
+        run(c, lg, NULL);
+        for (int i = 0; i < (STEPS + 1) * V; i++)
+            cr_assert(isfinite(lg[i]), "%s: logit %d not finite", knobs[t], i);
+        for (int i = 0; i < L; i++) {
+            sp_kv_segment seg;
+            cr_assert_eq(sp_kv_segment_open(&seg, tp.bytes[i], tp.size[i], true), 0, "%s", sp_last_error());
+            cr_assert_eq(seg.hdr->window, w, "%s: layer %d holds a window of %lld", knobs[t], i,
+                         (long long)seg.hdr->window);
+            sp_kv_segment_free(&seg);
+        }
+        sp_kv_stats st;
+        cr_assert_eq(sp_ctx_kv_stats(c, &st), 0);
+        cr_assert(fabs(st.prompt_ratio - 0.3) <= 0.01, "%s: prompt true ratio %.4f", knobs[t],
+                  st.prompt_ratio);
+        sp_ctx_free(c);
+        for (int i = 0; i < 64; i++)
+            free(tp.bytes[i]);
+        free(lg);
+    }
+}
+
+/* entry = centroid (beyond the paper) changes only the entries' directions: the same entries and
+ * bytes per layer as entry = first at the end of the prompt, other decode logits; a bad value is refused. */
+Test(model_kv, centroid_entries_same_layout_other_directions)
+{
+    int V = sp_model_hparams(g_model)->n_vocab;
+    sp_kv_opts of = opts_of("policy=spindle ratio=0.3 target=tokens");
+    sp_kv_opts oc = opts_of("policy=spindle ratio=0.3 target=tokens entry=centroid");
+    cr_assert(oc.entry_centroid && !of.entry_centroid);
+    cr_assert_eq(sp_kv_opts_parse(&oc, "entry=middle"), -EINVAL);
+    sp_ctx_t *cf = new_ctx(&of, false), *cc = new_ctx(&oc, false);
+    float *a = new_logits(), *b = new_logits();
+    cr_assert_eq(sp_ctx_prefill(cf, g_ids, PROMPT, a, NULL), 0, "%s", sp_last_error());
+    cr_assert_eq(sp_ctx_prefill(cc, g_ids, PROMPT, b, NULL), 0, "%s", sp_last_error());
+    sp_kv_stats sf, sc;
+    cr_assert_eq(sp_ctx_kv_stats(cf, &sf), 0);
+    cr_assert_eq(sp_ctx_kv_stats(cc, &sc), 0);
+    for (int i = 0; i < sf.n_layer; i++) {
+        cr_assert_eq(sf.layer[i].k_entries, sc.layer[i].k_entries, "layer %d", i);
+        cr_assert_eq(sf.layer[i].v_entries, sc.layer[i].v_entries, "layer %d", i);
+        cr_assert_eq(sf.layer[i].bytes, sc.layer[i].bytes, "layer %d", i);
+    }
+    for (int s = 0; s < STEPS; s++) {
+        cr_assert_eq(sp_ctx_decode(cf, g_ids[PROMPT + s], a + (size_t)(s + 1) * V), 0);
+        cr_assert_eq(sp_ctx_decode(cc, g_ids[PROMPT + s], b + (size_t)(s + 1) * V), 0);
+    }
+    /* the prefill logits come before compression; the decode steps attend over the entries */
+    cr_assert_neq(memcmp(a + V, b + V, sizeof(float) * STEPS * (size_t)V), 0,
+                  "centroids left the decode logits unchanged");
+    sp_ctx_free(cf);
+    sp_ctx_free(cc);
+    free(a);
+    free(b);
+}

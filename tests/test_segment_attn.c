@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "codebook.h"
 #include "fp16.h"
 #include "kv_budget.h"
 #include "ops.h"
@@ -283,6 +284,54 @@ Test(segment_attn, full_fp16_baseline_and_bad_table)
     sp_kv_selection_free(&sel);
 }
 
+/* A coded segment (θ_K 0.95, θ_V 0.9) over clustered K/V [hk][l][d], each query head keeping its
+ * top 60 of random scores: the base of the decode-tail tests (free with tail_fixture_free). */
+typedef struct tail_fixture {
+    float *k, *v, *sc;
+    sp_kv_selection sel;
+    sp_kv_segment seg;
+} tail_fixture;
+
+static void tail_fixture_init(tail_fixture *f, int hq, int hk, int l, int d, int win)
+{
+    f->k = malloc(sizeof(float) * hk * l * d);
+    f->v = malloc(sizeof(float) * hk * l * d);
+    make_kv(f->k, f->v, hk, l, d);
+    f->sc = malloc(sizeof(float) * hq * (l - win));
+    for (int i = 0; i < hq * (l - win); i++)
+        f->sc[i] = (float)urand();
+    cr_assert_eq(sp_kv_selection_init(&f->sel, hq, hk, l, win), 0);
+    cr_assert_eq(sp_kv_select_scores(&f->sel, f->sc, 60, SP_GQA_QUERY_HEAD), 0);
+    cr_assert_eq(sp_kv_segment_build(&f->seg, 0, f->k, f->v, d, &f->sel, true, 0.95f, 0.9f, NULL), 0);
+}
+
+static void tail_fixture_free(tail_fixture *f)
+{
+    sp_kv_segment_free(&f->seg);
+    sp_kv_selection_free(&f->sel);
+    free(f->k);
+    free(f->v);
+    free(f->sc);
+}
+
+/* The fused decode attention over segment + tail of KV head h equals the explicit reconstruction
+ * (one random query per head of the group, NEOX RoPE). */
+static void fused_equals_explicit(const sp_kv_segment *seg, const sp_kv_tail *tail, int h, int g,
+                                  int d, const float *table, int npos)
+{
+    float *q = malloc(sizeof(float) * g * d * 3), *a = q + g * d, *b = a + g * d;
+    for (int i = 0; i < g * d; i++)
+        q[i] = (float)(urand() * 2 - 1);
+    float *work = malloc(sizeof(float) * sp_segattn_work_floats(seg, tail, h));
+    cr_assert_eq(sp_segattn_decode(seg, tail, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(d), a, work), 0,
+                 "%s", sp_last_error());
+    cr_assert_eq(sp_segattn_reference(seg, tail, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(d), b), 0);
+    double md = max_diff(a, b, g * d);
+    cr_assert_lt(md, 2e-6, "head %d: fused vs explicit differ by %g", h, md);
+    free(work);
+    free(q);
+}
+
 /* decode_window: the last W tail tokens are held raw (exactly their fp16 values), older ones are
  * coded as they leave the window - identical to a tail without window fed the fp16 copies; the
  * fused attention equals the explicit reconstruction; the bytes count raw tokens at 4·d each;
@@ -291,16 +340,10 @@ Test(segment_attn, tail_raw_window)
 {
     enum { HQ = 6, HK = 2, L = 300, D = 32, WIN = 16, CAP = 12, RW = 4, NT = 10 };
     int G = HQ / HK, npos = L + CAP;
-    float *k = malloc(sizeof(float) * HK * L * D), *v = malloc(sizeof(float) * HK * L * D);
-    make_kv(k, v, HK, L, D);
-    float *sc = malloc(sizeof(float) * HQ * (L - WIN));
-    for (int i = 0; i < HQ * (L - WIN); i++)
-        sc[i] = (float)urand();
-    sp_kv_selection sel;
-    cr_assert_eq(sp_kv_selection_init(&sel, HQ, HK, L, WIN), 0);
-    cr_assert_eq(sp_kv_select_scores(&sel, sc, 60, SP_GQA_QUERY_HEAD), 0);
-    sp_kv_segment seg;
-    cr_assert_eq(sp_kv_segment_build(&seg, 0, k, v, D, &sel, true, 0.95f, 0.9f, NULL), 0);
+    tail_fixture fx;
+    tail_fixture_init(&fx, HQ, HK, L, D, WIN);
+    sp_kv_segment seg = fx.seg;
+    const float *k = fx.k, *v = fx.v;
     sp_kv_tail tw, tr;   /* with window; reference without window, fed fp16-rounded copies */
     cr_assert_eq(sp_kv_tail_init_window(&tw, &seg, CAP, 0.95f, 0.9f, RW), 0);
     cr_assert_eq(sp_kv_tail_init(&tr, &seg, CAP, 0.95f, 0.9f), 0);
@@ -340,16 +383,7 @@ Test(segment_attn, tail_raw_window)
                 }
             }
         cr_assert_eq(tw.n_new_k[h] <= tr.n_new_k[h], true, "the window codes no more tokens than append");
-        float q[HQ * D], a[HQ * D], b[HQ * D];
-        for (int i = 0; i < G * D; i++)
-            q[i] = (float)(urand() * 2 - 1);
-        float *work = malloc(sizeof(float) * sp_segattn_work_floats(&seg, &tw, h));
-        cr_assert_eq(sp_segattn_decode(&seg, &tw, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(D), a, work), 0,
-                     "%s", sp_last_error());
-        cr_assert_eq(sp_segattn_reference(&seg, &tw, h, q, table, npos, SP_ROPE_NEOX, 1 / sqrtf(D), b), 0);
-        double md = max_diff(a, b, G * D);
-        cr_assert_lt(md, 2e-6, "head %d: fused vs explicit differ by %g", h, md);
-        free(work);
+        fused_equals_explicit(&seg, &tw, h, G, D, table, npos);
     }
     sp_kv_seg_stats sw, sr;
     sp_kv_segment_stats(&seg, &tw, &sw);
@@ -365,7 +399,137 @@ Test(segment_attn, tail_raw_window)
     free(kw); free(vw); free(kr); free(vr); free(table);
     sp_kv_tail_free(&tw);
     sp_kv_tail_free(&tr);
-    sp_kv_segment_free(&seg);
-    sp_kv_selection_free(&sel);
-    free(k); free(v); free(sc);
+    tail_fixture_free(&fx);
+}
+
+/* One decode token per KV head for tail_batch_coding: token j of a batch of 4 is, for j < 3, the
+ * unit e rotated by (j-1)·14° towards f (a chain: neighbours within 14°, ends 28° apart: above
+ * θ_K = 0.95 / θ_V = 0.9 for neighbours, below for the ends), and for j = 3 an unrelated direction.
+ * Magnitudes vary. e and f are fresh random directions, far from the segment's entries. */
+static void chain_token(float *x, int d, int j, const float *e, const float *f, const float *far)
+{
+    double phi = (j - 1) * 14.0 * M_PI / 180.0, m = 0.5 + j;
+    for (int i = 0; i < d; i++)
+        x[i] = (float)(m * (j == 3 ? far[i] : cos(phi) * e[i] + sin(phi) * f[i]));
+}
+
+static void random_orthonormal(float *e, float *f, float *far, int d)
+{
+    double ne = 0, dot_ef = 0, nf = 0, nr = 0;
+    for (int i = 0; i < d; i++) {
+        e[i] = (float)(urand() * 2 - 1);
+        f[i] = (float)(urand() * 2 - 1);
+        far[i] = (float)(urand() * 2 - 1);
+        ne += (double)e[i] * e[i];
+    }
+    for (int i = 0; i < d; i++)
+        e[i] = (float)(e[i] / sqrt(ne));
+    for (int i = 0; i < d; i++)
+        dot_ef += (double)e[i] * f[i];
+    for (int i = 0; i < d; i++) {
+        f[i] = (float)(f[i] - dot_ef * e[i]);
+        nf += (double)f[i] * f[i];
+        nr += (double)far[i] * far[i];
+    }
+    for (int i = 0; i < d; i++) {
+        f[i] = (float)(f[i] / sqrt(nf));
+        far[i] = (float)(far[i] / sqrt(nr));
+    }
+}
+
+/* decode_coding = batch: with a raw window of RW, the tokens leaving it are coded RW at a time by
+ * Algorithm 1 over the batch. On chains (a-b-c with a, c apart) the greedy cover picks the middle
+ * token and covers the chain with one entry where coding one by one needs two: the entries
+ * created differ from append mode. The coded tokens equal m·entry of sp_codebook_build over the
+ * batch's fp16 copies, the last tokens stay raw, the fused attention equals the explicit
+ * reconstruction, and the bytes count coded, raw and entries as they are held. */
+Test(segment_attn, tail_batch_coding)
+{
+    enum { HQ = 6, HK = 2, L = 300, D = 32, WIN = 16, CAP = 16, RW = 4, NT = 13 };
+    int G = HQ / HK, npos = L + CAP;
+    tail_fixture fx;
+    tail_fixture_init(&fx, HQ, HK, L, D, WIN);
+    sp_kv_segment seg = fx.seg;
+    sp_kv_tail tb, ta;   /* batch; append (the same window) */
+    cr_assert_eq(sp_kv_tail_init_coding(&tb, &seg, CAP, 0.95f, 0.9f, 0, true), -EINVAL,
+                 "batch without a window is refused");
+    cr_assert_eq(sp_kv_tail_init_coding(&tb, &seg, CAP, 0.95f, 0.9f, RW, true), 0);
+    cr_assert_eq(sp_kv_tail_init_coding(&ta, &seg, CAP, 0.95f, 0.9f, RW, false), 0);
+    static float in_k[NT][HK * D], in_v[NT][HK * D];
+    for (int b = 0; b * 4 < NT; b++)
+        for (int h = 0; h < HK; h++) {
+            float ek[D], fk[D], rk[D], ev[D], fv[D], rv[D];
+            random_orthonormal(ek, fk, rk, D);
+            random_orthonormal(ev, fv, rv, D);
+            for (int j = 0; j < 4 && b * 4 + j < NT; j++) {
+                chain_token(in_k[b * 4 + j] + h * D, D, j, ek, fk, rk);
+                chain_token(in_v[b * 4 + j] + h * D, D, j, ev, fv, rv);
+            }
+        }
+    for (int j = 0; j < NT; j++) {
+        cr_assert_eq(sp_kv_tail_append(&tb, &seg, in_k[j], in_v[j], L + j), 0, "%s", sp_last_error());
+        if (j < 12)   /* append codes tokens 0..7 once 12 are in */
+            cr_assert_eq(sp_kv_tail_append(&ta, &seg, in_k[j], in_v[j], L + j), 0);
+    }
+    /* two batches coded (at the appends of tokens 8 and 12), tokens 8..12 raw */
+    cr_assert_eq(tb.n_coded, 2 * RW);
+    cr_assert_eq(sp_kv_tail_n_raw(&tb), NT - 2 * RW);
+    int64_t n = sp_kv_segment_tokens(&seg, &tb, 0);
+    float *kb = malloc(sizeof(float) * n * D), *vb = malloc(sizeof(float) * n * D);
+    float *table = malloc(sizeof(float) * npos * D);
+    sp_rope_table_fill(table, npos, D, 10000.0);
+    for (int h = 0; h < HK; h++) {
+        cr_assert_eq(tb.n_new_k[h], 4, "head %d: batch K entries %lld, expected 2 per batch", h,
+                     (long long)tb.n_new_k[h]);
+        cr_assert_eq(tb.n_new_v[h], 4);
+        cr_assert_eq(ta.n_new_k[h], 6, "head %d: append K entries %lld, expected 3 per batch", h,
+                     (long long)ta.n_new_k[h]);
+        cr_assert_eq(ta.n_new_v[h], 6);
+        int64_t nb = sp_kv_segment_reconstruct(&seg, &tb, h, kb, vb, NULL, NULL), t0 = nb - NT;
+        for (int b = 0; b < 2; b++) {   /* the coded batches: Algorithm 1 over the fp16 copies */
+            float xk[RW * D], xv[RW * D];
+            for (int j = 0; j < RW; j++)
+                for (int i = 0; i < D; i++) {
+                    xk[j * D + i] = sp_fp16_to_f32(sp_f32_to_fp16(in_k[b * RW + j][h * D + i]));
+                    xv[j * D + i] = sp_fp16_to_f32(sp_f32_to_fp16(in_v[b * RW + j][h * D + i]));
+                }
+            sp_codebook ck, cv;
+            cr_assert_eq(sp_codebook_build(xk, RW, D, NULL, 0.95f, &ck), 0);
+            cr_assert_eq(sp_codebook_build(xv, RW, D, NULL, 0.9f, &cv), 0);
+            cr_assert_eq(ck.n_entries, 2);
+            cr_assert_eq(ck.rep[ck.index[0]], 1, "the chain's middle token is its entry");
+            for (int j = 0; j < RW; j++)
+                for (int i = 0; i < D; i++) {
+                    size_t o = (size_t)(t0 + b * RW + j) * D + i;
+                    float wk = sp_fp16_to_f32(sp_f32_to_fp16(ck.mag[j])) *
+                               sp_fp16_to_f32(sp_f32_to_fp16(ck.unit[(size_t)ck.rep[ck.index[j]] * D + i]));
+                    float wv = sp_fp16_to_f32(sp_f32_to_fp16(cv.mag[j])) *
+                               sp_fp16_to_f32(sp_f32_to_fp16(cv.unit[(size_t)cv.rep[cv.index[j]] * D + i]));
+                    cr_assert_eq(kb[o], wk, "head %d batch %d token %d: K %g != %g", h, b, j, kb[o], wk);
+                    cr_assert_eq(vb[o], wv);
+                }
+            sp_codebook_free(&ck);
+            sp_codebook_free(&cv);
+        }
+        for (int j = 2 * RW; j < NT; j++)   /* raw: the fp16 values */
+            for (int i = 0; i < D; i++) {
+                size_t o = (size_t)(t0 + j) * D + i;
+                cr_assert_eq(kb[o], sp_fp16_to_f32(sp_f32_to_fp16(in_k[j][h * D + i])));
+                cr_assert_eq(vb[o], sp_fp16_to_f32(sp_f32_to_fp16(in_v[j][h * D + i])));
+            }
+        fused_equals_explicit(&seg, &tb, h, G, D, table, npos);
+    }
+    sp_kv_seg_stats s0, sb;
+    sp_kv_segment_stats(&seg, NULL, &s0);
+    sp_kv_segment_stats(&seg, &tb, &sb);
+    /* per KV head: coded tokens 12 bytes (two uint32 indices, two fp16 magnitudes), raw ones 4·D,
+     * entries 2·D; positions 4 bytes per token */
+    int64_t want = (int64_t)HK * (2 * RW * 12 + (NT - 2 * RW) * 4 * D + 8 * 2 * D) + NT * 4;
+    cr_assert_eq((int64_t)sb.bytes_content - (int64_t)s0.bytes_content, want);
+    sp_kv_tail_reset(&tb);
+    cr_assert_eq(tb.n_coded, 0);
+    free(kb); free(vb); free(table);
+    sp_kv_tail_free(&tb);
+    sp_kv_tail_free(&ta);
+    tail_fixture_free(&fx);
 }

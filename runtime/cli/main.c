@@ -20,7 +20,7 @@ static void usage(FILE *out)
           "  io-bench  spill-tier read/write GB/s (io_uring direct/buffered, pread) next to fio\n"
           "\n"
           "common options: -m MODEL  -t THREADS  -c CTX  --config FILE  --set section.key=value\n"
-          "                --print-config  --help-config\n"
+          "                --print-config  --help-config  --write-default-config (configs/default.ini)\n"
           "`spindle <command> --help` shows the options of one command.\n",
           out);
 }
@@ -44,6 +44,10 @@ static int dispatch(int argc, char **argv)
         return sp_cmd_bench(argc - 1, argv + 1);
     if (!strcmp(cmd, "--help-config")) {
         sp_config_help(stdout);
+        return SP_EXIT_OK;
+    }
+    if (!strcmp(cmd, "--write-default-config")) { /* regenerates configs/default.ini */
+        sp_config_write_default(stdout);
         return SP_EXIT_OK;
     }
     if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {

@@ -52,6 +52,25 @@ static const char *const allocator_names[] = {"uniform", "pyramidkv", "spindle-l
 static const char *const pool_names[] = {"max", "avg", NULL};
 static const char *const gqa_names[] = {"query_head", "kv_head", NULL};
 static const char *const target_names[] = {"bytes", "tokens", NULL};
+static const char *const decode_coding_names[] = {"append", "batch", NULL};
+static const char *const preset_names[] = {"none", "paper", NULL};
+static const char *const entry_names[] = {"first", "centroid", NULL};
+
+/* The SpindleKV paper's settings (DESIGN §4): its ratio is a kept-token share per query head, one
+ * observation window of 32 max-pooled with kernel 7, the corrected linear schedule with beta 0.05,
+ * theta_K 0.98 / theta_V 0.95 on every layer, GQA "repeat", and decode tokens coded at once. The
+ * ratio itself is the user's. */
+static const char *const paper_preset[][2] = {
+    {"compression.policy", "spindle"},        {"compression.allocator", "spindle-linear"},
+    {"compression.target", "tokens"},         {"compression.window", "32"},
+    {"compression.pool_kernel", "7"},         {"compression.pool_type", "max"},
+    {"compression.divide_by_l_minus_a", "false"}, {"compression.beta", "0.05"},
+    {"compression.theta_k", "0.98"},          {"compression.theta_v", "0.95"},
+    {"compression.gqa_mode", "query_head"},   {"compression.evict_layers", "all"},
+    {"compression.codebook_layers", "all"},   {"compression.codebook", "true"},
+    {"compression.decode_window", "0"},       {"compression.decode_coding", "append"},
+    {"compression.entry", "first"},
+};
 static const char *const order_names[] = {"shallow-first", "deep-first", NULL};
 static const char *const direct_names[] = {"auto", "on", "off", NULL};
 static const char *const numerics_names[] = {"ggml", "exact", NULL};
@@ -76,6 +95,10 @@ static const key_def keys[] = {
     {"model", "chat_template", KT_ENUM, OFF(model.chat_template), 0, .enums = chat_names,
      .def = "auto", .help = "chat template; auto = chosen from the model's metadata"},
 
+    {"compression", "preset", KT_ENUM, OFF(compression.preset), 0, .enums = preset_names,
+     .def = "none",
+     .help = "paper: the SpindleKV paper's exact settings (README: target tokens, window 32, max:7, "
+             "beta 0.05, theta 0.98/0.95, query_head, decode_window 0); explicit keys override it"},
     {"compression", "policy", KT_ENUM, OFF(compression.policy), 0, .enums = policy_names,
      .def = "spindle", .help = "KV cache policy"},
     {"compression", "allocator", KT_ENUM, OFF(compression.allocator), 0, .enums = allocator_names,
@@ -104,7 +127,8 @@ static const key_def keys[] = {
     {"compression", "theta_v", KT_FLOAT, OFF(compression.theta_v), 0, .fmin = -1, .fmax = 2,
      .def = "0.95", .help = "codebook cosine threshold for values (strict >; > 1 disables sharing)"},
     {"compression", "gqa_mode", KT_ENUM, OFF(compression.gqa_mode), 0, .enums = gqa_names,
-     .def = "query_head", .help = "query_head: each query head picks its tokens; kv_head: one pick per group"},
+     .def = "query_head", .help = "query_head: each query head picks its tokens (the paper's \"repeat\"); kv_head: "
+             "one pick per group from the group-mean score (the paper's \"w/o repeat\", eq. 3)"},
     {"compression", "evict_layers", KT_MASK, OFF(compression.evict_layers),
      LEN(compression.evict_layers), .def = "all",
      .help = "layers that evict: all, none, or a list like 0-3,7,20-"},
@@ -117,6 +141,15 @@ static const key_def keys[] = {
      .imax = 1 << 20, .def = "0",
      .help = "coded layers: the last N decode tokens stay raw, older ones are coded as they leave "
              "(0 = coded at once, as the paper; other layers and policies keep decode tokens raw)"},
+    {"compression", "entry", KT_ENUM, OFF(compression.entry), 0, .enums = entry_names,
+     .def = "first",
+     .help = "codebook entry of a merged group: first = the greedy pick's own direction (the "
+             "paper); centroid = the members' normalized mean direction (beyond the paper)"},
+    {"compression", "decode_coding", KT_ENUM, OFF(compression.decode_coding), 0,
+     .enums = decode_coding_names, .def = "append",
+     .help = "append: a decode token leaving decode_window is coded alone; batch: they are coded "
+             "decode_window at a time by Algorithm 1 (the paper's \"repeat the process\"; needs "
+             "decode_window >= 1)"},
     {"compression", "sinks", KT_INT, OFF(compression.sinks), 0, .imin = 0, .imax = 1024,
      .def = "4", .help = "attention-sink tokens kept by streaming and pyramidinfer"},
     {"compression", "pyramidkv_beta", KT_INT, OFF(compression.pyramidkv_beta), 0, .imin = 1,
@@ -402,6 +435,8 @@ static int key_error(const char *origin, const char *section, const char *name, 
 }
 
 /* Parse `value` for key k and store it in cfg. */
+static int apply_preset(sp_config *cfg, sp_preset p, const char *origin);
+
 static int set_value(sp_config *cfg, const key_def *k, const char *raw, const char *origin)
 {
     char value[SP_CONFIG_PATH_MAX];
@@ -502,6 +537,41 @@ static int set_value(sp_config *cfg, const key_def *k, const char *raw, const ch
     }
     }
     snprintf(cfg->origin[k - keys], SP_CONFIG_ORIGIN_MAX, "%s", origin);
+    if (k->off == OFF(compression.preset) && cfg->compression.preset == SP_PRESET_PAPER)
+        return apply_preset(cfg, SP_PRESET_PAPER, origin);
+    return 0;
+}
+
+const char *sp_config_preset_key(sp_preset p, int i, const char **value)
+{
+    int n = p == SP_PRESET_PAPER ? (int)(sizeof paper_preset / sizeof paper_preset[0]) : 0;
+    if (i < 0 || i >= n)
+        return NULL;
+    if (value)
+        *value = paper_preset[i][1];
+    return paper_preset[i][0];
+}
+
+/* Set the preset's keys that still hold their defaults (explicit keys win, in any order). */
+static int apply_preset(sp_config *cfg, sp_preset p, const char *origin)
+{
+    char why[SP_CONFIG_ORIGIN_MAX];
+    snprintf(why, sizeof why, "preset paper (%s)", origin);
+    const char *value, *name;
+    for (int i = 0; (name = sp_config_preset_key(p, i, &value)) != NULL; i++) {
+        const char *dot = strchr(name, '.');
+        char section[32];
+        snprintf(section, sizeof section, "%.*s", (int)(dot - name), name);
+        const key_def *k = find_key(section, dot + 1);
+        if (!k)
+            return sp_error(EINVAL, "config preset: unknown key %s", name);
+        const char *o = cfg->origin[k - keys];
+        if (o[0] && strcmp(o, "default") != 0)
+            continue;
+        int rc = set_value(cfg, k, value, why);
+        if (rc < 0)
+            return rc;
+    }
     return 0;
 }
 

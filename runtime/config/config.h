@@ -44,8 +44,15 @@ typedef enum {
 } sp_allocator_kind;
 typedef enum { SP_POOL_MAX, SP_POOL_AVG } sp_pool_type;
 typedef enum { SP_GQA_QUERY_HEAD, SP_GQA_KV_HEAD } sp_gqa_mode;
+/* How decode tokens leaving the raw window are coded: one by one against the codebook, or in
+ * batches by Algorithm 1 (the paper's "repeat the process for the remaining tokens"). */
+typedef enum { SP_DECODE_CODING_APPEND, SP_DECODE_CODING_BATCH } sp_decode_coding;
+/* The direction a codebook entry stores: its greedy pick's own, or its members' mean. */
+typedef enum { SP_ENTRY_FIRST, SP_ENTRY_CENTROID } sp_entry_kind;
 /* What [compression] ratio means: the true byte ratio (default) or the papers' token share. */
 typedef enum { SP_TARGET_BYTES, SP_TARGET_TOKENS } sp_ratio_target;
+/* [compression] preset: paper = the SpindleKV paper's exact settings (sp_config_preset_keys). */
+typedef enum { SP_PRESET_NONE, SP_PRESET_PAPER } sp_preset;
 typedef enum { SP_SPILL_SHALLOW_FIRST, SP_SPILL_DEEP_FIRST } sp_spill_order;
 typedef enum { SP_DIRECT_IO_AUTO, SP_DIRECT_IO_ON, SP_DIRECT_IO_OFF } sp_direct_io;
 
@@ -56,6 +63,7 @@ typedef struct sp_config {
         sp_chat_template chat_template;
     } model;
     struct {
+        sp_preset preset;               /* settings bundle applied under explicit keys */
         sp_policy_kind policy;
         sp_allocator_kind allocator;
         double ratio;                   /* (0,1]: true byte ratio (target bytes) or kept token share */
@@ -72,6 +80,8 @@ typedef struct sp_config {
         char codebook_layers[SP_CONFIG_MASK_MAX]; /* layer mask */
         bool codebook;                  /* codebook stage on/off */
         int64_t decode_window;          /* coded layers: last N decode tokens raw (0 = coded at once) */
+        sp_decode_coding decode_coding; /* append | batch (batch needs decode_window >= 1) */
+        sp_entry_kind entry;            /* first (the paper) | centroid (members' mean direction) */
         int64_t sinks;                  /* streaming/pyramidinfer attention sinks */
         int64_t pyramidkv_beta;         /* PyramidKV's beta (min = (B - w) / beta) */
         double zigzag_tau;              /* ZigZagKV attention-mass threshold */
@@ -104,6 +114,14 @@ typedef struct sp_config {
      * table (sp_config_key_count()). */
     char origin[SP_CONFIG_MAX_KEYS][SP_CONFIG_ORIGIN_MAX];
 } sp_config;
+
+/* [compression] preset = paper sets the paper's exact settings on every key of its list that still
+ * has its default - whatever the order of the lines - so an explicit key (file or --set, before or
+ * after the preset) always wins over the preset, and the preset over the defaults. The keys it set
+ * show the origin "preset paper (<where the preset was set>)". preset = none sets nothing (keys a
+ * paper preset already set keep their values). The paper's list: i-th key name
+ * ("section.key") and value, i in [0, n); NULL past the end. */
+const char *sp_config_preset_key(sp_preset p, int i, const char **value);
 
 /* Fill every key with its default. Never fails. */
 void sp_config_defaults(sp_config *cfg);

@@ -272,3 +272,31 @@ int64_t sp_codebook_match(const uint16_t *entries, int64_t n_entries, int d, con
         *best_cos = bc;
     return best >= 0 && bc > theta ? best : -1;
 }
+
+int sp_codebook_centroids(sp_codebook *cb, const uint32_t *mu)
+{
+    size_t d = (size_t)cb->d, ne = (size_t)cb->n_entries;
+    double *sum = calloc((ne ? ne : 1) * d, sizeof *sum);
+    if (!sum)
+        return sp_error(ENOMEM, "codebook: out of memory for %zu centroids", ne);
+    for (int64_t i = 0; i < cb->n; i++) {
+        double w = mu ? (double)mu[i] : 1.0;
+        const float *u = cb->unit + (size_t)i * d;
+        double *s = sum + (size_t)cb->index[i] * d;
+        for (size_t j = 0; j < d; j++)
+            s[j] += w * u[j];
+    }
+    for (size_t e = 0; e < ne; e++) {
+        double *s = sum + e * d, nrm = 0;
+        for (size_t j = 0; j < d; j++)
+            nrm += s[j] * s[j];
+        if (!(nrm > 0))
+            continue;
+        nrm = sqrt(nrm);
+        float *dst = cb->unit + (size_t)cb->rep[e] * d;
+        for (size_t j = 0; j < d; j++)
+            dst[j] = (float)(s[j] / nrm);
+    }
+    free(sum);
+    return 0;
+}

@@ -37,6 +37,14 @@ void sp_codebook_unit(const float *x, int d, float *u, float *mag);
 int sp_codebook_build(const float *x, int64_t n, int d, const uint32_t *mu, float theta,
                       sp_codebook *cb);
 
+/* Centroid entries (`[compression] entry = centroid`, beyond the paper): replace each entry's unit
+ * direction (unit[rep[e]]) by the normalized mu-weighted mean of its members' directions - the
+ * unit vector with the largest weighted sum of cosines to them - instead of the first member's
+ * own. Every member (rep included) is then reconstructed from the centroid. An entry whose
+ * members' mean is zero keeps its direction. mu as in sp_codebook_build (NULL = all 1).
+ * Returns 0 or -ENOMEM (cb unchanged). */
+int sp_codebook_centroids(sp_codebook *cb, const uint32_t *mu);
+
 /* Free a codebook's arrays (accepts NULL and zeroed structs). */
 void sp_codebook_free(sp_codebook *cb);
 

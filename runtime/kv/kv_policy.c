@@ -61,6 +61,8 @@ void sp_kv_opts_from_config(sp_kv_opts *o, const sp_config *cfg)
     snprintf(o->codebook_layers, sizeof o->codebook_layers, "%s", c->codebook_layers);
     o->codebook = c->codebook;
     o->decode_window = c->decode_window;
+    o->decode_coding = c->decode_coding;
+    o->entry_centroid = c->entry == SP_ENTRY_CENTROID;
     o->sinks = c->sinks;
     o->pyramidkv_beta = c->pyramidkv_beta;
     o->zigzag_tau = c->zigzag_tau;
@@ -121,6 +123,16 @@ static int parse_int(const char *key, const char *v, int64_t *out)
     return 0;
 }
 
+/* A two-valued option: 0 for `a`, 1 for `b`, or -EINVAL naming both. */
+static int parse_choice(const char *key, const char *v, const char *a, const char *b)
+{
+    if (!strcmp(v, a))
+        return 0;
+    if (!strcmp(v, b))
+        return 1;
+    return sp_error(EINVAL, "kv option %s=%s: allowed: %s, %s", key, v, a, b);
+}
+
 static int parse_bool(const char *key, const char *v, bool *out)
 {
     if (!strcmp(v, "true") || !strcmp(v, "on") || !strcmp(v, "1") || !strcmp(v, "yes")) {
@@ -152,13 +164,10 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
     if (!strcmp(key, "ratio"))
         return parse_double(key, v, &o->ratio);
     if (!strcmp(key, "target")) {
-        if (!strcmp(v, "bytes"))
-            o->target = SP_TARGET_BYTES;
-        else if (!strcmp(v, "tokens"))
-            o->target = SP_TARGET_TOKENS;
-        else
-            return sp_error(EINVAL, "kv option target=%s: allowed: bytes, tokens", v);
-        return 0;
+        int c = parse_choice(key, v, "bytes", "tokens");
+        if (c >= 0)
+            o->target = (sp_ratio_target)c;
+        return c < 0 ? c : 0;
     }
     if (!strcmp(key, "budget_tokens"))
         return parse_int(key, v, &o->budget_tokens);
@@ -184,13 +193,10 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
     if (!strcmp(key, "theta_v"))
         return parse_double(key, v, &o->theta_v);
     if (!strcmp(key, "gqa_mode")) {
-        if (!strcmp(v, "query_head"))
-            o->gqa_mode = SP_GQA_QUERY_HEAD;
-        else if (!strcmp(v, "kv_head"))
-            o->gqa_mode = SP_GQA_KV_HEAD;
-        else
-            return sp_error(EINVAL, "kv option gqa_mode=%s: allowed: query_head, kv_head", v);
-        return 0;
+        int c = parse_choice(key, v, "query_head", "kv_head");
+        if (c >= 0)
+            o->gqa_mode = (sp_gqa_mode)c;
+        return c < 0 ? c : 0;
     }
     if (!strcmp(key, "evict_layers") || !strcmp(key, "codebook_layers")) {
         char *dst = key[0] == 'e' ? o->evict_layers : o->codebook_layers;
@@ -211,6 +217,18 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
         return parse_bool(key, v, &o->codebook);
     if (!strcmp(key, "decode_window"))
         return parse_int(key, v, &o->decode_window);
+    if (!strcmp(key, "entry")) {
+        int c = parse_choice(key, v, "first", "centroid");
+        if (c >= 0)
+            o->entry_centroid = c == 1;
+        return c < 0 ? c : 0;
+    }
+    if (!strcmp(key, "decode_coding")) {
+        int c = parse_choice(key, v, "append", "batch");
+        if (c >= 0)
+            o->decode_coding = (sp_decode_coding)c;
+        return c < 0 ? c : 0;
+    }
     if (!strcmp(key, "sinks"))
         return parse_int(key, v, &o->sinks);
     if (!strcmp(key, "pyramidkv_beta"))
@@ -220,7 +238,7 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
     return sp_error(EINVAL, "unknown kv option '%s'; allowed: policy, allocator, ratio, target, "
                             "budget_tokens, window, pool_kernel, pool_type, divide_by_l_minus_a, "
                             "beta, theta_k, theta_v, gqa_mode, evict_layers, codebook_layers, "
-                            "codebook, decode_window, sinks, pyramidkv_beta, zigzag_tau", key);
+                            "codebook, decode_window, decode_coding, entry, sinks, pyramidkv_beta, zigzag_tau", key);
 }
 
 int sp_kv_opts_parse(sp_kv_opts *o, const char *list)
@@ -267,6 +285,9 @@ static int validate(const sp_kv_opts *o, int n_layers, int64_t l, double theta_m
     if (o->decode_window < 0)
         return sp_error(EINVAL, "kv option decode_window=%lld: must be >= 0 (0 = decode tokens coded at once)",
                         (long long)o->decode_window);
+    if (o->decode_coding == SP_DECODE_CODING_BATCH && o->decode_window < 1)
+        return sp_error(EINVAL, "kv option decode_coding=batch: needs decode_window >= 1 (the "
+                                "batches are the decode tokens leaving that window)");
     if (o->pool_kernel < 1 || o->pool_kernel % 2 == 0)
         return sp_error(EINVAL, "kv option pool_kernel=%lld: must be a positive odd number (a "
                                 "centred window; 1 = no pooling)", (long long)o->pool_kernel);

@@ -39,6 +39,8 @@ typedef struct sp_kv_opts {
     char codebook_layers[SP_KV_MASK_MAX]; /* layer mask for the codebook stage */
     bool codebook;                   /* codebook stage on/off (default on) */
     int64_t decode_window;           /* coded layers: last N decode tokens raw (0: coded at append) */
+    sp_decode_coding decode_coding;  /* append (default) or batch (Algorithm 1 per batch) */
+    bool entry_centroid;             /* codebook entries = members' mean direction (default off) */
     int64_t sinks;                   /* streaming / pyramidinfer sinks (4) */
     int64_t pyramidkv_beta;          /* PyramidKV beta (20) */
     double zigzag_tau;               /* ZigZagKV attention-mass threshold (0.9) */

@@ -155,6 +155,16 @@ int sp_kv_segment_build_on(sp_backend_t *be, sp_kv_segment *seg, int layer, cons
                            int d, const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
                            sp_kv_build_info *info)
 {
+    sp_kv_code_opts co = {.coded = coded, .theta_k = theta_k, .theta_v = theta_v};
+    return sp_kv_segment_build_opts(be, seg, layer, k, v, d, sel, &co, info);
+}
+
+int sp_kv_segment_build_opts(sp_backend_t *be, sp_kv_segment *seg, int layer, const float *k,
+                             const float *v, int d, const sp_kv_selection *sel,
+                             const sp_kv_code_opts *co, sp_kv_build_info *info)
+{
+    bool coded = co->coded;
+    float theta_k = co->theta_k, theta_v = co->theta_v;
     memset(seg, 0, sizeof *seg);
     if (info)
         memset(info, 0, sizeof *info);
@@ -217,6 +227,10 @@ int sp_kv_segment_build_on(sp_backend_t *be, sp_kv_segment *seg, int layer, cons
             rc = codebook_build_on(be, gk, n, d, mu, theta_k, &cbk[i]);
             if (rc == 0)
                 rc = codebook_build_on(be, gv, n, d, mu, theta_v, &cbv[i]);
+            if (rc == 0 && co->centroid)
+                rc = sp_codebook_centroids(&cbk[i], mu);
+            if (rc == 0 && co->centroid)
+                rc = sp_codebook_centroids(&cbv[i], mu);
             if (rc < 0)
                 goto free_scratch;
             h.n_ent_k[i] = cbk[i].n_entries;
@@ -450,15 +464,26 @@ int sp_kv_tail_init(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float 
 int sp_kv_tail_init_window(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float theta_k,
                            float theta_v, int64_t raw_window)
 {
+    return sp_kv_tail_init_coding(t, seg, cap, theta_k, theta_v, raw_window, false);
+}
+
+int sp_kv_tail_init_coding(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float theta_k,
+                           float theta_v, int64_t raw_window, bool batch)
+{
     memset(t, 0, sizeof *t);
     if (!seg || !seg->hdr || cap < 0 || raw_window < 0)
         return sp_error(EINVAL, "kv tail: needs a segment, a capacity >= 0 and a raw window >= 0");
+    if (batch && raw_window < 1)
+        return sp_error(EINVAL, "kv tail: decode_coding = batch needs decode_window >= 1 (the "
+                                "batch is the tokens leaving the window)");
     const sp_kv_seg_header *h = seg->hdr;
     int nkv = h->n_kv_heads, d = h->head_dim;
     size_t c = (size_t)(cap ? cap : 1), sz[10], total = 0;
     t->coded = h->flags & SP_KV_SEG_CODED;
     t->raw_window = t->coded ? raw_window : 0;
-    t->raw_cap = !t->coded ? (int64_t)c : raw_window;
+    t->batch = t->coded && batch;
+    /* a batch tail holds the window plus the batch waiting to be coded */
+    t->raw_cap = !t->coded ? (int64_t)c : t->batch ? 2 * raw_window : raw_window;
     /* sizes of: pos, k_idx, v_idx, k_mag, v_mag, k_ent, v_ent, n_new_k, n_new_v, raw (k and v) */
     sz[0] = c * 4;
     sz[1] = sz[2] = t->coded ? nkv * c * 4 : 0;
@@ -524,6 +549,63 @@ uint32_t sp_kv_tail_code_vector(const uint16_t *seg_cb, int64_t seg_n, uint16_t 
     return (uint32_t)(seg_n + (*tail_n)++);
 }
 
+/* Algorithm 1 over tail tokens o..o+nb-1 of KV head h, one of K / V (from their fp16 ring rows):
+ * the batch's codebook entries become new tail entries after the *n_new already there. */
+static int code_batch_one(sp_kv_tail *t, int h, int64_t o, int64_t nb, const uint16_t *raw,
+                          float theta, uint32_t *idx, uint16_t *mag, uint16_t *ent, int64_t *n_new,
+                          int64_t seg_n, float *x)
+{
+    int d = t->d;
+    for (int64_t i = 0; i < nb; i++)
+        for (int e = 0; e < d; e++)
+            x[i * d + e] = sp_fp16_to_f32(raw[sp_kv_tail_raw_row(t, h, o + i) * d + e]);
+    sp_codebook cb;
+    int rc = sp_codebook_build(x, nb, d, NULL, theta, &cb);
+    if (rc)
+        return rc;
+    for (int64_t e = 0; e < cb.n_entries; e++)
+        to_fp16(ent + (size_t)(*n_new + e) * d, cb.unit + (size_t)cb.rep[e] * d, d);
+    for (int64_t i = 0; i < nb; i++) {
+        idx[o + i] = (uint32_t)(seg_n + *n_new + cb.index[i]);
+        mag[o + i] = sp_f32_to_fp16(cb.mag[i]);
+    }
+    *n_new += cb.n_entries;
+    sp_codebook_free(&cb);
+    return 0;
+}
+
+/* Code the oldest raw_window waiting tokens of a batch tail (every KV head, K and V). On failure
+ * the entry counts are restored: the tail is as before. */
+static int code_batch(sp_kv_tail *t, const sp_kv_segment *seg)
+{
+    int64_t nb = t->raw_window, o = t->n_coded, saved_k[SP_KV_SEG_MAX_KV_HEADS],
+            saved_v[SP_KV_SEG_MAX_KV_HEADS];
+    size_t c = (size_t)t->cap, d = (size_t)t->d;
+    float *x = malloc((size_t)nb * d * sizeof *x);
+    if (!x)
+        return sp_error(ENOMEM, "kv tail: out of memory for a batch of %lld tokens", (long long)nb);
+    int rc = 0;
+    for (int h = 0; h < t->n_kv_heads && !rc; h++) {
+        const sp_kv_seg_head *sv = &seg->head[h];
+        saved_k[h] = t->n_new_k[h];
+        saved_v[h] = t->n_new_v[h];
+        rc = code_batch_one(t, h, o, nb, t->raw_k, t->theta_k, t->k_idx + h * c, t->k_mag + h * c,
+                            t->k_ent + h * c * d, &t->n_new_k[h], sv->n_ent_k, x);
+        if (!rc)
+            rc = code_batch_one(t, h, o, nb, t->raw_v, t->theta_v, t->v_idx + h * c,
+                                t->v_mag + h * c, t->v_ent + h * c * d, &t->n_new_v[h], sv->n_ent_v, x);
+        if (rc)
+            for (int g = 0; g <= h; g++) {
+                t->n_new_k[g] = saved_k[g];
+                t->n_new_v[g] = saved_v[g];
+            }
+    }
+    free(x);
+    if (!rc)
+        t->n_coded += nb;
+    return rc;
+}
+
 int sp_kv_tail_append(sp_kv_tail *t, const sp_kv_segment *seg, const float *k, const float *v,
                       int32_t pos)
 {
@@ -532,10 +614,20 @@ int sp_kv_tail_append(sp_kv_tail *t, const sp_kv_segment *seg, const float *k, c
                                 "it more capacity", (long long)t->cap);
     int d = t->d;
     size_t c = (size_t)t->cap, n = (size_t)t->n;
+    /* A batch tail whose ring is full codes its oldest raw_window tokens, freeing their rows. */
+    if (t->batch && t->n - t->n_coded >= t->raw_cap) {
+        int rc = code_batch(t, seg);
+        if (rc)
+            return rc;
+    }
     t->pos[n] = pos;
     for (int h = 0; h < t->n_kv_heads; h++) {
         const float *kh = k + (size_t)h * d, *vh = v + (size_t)h * d;
-        if (t->coded && t->raw_window > 0) {
+        if (t->batch) {
+            size_t row = sp_kv_tail_raw_row(t, h, (int64_t)n);
+            to_fp16(t->raw_k + row * d, kh, d);
+            to_fp16(t->raw_v + row * d, vh, d);
+        } else if (t->coded && t->raw_window > 0) {
             /* The token raw_window back leaves the window: code it from its ring slot, which the
              * new token then takes. */
             size_t row = sp_kv_tail_raw_row(t, h, (int64_t)n);
@@ -574,6 +666,7 @@ int sp_kv_tail_append(sp_kv_tail *t, const sp_kv_segment *seg, const float *k, c
 void sp_kv_tail_reset(sp_kv_tail *t)
 {
     t->n = 0;
+    t->n_coded = 0;
     if (t->coded)
         for (int h = 0; h < t->n_kv_heads; h++)
             t->n_new_k[h] = t->n_new_v[h] = 0;
@@ -809,8 +902,7 @@ void sp_kv_segment_stats(const sp_kv_segment *seg, const sp_kv_tail *tail, sp_kv
         }
         stored += 2.0 * (double)h->window;
         /* raw tail tokens: all of an uncoded tail, the last raw_window of a coded one */
-        uint64_t nraw = !tail ? 0 : !tail->coded ? nt : nt < (uint64_t)tail->raw_window ? nt
-                                                                                         : (uint64_t)tail->raw_window;
+        uint64_t nraw = tail ? (uint64_t)sp_kv_tail_n_raw(tail) : 0;
         if (h->flags & SP_KV_SEG_CODED) {
             stored += (double)(hv->n_ent_k + hv->n_ent_v) + 2.0 * (double)nraw;
             if (tail)

@@ -109,6 +109,19 @@ int sp_kv_segment_build_on(sp_backend_t *be, sp_kv_segment *seg, int layer, cons
                            int d, const sp_kv_selection *sel, bool coded, float theta_k, float theta_v,
                            sp_kv_build_info *info);
 
+/* How a segment's codebooks are made (sp_kv_segment_build_opts). */
+typedef struct sp_kv_code_opts {
+    bool coded;              /* run the codebook (else the listed tokens are stored raw fp16) */
+    float theta_k, theta_v;  /* strict cosine thresholds */
+    bool centroid;           /* entries are their members' normalized mean direction
+                                (sp_codebook_centroids) instead of the first member's */
+} sp_kv_code_opts;
+
+/* sp_kv_segment_build_on with the coding options in one struct. */
+int sp_kv_segment_build_opts(sp_backend_t *be, sp_kv_segment *seg, int layer, const float *k,
+                             const float *v, int d, const sp_kv_selection *sel,
+                             const sp_kv_code_opts *co, sp_kv_build_info *info);
+
 /* Validate bytes as a segment and make a view (not owned). Checks magic, version, shape, section
  * bounds/alignment/lengths against the counts, the checksum when verify is true (-EBADMSG with a
  * message on mismatch), positions in range and ascending, entry indices < entry counts. Returns 0,
@@ -145,18 +158,35 @@ typedef struct sp_kv_tail {
     int64_t raw_window;          /* coded tails: the last raw_window tokens are held raw and coded
                                     one by one as they leave the window; 0 = coded at append */
     int64_t raw_cap;             /* rows per KV head of raw_k / raw_v (0 = none) */
+    bool batch;                  /* `decode_coding = batch`: tokens leaving the window are coded
+                                    raw_window at a time by Algorithm 1 over the batch (new
+                                    entries per batch), not one by one against the codebook */
+    int64_t n_coded;             /* batch tails: tokens 0..n_coded-1 are coded, the rest raw */
 } sp_kv_tail;
 
 /* Whether tail token j (0 <= j < t->n) is held raw (else coded: k_idx/v_idx/k_mag/v_mag). */
 static inline bool sp_kv_tail_is_raw(const sp_kv_tail *t, int64_t j)
 {
-    return !t->coded || j >= t->n - t->raw_window;
+    if (!t->coded)
+        return true;
+    return t->batch ? j >= t->n_coded : j >= t->n - t->raw_window;
+}
+
+/* Tail tokens held raw (all of an uncoded tail; a coded one's window, plus for a batch tail the
+ * tokens waiting for the next batch). */
+static inline int64_t sp_kv_tail_n_raw(const sp_kv_tail *t)
+{
+    if (!t->coded)
+        return t->n;
+    if (t->batch)
+        return t->n - t->n_coded;
+    return t->n < t->raw_window ? t->n : t->raw_window;
 }
 
 /* Row of tail token j of KV head h in raw_k / raw_v (valid when sp_kv_tail_is_raw). */
 static inline size_t sp_kv_tail_raw_row(const sp_kv_tail *t, int h, int64_t j)
 {
-    return (size_t)h * (size_t)t->raw_cap + (size_t)(t->coded ? j % t->raw_window : j);
+    return (size_t)h * (size_t)t->raw_cap + (size_t)(t->coded ? j % t->raw_cap : j);
 }
 
 /* Allocate a tail for seg with room for cap tokens. Returns 0, -EINVAL or -ENOMEM. */
@@ -170,6 +200,16 @@ int sp_kv_tail_init(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float 
  * raw anyway). Returns 0, -EINVAL (raw_window < 0) or -ENOMEM. */
 int sp_kv_tail_init_window(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float theta_k,
                            float theta_v, int64_t raw_window);
+/* Same, choosing how tokens leaving the window are coded (`[compression] decode_coding`):
+ * batch = false codes each one as it leaves (sp_kv_tail_init_window); batch = true (needs
+ * raw_window > 0) keeps up to 2·raw_window tokens raw and, when that many are waiting, codes the
+ * oldest raw_window of them together by Algorithm 1 (sp_codebook_build over the batch, every
+ * token with the same multiplicity: a tail token is kept by every query head); the batch's entries
+ * are appended as tail entries - the paper's "repeat the process for the remaining tokens". The
+ * last raw_window tokens are always raw. A batch allocates scratch (sp_codebook_build), so an
+ * append of a batch tail can fail with -ENOMEM (the tail is then unchanged). */
+int sp_kv_tail_init_coding(sp_kv_tail *t, const sp_kv_segment *seg, int64_t cap, float theta_k,
+                           float theta_v, int64_t raw_window, bool batch);
 void sp_kv_tail_free(sp_kv_tail *t); /* accepts NULL and zeroed structs */
 
 /* The coding of one vector of a decode token (the step sp_kv_tail_append makes per KV head, and the

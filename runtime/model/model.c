@@ -1085,11 +1085,12 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
                 memcpy(vd, (const float *)vsrc + (size_t)g * c->kv->head_stride, (size_t)l * D * sizeof *vd);
             }
         }
-        rc = sp_kv_segment_build_on(c->be, &c->seg[i], i, kf, vf, D, &sel, evict[L + i], (float)o->theta_k, (float)o->theta_v,
-                                 NULL);
+        sp_kv_code_opts co = {.coded = evict[L + i], .theta_k = (float)o->theta_k, .theta_v = (float)o->theta_v,
+                              .centroid = o->entry_centroid};
+        rc = sp_kv_segment_build_opts(c->be, &c->seg[i], i, kf, vf, D, &sel, &co, NULL);
         if (rc == 0)
-            rc = sp_kv_tail_init_window(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v,
-                                        o->decode_window);
+            rc = sp_kv_tail_init_coding(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v,
+                                        o->decode_window, o->decode_coding == SP_DECODE_CODING_BATCH);
         if (rc < 0)
             goto out;
         for (int g = 0; g < KVH; g++) {
