@@ -1428,6 +1428,7 @@ int sp_ctx_sample(sp_ctx_t *c, sp_sampler_t *s, const float *logits, int32_t *ou
     if (c->n_past == 0)
         return sp_error(EINVAL, "context: nothing to sample from (no prefill yet)");
     int rc, V = c->m->hp.n_vocab;
+    double t0 = sp_now_s();
     int32_t *tok_dev = c->ids;   /* the ids of the last chunk are consumed: reuse the slot */
     if (sp_sampler_is_greedy(s)) {
         sp_argmax_desc d = {.logits = c->logits_dev, .n_rows = 1, .n = V, .ld = V, .out = tok_dev};
@@ -1447,6 +1448,8 @@ int sp_ctx_sample(sp_ctx_t *c, sp_sampler_t *s, const float *logits, int32_t *ou
         (rc = sp_backend_event_sync(c->be, c->stage_ev)) < 0)
         return rc;
     *out = *stage_token(c);
+    /* sp_ctx_decode only queues the step on a device; the wait for its token is where it runs */
+    c->st.decode_s += sp_now_s() - t0;
     if (*out < 0 || *out >= V)
         return sp_error(EDOM, "the model produced no valid token at position %d (non-finite logits: check the "
                         "GGUF file)", c->n_past - 1);
