@@ -4,13 +4,22 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef __F16C__
-#include <immintrin.h>
-#endif
 
-#include "fp16.h"
 #include "sp_alloc.h"
 #include "sp_error.h"
+
+size_t sp_kvcache_layout(sp_kvcache *kv, sp_kv_type type, int n_layer, int n_kv_head, int head_dim, int n_ctx)
+{
+    kv->type = type;
+    kv->n_layer = n_layer;
+    kv->n_kv_head = n_kv_head;
+    kv->head_dim = head_dim;
+    kv->n_ctx = n_ctx;
+    kv->elem_bytes = type == SP_KV_F16 ? 2 : 4;
+    kv->head_stride = (size_t)n_ctx * head_dim;
+    kv->layer_elems = (size_t)n_kv_head * kv->head_stride;
+    return (size_t)n_layer * kv->layer_elems * kv->elem_bytes;
+}
 
 sp_kvcache *sp_kvcache_new(sp_kv_type type, int n_layer, int n_kv_head, int head_dim, int n_ctx)
 {
@@ -24,15 +33,7 @@ sp_kvcache *sp_kvcache_new(sp_kv_type type, int n_layer, int n_kv_head, int head
         sp_error(ENOMEM, "kv cache: out of memory");
         return NULL;
     }
-    kv->type = type;
-    kv->n_layer = n_layer;
-    kv->n_kv_head = n_kv_head;
-    kv->head_dim = head_dim;
-    kv->n_ctx = n_ctx;
-    kv->elem_bytes = type == SP_KV_F16 ? 2 : 4;
-    kv->head_stride = (size_t)n_ctx * head_dim;
-    kv->layer_elems = (size_t)n_kv_head * kv->head_stride;
-    size_t bytes = (size_t)n_layer * kv->layer_elems * kv->elem_bytes;
+    size_t bytes = sp_kvcache_layout(kv, type, n_layer, n_kv_head, head_dim, n_ctx);
     /* calloc of this size maps fresh zero pages: memory is committed only as positions fill. */
     kv->k = sp_calloc(1, bytes);
     kv->v = sp_calloc(1, bytes);

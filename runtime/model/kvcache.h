@@ -25,6 +25,9 @@ typedef struct sp_kvcache {
 /* Returns NULL on failure (sp_last_error()). */
 sp_kvcache *sp_kvcache_new(sp_kv_type type, int n_layer, int n_kv_head, int head_dim, int n_ctx);
 void sp_kvcache_free(sp_kvcache *kv);   /* accepts NULL */
+/* Fill kv's shape fields (not k/v) for storage held elsewhere (a device buffer); returns the bytes
+ * of K (= of V) over all layers. */
+size_t sp_kvcache_layout(sp_kvcache *kv, sp_kv_type type, int n_layer, int n_kv_head, int head_dim, int n_ctx);
 /* Bytes of K+V storage (all layers, full n_ctx). */
 size_t sp_kvcache_bytes(const sp_kvcache *kv);
 /* Base of layer `layer`'s K (or V): the element [g][p][d] is at g*head_stride + p*head_dim + d. */

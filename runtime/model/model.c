@@ -339,15 +339,7 @@ static int kv_cache_alloc(sp_ctx_t *c)
     sp_kvcache *kv = sp_calloc(1, sizeof *kv);
     if (!kv)
         return sp_error(ENOMEM, "context: out of memory");
-    kv->type = c->p.kv_type;
-    kv->n_layer = hp->n_layer;
-    kv->n_kv_head = hp->n_kv_head;
-    kv->head_dim = hp->head_dim;
-    kv->n_ctx = c->p.n_ctx;
-    kv->elem_bytes = kv->type == SP_KV_F16 ? 2 : 4;
-    kv->head_stride = (size_t)kv->n_ctx * (size_t)kv->head_dim;
-    kv->layer_elems = (size_t)kv->n_kv_head * kv->head_stride;
-    size_t half = (size_t)kv->n_layer * kv->layer_elems * kv->elem_bytes;
+    size_t half = sp_kvcache_layout(kv, c->p.kv_type, hp->n_layer, hp->n_kv_head, hp->head_dim, c->p.n_ctx);
     c->kv_buf = sp_backend_buffer_alloc(c->be, SP_MEM_DEVICE, 2 * half, NULL);
     if (!c->kv_buf) {
         free(kv);
