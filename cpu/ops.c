@@ -219,5 +219,6 @@ static void kv_store_one(const sp_kv_store_desc *d, void *base, const float *src
 void sp_op_kv_store(const sp_kv_store_desc *d)
 {
     kv_store_one(d, d->k_dst, d->k, d->ldk);
-    kv_store_one(d, d->v_dst, d->v, d->ldv);
+    if (d->v_dst)
+        kv_store_one(d, d->v_dst, d->v, d->ldv);
 }

@@ -186,7 +186,7 @@ bool cu_supports(const sp_backend_t *be, sp_op op, const void *desc)
     case SP_OP_ATTN_PREFILL:
     case SP_OP_ATTN_DECODE: {
         const sp_attn_desc *d = static_cast<const sp_attn_desc *>(desc);
-        return d->kv_type == SP_KV_F16 && !d->win_w;
+        return d->kv_type == SP_KV_F16;
     }
     case SP_OP_SEGATTN:
         return static_cast<const sp_segattn_desc *>(desc)->kv_head < 0;
@@ -282,6 +282,10 @@ int cu_reserve(sp_backend_t *be, sp_op op, const void *desc)
         return scratch_reserve(be, sp_gpu_attention_scratch_floats(d->n_q, d->q_pos0, d->n_head, d->head_dim,
                                                                    d->n_window) * sizeof(float));
     }
+    if (op == SP_OP_SEGATTN) {
+        const sp_segattn_desc *d = static_cast<const sp_segattn_desc *>(desc);
+        return scratch_reserve(be, sp_gpu_segattn_scratch_floats_full(d->seg, d->tail) * sizeof(float));
+    }
     return 0;
 }
 
@@ -308,6 +312,7 @@ int cu_attention(sp_backend_t *be, const sp_attn_desc *d)
     g.n_window = d->n_window;
     g.win = d->win;
     g.win_ld = d->win_ld;
+    g.win_w = d->win_w;
     g.scratch = static_cast<float *>(ctx_of(be)->scratch);
     g.scratch_floats = floats;
     return sp_gpu_attention(stream_of(be, SP_STREAM_COMPUTE), g);
@@ -357,6 +362,15 @@ int cu_segattn(sp_backend_t *be, const sp_segattn_desc *d)
     g.out = d->out;
     g.scratch = d->scratch;
     g.scratch_floats = d->scratch_floats;
+    if (!g.scratch) {
+        /* the backend's own: reserved for the full tail at placement, so this never grows it */
+        size_t floats = sp_gpu_segattn_scratch_floats(d->seg, d->tail);
+        int rc = scratch_reserve(be, floats * sizeof(float));
+        if (rc < 0)
+            return rc;
+        g.scratch = static_cast<float *>(ctx_of(be)->scratch);
+        g.scratch_floats = ctx_of(be)->scratch_bytes / sizeof(float);
+    }
     return sp_gpu_segattn_decode(stream_of(be, SP_STREAM_COMPUTE), g);
 }
 

@@ -209,6 +209,7 @@ typedef struct sp_gpu_attn_desc {
     int n_window;            /* 0: no window scores */
     float *win;              /* [n_head][win_ld] or NULL */
     int win_ld;
+    const float *win_w;      /* [n_window] row weights or NULL (all 1), as sp_attn_desc */
     float *scratch;          /* device, sp_gpu_attention_scratch_floats() floats */
     size_t scratch_floats;
 } sp_gpu_attn_desc;
@@ -323,6 +324,8 @@ typedef struct sp_gpu_segattn_desc {
     size_t scratch_floats;
 } sp_gpu_segattn_desc;
 size_t sp_gpu_segattn_scratch_floats(const struct sp_kv_segment *seg, const struct sp_kv_tail *tail);
+/* The same once the tail holds tail->cap tokens: the most any decode step over it needs. */
+size_t sp_gpu_segattn_scratch_floats_full(const struct sp_kv_segment *seg, const struct sp_kv_tail *tail);
 int sp_gpu_segattn_decode(void *stream, sp_gpu_segattn_desc d);
 
 /* ---- sampling --------------------------------------------------------------------------------- */

@@ -165,7 +165,8 @@ static __global__ void attn_window_kernel(sp_gpu_attn_desc a, const float *lse)
                 float s = 0.0f;
                 for (int d = 0; d < D; d++)
                     s = fmaf(qw[d], kj[d], s);
-                acc += expf(s - lse[(size_t)h * W + w0 + w]);
+                float p = expf(s - lse[(size_t)h * W + w0 + w]);
+                acc += a.win_w ? a.win_w[w0 + w] * p : p;
             }
         }
     }

@@ -227,7 +227,7 @@ extern "C" int sp_gpu_kv_store(void *stream, const sp_kv_store_desc *d)
     SP_LAUNCH((unsigned)blocks, 256, 0, s, kv_store_kernel)(d->k, d->ldk, d->n, d->pos0, d->n_kv_head, d->head_dim,
                                                            d->k_dst, d->head_stride, f16);
     int rc = SP_CUDA_LAUNCHED("kv_store_kernel (K)");
-    if (rc)
+    if (rc || !d->v_dst)
         return rc;
     SP_LAUNCH((unsigned)blocks, 256, 0, s, kv_store_kernel)(d->v, d->ldv, d->n, d->pos0, d->n_kv_head, d->head_dim,
                                                            d->v_dst, d->head_stride, f16);

@@ -275,6 +275,15 @@ extern "C" size_t sp_gpu_segattn_scratch_floats(const sp_kv_segment *seg, const 
     return (size_t)seg->hdr->n_kv_heads * (size_t)seg->group * (size_t)(nm + em) + 1;
 }
 
+extern "C" size_t sp_gpu_segattn_scratch_floats_full(const sp_kv_segment *seg, const sp_kv_tail *tail)
+{
+    if (!tail)
+        return sp_gpu_segattn_scratch_floats(seg, NULL);
+    sp_kv_tail full = *tail;
+    full.n = full.cap;
+    return sp_gpu_segattn_scratch_floats(seg, &full);
+}
+
 static const void *tail_ptr(const sp_kv_tail *t, const void *host, const void *dev)
 {
     return host ? (const uint8_t *)dev + ((const uint8_t *)host - (const uint8_t *)t->mem) : NULL;

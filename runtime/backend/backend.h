@@ -347,7 +347,10 @@ typedef struct sp_segattn_desc {
     sp_rope_mode mode;
     float scale;
     float *out;                 /* as q */
-    float *scratch;             /* backend memory: sp_backend_segattn_scratch_floats() floats */
+    /* CPU: host scratch of sp_backend_cpu_segattn_scratch_floats() floats. CUDA: NULL = the
+     * backend's own scratch, sized once by sp_backend_reserve(SP_OP_SEGATTN, d) for d->tail at its
+     * full capacity (so no decode step grows it), or a device buffer of that many floats. */
+    float *scratch;
     size_t scratch_floats;
 } sp_segattn_desc;
 
@@ -373,7 +376,8 @@ typedef struct sp_sample_desc {
 
 /* Store n tokens at positions pos0.. of one layer's cache from row-major fp32 k[t*ldk + g*head_dim + d]
  * (same for v), converted to kv_type (round to nearest even). The cache element [g][p][d] is at
- * g*head_stride + p*head_dim + d from k_dst (v_dst); pos0 + n must be <= n_pos. */
+ * g*head_stride + p*head_dim + d from k_dst (v_dst); pos0 + n must be <= n_pos. v_dst NULL: K only
+ * (the captured pre-RoPE keys). */
 typedef struct sp_kv_store_desc {
     int n, pos0, n_pos;
     int n_kv_head, head_dim;

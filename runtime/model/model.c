@@ -25,6 +25,7 @@
 #include "dequant.h"
 #include "fp16.h"
 #include "kv_budget.h"
+#include "kv_device.h"
 #include "kv_segment.h"
 #include "kv_select.h"
 #include "kv_target.h"
@@ -324,6 +325,14 @@ struct sp_ctx {
     int kv_probes;
     bool kv_hit;
     double attn_s;           /* attention time of one-token chunks (decode) */
+    /* ---- KV compression on a device: the capture and the segments in device memory ----
+     * kpre lives in kpre_buf (fp16, same layout); window scores are read back per layer during the
+     * prefill (selection and segment build run on the host in this version); each layer's segment
+     * and tail are then placed in device buffers (dl) and decode appends and attends there. */
+    sp_buffer_t *kpre_buf;   /* dev: [n_layer][n_kv_head][st_cap][head_dim] fp16 pre-RoPE K */
+    float *win_h;            /* dev: host copy of window scores [n_head][n_ctx] */
+    float *winw_h;           /* dev: host PyramidInfer row weights [chunk], copied to winw */
+    sp_kv_dev_layer *dl;     /* dev: [n_layer] */
 };
 
 enum { KV_PLAIN = 0, KV_CAPTURE = 1, KV_SEG = 2 };
@@ -368,9 +377,7 @@ static void kv_cache_release(sp_ctx_t *c)
  * do yet is refused here, by name. */
 static int device_begin(sp_ctx_t *c)
 {
-    if (c->kv_on)
-        return sp_error(ENOTSUP, "context: KV compression (policy %s) runs only on the cpu backend in this "
-                        "version; use --backend cpu or [compression] policy = full", sp_kv_policy_name(c->kvo.policy));
+    const sp_hparams *hp = &c->m->hp;
     if (c->p.on_hidden || c->p.on_window)
         return sp_error(ENOTSUP, "context: hidden-state and window-score callbacks need the cpu backend");
     int rc = sp_weights_device_upload(&c->wd, c->m, c->be, NULL);
@@ -382,7 +389,10 @@ static int device_begin(sp_ctx_t *c)
     c->output_norm = c->wd.output_norm;
     c->stage = sp_backend_buffer_alloc(c->be, SP_MEM_HOST_PINNED, (2 * (size_t)c->p.chunk + 1) * sizeof(int32_t), NULL);
     c->stage_ev = sp_backend_event_new(c->be);
-    return c->stage && c->stage_ev ? 0 : -ENOMEM;
+    c->win_h = sp_malloc(sizeof(float) * (size_t)hp->n_head * (size_t)c->p.n_ctx);
+    c->winw_h = sp_malloc(sizeof(float) * (size_t)c->p.chunk);
+    c->dl = sp_calloc((size_t)hp->n_layer, sizeof *c->dl);
+    return c->stage && c->stage_ev && c->win_h && c->winw_h && c->dl ? 0 : -ENOMEM;
 }
 
 static int32_t *stage_ids(sp_ctx_t *c) { return sp_backend_buffer_base(c->stage); }
@@ -581,6 +591,9 @@ void sp_ctx_free(sp_ctx_t *c)
         sp_backend_buffer_free(c->stage);
         sp_backend_event_free(c->stage_ev);
         sp_weights_device_free(&c->wd);
+        free(c->win_h);
+        free(c->winw_h);
+        free(c->dl);
     } else {
         free(c->mem);
     }
@@ -660,16 +673,38 @@ static int attention(sp_ctx_t *c, const sp_attn_desc *a)
  *   keep_prefill_state; the tails are sized once (n_ctx - prompt) so decode never allocates.
  */
 
-static void capture_kpre(sp_ctx_t *c, int layer, int n, int pos0)
+static int capture_kpre(sp_ctx_t *c, int layer, int n, int pos0)
 {
     const sp_hparams *hp = &c->m->hp;
     int D = hp->head_dim, KV = hp->n_kv_head * D;
+    if (c->dev) {   /* stays on the device: a K-only store into kpre_buf */
+        uint16_t *base = sp_backend_buffer_base(c->kpre_buf);
+        sp_kv_store_desc st = {.n = n, .pos0 = pos0, .n_pos = (int)c->st_cap, .n_kv_head = hp->n_kv_head,
+                               .head_dim = D, .k = c->k, .ldk = KV,
+                               .k_dst = base + (size_t)layer * hp->n_kv_head * (size_t)c->st_cap * D,
+                               .head_stride = (size_t)c->st_cap * D, .kv_type = SP_KV_F16};
+        return sp_backend_kv_store(c->be, &st);
+    }
     for (int g = 0; g < hp->n_kv_head; g++) {
         uint16_t *dst = c->kpre + (((size_t)layer * hp->n_kv_head + g) * c->st_cap + pos0) * D;
         for (int t = 0; t < n; t++)
             for (int i = 0; i < D; i++)
                 dst[(size_t)t * D + i] = sp_f32_to_fp16(c->k[(size_t)t * KV + g * D + i]);
     }
+    return 0;
+}
+
+/* The window scores of the last attention pass, [n_head][nk], where the host can read them: c->win
+ * itself, or on a device a copy waited for (prefill only). NULL on error. */
+static const float *win_on_host(sp_ctx_t *c, int nk)
+{
+    if (!c->dev)
+        return c->win;
+    size_t off = (size_t)((char *)c->win - (char *)c->mem), bytes = sizeof(float) * (size_t)c->m->hp.n_head * nk;
+    if (sp_backend_copy_d2h(c->be, SP_STREAM_COMPUTE, c->win_h, c->mem_buf, off, bytes) < 0 ||
+        sp_backend_stream_sync(c->be, SP_STREAM_COMPUTE) < 0)
+        return NULL;
+    return c->win_h;
 }
 
 /* After the chunk's attention (aa): keep the window scores (last chunk) and run the extra passes. */
@@ -678,9 +713,13 @@ static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_desc *aa)
     const sp_hparams *hp = &c->m->hp;
     int H = hp->n_head, n = aa->n_q, pos0 = aa->q_pos0, nk = pos0 + n, rc;
     size_t cap = (size_t)c->st_cap;
-    if (aa->n_window > 0)
+    const float *win;
+    if (aa->n_window > 0) {
+        if (!(win = win_on_host(c, nk)))
+            return -EIO;
         for (int h = 0; h < H; h++)
-            memcpy(c->sc_win + ((size_t)layer * H + h) * cap, c->win + (size_t)h * nk, sizeof(float) * nk);
+            memcpy(c->sc_win + ((size_t)layer * H + h) * cap, win + (size_t)h * nk, sizeof(float) * nk);
+    }
     if (!c->sc_col && !c->sc_pinf)
         return 0;
     double t0 = sp_now_s();
@@ -693,9 +732,11 @@ static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_desc *aa)
         x.win_w = NULL;
         if ((rc = attention(c, &x)) != 0)
             return rc;
+        if (!(win = win_on_host(c, nk)))
+            return -EIO;
         for (int h = 0; h < H; h++) {
             float *dst = c->sc_col + ((size_t)layer * H + h) * cap;
-            const float *src = c->win + (size_t)h * nk;
+            const float *src = win + (size_t)h * nk;
             for (int j = 0; j < nk; j++)
                 dst[j] += src[j];
         }
@@ -703,17 +744,23 @@ static int capture_scores(sp_ctx_t *c, int layer, const sp_attn_desc *aa)
     int64_t l = c->st_cap, nq = (l + 4) / 5, first = l - nq; /* last ceil(0.2 l) rows */
     if (c->sc_pinf && nk > first) {
         int r = (int)(nk - (pos0 > first ? pos0 : first));
+        float *ww = c->dev ? c->winw_h : c->winw;
         for (int i = 0; i < r; i++) {
             int64_t t = nk - r + i - first;
-            c->winw[i] = nq > 1 ? 1.0f + 0.2f * (float)t / (float)(nq - 1) : 1.0f;
+            ww[i] = nq > 1 ? 1.0f + 0.2f * (float)t / (float)(nq - 1) : 1.0f;
         }
+        size_t ww_off = (size_t)((char *)c->winw - (char *)c->mem);
+        if (c->dev && (rc = sp_backend_copy_h2d(c->be, SP_STREAM_COMPUTE, c->mem_buf, ww_off, ww, sizeof(float) * r)) < 0)
+            return rc;
         x.n_window = r;
         x.win_w = c->winw;
         if ((rc = attention(c, &x)) != 0)
             return rc;
+        if (!(win = win_on_host(c, nk)))   /* also the wait that frees winw_h for the next layer */
+            return -EIO;
         float *dst = c->sc_pinf + (size_t)layer * cap, inv = 1.0f / (float)H;
         for (int h = 0; h < H; h++) {
-            const float *src = c->win + (size_t)h * nk;
+            const float *src = win + (size_t)h * nk;
             for (int j = 0; j < nk; j++)
                 dst[j] += src[j] * inv;
         }
@@ -764,8 +811,25 @@ static int seg_attention(sp_ctx_t *c, int layer, int n, int pos0)
     const sp_hparams *hp = &c->m->hp;
     int D = hp->head_dim, Q = hp->n_head * D, KV = hp->n_kv_head * D;
     const sp_kv_segment *seg;
-    int rc = seg_acquire(c, layer, &seg);
-    if (rc < 0)
+    int rc = 0;
+    if (c->dev) {
+        sp_kv_dev_layer *dl = &c->dl[layer];
+        size_t pos_off = (size_t)((char *)c->pos - (char *)c->mem);
+        for (int t = 0; t < n && rc == 0; t++) {
+            if ((rc = sp_kv_dev_append(c->be, dl, &c->seg[layer], &c->tail[layer], c->k + (size_t)t * KV,
+                                       c->v + (size_t)t * KV, c->mem_buf, pos_off + sizeof(int32_t) * t, pos0 + t)) < 0)
+                return rc;
+            sp_segattn_desc d = {
+                .seg = &c->seg[layer], .seg_bytes = sp_backend_buffer_base(dl->seg), .tail = &c->tail[layer],
+                .tail_bytes = sp_backend_buffer_base(dl->tail), .kv_head = -1, .q = c->q + (size_t)t * Q,
+                .rope_table = c->rope, .rope_n_pos = c->p.n_ctx, .mode = hp->rope_mode,
+                .scale = 1.0f / sqrtf((float)D), .out = c->att + (size_t)t * Q,
+            };
+            rc = sp_backend_segattn(c->be, &d);
+        }
+        return rc;
+    }
+    if ((rc = seg_acquire(c, layer, &seg)) < 0)
         return rc;
     for (int t = 0; t < n && rc == 0; t++) {
         rc = sp_kv_tail_append(&c->tail[layer], seg, c->k + (size_t)t * KV, c->v + (size_t)t * KV, pos0 + t);
@@ -865,8 +929,8 @@ static int forward_chunk(sp_ctx_t *c, const int32_t *tok, int n, bool window, fl
             if ((rc = seg_attention(c, l, n, pos0)) != 0)
                 return rc;
         } else {
-            if (c->mode == KV_CAPTURE)
-                capture_kpre(c, l, n, pos0);
+            if (c->mode == KV_CAPTURE && (rc = capture_kpre(c, l, n, pos0)) != 0)
+                return rc;
             if ((rc = rope(c, c->k, n, hp->n_kv_head, KV)) != 0)
                 return rc;
             sp_kv_store_desc st = {.n = n, .pos0 = pos0, .n_pos = c->kv->n_ctx, .n_kv_head = hp->n_kv_head,
@@ -955,6 +1019,8 @@ static void kv_drop_segments(sp_ctx_t *c)
             sp_kv_segment_free(&c->seg[l]);
         if (c->tail)
             sp_kv_tail_free(&c->tail[l]);
+        if (c->dl)
+            sp_kv_dev_free(&c->dl[l]);
     }
     free(c->work);
     c->work = NULL;
@@ -967,6 +1033,8 @@ static void kv_drop_state(sp_ctx_t *c)
     free(c->sc_win);
     free(c->sc_col);
     free(c->sc_pinf);
+    sp_backend_buffer_free(c->kpre_buf);
+    c->kpre_buf = NULL;
     c->kpre = NULL;
     c->sc_win = c->sc_col = c->sc_pinf = NULL;
     c->have_state = false;
@@ -1000,11 +1068,14 @@ static int kv_capture_begin(sp_ctx_t *c, int64_t l)
         return rc;
     bool col = c->kvo.policy == SP_POLICY_H2O || c->p.keep_prefill_state;
     bool pinf = c->kvo.policy == SP_POLICY_PYRAMIDINFER || c->p.keep_prefill_state;
-    c->kpre = sp_malloc(L * hp->n_kv_head * n * hp->head_dim * sizeof *c->kpre);
+    size_t kpre_bytes = L * hp->n_kv_head * n * hp->head_dim * sizeof *c->kpre;
+    if (c->dev && !(c->kpre_buf = sp_backend_buffer_alloc(c->be, SP_MEM_DEVICE, kpre_bytes, NULL)))
+        return -ENOMEM;
+    c->kpre = c->dev ? NULL : sp_malloc(kpre_bytes);
     c->sc_win = sp_calloc(L * H * n, sizeof *c->sc_win);
     c->sc_col = col ? sp_calloc(L * H * n, sizeof *c->sc_col) : NULL;
     c->sc_pinf = pinf ? sp_calloc(L * n, sizeof *c->sc_pinf) : NULL;
-    if (!c->kpre || !c->sc_win || (col && !c->sc_col) || (pinf && !c->sc_pinf)) {
+    if ((!c->kpre && !c->kpre_buf) || !c->sc_win || (col && !c->sc_col) || (pinf && !c->sc_pinf)) {
         kv_drop_state(c);
         return sp_error(ENOMEM, "context: out of memory for the prefill state of %lld tokens", (long long)l);
     }
@@ -1033,8 +1104,12 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
     int64_t *kept = sp_malloc((size_t)L * sizeof *kept);
     double *U = sp_calloc((size_t)L, sizeof *U);
     float *kf = sp_malloc((size_t)KVH * (size_t)l * D * sizeof *kf), *vf = sp_malloc((size_t)KVH * (size_t)l * D * sizeof *vf);
-    size_t wf = 0;
-    if (!evict || !kept || !U || !kf || !vf) {
+    size_t wf = 0, kv_elt = c->kv->type == SP_KV_F16 ? 2 : 4, kv_layer = (size_t)KVH * c->kv->head_stride * kv_elt;
+    /* on a device: one layer's pre-RoPE K and V read back (selection and build run on the host) */
+    void *kh = c->dev ? sp_malloc((size_t)KVH * (size_t)cap * D * sizeof(uint16_t)) : NULL;
+    void *vh = c->dev ? sp_malloc(kv_layer) : NULL;
+    sp_backend_t *be_sel = c->dev ? NULL : c->be;
+    if (!evict || !kept || !U || !kf || !vf || (c->dev && (!kh || !vh))) {
         rc = sp_error(ENOMEM, "kv compress: out of memory for %lld tokens", (long long)l);
         goto out;
     }
@@ -1061,11 +1136,20 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
             .pinfer = c->sc_pinf ? c->sc_pinf + (size_t)i * cap : NULL,
             .prev = i > 0 ? &prev : NULL,
         };
-        if ((rc = sp_kv_select_layer_on(c->be, o, evict[i], kept[i], &in, &sel)) < 0)
+        if ((rc = sp_kv_select_layer_on(be_sel, o, evict[i], kept[i], &in, &sel)) < 0)
             goto out;
         const void *vsrc = sp_kvcache_v(c->kv, i);
+        const uint16_t *kpre_i = c->kpre ? c->kpre + (size_t)i * KVH * cap * D : kh;
+        if (c->dev) {
+            size_t kb = (size_t)KVH * (size_t)cap * D * sizeof(uint16_t);
+            size_t voff = (size_t)((const char *)vsrc - (const char *)sp_backend_buffer_base(c->kv_buf));
+            if ((rc = sp_backend_buffer_get(c->kpre_buf, (size_t)i * kb, kh, kb)) < 0 ||
+                (rc = sp_backend_buffer_get(c->kv_buf, voff, vh, kv_layer)) < 0)
+                goto out;
+            vsrc = vh;
+        }
         for (int g = 0; g < KVH; g++) {
-            const uint16_t *ks = c->kpre + ((size_t)i * KVH + g) * cap * D;
+            const uint16_t *ks = kpre_i + (size_t)g * cap * D;
             float *kd = kf + (size_t)g * l * D, *vd = vf + (size_t)g * l * D;
             for (size_t e = 0; e < (size_t)l * D; e++)
                 kd[e] = sp_fp16_to_f32(ks[e]);
@@ -1079,10 +1163,12 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
         }
         sp_kv_code_opts co = {.coded = evict[L + i], .theta_k = (float)o->theta_k, .theta_v = (float)o->theta_v,
                               .centroid = o->entry_centroid};
-        rc = sp_kv_segment_build_opts(c->be, &c->seg[i], i, kf, vf, D, &sel, &co, NULL);
+        rc = sp_kv_segment_build_opts(be_sel, &c->seg[i], i, kf, vf, D, &sel, &co, NULL);
         if (rc == 0)
             rc = sp_kv_tail_init_coding(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v,
                                         o->decode_window, o->decode_coding == SP_DECODE_CODING_BATCH);
+        if (rc == 0 && c->dev)
+            rc = sp_kv_dev_place(c->be, &c->dl[i], &c->seg[i], &c->tail[i], NULL);
         if (rc < 0)
             goto out;
         for (int g = 0; g < KVH; g++) {
@@ -1102,8 +1188,8 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
         memset(&sel, 0, sizeof sel);
     }
     wf = (wf + 15) & ~(size_t)15;
-    c->work = sp_aligned_alloc(64, (size_t)c->p.n_threads * wf * sizeof *c->work);
-    if (!c->work) {
+    c->work = c->dev ? NULL : sp_aligned_alloc(64, (size_t)c->p.n_threads * wf * sizeof *c->work);
+    if (!c->dev && !c->work) {
         rc = sp_error(ENOMEM, "kv compress: out of memory for attention scratch");
         goto out;
     }
@@ -1121,6 +1207,8 @@ out:
     free(U);
     free(kf);
     free(vf);
+    free(kh);
+    free(vh);
     return rc;
 }
 
@@ -1216,9 +1304,6 @@ int sp_ctx_set_policy(sp_ctx_t *c, const sp_kv_opts *o)
     if (rc < 0)
         return rc;
     bool on = o->policy != SP_POLICY_FULL;
-    if (on && c->dev)
-        return sp_error(ENOTSUP, "context: KV compression (policy %s) runs only on the cpu backend in this "
-                        "version; use --backend cpu", sp_kv_policy_name(o->policy));
     if (on && o->window > c->p.chunk && o->window < c->p.n_ctx)
         return sp_error(EINVAL, "context: compression window %lld exceeds the prefill chunk %d (give the options "
                         "at creation, sp_ctx_params.kv_opts, or raise chunk)", (long long)o->window, c->p.chunk);
@@ -1242,6 +1327,10 @@ int sp_ctx_set_kv_provider(sp_ctx_t *c, const sp_kv_provider *p)
     if (!p->place || !p->step_begin || !p->acquire || !p->release)
         return sp_error(EINVAL, "context: a KV provider needs all four callbacks (place, step_begin, acquire, "
                         "release)");
+    if (c->dev)
+        return sp_error(ENOTSUP, "context: tiered KV segments (host/NVMe placement) are not wired to %s in this "
+                        "version: the segments stay in device memory; set [tiers] device_budget = 0 and "
+                        "host_budget = 0, or use --backend cpu", sp_backend_name(c->be));
     c->prov = *p;
     c->has_prov = true;
     return 0;
@@ -1303,8 +1392,8 @@ int sp_ctx_kv_stats(sp_ctx_t *c, sp_kv_stats *st)
         sp_kv_layer_stats *ls = &c->lst[i];
         if (c->mode == KV_SEG) {
             const sp_kv_segment *seg;
-            int rc = seg_acquire(c, i, &seg);
-            if (rc < 0)
+            int rc = c->dev ? sp_kv_dev_pull_tail(c->be, &c->dl[i], &c->tail[i]) : 0;
+            if (rc < 0 || (rc = seg_acquire(c, i, &seg)) < 0)
                 return rc;
             sp_kv_seg_stats ss;
             const sp_kv_tail *t = &c->tail[i];
