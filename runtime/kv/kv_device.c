@@ -16,12 +16,13 @@ void sp_kv_dev_free(sp_kv_dev_layer *dl)
     if (!dl)
         return;
     sp_backend_buffer_free(dl->seg);
+    sp_backend_buffer_free(dl->meta);
     sp_backend_buffer_free(dl->tail);
     memset(dl, 0, sizeof *dl);
 }
 
 int sp_kv_dev_place(sp_backend_t *be, sp_kv_dev_layer *dl, const sp_kv_segment *seg,
-                    const sp_kv_tail *tail, const sp_budget *budget)
+                    const sp_kv_tail *tail, bool keep_bytes, const sp_budget *budget)
 {
     memset(dl, 0, sizeof *dl);
     if (!seg || !seg->hdr || !tail || !tail->mem)
@@ -45,17 +46,16 @@ int sp_kv_dev_place(sp_backend_t *be, sp_kv_dev_layer *dl, const sp_kv_segment *
         meta[2 * nkv + v] = coded && sh->v_cb ? ((const uint8_t *)sh->v_cb - vcb) / (2 * (int64_t)d) : 0;
         meta[3 * nkv + v] = coded ? sh->n_ent_v : 0;
     }
-    size_t seg_bytes = sp_kv_segment_size(seg), meta_off = (seg_bytes + 63) / 64 * 64;
-    size_t meta_bytes = 4 * (size_t)nkv * sizeof(int64_t);
+    size_t seg_bytes = sp_kv_segment_size(seg), meta_bytes = 4 * (size_t)nkv * sizeof(int64_t);
     int rc;
-    if (!(dl->seg = sp_backend_buffer_alloc(be, SP_MEM_DEVICE, meta_off + meta_bytes, budget)) ||
+    if ((keep_bytes && !(dl->seg = sp_backend_buffer_alloc(be, SP_MEM_DEVICE, seg_bytes, budget))) ||
+        !(dl->meta = sp_backend_buffer_alloc(be, SP_MEM_DEVICE, meta_bytes, budget)) ||
         !(dl->tail = sp_backend_buffer_alloc(be, SP_MEM_DEVICE, tail->mem_bytes, budget))) {
         rc = -ENOMEM;
         goto fail;
     }
-    dl->meta_off = meta_off;
-    if ((rc = sp_backend_buffer_set(dl->seg, 0, seg->buf, seg_bytes)) < 0 ||
-        (rc = sp_backend_buffer_set(dl->seg, meta_off, meta, meta_bytes)) < 0 ||
+    if ((keep_bytes && (rc = sp_backend_buffer_set(dl->seg, 0, seg->buf, seg_bytes)) < 0) ||
+        (rc = sp_backend_buffer_set(dl->meta, 0, meta, meta_bytes)) < 0 ||
         (rc = sp_backend_buffer_set(dl->tail, 0, tail->mem, tail->mem_bytes)) < 0)
         goto fail;
     sp_segattn_desc probe = {.seg = seg, .tail = tail};
@@ -67,14 +67,19 @@ fail:
     return rc;
 }
 
+const void *sp_kv_dev_seg_bytes(const sp_kv_dev_layer *dl)
+{
+    return dl->seg ? sp_backend_buffer_base(dl->seg) : NULL;
+}
+
 /* K (which = 0) or V of one token against the segment's codebook and the tail's entries. */
-static int code_one(sp_backend_t *be, const sp_kv_dev_layer *dl, const sp_kv_segment *seg, const sp_kv_tail *t,
-                    const float *x, int which)
+static int code_one(sp_backend_t *be, const sp_kv_dev_layer *dl, const sp_kv_segment *seg, const uint8_t *sb,
+                    const sp_kv_tail *t, const float *x, int which)
 {
     const sp_kv_seg_header *h = seg->hdr;
     int nkv = h->n_kv_heads, d = h->head_dim;
-    uint8_t *sb = sp_backend_buffer_base(dl->seg), *tb = sp_backend_buffer_base(dl->tail);
-    int64_t *meta = (int64_t *)(sb + dl->meta_off);
+    uint8_t *tb = sp_backend_buffer_base(dl->tail);
+    const int64_t *meta = sp_backend_buffer_base(dl->meta);
     size_t n = (size_t)t->n, c = (size_t)t->cap;
     sp_codebook_code_desc cd = {
         .x = x, .n_vec = nkv, .d = d, .ldx = d,
@@ -90,8 +95,8 @@ static int code_one(sp_backend_t *be, const sp_kv_dev_layer *dl, const sp_kv_seg
     return sp_backend_codebook_code(be, &cd);
 }
 
-int sp_kv_dev_append(sp_backend_t *be, sp_kv_dev_layer *dl, const sp_kv_segment *seg, sp_kv_tail *t,
-                     const float *k, const float *v, const sp_buffer_t *pos_buf, size_t pos_off, int32_t pos)
+int sp_kv_dev_append(sp_backend_t *be, sp_kv_dev_layer *dl, const sp_kv_segment *seg, const void *seg_bytes,
+                     sp_kv_tail *t, const float *k, const float *v, const sp_buffer_t *pos_buf, size_t pos_off, int32_t pos)
 {
     if (t->n >= t->cap)
         return sp_error(ENOSPC, "kv tail: full (%lld tokens); fold it into the segment or give it more capacity",
@@ -102,7 +107,7 @@ int sp_kv_dev_append(sp_backend_t *be, sp_kv_dev_layer *dl, const sp_kv_segment 
         return rc;
     if (t->coded) {
         /* a tail entry per token and head at most: n < cap keeps every head's count below cap */
-        if ((rc = code_one(be, dl, seg, t, k, 0)) < 0 || (rc = code_one(be, dl, seg, t, v, 1)) < 0)
+        if ((rc = code_one(be, dl, seg, seg_bytes, t, k, 0)) < 0 || (rc = code_one(be, dl, seg, seg_bytes, t, v, 1)) < 0)
             return rc;
     } else {
         uint8_t *tb = sp_backend_buffer_base(dl->tail);

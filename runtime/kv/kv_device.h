@@ -15,6 +15,7 @@
 #ifndef SP_KV_DEVICE_H
 #define SP_KV_DEVICE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -22,23 +23,29 @@
 #include "kv_segment.h"
 
 typedef struct sp_kv_dev_layer {
-    sp_buffer_t *seg;        /* segment bytes, then int64 [4][n_kv]: K entry offsets, K counts, V ... */
-    size_t meta_off;         /* offset of those arrays in seg */
+    sp_buffer_t *seg;        /* the segment's bytes when the context keeps them, else NULL (a KV
+                                provider holds them and hands out their address per step) */
+    sp_buffer_t *meta;       /* int64 [4][n_kv]: K entry offsets, K counts, V offsets, V counts */
     sp_buffer_t *tail;       /* the tail's memory (tail->mem_bytes), same carving as the host's */
 } sp_kv_dev_layer;
 
-/* Copy seg's bytes and tail's (empty) memory into new buffers of be, and size be's segment-attention
- * scratch for the tail at full capacity. budget may be NULL. On error dl is left empty. */
+/* Copy tail's (empty) memory and the codebook offsets into new buffers of be and, with keep_bytes,
+ * seg's bytes too; size be's segment-attention scratch for the tail at full capacity. budget may
+ * be NULL. On error dl is left empty. */
 int sp_kv_dev_place(sp_backend_t *be, sp_kv_dev_layer *dl, const sp_kv_segment *seg,
-                    const sp_kv_tail *tail, const sp_budget *budget);
+                    const sp_kv_tail *tail, bool keep_bytes, const sp_budget *budget);
+/* The kept segment bytes (a backend pointer), or NULL. */
+const void *sp_kv_dev_seg_bytes(const sp_kv_dev_layer *dl);
 void sp_kv_dev_free(sp_kv_dev_layer *dl); /* accepts NULL and zeroed structs */
 
-/* Append one decode token: k, v backend pointers to its pre-RoPE K and V rows ([n_kv][d] fp32);
+/* Append one decode token to the tail of the segment whose bytes are at seg_bytes (a backend
+ * pointer: sp_kv_dev_seg_bytes or the provider's): k, v backend pointers to its pre-RoPE K and V
+ * rows ([n_kv][d] fp32);
  * its position pos is on the host and, as the same int32, at pos_off of pos_buf (copied on the
  * compute stream, so the host never writes device memory it might still be reading). Updates the
  * host tail's pos[] and n. -ENOSPC when the tail is full (nothing queued). */
-int sp_kv_dev_append(sp_backend_t *be, sp_kv_dev_layer *dl, const sp_kv_segment *seg, sp_kv_tail *tail,
-                     const float *k, const float *v, const sp_buffer_t *pos_buf, size_t pos_off, int32_t pos);
+int sp_kv_dev_append(sp_backend_t *be, sp_kv_dev_layer *dl, const sp_kv_segment *seg, const void *seg_bytes,
+                     sp_kv_tail *tail, const float *k, const float *v, const sp_buffer_t *pos_buf, size_t pos_off, int32_t pos);
 
 /* Read the device tail back into tail->mem (entry counts, indices, magnitudes, entries): for
  * statistics and tests, never on the decode path (one synchronous copy). */

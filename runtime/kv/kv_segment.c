@@ -9,6 +9,8 @@
  */
 #include "kv_segment.h"
 
+#include "backend_stage.h"
+
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -99,7 +101,19 @@ static void map_views_at(sp_kv_segment *seg, const sp_kv_seg_header *h, const vo
 #undef SEC
 }
 
+static uint64_t mask_at(const sp_kv_segment *seg, const sp_kv_seg_head *v, int64_t j);
+
 static void map_views(sp_kv_segment *seg) { map_views_at(seg, seg->buf, seg->buf); }
+
+/* seg->members, once the bytes (host memory) are final. */
+static void count_members(sp_kv_segment *seg)
+{
+    int64_t m = 0;
+    for (int i = 0; i < seg->hdr->n_kv_heads; i++)
+        for (int64_t j = 0; j < seg->head[i].n_kept; j++)
+            m += __builtin_popcountll(mask_at(seg, &seg->head[i], j));
+    seg->members = m;
+}
 
 void sp_kv_segment_view_at(sp_kv_segment *out, const sp_kv_segment *seg, const void *bytes)
 {
@@ -114,6 +128,8 @@ static void to_fp16(uint16_t *dst, const float *src, int64_t n)
     for (int64_t i = 0; i < n; i++)
         dst[i] = sp_f32_to_fp16(src[i]);
 }
+
+static int run_codebook_build(sp_backend_t *be, const void *d) { return sp_backend_codebook_build(be, d); }
 
 /* One codebook, on backend be (the CPU backend runs sp_codebook_build) or here. cb owns its arrays
  * either way (sp_codebook_free). */
@@ -134,7 +150,16 @@ static int codebook_build_on(sp_backend_t *be, const float *x, int64_t n, int d,
     }
     sp_codebook_build_desc dd = {.x = x, .n = n, .d = d, .mu = mu, .theta = theta, .index = cb->index,
                                  .rep = cb->rep, .n_entries = &cb->n_entries, .mag = cb->mag, .unit = cb->unit};
-    int rc = sp_backend_codebook_build(be, &dd);
+    /* on a device backend through its memory (backend_stage.h): once per layer and prompt */
+    size_t vec = nn * sizeof(float) * (size_t)d;
+    sp_stage_arg a[] = {{(void **)&dd.x, (size_t)(n > 0 ? n : 0) * (size_t)d * sizeof(float), true, false},
+                        {(void **)&dd.mu, mu ? nn * sizeof(uint32_t) : 0, true, false},
+                        {(void **)&dd.index, nn * sizeof(uint32_t), false, true},
+                        {(void **)&dd.rep, nn * sizeof(uint32_t), false, true},
+                        {(void **)&dd.n_entries, sizeof(int64_t), false, true},
+                        {(void **)&dd.mag, nn * sizeof(float), false, true},
+                        {(void **)&dd.unit, vec, false, true}};
+    int rc = sp_backend_run_staged(be, a, 7, run_codebook_build, &dd);
     if (rc < 0) {
         sp_codebook_free(cb);
         return rc;
@@ -309,6 +334,7 @@ int sp_kv_segment_build_opts(sp_backend_t *be, sp_kv_segment *seg, int layer, co
         }
     }
     ((sp_kv_seg_header *)seg->buf)->checksum = checksum(seg->buf, off);
+    count_members(seg);
 
 free_scratch:
     for (int i = 0; i < nkv; i++) {
@@ -336,8 +362,6 @@ size_t sp_kv_segment_size(const sp_kv_segment *seg)
 {
     return seg && seg->buf ? seg->size : 0;
 }
-
-static uint64_t mask_at(const sp_kv_segment *seg, const sp_kv_seg_head *v, int64_t j);
 
 static uint32_t load_index(const void *p, uint32_t ib, int64_t i)
 {
@@ -425,6 +449,7 @@ int sp_kv_segment_open(sp_kv_segment *seg, const void *bytes, size_t size, bool 
     seg->size = size;
     seg->owned = false;
     map_views(seg);
+    count_members(seg);
     uint64_t full = group >= 64 ? ~0ull : (1ull << group) - 1;
     for (int i = 0; i < h->n_kv_heads; i++) {
         const sp_kv_seg_head *v = &seg->head[i];
@@ -785,6 +810,7 @@ int sp_kv_segment_fold_tail(sp_kv_segment *out, const sp_kv_segment *seg, const 
         }
     }
     ((sp_kv_seg_header *)out->buf)->checksum = checksum(out->buf, off);
+    count_members(out);
     return 0;
 }
 
@@ -891,15 +917,10 @@ void sp_kv_segment_stats(const sp_kv_segment *seg, const sp_kv_tail *tail, sp_kv
     uint64_t all = (uint64_t)h->l + h->n_folded + nt; /* tokens the model has seen */
     for (int s = 0; s < SP_KV_SEC_COUNT; s++)
         content += h->sec_len[s];
-    double kept_q = 0, stored = 0; /* Σ over query heads of kept tokens; stored d-vectors */
+    /* Σ over query heads of kept tokens: listed (the membership bits), window and tail */
+    double kept_q = (double)seg->members + (double)h->n_q_heads * ((double)h->window + (double)nt), stored = 0;
     for (int i = 0; i < h->n_kv_heads; i++) {
         const sp_kv_seg_head *hv = &seg->head[i];
-        for (int g = 0; g < seg->group; g++) {
-            int64_t c = 0;
-            for (int64_t j = 0; j < hv->n_kept; j++)
-                c += mask_at(seg, hv, j) >> g & 1;
-            kept_q += (double)(c + h->window) + (double)nt;
-        }
         stored += 2.0 * (double)h->window;
         /* raw tail tokens: all of an uncoded tail, the last raw_window of a coded one */
         uint64_t nraw = tail ? (uint64_t)sp_kv_tail_n_raw(tail) : 0;

@@ -86,6 +86,10 @@ typedef struct sp_kv_segment {
     bool owned;
     const sp_kv_seg_header *hdr;        /* = buf */
     int group;                          /* n_q_heads / n_kv_heads */
+    int64_t members;                    /* membership bits set over every listed token and query
+                                           head: counted where the bytes were host memory (build,
+                                           open) and carried by view_at, so statistics never read
+                                           the masks of a segment in device memory */
     sp_kv_seg_head head[SP_KV_SEG_MAX_KV_HEADS];
 } sp_kv_segment;
 

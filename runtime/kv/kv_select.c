@@ -7,6 +7,8 @@
  */
 #include "kv_select.h"
 
+#include "backend_stage.h"
+
 #include <errno.h>
 #include <float.h>
 #include <math.h>
@@ -174,13 +176,20 @@ static uint64_t group_bits(int group)
 /* ---- the backend seam: top-k and score preparation run on a backend when one is given (the CPU
  * backend runs exactly the functions above), else here directly. ---- */
 
+static int run_topk(sp_backend_t *be, const void *d) { return sp_backend_topk(be, d); }
+static int run_prepare(sp_backend_t *be, const void *d) { return sp_backend_scores_prepare(be, d); }
+
+/* On a device backend the host arrays go through its memory (backend_stage.h): these run once per
+ * layer and prompt, after the prefill. */
 static int64_t topk_on(sp_backend_t *be, const float *sc, int64_t n, int64_t k, int32_t *idx)
 {
     if (!be)
         return sp_kv_topk(sc, n, k, idx);
     int64_t kk = k < 0 ? 0 : (k > n ? n : k);
     sp_topk_desc d = {.s = sc, .n_rows = 1, .n = n, .ld = n, .k = kk, .idx = idx, .idx_ld = kk > 0 ? kk : 1};
-    int rc = sp_backend_topk(be, &d);
+    sp_stage_arg a[] = {{(void **)&d.s, sizeof(float) * (size_t)n, true, false},
+                        {(void **)&d.idx, sizeof(int32_t) * (size_t)(kk > 0 ? kk : 1), false, true}};
+    int rc = sp_backend_run_staged(be, a, 2, run_topk, &d);
     return rc < 0 ? rc : kk;
 }
 
@@ -191,7 +200,10 @@ static int scores_prepare_on(sp_backend_t *be, const float *raw, int n_heads, in
         return sp_kv_scores_prepare(raw, n_heads, l, window, kernel, type, divide, out);
     sp_scores_prepare_desc d = {.raw = raw, .n_heads = n_heads, .l = l, .window = window, .kernel = kernel,
                                 .pool_type = (int)type, .divide_by_l_minus_a = divide, .out = out};
-    return sp_backend_scores_prepare(be, &d);
+    int64_t lc = l - window > 0 ? l - window : 0;
+    sp_stage_arg a[] = {{(void **)&d.raw, sizeof(float) * (size_t)n_heads * (size_t)l, true, false},
+                        {(void **)&d.out, sizeof(float) * (size_t)n_heads * (size_t)lc, false, true}};
+    return sp_backend_run_staged(be, a, 2, run_prepare, &d);
 }
 
 static int select_scores_on(sp_backend_t *be, sp_kv_selection *s, const float *scores, int64_t keep,

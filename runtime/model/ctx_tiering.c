@@ -5,6 +5,7 @@
 #include "model.h"
 #include "sp_alloc.h"
 #include "sp_error.h"
+#include "tier_backend.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -16,7 +17,9 @@
 struct sp_kv_tiering {
     sp_tiers_t *tiers;
     sp_kv_tiered_t *kvt;
+    sp_tier_backend_t *dev_ops;   /* a device backend: the device tier is its memory */
     uint64_t weights, scratch, tails;
+    bool weights_on_device;
 };
 
 sp_kv_tiered_t *sp_kv_tiering_provider_of(sp_kv_tiering_t *tg) { return tg ? tg->kvt : NULL; }
@@ -27,6 +30,7 @@ void sp_kv_tiering_free(sp_kv_tiering_t *tg)
         return;
     sp_kv_tiered_free(tg->kvt);
     sp_tiers_free(tg->tiers);
+    sp_tier_backend_free(tg->dev_ops);
     free(tg);
 }
 
@@ -42,11 +46,20 @@ int sp_kv_tiering_attach(sp_kv_tiering_t **out, const sp_config *cfg, const sp_m
     sp_tiers_opts to;
     sp_tiers_opts_from_config(&to, cfg);
     int rc = -ENOMEM;
+    /* On a device backend the device tier is that device's memory, and the weights live there. */
+    tg->weights_on_device = sp_ctx_device_resident(ctx);
+    if (tg->weights_on_device) {
+        if (!(tg->dev_ops = sp_tier_backend_new(sp_ctx_backend(ctx))))
+            goto fail;
+        to.device_ops = sp_tier_backend_ops(tg->dev_ops);
+    }
     if (!(tg->tiers = sp_tiers_create(&to)))
         goto fail;
-    tg->weights = sp_gguf_file_size(sp_model_gguf(m));
+    tg->weights = tg->weights_on_device ? sp_ctx_get_stats(ctx).weights_device_bytes
+                                        : sp_gguf_file_size(sp_model_gguf(m));
     tg->scratch = sp_ctx_get_stats(ctx).buffer_bytes;
-    if ((rc = sp_tiers_reserve(tg->tiers, SP_TIER_HOST, SP_TAG_WEIGHTS, tg->weights)) < 0 ||
+    if ((rc = sp_tiers_reserve(tg->tiers, tg->weights_on_device ? SP_TIER_DEVICE : SP_TIER_HOST, SP_TAG_WEIGHTS,
+                               tg->weights)) < 0 ||
         (rc = sp_tiers_reserve(tg->tiers, SP_TIER_DEVICE, SP_TAG_SCRATCH, tg->scratch)) < 0)
         goto fail;
     sp_kv_tiered_opts ko;
@@ -97,9 +110,13 @@ int sp_kv_tiering_report(sp_kv_tiering_t *tg, FILE *out, const char *json_path)
     if (!tg)
         return 0;
     if (out) {
-        fprintf(out, "device tier: %.2f MiB scratch + decode tails charged; host tier: %.2f MiB "
-                     "weights (memory-mapped GGUF) charged\n",
-                (double)(tg->scratch + tg->tails) / 1048576.0, (double)tg->weights / 1048576.0);
+        if (tg->weights_on_device)
+            fprintf(out, "device tier: %.2f MiB weights (uploaded) + %.2f MiB scratch + decode tails charged\n",
+                    (double)tg->weights / 1048576.0, (double)(tg->scratch + tg->tails) / 1048576.0);
+        else
+            fprintf(out, "device tier: %.2f MiB scratch + decode tails charged; host tier: %.2f MiB "
+                         "weights (memory-mapped GGUF) charged\n",
+                    (double)(tg->scratch + tg->tails) / 1048576.0, (double)tg->weights / 1048576.0);
         sp_kv_tiered_print_stats(tg->kvt, out);
     }
     if (json_path && json_path[0]) {

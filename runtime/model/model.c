@@ -327,8 +327,9 @@ struct sp_ctx {
     double attn_s;           /* attention time of one-token chunks (decode) */
     /* ---- KV compression on a device: the capture and the segments in device memory ----
      * kpre lives in kpre_buf (fp16, same layout); window scores are read back per layer during the
-     * prefill (selection and segment build run on the host in this version); each layer's segment
-     * and tail are then placed in device buffers (dl) and decode appends and attends there. */
+     * prefill; score pooling, top-k and the codebooks run on the device over staged copies, the
+     * segment is assembled on the host; each layer's segment and tail are then placed in device
+     * buffers (dl, or the provider's device tier and slots) and decode appends and attends there. */
     sp_buffer_t *kpre_buf;   /* dev: [n_layer][n_kv_head][st_cap][head_dim] fp16 pre-RoPE K */
     float *win_h;            /* dev: host copy of window scores [n_head][n_ctx] */
     float *winw_h;           /* dev: host PyramidInfer row weights [chunk], copied to winw */
@@ -566,6 +567,7 @@ sp_ctx_t *sp_ctx_new(const sp_model_t *m, const sp_ctx_params *pp)
         goto fail;
     c->st.kv_bytes = sp_kvcache_bytes(c->kv);
     c->st.buffer_bytes = total * sizeof(float) + c->be_scratch_bytes;
+    c->st.weights_device_bytes = c->dev ? c->wd.bytes : 0;
     return c;
 
 fail:
@@ -813,21 +815,36 @@ static int seg_attention(sp_ctx_t *c, int layer, int n, int pos0)
     const sp_kv_segment *seg;
     int rc = 0;
     if (c->dev) {
+        /* kept here (dl->seg) or the provider's copy in device memory (a resident layer or the slot
+         * it was streamed into); the host view is the one parsed at placement */
         sp_kv_dev_layer *dl = &c->dl[layer];
+        const void *bytes = sp_kv_dev_seg_bytes(dl);
+        seg = &c->seg[layer];
+        if (c->has_prov) {
+            size_t size = 0;
+            const sp_kv_segment *v = c->prov.view ? c->prov.view(c->prov.user, layer) : NULL;
+            if (!v)
+                return sp_error(EINVAL, "context: the KV provider has no view of layer %d (a device backend needs "
+                                "one: it never reads segment bytes on the host)", layer);
+            if ((rc = c->prov.acquire(c->prov.user, layer, &bytes, &size)) < 0)
+                return rc;
+            sp_kv_segment_view_at(&c->seg[layer], v, bytes);
+        }
         size_t pos_off = (size_t)((char *)c->pos - (char *)c->mem);
         for (int t = 0; t < n && rc == 0; t++) {
-            if ((rc = sp_kv_dev_append(c->be, dl, &c->seg[layer], &c->tail[layer], c->k + (size_t)t * KV,
+            if ((rc = sp_kv_dev_append(c->be, dl, seg, bytes, &c->tail[layer], c->k + (size_t)t * KV,
                                        c->v + (size_t)t * KV, c->mem_buf, pos_off + sizeof(int32_t) * t, pos0 + t)) < 0)
-                return rc;
+                break;
             sp_segattn_desc d = {
-                .seg = &c->seg[layer], .seg_bytes = sp_backend_buffer_base(dl->seg), .tail = &c->tail[layer],
+                .seg = seg, .seg_bytes = bytes, .tail = &c->tail[layer],
                 .tail_bytes = sp_backend_buffer_base(dl->tail), .kv_head = -1, .q = c->q + (size_t)t * Q,
                 .rope_table = c->rope, .rope_n_pos = c->p.n_ctx, .mode = hp->rope_mode,
                 .scale = 1.0f / sqrtf((float)D), .out = c->att + (size_t)t * Q,
             };
             rc = sp_backend_segattn(c->be, &d);
         }
-        return rc;
+        int rr = seg_release(c, layer);
+        return rc < 0 ? rc : rr;
     }
     if ((rc = seg_acquire(c, layer, &seg)) < 0)
         return rc;
@@ -1105,10 +1122,12 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
     double *U = sp_calloc((size_t)L, sizeof *U);
     float *kf = sp_malloc((size_t)KVH * (size_t)l * D * sizeof *kf), *vf = sp_malloc((size_t)KVH * (size_t)l * D * sizeof *vf);
     size_t wf = 0, kv_elt = c->kv->type == SP_KV_F16 ? 2 : 4, kv_layer = (size_t)KVH * c->kv->head_stride * kv_elt;
-    /* on a device: one layer's pre-RoPE K and V read back (selection and build run on the host) */
+    /* on a device: one layer's pre-RoPE K and V read back; the selection's score pooling and top-k and
+     * the codebooks run on the device over staged copies (backend_stage.h), the segment is
+     * assembled here and placed back */
     void *kh = c->dev ? sp_malloc((size_t)KVH * (size_t)cap * D * sizeof(uint16_t)) : NULL;
     void *vh = c->dev ? sp_malloc(kv_layer) : NULL;
-    sp_backend_t *be_sel = c->dev ? NULL : c->be;
+    sp_backend_t *be_sel = c->be;
     if (!evict || !kept || !U || !kf || !vf || (c->dev && (!kh || !vh))) {
         rc = sp_error(ENOMEM, "kv compress: out of memory for %lld tokens", (long long)l);
         goto out;
@@ -1168,7 +1187,7 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
             rc = sp_kv_tail_init_coding(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v,
                                         o->decode_window, o->decode_coding == SP_DECODE_CODING_BATCH);
         if (rc == 0 && c->dev)
-            rc = sp_kv_dev_place(c->be, &c->dl[i], &c->seg[i], &c->tail[i], NULL);
+            rc = sp_kv_dev_place(c->be, &c->dl[i], &c->seg[i], &c->tail[i], !c->has_prov, NULL);
         if (rc < 0)
             goto out;
         for (int g = 0; g < KVH; g++) {
@@ -1327,10 +1346,9 @@ int sp_ctx_set_kv_provider(sp_ctx_t *c, const sp_kv_provider *p)
     if (!p->place || !p->step_begin || !p->acquire || !p->release)
         return sp_error(EINVAL, "context: a KV provider needs all four callbacks (place, step_begin, acquire, "
                         "release)");
-    if (c->dev)
-        return sp_error(ENOTSUP, "context: tiered KV segments (host/NVMe placement) are not wired to %s in this "
-                        "version: the segments stay in device memory; set [tiers] device_budget = 0 and "
-                        "host_budget = 0, or use --backend cpu", sp_backend_name(c->be));
+    if (c->dev && !p->view)
+        return sp_error(EINVAL, "context: a KV provider for %s needs the view callback (the host never reads "
+                        "segment bytes in device memory)", sp_backend_name(c->be));
     c->prov = *p;
     c->has_prov = true;
     return 0;
@@ -1392,8 +1410,14 @@ int sp_ctx_kv_stats(sp_ctx_t *c, sp_kv_stats *st)
         sp_kv_layer_stats *ls = &c->lst[i];
         if (c->mode == KV_SEG) {
             const sp_kv_segment *seg;
+            /* on a device: the tail read back, the segment's host view (never its bytes) */
             int rc = c->dev ? sp_kv_dev_pull_tail(c->be, &c->dl[i], &c->tail[i]) : 0;
-            if (rc < 0 || (rc = seg_acquire(c, i, &seg)) < 0)
+            bool view = c->dev && c->has_prov;
+            if (rc < 0)
+                return rc;
+            if (view && !(seg = c->prov.view(c->prov.user, i)))
+                return sp_error(EINVAL, "context: the KV provider has no view of layer %d", i);
+            if (!view && (rc = seg_acquire(c, i, &seg)) < 0)
                 return rc;
             sp_kv_seg_stats ss;
             const sp_kv_tail *t = &c->tail[i];
@@ -1412,7 +1436,7 @@ int sp_ctx_kv_stats(sp_ctx_t *c, sp_kv_stats *st)
             ls->paper_r2 = ss.paper_r2;
             ls->paper_r3 = ss.paper_r3;
             ls->paper_r = ss.paper_r;
-            if ((rc = seg_release(c, i)) < 0)
+            if (!view && (rc = seg_release(c, i)) < 0)
                 return rc;
         } else {
             ls->tokens = ls->kept = c->n_past;

@@ -100,6 +100,8 @@ typedef struct sp_ctx_stats {
                                         allocated, plus owned segments and decode tails when compressed
                                         (segments given to a provider are not counted) */
     size_t buffer_bytes;             /* activations + scratch + RoPE table */
+    size_t weights_device_bytes;     /* the weights uploaded to a device backend (0 on the CPU, which
+                                        reads the memory-mapped GGUF) */
 } sp_ctx_stats;
 
 typedef struct sp_ctx sp_ctx_t;
