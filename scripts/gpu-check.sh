@@ -111,10 +111,36 @@ e2e() {
         "$build/spindle" "${args[@]}" -b cuda > "$logs/e2e-cuda.txt" 2> "$logs/e2e-cuda.err" &&
         cat "$logs/e2e-cpu.txt" "$logs/e2e-cuda.txt" && cmp "$logs/e2e-cpu.txt" "$logs/e2e-cuda.txt"
 }
+# The same with the default compression (spindle, 0.2 true bytes) over a prompt long enough to
+# evict and code (~95 tokens, window 16): capture, selection, codebooks and segment attention.
+E2E_PROMPT="A printing shop in the fifteenth century was loud and crowded. Apprentices mixed ink from soot \
+and linseed oil, compositors picked metal letters from wooden cases, and the pressman pulled the bar of \
+the press again and again until his arms ached. Paper was costly, so every sheet was checked for faults \
+before it was printed. The master of the shop"
+e2e_kv() {
+    local args=(run --set runtime.numerics=exact --set compression.window=16 -n 64 --temp 0 -m "$model" --stats
+                -p "$E2E_PROMPT")
+    "$build/spindle" "${args[@]}" -b cpu > "$logs/e2e-kv-cpu.txt" 2> "$logs/e2e-kv-cpu.err" &&
+        "$build/spindle" "${args[@]}" -b cuda > "$logs/e2e-kv-cuda.txt" 2> "$logs/e2e-kv-cuda.err" &&
+        cat "$logs/e2e-kv-cpu.txt" "$logs/e2e-kv-cuda.txt" && cmp "$logs/e2e-kv-cpu.txt" "$logs/e2e-kv-cuda.txt"
+}
+# GPU benchmarks (issue 11 item 6): prefill and decode of the full cache at several depths on the
+# device, beside the CPU backend on all cores (the ratio, same machine, same run).
+bench() {   # NAME BACKEND DEPTHS EXTRA...
+    local name=$1 be=$2 depths=$3
+    shift 3
+    "$build/spindle" bench -b "$be" -m "$model" --depths "$depths" --pp 512 --tg 64 -r 3 -t "$jobs" \
+        --llama-bench none --json "$OUT/bench/results/$name.json" "$@"
+}
 if [ -n "$model" ]; then
     step e2e_cuda_vs_cpu_64_tokens 300 e2e
+    step e2e_spindle_cuda_vs_cpu_64_tokens 300 e2e_kv
+    step bench_cuda 240 bench bench_cuda cuda 512,2048,8192
+    step bench_cpu 240 bench bench_cpu cpu 512,2048
 else
-    skip e2e_cuda_vs_cpu_64_tokens "no default model (scripts/gpu-payload.sh, two carries)"
+    for s in e2e_cuda_vs_cpu_64_tokens e2e_spindle_cuda_vs_cpu_64_tokens bench_cuda bench_cpu; do
+        skip $s "no default model (scripts/gpu-payload.sh, two carries)"
+    done
 fi
 rm -f "$logs/model.gguf"
 

@@ -35,17 +35,21 @@ spindle_params spindle_default_params(void)
     return (spindle_params){.version = SPINDLE_API_VERSION, .temperature = 0.0f, .top_k = 40, .top_p = 0.95f};
 }
 
-/* auto: the CPU (KV compression, the default, runs only there in this version); cuda when asked. */
+/* auto: cuda when built, present and able to run the configuration (sp_config_cpu_only_reason),
+ * else the cpu; cuda when asked. */
 static sp_backend_kind resolve_backend(const sp_config *cfg, int *rc)
 {
     *rc = 0;
+    const char *why = NULL;
     if (cfg->runtime.backend == SP_BACKEND_CHOICE_CUDA) {
-        const char *why = NULL;
         if (!sp_backend_available(SP_BACKEND_CUDA, &why))
             *rc = sp_error(ENODEV, "[runtime] backend = cuda: not available here: %s", why);
         return SP_BACKEND_CUDA;
     }
-    return SP_BACKEND_CPU;
+    if (cfg->runtime.backend == SP_BACKEND_CHOICE_CPU)
+        return SP_BACKEND_CPU;
+    return sp_backend_available(SP_BACKEND_CUDA, &why) && !sp_config_cpu_only_reason(cfg) ? SP_BACKEND_CUDA
+                                                                                           : SP_BACKEND_CPU;
 }
 
 /* Config (file, then overrides), backend, model and tokenizer of a zeroed session. */

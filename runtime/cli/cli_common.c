@@ -138,13 +138,16 @@ int sp_cli_backend(const sp_config *cfg, sp_backend_kind *out)
         break;
     }
     static bool said;
-    if (sp_backend_available(SP_BACKEND_CUDA, &why))
-        why = "KV compression runs on the cpu backend in this version; --backend cuda runs the full cache "
-              "(policy full) on the device";
-    if (!said)
-        fprintf(stderr, "spindle: backend auto: cpu (cuda: %s)\n", why);
+    bool cuda = sp_backend_available(SP_BACKEND_CUDA, &why);
+    const char *cpu_only = cuda ? sp_config_cpu_only_reason(cfg) : NULL;
+    *out = cuda && !cpu_only ? SP_BACKEND_CUDA : SP_BACKEND_CPU;
+    if (!said) {
+        if (*out == SP_BACKEND_CUDA)
+            fprintf(stderr, "spindle: backend auto: cuda (--backend cpu runs on the host)\n");
+        else
+            fprintf(stderr, "spindle: backend auto: cpu (cuda: %s)\n", cpu_only ? cpu_only : why);
+    }
     said = true;
-    *out = SP_BACKEND_CPU;
     return 0;
 }
 

@@ -131,8 +131,8 @@ static int run_llama_bench(const char *exe, const char *model, int threads, int 
     return 0;
 }
 
-static void write_json(FILE *f, const char *model, int threads, int pp, int tg, int reps, const bench_row *rows,
-                       int nd, const char *llama)
+static void write_json(FILE *f, const char *model, const char *backend, int threads, int pp, int tg, int reps,
+                       const bench_row *rows, int nd, const char *llama)
 {
     struct utsname un;
     uname(&un);
@@ -147,7 +147,8 @@ static void write_json(FILE *f, const char *model, int threads, int pp, int tg, 
             sysconf(_SC_NPROCESSORS_ONLN), un.release);
     fprintf(f, "  \"model\": \"%s\",\n  \"threads\": %d,\n  \"pp\": %d,\n  \"tg\": %d,\n  \"repeats\": %d,\n", model,
             threads, pp, tg, reps);
-    fprintf(f, "  \"backend\": \"cpu\",\n  \"kv\": \"f16\",\n  \"llama_bench\": \"%s\",\n  \"rows\": [\n", llama ? llama : "");
+    fprintf(f, "  \"backend\": \"%s\",\n  \"kv\": \"f16 (full cache)\",\n  \"llama_bench\": \"%s\",\n  \"rows\": [\n",
+            backend, llama ? llama : "");
     for (int i = 0; i < nd; i++) {
         const bench_row *r = &rows[i];
         fprintf(f,
@@ -295,11 +296,14 @@ int sp_cmd_bench(int argc, char **argv)
         row->lpp_mean = row->ltg_mean = -1;
     }
     fputc('\n', stderr);
+    char be_name[128];
+    snprintf(be_name, sizeof be_name, "%s", sp_backend_name(sp_ctx_backend(ctx)));
     sp_ctx_free(ctx);
     ctx = NULL;
     if (llama && run_llama_bench(llama, c.cfg.model.path, threads, (int)pp, (int)tg, (int)reps, rows, nd) < 0)
         llama = NULL;
 
+    printf("backend %s, full fp16 cache\n", be_name);
     printf("| model | threads | test | spindle t/s | llama.cpp t/s | ratio |\n|---|---|---|---|---|---|\n");
     for (int i = 0; i < nd; i++) {
         const bench_row *r = &rows[i];
@@ -323,7 +327,8 @@ int sp_cmd_bench(int argc, char **argv)
             sp_cli_error("bench: cannot write '%s': %s", json, strerror(errno));
             goto out;
         }
-        write_json(f, c.cfg.model.path, threads, (int)pp, (int)tg, (int)reps, rows, nd, llama);
+        write_json(f, c.cfg.model.path, be_name, threads, (int)pp, (int)tg, (int)reps,
+                   rows, nd, llama);
         fclose(f);
         fprintf(stderr, "spindle bench: wrote %s\n", json);
     }

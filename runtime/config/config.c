@@ -217,6 +217,13 @@ const char *sp_config_key_name(int i, char *buf, size_t len)
     return buf;
 }
 
+const char *sp_config_cpu_only_reason(const sp_config *cfg)
+{
+    if (cfg->compression.policy != SP_POLICY_FULL && cfg->compression.codebook && cfg->compression.decode_window > 0)
+        return "[compression] decode_window > 0 (a raw decode window of coded layers) is coded on the cpu only";
+    return NULL;
+}
+
 const char *sp_config_policy_name(sp_policy_kind p)
 {
     return (unsigned)p < sizeof policy_names / sizeof *policy_names - 1 ? policy_names[p] : "?";

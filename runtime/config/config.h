@@ -169,6 +169,9 @@ const char *sp_config_key_name(int index, char *buf, size_t buf_len);
 
 /* Enum names, for printing (never NULL). */
 const char *sp_config_policy_name(sp_policy_kind p);
+/* Why this configuration needs the cpu backend (a setting only the CPU path implements), or NULL
+ * when a device backend runs it: what `[runtime] backend = auto` consults. */
+const char *sp_config_cpu_only_reason(const sp_config *cfg);
 const char *sp_config_allocator_name(sp_allocator_kind a);
 
 #endif
