@@ -27,79 +27,56 @@
 
 enum { VOCAB = SYNTH_VOCAB, N_CTX = SYNTH_N_CTX };
 
-static int failures;
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);           \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fputc('\n', stderr);                                           \
-            failures++;                                                    \
-        }                                                                  \
-    } while (0)
 
 /* ---- the comparison ---- */
 
-static sp_ctx_t *new_ctx(const sp_model_t *m, sp_backend_kind kind)
-{
-    sp_ctx_params p = sp_ctx_default_params();
-    p.n_ctx = N_CTX;
-    p.n_threads = 1;
-    p.chunk = 16;
-    p.numerics = SP_NUMERICS_EXACT;
-    p.backend = kind;
-    sp_ctx_t *c = sp_ctx_new(m, &p);
-    if (!c)
-        fprintf(stderr, "context on %s: %s\n", kind == SP_BACKEND_CPU ? "cpu" : "cuda", sp_last_error());
-    return c;
-}
 
 static void compare_model(const char *path, const char *what)
 {
     sp_model_t *m = sp_model_load(path);
-    CHECK(m, "%s: load: %s", what, sp_last_error());
+    SYNTH_CHECK(m, "%s: load: %s", what, sp_last_error());
     if (!m)
         return;
-    sp_ctx_t *cpu = new_ctx(m, SP_BACKEND_CPU), *gpu = new_ctx(m, SP_BACKEND_CUDA);
+    sp_ctx_t *cpu = synth_ctx_new(m, SP_BACKEND_CPU, NULL), *gpu = synth_ctx_new(m, SP_BACKEND_CUDA, NULL);
     float *lc = calloc((size_t)24 * VOCAB, sizeof(float)), *lg = calloc((size_t)24 * VOCAB, sizeof(float));
     sp_sampler_params sp = sp_sampler_default_params();
     sp.temperature = 0.0f;
     sp_sampler_t *smp = sp_sampler_new(VOCAB, &sp);
-    CHECK(cpu && gpu && lc && lg && smp, "%s: set-up", what);
+    SYNTH_CHECK(cpu && gpu && lc && lg && smp, "%s: set-up", what);
     if (!cpu || !gpu || !lc || !lg || !smp)
         goto out;
-    CHECK(sp_ctx_device_resident(gpu) && !sp_ctx_device_resident(cpu), "%s: residency", what);
+    SYNTH_CHECK(sp_ctx_device_resident(gpu) && !sp_ctx_device_resident(cpu), "%s: residency", what);
     /* a prompt longer than one chunk (16) and not a multiple of the GEMV block (8) */
     int32_t prompt[21];
     uint64_t s = 99;
     for (int i = 0; i < 21; i++)
         prompt[i] = (int32_t)(synth_next_u64(&s) % VOCAB);
     int rc1 = sp_ctx_prefill(cpu, prompt, 21, NULL, lc), rc2 = sp_ctx_prefill(gpu, prompt, 21, NULL, lg);
-    CHECK(rc1 == 0 && rc2 == 0, "%s: prefill cpu %d, cuda %d: %s", what, rc1, rc2, sp_last_error());
+    SYNTH_CHECK(rc1 == 0 && rc2 == 0, "%s: prefill cpu %d, cuda %d: %s", what, rc1, rc2, sp_last_error());
     double max_d = 0, max_v = 0;
     for (size_t i = 0; i < (size_t)21 * VOCAB; i++) {
         max_d = fmax(max_d, fabs((double)lc[i] - lg[i]));
         max_v = fmax(max_v, fabs((double)lc[i]));
     }
     printf("%s: prefill logits of 21 rows: max |cpu - cuda| = %.3g (max |logit| %.3g)\n", what, max_d, max_v);
-    CHECK(max_d <= 1e-3 * fmax(1.0, max_v), "%s: prefill logits differ by %g", what, max_d);
+    SYNTH_CHECK(max_d <= 1e-3 * fmax(1.0, max_v), "%s: prefill logits differ by %g", what, max_d);
     /* greedy decode: tokens equal; no host sync in a decode step, one per sampled token */
     sp_backend_t *be = sp_ctx_backend(gpu);
     int32_t tc = sp_sampler_sample(smp, lc + (size_t)20 * VOCAB), tg = -1;
-    CHECK(sp_ctx_sample(gpu, smp, NULL, &tg) == 0 && tg == tc, "%s: first token cpu %d, cuda %d", what, tc, tg);
-    for (int step = 0; step < 10 && failures == 0; step++) {
+    SYNTH_CHECK(sp_ctx_sample(gpu, smp, NULL, &tg) == 0 && tg == tc, "%s: first token cpu %d, cuda %d", what, tc, tg);
+    for (int step = 0; step < 10 && synth_failures == 0; step++) {
         uint64_t s0 = sp_backend_host_syncs(be);
         rc1 = sp_ctx_decode(cpu, tc, lc);
         rc2 = sp_ctx_decode(gpu, tg, NULL);
         uint64_t s1 = sp_backend_host_syncs(be);
-        CHECK(rc1 == 0 && rc2 == 0, "%s: decode step %d: %s", what, step, sp_last_error());
-        CHECK(s1 == s0, "%s: decode step %d made %llu host synchronisations (want 0)", what, step,
+        SYNTH_CHECK(rc1 == 0 && rc2 == 0, "%s: decode step %d: %s", what, step, sp_last_error());
+        SYNTH_CHECK(s1 == s0, "%s: decode step %d made %llu host synchronisations (want 0)", what, step,
               (unsigned long long)(s1 - s0));
         tc = sp_sampler_sample(smp, lc);
-        CHECK(sp_ctx_sample(gpu, smp, NULL, &tg) == 0, "%s: sample: %s", what, sp_last_error());
-        CHECK(sp_backend_host_syncs(be) - s1 == 1, "%s: sampling made %llu host synchronisations (want 1)", what,
+        SYNTH_CHECK(sp_ctx_sample(gpu, smp, NULL, &tg) == 0, "%s: sample: %s", what, sp_last_error());
+        SYNTH_CHECK(sp_backend_host_syncs(be) - s1 == 1, "%s: sampling made %llu host synchronisations (want 1)", what,
               (unsigned long long)(sp_backend_host_syncs(be) - s1));
-        CHECK(tg == tc, "%s: decode step %d: cpu token %d, cuda token %d", what, step, tc, tg);
+        SYNTH_CHECK(tg == tc, "%s: decode step %d: cpu token %d, cuda token %d", what, step, tc, tg);
     }
     printf("%s: 10 greedy decode steps compared\n", what);
 out:
@@ -127,11 +104,11 @@ int main(void)
     close(fd);
     for (int arch = 0; arch < 2; arch++) {
         int rc = synth_model_write(path, arch == 1, 1234 + (uint64_t)arch);
-        CHECK(rc == 0, "write %s: %d", path, rc);
+        SYNTH_CHECK(rc == 0, "write %s: %d", path, rc);
         if (rc == 0)
             compare_model(path, arch ? "qwen2 (Q4_K Q5_K Q6_K BF16 F32 Q8_0, biases)" : "llama (Q4_0 Q5_0 Q5_1 Q8_0 F16 Q4_1)");
     }
     unlink(path);
-    printf("%s\n", failures ? "FAILED" : "passed");
-    return failures ? 1 : 0;
+    printf("%s\n", synth_failures ? "FAILED" : "passed");
+    return synth_failures ? 1 : 0;
 }

@@ -33,40 +33,16 @@
 
 enum { VOCAB = SYNTH_VOCAB, PROMPT = 24, STEPS = 5 };
 
-static int failures;
-#define CHECK(cond, ...)                                                   \
-    do {                                                                   \
-        if (!(cond)) {                                                     \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);           \
-            fprintf(stderr, __VA_ARGS__);                                  \
-            fputc('\n', stderr);                                           \
-            failures++;                                                    \
-        }                                                                  \
-    } while (0)
 
-static sp_ctx_t *new_ctx(const sp_model_t *m, sp_backend_kind kind, const sp_kv_opts *o)
-{
-    sp_ctx_params p = sp_ctx_default_params();
-    p.n_ctx = SYNTH_N_CTX;
-    p.n_threads = 1;
-    p.chunk = 16;
-    p.numerics = SP_NUMERICS_EXACT;
-    p.backend = kind;
-    p.kv_opts = o;
-    sp_ctx_t *c = sp_ctx_new(m, &p);
-    if (!c)
-        fprintf(stderr, "context on %s: %s\n", kind == SP_BACKEND_CPU ? "cpu" : "cuda", sp_last_error());
-    return c;
-}
 
 static void compare_policy(const sp_model_t *m, const sp_kv_opts *o, const char *what)
 {
-    sp_ctx_t *cpu = new_ctx(m, SP_BACKEND_CPU, o), *gpu = new_ctx(m, SP_BACKEND_CUDA, o);
+    sp_ctx_t *cpu = synth_ctx_new(m, SP_BACKEND_CPU, o), *gpu = synth_ctx_new(m, SP_BACKEND_CUDA, o);
     float *lc = calloc(VOCAB, sizeof(float)), *lg = calloc(VOCAB, sizeof(float));
     sp_sampler_params sp = sp_sampler_default_params();
     sp.temperature = 0.0f;
     sp_sampler_t *smp = sp_sampler_new(VOCAB, &sp);
-    CHECK(cpu && gpu && lc && lg && smp, "%s: set-up", what);
+    SYNTH_CHECK(cpu && gpu && lc && lg && smp, "%s: set-up", what);
     if (!cpu || !gpu || !lc || !lg || !smp)
         goto out;
     int32_t prompt[PROMPT];
@@ -74,32 +50,32 @@ static void compare_policy(const sp_model_t *m, const sp_kv_opts *o, const char 
     for (int i = 0; i < PROMPT; i++)
         prompt[i] = (int32_t)(synth_next_u64(&s) % VOCAB);
     int rc1 = sp_ctx_prefill(cpu, prompt, PROMPT, lc, NULL), rc2 = sp_ctx_prefill(gpu, prompt, PROMPT, NULL, NULL);
-    CHECK(rc1 == 0 && rc2 == 0, "%s: prefill cpu %d, cuda %d: %s", what, rc1, rc2, sp_last_error());
+    SYNTH_CHECK(rc1 == 0 && rc2 == 0, "%s: prefill cpu %d, cuda %d: %s", what, rc1, rc2, sp_last_error());
     if (rc1 || rc2)
         goto out;
     sp_backend_t *be = sp_ctx_backend(gpu);
     int32_t tc = sp_sampler_sample(smp, lc), tg = -1;
-    CHECK(sp_ctx_sample(gpu, smp, NULL, &tg) == 0 && tg == tc, "%s: first token cpu %d, cuda %d", what, tc, tg);
+    SYNTH_CHECK(sp_ctx_sample(gpu, smp, NULL, &tg) == 0 && tg == tc, "%s: first token cpu %d, cuda %d", what, tc, tg);
     double max_d = 0, max_v = 0;
-    int before = failures;
-    for (int step = 0; step < STEPS && failures == before; step++) {
+    int before = synth_failures;
+    for (int step = 0; step < STEPS && synth_failures == before; step++) {
         bool last = step == STEPS - 1;   /* the last step reads the logits back to compare them */
         uint64_t s0 = sp_backend_host_syncs(be);
         rc1 = sp_ctx_decode(cpu, tc, lc);
         rc2 = sp_ctx_decode(gpu, tg, last ? lg : NULL);
         uint64_t s1 = sp_backend_host_syncs(be);
-        CHECK(rc1 == 0 && rc2 == 0, "%s: decode step %d: %s", what, step, sp_last_error());
-        CHECK(last || s1 == s0, "%s: decode step %d made %llu host synchronisations (want 0)", what, step,
+        SYNTH_CHECK(rc1 == 0 && rc2 == 0, "%s: decode step %d: %s", what, step, sp_last_error());
+        SYNTH_CHECK(last || s1 == s0, "%s: decode step %d made %llu host synchronisations (want 0)", what, step,
               (unsigned long long)(s1 - s0));
         tc = sp_sampler_sample(smp, lc);
-        CHECK(sp_ctx_sample(gpu, smp, NULL, &tg) == 0, "%s: sample: %s", what, sp_last_error());
-        CHECK(tg == tc, "%s: decode step %d: cpu token %d, cuda token %d", what, step, tc, tg);
+        SYNTH_CHECK(sp_ctx_sample(gpu, smp, NULL, &tg) == 0, "%s: sample: %s", what, sp_last_error());
+        SYNTH_CHECK(tg == tc, "%s: decode step %d: cpu token %d, cuda token %d", what, step, tc, tg);
     }
     for (int i = 0; i < VOCAB; i++) {
         max_d = fmax(max_d, fabs((double)lc[i] - lg[i]));
         max_v = fmax(max_v, fabs((double)lc[i]));
     }
-    CHECK(max_d <= 1e-3 * fmax(1.0, max_v), "%s: last decode logits differ by %g (max |logit| %g)", what, max_d, max_v);
+    SYNTH_CHECK(max_d <= 1e-3 * fmax(1.0, max_v), "%s: last decode logits differ by %g (max |logit| %g)", what, max_d, max_v);
     sp_kv_stats kc, kg;
     rc1 = sp_ctx_kv_stats(cpu, &kc);
     int64_t ce[2 * SYNTH_N_LAYER] = {0};
@@ -108,12 +84,12 @@ static void compare_policy(const sp_model_t *m, const sp_kv_opts *o, const char 
         ce[2 * l + 1] = kc.layer[l].v_entries;
     }
     rc2 = sp_ctx_kv_stats(gpu, &kg);
-    CHECK(rc1 == 0 && rc2 == 0 && kc.compressed && kg.compressed, "%s: kv stats: %s", what, sp_last_error());
+    SYNTH_CHECK(rc1 == 0 && rc2 == 0 && kc.compressed && kg.compressed, "%s: kv stats: %s", what, sp_last_error());
     if (rc1 == 0 && rc2 == 0) {
-        CHECK(kc.bytes == kg.bytes && kc.fp16_bytes == kg.fp16_bytes, "%s: true bytes cpu %llu, cuda %llu", what,
+        SYNTH_CHECK(kc.bytes == kg.bytes && kc.fp16_bytes == kg.fp16_bytes, "%s: true bytes cpu %llu, cuda %llu", what,
               (unsigned long long)kc.bytes, (unsigned long long)kg.bytes);
         for (int l = 0; l < kg.n_layer; l++)
-            CHECK(ce[2 * l] == kg.layer[l].k_entries && ce[2 * l + 1] == kg.layer[l].v_entries,
+            SYNTH_CHECK(ce[2 * l] == kg.layer[l].k_entries && ce[2 * l + 1] == kg.layer[l].v_entries,
                   "%s: layer %d entries cpu K %lld V %lld, cuda K %lld V %lld", what, l, (long long)ce[2 * l],
                   (long long)ce[2 * l + 1], (long long)kg.layer[l].k_entries, (long long)kg.layer[l].v_entries);
         printf("%s: %d greedy decode steps over segment + tail agree; true ratio %.3f; entries K %lld V %lld; "
@@ -150,9 +126,9 @@ static void spilled_equals_resident(const sp_model_t *m)
     for (int i = 0; i < PROMPT + STEPS; i++)
         tok[i] = (int32_t)(synth_next_u64(&s) % VOCAB);
     float *ref = calloc((size_t)STEPS * VOCAB, sizeof(float)), *got = calloc((size_t)STEPS * VOCAB, sizeof(float));
-    sp_ctx_t *res = new_ctx(m, SP_BACKEND_CUDA, &o);
+    sp_ctx_t *res = synth_ctx_new(m, SP_BACKEND_CUDA, &o);
     int rc = res && ref && got ? forced_run(res, tok, ref) : -1;
-    CHECK(rc == 0, "resident reference: %s", sp_last_error());
+    SYNTH_CHECK(rc == 0, "resident reference: %s", sp_last_error());
     sp_ctx_free(res);
     if (rc) {
         free(ref);
@@ -160,13 +136,13 @@ static void spilled_equals_resident(const sp_model_t *m)
         return;
     }
     char dir[] = "/tmp/spindle-gpu-spill-XXXXXX";
-    CHECK(mkdtemp(dir), "spill dir");
+    SYNTH_CHECK(mkdtemp(dir), "spill dir");
     static const struct {
         const char *tiers; /* per layer: D device (resident), H host, N nvme */
         int d;
     } v[] = {{"HN", 0}, {"NN", 1}, {"DH", 2}};
     for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
-        sp_ctx_t *c = new_ctx(m, SP_BACKEND_CUDA, &o);
+        sp_ctx_t *c = synth_ctx_new(m, SP_BACKEND_CUDA, &o);
         sp_tier_backend_t *tb = c ? sp_tier_backend_new(sp_ctx_backend(c)) : NULL;
         sp_tiers_opts to;
         memset(&to, 0, sizeof to);
@@ -184,7 +160,7 @@ static void spilled_equals_resident(const sp_model_t *m)
         rc = kt ? sp_ctx_set_kv_provider(c, &p) : -1;
         if (rc == 0)
             rc = forced_run(c, tok, got);
-        CHECK(rc == 0, "%s d=%d: %s", v[i].tiers, v[i].d, sp_last_error());
+        SYNTH_CHECK(rc == 0, "%s d=%d: %s", v[i].tiers, v[i].d, sp_last_error());
         double max_d = 0, max_v = 0;
         for (size_t j = 0; rc == 0 && j < (size_t)STEPS * VOCAB; j++) {
             max_d = fmax(max_d, fabs((double)ref[j] - got[j]));
@@ -192,10 +168,10 @@ static void spilled_equals_resident(const sp_model_t *m)
         }
         /* the same kernels on the same bytes; only the float atomics of segment attention's value
          * scatter may reorder on a real GPU */
-        CHECK(rc || max_d <= 1e-5 * fmax(1.0, max_v), "%s d=%d: logits differ from resident by %g", v[i].tiers,
+        SYNTH_CHECK(rc || max_d <= 1e-5 * fmax(1.0, max_v), "%s d=%d: logits differ from resident by %g", v[i].tiers,
               v[i].d, max_d);
         for (int l = 0; rc == 0 && l < SYNTH_N_LAYER; l++)
-            CHECK(sp_kv_tiered_layer_tier(kt, l) == force[l], "%s d=%d: layer %d is on tier %d", v[i].tiers, v[i].d,
+            SYNTH_CHECK(sp_kv_tiered_layer_tier(kt, l) == force[l], "%s d=%d: layer %d is on tier %d", v[i].tiers, v[i].d,
                   l, (int)sp_kv_tiered_layer_tier(kt, l));
         if (rc == 0)
             printf("spilled (%s, d=%d) == resident on the device: %d teacher-forced steps, max |diff| %.3g\n",
@@ -211,7 +187,7 @@ static void spilled_equals_resident(const sp_model_t *m)
         left += e->d_name[0] != '.';
     if (dd)
         closedir(dd);
-    CHECK(left == 0, "%d spill files left in %s", left, dir);
+    SYNTH_CHECK(left == 0, "%d spill files left in %s", left, dir);
     rmdir(dir);
     free(ref);
     free(got);
@@ -226,15 +202,15 @@ static void refuse_decode_window(const sp_model_t *m)
     o.ratio = 0.5;
     o.target = SP_TARGET_TOKENS;
     o.decode_window = 4;
-    sp_ctx_t *gpu = new_ctx(m, SP_BACKEND_CUDA, &o);
-    CHECK(gpu, "decode window: context");
+    sp_ctx_t *gpu = synth_ctx_new(m, SP_BACKEND_CUDA, &o);
+    SYNTH_CHECK(gpu, "decode window: context");
     if (!gpu)
         return;
     int32_t prompt[PROMPT];
     for (int i = 0; i < PROMPT; i++)
         prompt[i] = i % VOCAB;
     int rc = sp_ctx_prefill(gpu, prompt, PROMPT, NULL, NULL);
-    CHECK(rc == -ENOTSUP && strstr(sp_last_error(), "decode_window"), "decode window on cuda: rc %d (%s)", rc,
+    SYNTH_CHECK(rc == -ENOTSUP && strstr(sp_last_error(), "decode_window"), "decode window on cuda: rc %d (%s)", rc,
           sp_last_error());
     sp_ctx_free(gpu);
 }
@@ -255,7 +231,7 @@ int main(void)
     int rc = synth_model_write(path, false, 4321);
     sp_model_t *m = rc == 0 ? sp_model_load(path) : NULL;
     unlink(path);
-    CHECK(m, "synthetic model: %d %s", rc, sp_last_error());
+    SYNTH_CHECK(m, "synthetic model: %d %s", rc, sp_last_error());
     if (!m)
         return 1;
     /* the policies whose capture or segments differ on the device (pyramidkv and zigzag only size
@@ -290,6 +266,6 @@ int main(void)
     spilled_equals_resident(m);
     refuse_decode_window(m);
     sp_model_free(m);
-    printf("%s\n", failures ? "FAILED" : "passed");
-    return failures ? 1 : 0;
+    printf("%s\n", synth_failures ? "FAILED" : "passed");
+    return synth_failures ? 1 : 0;
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "fp16.h"
+#include "sp_error.h"
 #include "type_traits.h"
 
 
@@ -180,4 +181,21 @@ int synth_model_write(const char *path, bool qwen2, uint64_t seed)
         free(t[i].data);
     }
     return fclose(f) == 0 ? 0 : -EIO;
+}
+
+int synth_failures;
+
+sp_ctx_t *synth_ctx_new(const sp_model_t *m, sp_backend_kind kind, const sp_kv_opts *o)
+{
+    sp_ctx_params p = sp_ctx_default_params();
+    p.n_ctx = SYNTH_N_CTX;
+    p.n_threads = 1;
+    p.chunk = 16;
+    p.numerics = SP_NUMERICS_EXACT;
+    p.backend = kind;
+    p.kv_opts = o;
+    sp_ctx_t *c = sp_ctx_new(m, &p);
+    if (!c)
+        fprintf(stderr, "context on %s: %s\n", kind == SP_BACKEND_CPU ? "cpu" : "cuda", sp_last_error());
+    return c;
 }
