@@ -90,13 +90,8 @@ out:
 
 int main(void)
 {
-    const char *why = NULL;
-    sp_backend_t *probe = sp_backend_create(SP_BACKEND_CUDA, &(sp_backend_params){.version = SP_BACKEND_API_VERSION});
-    if (!probe) {
-        printf("skipped: no CUDA backend (%s)\n", (why = sp_last_error()));
+    if (!synth_cuda_available())
         return 77;
-    }
-    sp_backend_free(probe);
     char path[] = "/tmp/spindle-gpu-model-XXXXXX";
     int fd = mkstemp(path);
     if (fd < 0)

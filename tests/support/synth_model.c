@@ -199,3 +199,14 @@ sp_ctx_t *synth_ctx_new(const sp_model_t *m, sp_backend_kind kind, const sp_kv_o
         fprintf(stderr, "context on %s: %s\n", kind == SP_BACKEND_CPU ? "cpu" : "cuda", sp_last_error());
     return c;
 }
+
+bool synth_cuda_available(void)
+{
+    sp_backend_t *probe = sp_backend_create(SP_BACKEND_CUDA, &(sp_backend_params){.version = SP_BACKEND_API_VERSION});
+    if (!probe) {
+        printf("skipped: no CUDA backend (%s)\n", sp_last_error());
+        return false;
+    }
+    sp_backend_free(probe);
+    return true;
+}

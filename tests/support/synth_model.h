@@ -26,6 +26,9 @@ uint64_t synth_next_u64(uint64_t *s);
  * numerics, on kind, with compression options o (NULL: none). NULL with the reason on stderr. */
 sp_ctx_t *synth_ctx_new(const sp_model_t *m, sp_backend_kind kind, const sp_kv_opts *o);
 
+/* Whether a CUDA backend can be created here; when not, prints the skip line (the test exits 77). */
+bool synth_cuda_available(void);
+
 /* The plain-C tests' check: count and report a failure, go on. */
 extern int synth_failures;
 #define SYNTH_CHECK(cond, ...)                                             \
