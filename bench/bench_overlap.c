@@ -263,7 +263,7 @@ int main(int argc, char **argv)
     sp_tiers_t *ts0 = sp_tiers_create(&to);
     sp_kv_tiered_opts ko = {.n_layers = L, .tiers = ts0, .resident_deep_layers = L, .verify_checksums = true};
     sw.cur = ts0 ? sp_kv_tiered_create(&ko) : NULL;
-    sp_kv_provider prov = {&sw, sw_place, sw_step, sw_acq, sw_rel};
+    sp_kv_provider prov = {.user = &sw, .place = sw_place, .step_begin = sw_step, .acquire = sw_acq, .release = sw_rel};
     if (!c || !sw.cur || sp_ctx_set_kv_provider(c, &prov) < 0) {
         fprintf(stderr, "bench_overlap: %s\n", sp_last_error());
         return 1;

@@ -295,27 +295,7 @@ int cu_attention(sp_backend_t *be, const sp_attn_desc *d)
     int rc = scratch_reserve(be, floats * sizeof(float));
     if (rc < 0)
         return rc;
-    sp_gpu_attn_desc g = {};
-    g.n_q = d->n_q;
-    g.q_pos0 = d->q_pos0;
-    g.n_head = d->n_head;
-    g.n_kv_head = d->n_kv_head;
-    g.head_dim = d->head_dim;
-    g.q = d->q;
-    g.ldq = d->ldq;
-    g.out = d->out;
-    g.ldo = d->ldo;
-    g.k = d->k;
-    g.v = d->v;
-    g.kv_head_stride = d->kv_head_stride;
-    g.scale = d->scale;
-    g.n_window = d->n_window;
-    g.win = d->win;
-    g.win_ld = d->win_ld;
-    g.win_w = d->win_w;
-    g.scratch = static_cast<float *>(ctx_of(be)->scratch);
-    g.scratch_floats = floats;
-    return sp_gpu_attention(stream_of(be, SP_STREAM_COMPUTE), g);
+    return sp_gpu_attention(stream_of(be, SP_STREAM_COMPUTE), d, static_cast<float *>(ctx_of(be)->scratch), floats);
 }
 
 int cu_scores_prepare(sp_backend_t *be, const sp_scores_prepare_desc *d)

@@ -190,31 +190,17 @@ int sp_gpu_kv_store(void *stream, const sp_kv_store_desc *d);
 
 /* ---- attention -------------------------------------------------------------------------------- */
 
-/* Causal GQA attention over an fp16 KV cache, the contract of sp_attn_desc (cpu/ops.h): n_q queries
- * at positions q_pos0.., keys 0 .. q_pos0+n_q-1, query head h reads KV head h / (n_head/n_kv_head).
+/* Causal GQA attention over an fp16 KV cache, the contract of sp_attn_desc (runtime/backend/backend.h,
+ * the descriptor the CPU backend takes too; here kv_type must be SP_KV_F16 and the pointers device
+ * memory): n_q queries at positions q_pos0.., keys 0 .. q_pos0+n_q-1, query head h reads KV head
+ * h / (n_head/n_kv_head).
  * n_q > 1 or n_window > 0: tiled prefill kernel with an online softmax (no n_q x n_keys matrix);
  * window scores win[h*win_ld + j] = sum over the last n_window queries of the fp32 softmax
  * probabilities (written for every j < q_pos0+n_q). n_q == 1 without window: split-K decode.
- * head_dim: even and <= 256 (decode: a multiple of 32); else -ENOTSUP. */
-typedef struct sp_gpu_attn_desc {
-    int n_q, q_pos0;
-    int n_head, n_kv_head, head_dim;
-    const float *q;          /* q[t*ldq + h*head_dim + d] */
-    int ldq;
-    float *out;              /* out[t*ldo + h*head_dim + d] */
-    int ldo;
-    const void *k, *v;       /* fp16, element [g][p][d] at g*kv_head_stride + p*head_dim + d */
-    size_t kv_head_stride;   /* elements, >= n_keys*head_dim */
-    float scale;
-    int n_window;            /* 0: no window scores */
-    float *win;              /* [n_head][win_ld] or NULL */
-    int win_ld;
-    const float *win_w;      /* [n_window] row weights or NULL (all 1), as sp_attn_desc */
-    float *scratch;          /* device, sp_gpu_attention_scratch_floats() floats */
-    size_t scratch_floats;
-} sp_gpu_attn_desc;
+ * head_dim: even and <= 256 (decode: a multiple of 32); else -ENOTSUP. scratch: device memory of at
+ * least sp_gpu_attention_scratch_floats() floats. */
 size_t sp_gpu_attention_scratch_floats(int n_q, int q_pos0, int n_head, int head_dim, int n_window);
-int sp_gpu_attention(void *stream, sp_gpu_attn_desc d);
+int sp_gpu_attention(void *stream, const sp_attn_desc *d, float *scratch, size_t scratch_floats);
 
 /* ---- KV compression (DESIGN §4.2, §4.4, §5.2) -------------------------------------------------- */
 

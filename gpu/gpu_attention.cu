@@ -39,7 +39,7 @@ static size_t prefill_smem_floats(int D)
     return (size_t)ATT_BQ * D * 2 + (size_t)ATT_BK * (D + 1) + (size_t)ATT_BK * D + ATT_BQ * ATT_BK + 3 * ATT_BQ;
 }
 
-static __global__ void attn_prefill_kernel(sp_gpu_attn_desc a, float *lse)
+static __global__ void attn_prefill_kernel(sp_attn_desc a, float *lse)
 {
     SP_DYNAMIC_SHARED(float, sm);
     const int D = a.head_dim, G = a.n_head / a.n_kv_head;
@@ -132,7 +132,7 @@ static size_t window_smem_floats(int D)
     return (size_t)WIN_WK * (D + 1) + (size_t)WIN_WQ * D;
 }
 
-static __global__ void attn_window_kernel(sp_gpu_attn_desc a, const float *lse)
+static __global__ void attn_window_kernel(sp_attn_desc a, const float *lse)
 {
     SP_DYNAMIC_SHARED(float, sm);
     const int D = a.head_dim, G = a.n_head / a.n_kv_head, W = a.n_window;
@@ -175,7 +175,7 @@ static __global__ void attn_window_kernel(sp_gpu_attn_desc a, const float *lse)
 }
 
 /* Decode: partial (m, l, o[D]) per (head, chunk) into part[(h*n_chunks + c)*(D+2)]. */
-static __global__ void attn_decode_kernel(sp_gpu_attn_desc a, float *part, int n_chunks)
+static __global__ void attn_decode_kernel(sp_attn_desc a, float *part, int n_chunks)
 {
     SP_DYNAMIC_SHARED(float, sm);
     const int D = a.head_dim, G = a.n_head / a.n_kv_head, E = D / 32;
@@ -260,7 +260,7 @@ static __global__ void attn_decode_kernel(sp_gpu_attn_desc a, float *part, int n
     }
 }
 
-static __global__ void attn_decode_merge_kernel(sp_gpu_attn_desc a, const float *part, int n_chunks)
+static __global__ void attn_decode_merge_kernel(sp_attn_desc a, const float *part, int n_chunks)
 {
     const int D = a.head_dim, h = blockIdx.x;
     const float *ph = part + (size_t)h * n_chunks * (D + 2);
@@ -302,8 +302,11 @@ static int smem_opt_in(const void *kernel, size_t bytes)
     return SP_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
 }
 
-extern "C" int sp_gpu_attention(void *stream, sp_gpu_attn_desc a)
+extern "C" int sp_gpu_attention(void *stream, const sp_attn_desc *desc, float *scratch, size_t scratch_floats)
 {
+    if (!desc)
+        return sp_error(EINVAL, "gpu attention: no descriptor");
+    const sp_attn_desc a = *desc;
     if (a.n_q <= 0 || a.q_pos0 < 0 || a.n_head <= 0 || a.n_kv_head <= 0 || a.head_dim <= 0 ||
         a.n_head % a.n_kv_head != 0 || !a.q || !a.out || !a.k || !a.v || a.ldq < a.n_head * a.head_dim ||
         a.ldo < a.n_head * a.head_dim)
@@ -316,9 +319,10 @@ extern "C" int sp_gpu_attention(void *stream, sp_gpu_attn_desc a)
         return sp_error(EINVAL, "gpu attention: bad window (n_window=%d n_q=%d win_ld=%d)", a.n_window, a.n_q,
                         a.win_ld);
     size_t need = sp_gpu_attention_scratch_floats(a.n_q, a.q_pos0, a.n_head, a.head_dim, a.n_window);
-    if (need && (!a.scratch || a.scratch_floats < need))
-        return sp_error(ENOSPC, "gpu attention: scratch of %zu floats, need %zu", a.scratch ? a.scratch_floats : 0,
-                        need);
+    if (need && (!scratch || scratch_floats < need))
+        return sp_error(ENOSPC, "gpu attention: scratch of %zu floats, need %zu", scratch ? scratch_floats : 0, need);
+    if (a.kv_type != SP_KV_F16)
+        return sp_error(ENOTSUP, "gpu attention: KV cache type %d (the device kernels read fp16 only)", (int)a.kv_type);
     if (a.head_dim % 2 || a.head_dim > ATT_MAX_D)
         return sp_error(ENOTSUP, "gpu attention: head_dim %d not supported (even, <= %d)", a.head_dim, ATT_MAX_D);
     if (a.n_head > 65535)
@@ -334,17 +338,17 @@ extern "C" int sp_gpu_attention(void *stream, sp_gpu_attn_desc a)
                                              (size_t)(DEC_THREADS / 32) * a.head_dim);
         if ((rc = smem_opt_in((const void *)attn_decode_kernel, smem)))
             return rc;
-        SP_LAUNCH(dim3(n_chunks, a.n_head), DEC_THREADS, smem, s, attn_decode_kernel)(a, a.scratch, n_chunks);
+        SP_LAUNCH(dim3(n_chunks, a.n_head), DEC_THREADS, smem, s, attn_decode_kernel)(a, scratch, n_chunks);
         if ((rc = SP_CUDA_LAUNCHED("attn_decode_kernel")))
             return rc;
-        SP_LAUNCH(a.n_head, a.head_dim < 128 ? 128 : a.head_dim, 0, s, attn_decode_merge_kernel)(a, a.scratch, n_chunks);
+        SP_LAUNCH(a.n_head, a.head_dim < 128 ? 128 : a.head_dim, 0, s, attn_decode_merge_kernel)(a, scratch, n_chunks);
         return SP_CUDA_LAUNCHED("attn_decode_merge_kernel");
     }
     const int n_qt = (a.n_q + ATT_BQ - 1) / ATT_BQ;
     size_t smem = sizeof(float) * prefill_smem_floats(a.head_dim);
     if ((rc = smem_opt_in((const void *)attn_prefill_kernel, smem)))
         return rc;
-    SP_LAUNCH(dim3(n_qt, a.n_head), ATT_THREADS, smem, s, attn_prefill_kernel)(a, a.scratch);
+    SP_LAUNCH(dim3(n_qt, a.n_head), ATT_THREADS, smem, s, attn_prefill_kernel)(a, scratch);
     if ((rc = SP_CUDA_LAUNCHED("attn_prefill_kernel")))
         return rc;
     if (a.n_window == 0)
@@ -352,6 +356,6 @@ extern "C" int sp_gpu_attention(void *stream, sp_gpu_attn_desc a)
     smem = sizeof(float) * window_smem_floats(a.head_dim);
     if ((rc = smem_opt_in((const void *)attn_window_kernel, smem)))
         return rc;
-    SP_LAUNCH(dim3((n_keys + WIN_WK - 1) / WIN_WK, a.n_head), WIN_WK, smem, s, attn_window_kernel)(a, a.scratch);
+    SP_LAUNCH(dim3((n_keys + WIN_WK - 1) / WIN_WK, a.n_head), WIN_WK, smem, s, attn_window_kernel)(a, scratch);
     return SP_CUDA_LAUNCHED("attn_window_kernel");
 }

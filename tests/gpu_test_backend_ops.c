@@ -593,12 +593,9 @@ static void case_attention(int n_q, int q_pos0, int n_head, int n_kv_head, int h
         (rc = dbuf_new(&out, 4 * no, 0xFF)) || (n_window && (rc = dbuf_new(&win, 4 * nwin, 0xFF))) ||
         (rc = dbuf_new(&scr, 4 * (nscr ? nscr : 1), 0xFF)))
         goto done;
-    sp_gpu_attn_desc d = {.n_q = n_q, .q_pos0 = q_pos0, .n_head = n_head, .n_kv_head = n_kv_head, .head_dim = D,
-                          .q = dptr(&q), .ldq = ldq, .out = dptr(&out), .ldo = ldo, .k = dptr(&k), .v = dptr(&v),
-                          .kv_head_stride = stride, .scale = a.scale, .n_window = n_window,
-                          .win = n_window ? dptr(&win) : NULL, .win_ld = win_ld, .scratch = dptr(&scr),
-                          .scratch_floats = nscr};
-    if ((rc = sp_gpu_attention(gh_stream, d)) || (rc = dbuf_download(&out, got, "out")) ||
+    sp_attn_desc d = a;      /* the same descriptor, pointing at device memory */
+    d.q = dptr(&q), d.out = dptr(&out), d.k = dptr(&k), d.v = dptr(&v), d.win = n_window ? dptr(&win) : NULL;
+    if ((rc = sp_gpu_attention(gh_stream, &d, dptr(&scr), nscr)) || (rc = dbuf_download(&out, got, "out")) ||
         (n_window && (rc = dbuf_download(&win, wgot, "win"))) || (rc = dbuf_download(&scr, NULL, "scratch")))
         goto done;
     compare(&c, "out", got, ref, NULL, oskip, (int64_t)no, ATT_ATOL, ATT_RTOL);

@@ -317,7 +317,7 @@ Test(model_kv, accounting_adds_up_and_provider_matches_resident)
     sp_ctx_t *res = new_ctx(&o, false), *pc = new_ctx(&o, false);
     test_prov tp;
     memset(&tp, 0, sizeof tp);
-    sp_kv_provider prov = { &tp, tp_place, tp_step, tp_acquire, tp_release };
+    sp_kv_provider prov = {.user = &tp, .place = tp_place, .step_begin = tp_step, .acquire = tp_acquire, .release = tp_release};
     cr_assert_eq(sp_ctx_set_kv_provider(pc, &prov), 0, "%s", sp_last_error());
     run(res, a, NULL);
     cr_assert_eq(sp_ctx_prefill(pc, g_ids, PROMPT, b, NULL), 0, "%s", sp_last_error());
@@ -491,7 +491,7 @@ Test(model_kv, observation_windows_8_and_32)
         sp_ctx_t *c = new_ctx(&o, false);
         test_prov tp;
         memset(&tp, 0, sizeof tp);
-        sp_kv_provider prov = { &tp, tp_place, tp_step, tp_acquire, tp_release };
+        sp_kv_provider prov = {.user = &tp, .place = tp_place, .step_begin = tp_step, .acquire = tp_acquire, .release = tp_release};
         cr_assert_eq(sp_ctx_set_kv_provider(c, &prov), 0, "%s", sp_last_error());
         float *lg = new_logits();
         run(c, lg, NULL);

@@ -142,7 +142,7 @@ Test(spill_model, spilled_logits_equal_resident_bit_for_bit)
     sw.cur = sp_kv_tiered_create(&ko);
     cr_assert(sw.cur, "%s", sp_last_error());
     sp_ctx_t *c = new_ctx(&o, true);
-    sp_kv_provider prov = {&sw, sw_place, sw_step, sw_acq, sw_rel};
+    sp_kv_provider prov = {.user = &sw, .place = sw_place, .step_begin = sw_step, .acquire = sw_acq, .release = sw_rel};
     cr_assert_eq(sp_ctx_set_kv_provider(c, &prov), 0, "%s", sp_last_error());
     cr_assert_eq(sp_ctx_prefill(c, g_ids, PROMPT, last, NULL), 0, "%s", sp_last_error());
     size_t sizes[MAXL], biggest = 0, pinned_bytes = 0;
