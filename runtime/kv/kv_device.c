@@ -11,6 +11,24 @@ static size_t off_in(const sp_kv_tail *t, const void *p)
     return (size_t)((const uint8_t *)p - (const uint8_t *)t->mem);
 }
 
+/* Where the codebook op finds each head's entries: int64 [4][n_kv] = K entry offsets (entries from
+ * the section start), K counts, V offsets, V counts; zeros for an uncoded segment. */
+static void code_meta(const sp_kv_segment *seg, int64_t *meta)
+{
+    const sp_kv_seg_header *h = seg->hdr;
+    int nkv = h->n_kv_heads, d = h->head_dim;
+    bool coded = h->flags & SP_KV_SEG_CODED;
+    const uint8_t *kcb = (const uint8_t *)seg->buf + h->sec_off[SP_KV_SEC_KCB];
+    const uint8_t *vcb = (const uint8_t *)seg->buf + h->sec_off[SP_KV_SEC_VCB];
+    for (int v = 0; v < nkv; v++) {
+        const sp_kv_seg_head *sh = &seg->head[v];
+        meta[v] = coded && sh->k_cb ? ((const uint8_t *)sh->k_cb - kcb) / (2 * (int64_t)d) : 0;
+        meta[nkv + v] = coded ? sh->n_ent_k : 0;
+        meta[2 * nkv + v] = coded && sh->v_cb ? ((const uint8_t *)sh->v_cb - vcb) / (2 * (int64_t)d) : 0;
+        meta[3 * nkv + v] = coded ? sh->n_ent_v : 0;
+    }
+}
+
 void sp_kv_dev_free(sp_kv_dev_layer *dl)
 {
     if (!dl)
@@ -28,24 +46,14 @@ int sp_kv_dev_place(sp_backend_t *be, sp_kv_dev_layer *dl, const sp_kv_segment *
     if (!seg || !seg->hdr || !tail || !tail->mem)
         return sp_error(EINVAL, "kv device: placing a layer needs its segment and its tail");
     const sp_kv_seg_header *h = seg->hdr;
-    int nkv = h->n_kv_heads, d = h->head_dim;
+    int nkv = h->n_kv_heads;
     if (tail->coded && (tail->raw_window > 0 || tail->batch))
         return sp_error(ENOTSUP, "kv device: layer %d: a decode tail with a raw window (decode_window = %lld%s) "
                         "is coded on the cpu backend only; set [compression] decode_window = 0 or use "
                         "--backend cpu", h->layer, (long long)tail->raw_window,
                         tail->batch ? ", decode_coding = batch" : "");
-    /* the codebook op finds head v's entries at seg_off[v] entries from the section start */
     int64_t meta[4 * SP_KV_SEG_MAX_KV_HEADS];
-    for (int v = 0; v < nkv; v++) {
-        const sp_kv_seg_head *sh = &seg->head[v];
-        bool coded = h->flags & SP_KV_SEG_CODED;
-        const uint8_t *kcb = (const uint8_t *)seg->buf + h->sec_off[SP_KV_SEC_KCB];
-        const uint8_t *vcb = (const uint8_t *)seg->buf + h->sec_off[SP_KV_SEC_VCB];
-        meta[v] = coded && sh->k_cb ? ((const uint8_t *)sh->k_cb - kcb) / (2 * (int64_t)d) : 0;
-        meta[nkv + v] = coded ? sh->n_ent_k : 0;
-        meta[2 * nkv + v] = coded && sh->v_cb ? ((const uint8_t *)sh->v_cb - vcb) / (2 * (int64_t)d) : 0;
-        meta[3 * nkv + v] = coded ? sh->n_ent_v : 0;
-    }
+    code_meta(seg, meta);
     size_t seg_bytes = sp_kv_segment_size(seg), meta_bytes = 4 * (size_t)nkv * sizeof(int64_t);
     int rc;
     if ((keep_bytes && !(dl->seg = sp_backend_buffer_alloc(be, SP_MEM_DEVICE, seg_bytes, budget))) ||
@@ -131,4 +139,37 @@ int sp_kv_dev_pull_tail(sp_backend_t *be, const sp_kv_dev_layer *dl, sp_kv_tail 
     if (rc < 0)
         return rc;
     return sp_backend_buffer_get(dl->tail, 0, t->mem, t->mem_bytes);
+}
+
+int sp_kv_tail_append_op(sp_backend_t *be, const sp_kv_segment *seg, sp_kv_tail *t, const float *k,
+                         const float *v, int32_t pos)
+{
+    if (!t->coded || t->raw_window > 0 || t->batch)
+        return sp_kv_tail_append(t, seg, k, v, pos);
+    if (t->n >= t->cap)
+        return sp_error(ENOSPC, "kv tail: full (%lld tokens); fold it into the segment or give it more capacity",
+                        (long long)t->cap);
+    const sp_kv_seg_header *h = seg->hdr;
+    int nkv = h->n_kv_heads, d = h->head_dim;
+    int64_t meta[4 * SP_KV_SEG_MAX_KV_HEADS];
+    code_meta(seg, meta);
+    size_t n = (size_t)t->n, c = (size_t)t->cap;
+    for (int which = 0; which < 2; which++) {
+        sp_codebook_code_desc cd = {
+            .x = which ? v : k, .n_vec = nkv, .d = d, .ldx = d,
+            .seg_cb = (const uint16_t *)((const uint8_t *)seg->buf + h->sec_off[which ? SP_KV_SEC_VCB : SP_KV_SEC_KCB]),
+            .seg_off = meta + (which ? 2 : 0) * nkv, .seg_n = meta + (which ? 3 : 1) * nkv,
+            .tail_ent = which ? t->v_ent : t->k_ent, .tail_stride = (int64_t)(c * d),
+            .tail_n = which ? t->n_new_v : t->n_new_k, .tail_cap = (int64_t)c,
+            .theta = which ? t->theta_v : t->theta_k,
+            .idx = (which ? t->v_idx : t->k_idx) + n, .mag = (which ? t->v_mag : t->k_mag) + n,
+            .out_stride = (int64_t)c,
+        };
+        int rc = sp_backend_codebook_code(be, &cd);
+        if (rc < 0)
+            return rc;
+    }
+    t->pos[n] = pos;
+    t->n++;
+    return 0;
 }

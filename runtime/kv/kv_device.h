@@ -47,6 +47,14 @@ void sp_kv_dev_free(sp_kv_dev_layer *dl); /* accepts NULL and zeroed structs */
 int sp_kv_dev_append(sp_backend_t *be, sp_kv_dev_layer *dl, const sp_kv_segment *seg, const void *seg_bytes,
                      sp_kv_tail *tail, const float *k, const float *v, const sp_buffer_t *pos_buf, size_t pos_off, int32_t pos);
 
+/* Append one decode token to a tail in host memory (tail->mem) through be's SP_OP_CODEBOOK_CODE
+ * (a backend that computes on host memory: the CPU one) -- the same op the device path queues, so
+ * the CPU run codes new tokens with the backend's kernel too. seg: the host segment (its bytes
+ * host-readable). Tails with a raw window or batch coding, and uncoded ones, are appended on the
+ * host (sp_kv_tail_append). k, v: host [n_kv][d] fp32. */
+int sp_kv_tail_append_op(sp_backend_t *be, const sp_kv_segment *seg, sp_kv_tail *tail, const float *k,
+                         const float *v, int32_t pos);
+
 /* Read the device tail back into tail->mem (entry counts, indices, magnitudes, entries): for
  * statistics and tests, never on the decode path (one synchronous copy). */
 int sp_kv_dev_pull_tail(sp_backend_t *be, const sp_kv_dev_layer *dl, sp_kv_tail *tail);

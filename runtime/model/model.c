@@ -849,7 +849,7 @@ static int seg_attention(sp_ctx_t *c, int layer, int n, int pos0)
     if ((rc = seg_acquire(c, layer, &seg)) < 0)
         return rc;
     for (int t = 0; t < n && rc == 0; t++) {
-        rc = sp_kv_tail_append(&c->tail[layer], seg, c->k + (size_t)t * KV, c->v + (size_t)t * KV, pos0 + t);
+        rc = sp_kv_tail_append_op(c->be, seg, &c->tail[layer], c->k + (size_t)t * KV, c->v + (size_t)t * KV, pos0 + t);
         if (rc < 0)
             break;
         sp_segattn_desc d = {
