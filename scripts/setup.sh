@@ -43,7 +43,7 @@ done
 # ---- 1. Debian packages ----
 packages=(build-essential cmake pkg-config git python3 python3-pip unzip
   libopenblas-dev libpcre2-dev libcriterion-dev liburing-dev libhwloc-dev libinih-dev
-  libxxhash-dev zlib1g-dev clang libclang-rt-14-dev fio gnuplot-nox
+  libxxhash-dev zlib1g-dev libboost-context-dev clang libclang-rt-14-dev fio gnuplot-nox
   bible-kjv-text bible-kjv)   # the KJV text for spindle eval and its reader `bible`
 missing=()
 for p in "${packages[@]}"; do

@@ -1,5 +1,6 @@
 /* emu_kernel.cpp - kernel execution of the CPU emulation: each CUDA thread of a block is a
- * cooperative fiber (ucontext) on the stream's host thread; barriers and warp collectives switch.
+ * cooperative fiber (Boost.Context's fcontext: a switch is a few register moves, no signal-mask
+ * system call as with ucontext) on the stream's host thread; barriers and warp collectives switch.
  *
  * DESIGN
  * - One kernel runs at a time in the process (g_kernel_lock): static __shared__ variables are
@@ -28,8 +29,9 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
-#include <ucontext.h>
 #include <unistd.h>
+
+#include <boost/context/detail/fcontext.hpp>
 
 #include <mutex>
 #include <string>
@@ -50,6 +52,8 @@ extern "C" char __start_cudaemu_shared[] __attribute__((weak));
 extern "C" char __stop_cudaemu_shared[] __attribute__((weak));
 
 namespace cudaemu {
+
+namespace bctx = boost::context::detail;
 
 enum tstate { T_FRESH, T_RUNNING, T_RUNNABLE, T_AT_BAR, T_AT_WARP, T_EXITED };
 
@@ -81,11 +85,11 @@ struct warp_state {
 };
 
 struct fiber {
-    ucontext_t ctx;
+    bctx::fcontext_t ctx;   /* where the fiber stopped (valid while it is suspended) */
     void *stack;   /* usable stack above the guard page */
     size_t size;
     bool busy;
-    bool fresh_ctx;   /* needs makecontext before the next start */
+    bool fresh_ctx;   /* needs make_fcontext before the next start */
 };
 
 struct block {
@@ -105,9 +109,11 @@ struct block {
 static const size_t STACK = 256 * 1024;
 
 static __thread block *t_block;
-static __thread ucontext_t *t_sched_ctx;
-static __thread const void *t_sched_bottom;
+static __thread bctx::fcontext_t t_sched_ctx;   /* the scheduler, while a fiber runs */
+#if EMU_ASAN
+static __thread const void *t_sched_bottom;   /* the scheduler's stack, for ASan */
 static __thread size_t t_sched_size;
+#endif
 /* The stream thread's fibers, unmapped when the thread ends. */
 struct fiber_pool : std::vector<fiber *> {
     ~fiber_pool()
@@ -135,22 +141,34 @@ static ethread *me() { return (ethread *)cudaemu_cur; }
 
 /* ---- switching ---- */
 
-static void switch_to(ucontext_t *from, ucontext_t *to, const void *to_bottom, size_t to_size)
+/* Scheduler -> fiber f; returns when f yields back. */
+static void resume_fiber(fiber *f)
 {
 #if EMU_ASAN
     void *fake = nullptr;
-    __sanitizer_start_switch_fiber(&fake, to_bottom, to_size);
-    swapcontext(from, to);
-    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
-#else
-    (void)to_bottom;
-    (void)to_size;
-    swapcontext(from, to);
+    __sanitizer_start_switch_fiber(&fake, f->stack, f->size);
 #endif
+    bctx::transfer_t back = bctx::jump_fcontext(f->ctx, f);
+#if EMU_ASAN
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+    f->ctx = back.fctx;
 }
 
 /* From a fiber back to the scheduler; returns when the scheduler resumes this fiber. */
-static void yield_fiber(fiber *f) { switch_to(&f->ctx, t_sched_ctx, t_sched_bottom, t_sched_size); }
+static void yield_fiber(fiber *f)
+{
+    (void)f;
+#if EMU_ASAN
+    void *fake = nullptr;
+    __sanitizer_start_switch_fiber(&fake, t_sched_bottom, t_sched_size);
+#endif
+    bctx::transfer_t from = bctx::jump_fcontext(t_sched_ctx, nullptr);
+#if EMU_ASAN
+    __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
+#endif
+    t_sched_ctx = from.fctx;
+}
 
 static void run_fresh_threads(fiber *f)
 {
@@ -172,13 +190,13 @@ static void run_fresh_threads(fiber *f)
     }
 }
 
-static void fiber_entry(unsigned hi, unsigned lo)
+static void fiber_entry(bctx::transfer_t from)
 {
-    fiber *f = (fiber *)(((uintptr_t)hi << 32) | (uintptr_t)lo);
 #if EMU_ASAN
     __sanitizer_finish_switch_fiber(nullptr, &t_sched_bottom, &t_sched_size);
 #endif
-    run_fresh_threads(f);
+    t_sched_ctx = from.fctx;
+    run_fresh_threads((fiber *)from.data);
 }
 
 static fiber *new_fiber()
@@ -202,16 +220,11 @@ static void start_fiber(fiber *f)
 #if EMU_ASAN
         __asan_unpoison_memory_region(f->stack, f->size);   /* frames of an abandoned thread */
 #endif
-        getcontext(&f->ctx);
-        f->ctx.uc_stack.ss_sp = f->stack;
-        f->ctx.uc_stack.ss_size = f->size;
-        f->ctx.uc_link = nullptr;
-        uintptr_t p = (uintptr_t)f;
-        makecontext(&f->ctx, (void (*)())fiber_entry, 2, (unsigned)(p >> 32), (unsigned)(p & 0xffffffffu));
+        f->ctx = bctx::make_fcontext((char *)f->stack + f->size, f->size, fiber_entry);
         f->fresh_ctx = false;
     }
     f->busy = true;
-    switch_to(t_sched_ctx, &f->ctx, f->stack, f->size);
+    resume_fiber(f);
 }
 
 /* ---- reports ---- */
@@ -492,7 +505,7 @@ static void run_block(block &B)
             cudaemu_cur = t;
             fiber *f = t->f;
             f->busy = true;
-            switch_to(t_sched_ctx, &f->ctx, f->stack, f->size);
+            resume_fiber(f);
         } else if (have_fresh) {
             fiber *f = idle_fiber();
             if (!f) {
@@ -513,8 +526,7 @@ static void run_block(block &B)
 void run_grid(const grid_job &job)
 {
     std::lock_guard<std::mutex> kl(g_kernel_lock);
-    ucontext_t sched;
-    t_sched_ctx = &sched;
+    t_sched_ctx = nullptr;
     const uint64_t nb = (uint64_t)job.grid.x * job.grid.y * job.grid.z;
     const unsigned nt = job.block.x * job.block.y * job.block.z;
     uint64_t rng = seed() * 0x2545F4914F6CDD1Dull + job.launch_id;
