@@ -120,6 +120,11 @@ struct fiber_pool : std::vector<fiber *> {
     {
         const size_t page = (size_t)sysconf(_SC_PAGESIZE);
         for (fiber *f : *this) {
+#if EMU_ASAN
+            /* the redzones of the frames still on it: a later mapping of these pages would
+             * inherit them (ASan clears a stack only when it sees swapcontext, not fcontext) */
+            __asan_unpoison_memory_region(f->stack, f->size);
+#endif
             munmap((char *)f->stack - page, f->size + page);
             delete f;
         }
