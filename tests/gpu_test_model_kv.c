@@ -60,8 +60,8 @@ static void compare_policy(const sp_model_t *m, const sp_kv_opts *o, const char 
     int before = synth_failures;
     for (int step = 0; step < STEPS && synth_failures == before; step++) {
         bool last = step == STEPS - 1;   /* the last step reads the logits back to compare them */
-        uint64_t s0 = sp_backend_host_syncs(be);
         rc1 = sp_ctx_decode(cpu, tc, lc);
+        uint64_t s0 = sp_backend_host_syncs(be);
         rc2 = sp_ctx_decode(gpu, tg, last ? lg : NULL);
         uint64_t s1 = sp_backend_host_syncs(be);
         SYNTH_CHECK(rc1 == 0 && rc2 == 0, "%s: decode step %d: %s", what, step, sp_last_error());
@@ -105,12 +105,18 @@ out:
     sp_ctx_free(gpu);
 }
 
-/* Teacher-forced decode of STEPS tokens after the prompt; logits [STEPS][VOCAB]. */
-static int forced_run(sp_ctx_t *c, const int32_t *tok, float *logits)
+/* Teacher-forced decode of STEPS tokens after the prompt; logits [STEPS][VOCAB]. *max_syncs: the
+ * most host synchronisations this thread made in one step (the logits read-back is one). */
+static int forced_run(sp_ctx_t *c, const int32_t *tok, float *logits, uint64_t *max_syncs)
 {
     int rc = sp_ctx_prefill(c, tok, PROMPT, NULL, NULL);
-    for (int s = 0; rc == 0 && s < STEPS; s++)
+    *max_syncs = 0;
+    for (int s = 0; rc == 0 && s < STEPS; s++) {
+        uint64_t s0 = sp_backend_thread_host_syncs();
         rc = sp_ctx_decode(c, tok[PROMPT + s], logits + (size_t)s * VOCAB);
+        uint64_t n = sp_backend_thread_host_syncs() - s0;
+        *max_syncs = n > *max_syncs ? n : *max_syncs;
+    }
     return rc;
 }
 
@@ -127,8 +133,11 @@ static void spilled_equals_resident(const sp_model_t *m)
         tok[i] = (int32_t)(synth_next_u64(&s) % VOCAB);
     float *ref = calloc((size_t)STEPS * VOCAB, sizeof(float)), *got = calloc((size_t)STEPS * VOCAB, sizeof(float));
     sp_ctx_t *res = synth_ctx_new(m, SP_BACKEND_CUDA, &o);
-    int rc = res && ref && got ? forced_run(res, tok, ref) : -1;
+    uint64_t syncs = 0;
+    int rc = res && ref && got ? forced_run(res, tok, ref, &syncs) : -1;
     SYNTH_CHECK(rc == 0, "resident reference: %s", sp_last_error());
+    SYNTH_CHECK(rc || syncs == 1, "resident: a decode step made %llu host synchronisations (want 1: the logits read)",
+                (unsigned long long)syncs);
     sp_ctx_free(res);
     if (rc) {
         free(ref);
@@ -159,8 +168,13 @@ static void spilled_equals_resident(const sp_model_t *m)
         sp_kv_provider p = kt ? sp_kv_tiered_provider(kt) : (sp_kv_provider){0};
         rc = kt ? sp_ctx_set_kv_provider(c, &p) : -1;
         if (rc == 0)
-            rc = forced_run(c, tok, got);
+            rc = forced_run(c, tok, got, &syncs);
         SYNTH_CHECK(rc == 0, "%s d=%d: %s", v[i].tiers, v[i].d, sp_last_error());
+        /* streamed layers: the copy stream's events order the slots; with prefetch (d >= 1) the
+         * decode thread itself only reads back the logits this test asks for. d = 0 fetches on the
+         * decode thread by definition (an NVMe read into the staging buffer waits for its last copy) */
+        SYNTH_CHECK(rc || v[i].d == 0 || syncs == 1, "%s d=%d: a decode step made %llu host synchronisations on the decode thread "
+                    "(want 1: the logits read-back)", v[i].tiers, v[i].d, (unsigned long long)syncs);
         double max_d = 0, max_v = 0;
         for (size_t j = 0; rc == 0 && j < (size_t)STEPS * VOCAB; j++) {
             max_d = fmax(max_d, fabs((double)ref[j] - got[j]));
@@ -174,8 +188,9 @@ static void spilled_equals_resident(const sp_model_t *m)
             SYNTH_CHECK(sp_kv_tiered_layer_tier(kt, l) == force[l], "%s d=%d: layer %d is on tier %d", v[i].tiers, v[i].d,
                   l, (int)sp_kv_tiered_layer_tier(kt, l));
         if (rc == 0)
-            printf("spilled (%s, d=%d) == resident on the device: %d teacher-forced steps, max |diff| %.3g\n",
-                   v[i].tiers, v[i].d, STEPS, max_d);
+            printf("spilled (%s, d=%d) == resident on the device: %d teacher-forced steps, max |diff| %.3g, at most "
+                   "%llu host synchronisation(s) per step on the decode thread (the logits read)\n",
+                   v[i].tiers, v[i].d, STEPS, max_d, (unsigned long long)syncs);
         sp_ctx_free(c);
         sp_kv_tiered_free(kt);
         sp_tiers_free(ts);

@@ -73,7 +73,15 @@ sp_numerics sp_backend_get_numerics(const sp_backend_t *be) { return be->numeric
 void sp_backend_set_numerics(sp_backend_t *be, sp_numerics n) { be->numerics = n; }
 uint64_t sp_backend_host_syncs(const sp_backend_t *be) { return __atomic_load_n(&be->host_syncs, __ATOMIC_RELAXED); }
 
-static void count_sync(sp_backend_t *be) { __atomic_fetch_add(&be->host_syncs, 1, __ATOMIC_RELAXED); }
+/* per thread too: a scheduler worker waiting on a copy event does not stall the decode thread */
+static _Thread_local uint64_t t_host_syncs;
+uint64_t sp_backend_thread_host_syncs(void) { return t_host_syncs; }
+
+static void count_sync(sp_backend_t *be)
+{
+    __atomic_fetch_add(&be->host_syncs, 1, __ATOMIC_RELAXED);
+    t_host_syncs++;
+}
 
 /* ---- memory ---- */
 

@@ -104,6 +104,9 @@ void sp_backend_set_numerics(sp_backend_t *be, sp_numerics n);
 /* Host synchronisations made so far (stream/event syncs and synchronous copies issued by the
  * caller): decode must make none (tests read this). */
 uint64_t sp_backend_host_syncs(const sp_backend_t *be);
+/* The same count over every backend, of the synchronisations the calling thread made: what stalls
+ * that thread (the decode thread's count, without a tier scheduler worker's waits on its copies). */
+uint64_t sp_backend_thread_host_syncs(void);
 
 /* ---- memory ------------------------------------------------------------------------------------ */
 
