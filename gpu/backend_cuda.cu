@@ -65,6 +65,18 @@ void pinned_free(void *user, void *p)
     sp_gpu_host_free(p);
 }
 
+int pinned_register(void *user, void *p, size_t size)
+{
+    (void)user;
+    return sp_gpu_host_register(p, size);
+}
+
+void pinned_unregister(void *user, void *p)
+{
+    (void)user;
+    sp_gpu_host_unregister(p);
+}
+
 void cu_free(sp_backend_t *be)
 {
     cuda_ctx *c = ctx_of(be);
@@ -437,8 +449,12 @@ extern "C" sp_backend_t *sp_backend_cuda_new(const sp_backend_params *p)
         sp_backend_free(be);
         return NULL;
     }
+    if (sp_gpu_pci_bus_id(p->device, be->pci_bus_id, sizeof be->pci_bus_id) < 0)
+        be->pci_bus_id[0] = '\0';   /* NUMA locality unknown: the host pool picks a node itself */
     c->pinner.alloc = pinned_alloc;
     c->pinner.free = pinned_free;
+    c->pinner.register_range = pinned_register;
+    c->pinner.unregister_range = pinned_unregister;
     sp_host_pool_set_pinner(&c->pinner);
     return be;
 }

@@ -53,6 +53,12 @@ void sp_gpu_free(void *p);
 /* Pinned (page-locked) host memory, for copies that really overlap compute. NULL on failure. */
 void *sp_gpu_host_alloc(size_t size);
 void sp_gpu_host_free(void *p);
+/* Page-lock caller memory [p, p+size) for the device (cudaHostRegister): how a host buffer first
+ * bound to the GPU's NUMA node becomes pinned. 0 or -errno (message set). */
+int sp_gpu_host_register(void *p, size_t size);
+void sp_gpu_host_unregister(void *p);
+/* The PCI bus id of device dev ("0000:65:00.0") into buf (>= 13 bytes). 0 or -errno. */
+int sp_gpu_pci_bus_id(int dev, char *buf, size_t len);
 
 /* Whether p points into device memory (cudaMalloc'ed). false without CUDA. */
 bool sp_gpu_is_device_ptr(const void *p);

@@ -127,6 +127,33 @@ extern "C" void sp_gpu_host_free(void *p)
         cudaFreeHost(p);
 }
 
+extern "C" int sp_gpu_host_register(void *p, size_t size)
+{
+    cudaError_t e = cudaHostRegister(p, size, cudaHostRegisterDefault);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return sp_error(ENOMEM, "%s:%d: cudaHostRegister(%zu bytes) failed: %s", __FILE__, __LINE__, size,
+                        cudaGetErrorString(e));
+    }
+    return 0;
+}
+
+extern "C" void sp_gpu_host_unregister(void *p)
+{
+    if (p && cudaHostUnregister(p) != cudaSuccess)
+        cudaGetLastError();
+}
+
+extern "C" int sp_gpu_pci_bus_id(int dev, char *buf, size_t len)
+{
+    cudaError_t e = cudaDeviceGetPCIBusId(buf, (int)len, dev);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        return sp_error(ENODEV, "cudaDeviceGetPCIBusId(device %d) failed: %s", dev, cudaGetErrorString(e));
+    }
+    return 0;
+}
+
 extern "C" bool sp_gpu_is_device_ptr(const void *p)
 {
     cudaPointerAttributes a;

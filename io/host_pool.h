@@ -17,13 +17,20 @@ enum {
     SP_HOST_LOCKED = 1u << 0, /* mlock() succeeded (or cudaHostAlloc pinned it) */
     SP_HOST_CUDA = 1u << 1,   /* from the registered pinner (cudaHostAlloc); freed by it */
     SP_HOST_BOUND = 1u << 2,  /* bound to the topology's chosen NUMA node */
+    SP_HOST_REGISTERED = 1u << 3, /* our mapping, page-locked by the pinner's register_range */
 };
 
-/* A device backend's allocator of page-locked host memory (NULL from alloc: fall back to mlock). */
+/* A device backend's allocator of page-locked host memory (NULL from alloc: fall back to mlock).
+ * register_range/unregister_range (optional, both or neither) page-lock memory the pool mapped
+ * itself: with a topology the pool maps, binds to the chosen NUMA node (the GPU's), touches the
+ * pages there and then registers them, since the driver's own allocation (alloc) lands wherever
+ * the calling thread happens to run. */
 typedef struct sp_host_pinner {
     void *user;
     void *(*alloc)(void *user, size_t size);
     void (*free)(void *user, void *p);
+    int (*register_range)(void *user, void *p, size_t size);
+    void (*unregister_range)(void *user, void *p);
 } sp_host_pinner;
 
 /* Register (or with NULL remove) the pinner used by later allocations; p must outlive every buffer
@@ -38,7 +45,8 @@ typedef struct {
     const sp_host_pinner *pinner; /* SP_HOST_CUDA: the allocator that frees it */
 } sp_host_buf;
 
-/* Allocate size bytes (zeroed). topo may be NULL (no NUMA binding). Returns 0 or -ENOMEM with a
+/* Allocate size bytes (zeroed). topo may be NULL (no NUMA binding). With a pinner: page-locked for
+ * the device, on topo's node when the pinner can register and the OS lets the pool bind. Returns 0 or -ENOMEM with a
  * message naming the size. */
 int sp_host_pool_alloc(sp_host_buf *out, size_t size, const sp_topology_t *topo);
 

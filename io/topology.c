@@ -102,6 +102,8 @@ int sp_topo_n_numa(const sp_topology_t *t) { return count(t, HWLOC_OBJ_NUMANODE)
 int sp_topo_n_cores(const sp_topology_t *t) { return count(t, HWLOC_OBJ_CORE); }
 int sp_topo_n_pus(const sp_topology_t *t) { return count(t, HWLOC_OBJ_PU); }
 int sp_topo_chosen_node(const sp_topology_t *t) { return t->node ? (int)t->node->os_index : 0; }
+const char *sp_topo_reason(const sp_topology_t *t) { return t->reason ? t->reason : "the only node"; }
+bool sp_topo_has_gpu(const sp_topology_t *t) { return t->gpu != NULL; }
 
 int sp_topo_bind_memory(const sp_topology_t *t, void *addr, size_t len)
 {

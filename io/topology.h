@@ -8,6 +8,7 @@
 #ifndef SP_TOPOLOGY_H
 #define SP_TOPOLOGY_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 
@@ -22,6 +23,10 @@ int sp_topo_n_numa(const sp_topology_t *t);  /* >= 1 */
 int sp_topo_n_cores(const sp_topology_t *t); /* physical cores, >= 1 */
 int sp_topo_n_pus(const sp_topology_t *t);   /* hardware threads, >= 1 */
 int sp_topo_chosen_node(const sp_topology_t *t); /* OS index of the chosen NUMA node */
+/* Why that node ("nearest to the GPU", ...): a static string. */
+const char *sp_topo_reason(const sp_topology_t *t);
+/* Whether the topology found the GPU it was given (or, given none, an NVIDIA display device). */
+bool sp_topo_has_gpu(const sp_topology_t *t);
 
 /* Bind [addr, addr+len) to the chosen node. Returns 0, or a negative errno when the OS refuses
  * (single-node machines and containers often do; callers treat that as a notice, not a failure). */

@@ -66,6 +66,44 @@ done:
     }
 }
 
+/* Caller memory page-locked with sp_gpu_host_register (how the host pool pins memory it first bound
+ * to the GPU's NUMA node): usable for copies, registered once, released by unregister; and the PCI
+ * bus id the topology looks the GPU up by. */
+static void register_checks(const sp_tier_device_ops *ops)
+{
+    const size_t n = 3 * 4096 + 17;
+    uint8_t *a = aligned_alloc(4096, 4 * 4096), *b = aligned_alloc(4096, 4 * 4096);
+    uint8_t *dev = ops->alloc(ops->ctx, n);
+    int ra = a ? sp_gpu_host_register(a, 4 * 4096) : -1, rb = b ? sp_gpu_host_register(b, 4 * 4096) : -1;
+    check(a && b && dev && ra == 0 && rb == 0, "sp_gpu_host_register page-locks caller memory", sp_last_error());
+    if (ra == 0 && rb == 0 && dev) {
+        check(sp_gpu_host_register(a + 4096, 4096) < 0 && strstr(sp_last_error(), "cudaHostRegister"),
+              "registering a registered range again is refused with a message", sp_last_error());
+        fill(a, n, 99);
+        memset(b, 0, n);
+        int rc = ops->to_device(ops->ctx, dev, a, n);
+        if (!rc)
+            rc = ops->to_host(ops->ctx, b, dev, n);
+        check(rc == 0 && memcmp(a, b, n) == 0, "round trip through registered host buffers",
+              rc ? sp_last_error() : "bytes differ");
+    }
+    if (ra == 0)
+        sp_gpu_host_unregister(a);
+    if (rb == 0)
+        sp_gpu_host_unregister(b);
+    check(a && sp_gpu_host_register(a, 4096) == 0, "an unregistered range can be registered again", sp_last_error());
+    if (a)
+        sp_gpu_host_unregister(a);
+    if (dev)
+        ops->free(ops->ctx, dev, n);
+    free(a);
+    free(b);
+    char id[32] = "";
+    unsigned dom, bus, d, fn;
+    check(sp_gpu_pci_bus_id(0, id, sizeof id) == 0 && sscanf(id, "%x:%x:%x.%x", &dom, &bus, &d, &fn) == 4,
+          "device 0 has a PCI bus id (domain:bus:device.function)", id);
+}
+
 static void tiers_checks(const sp_tier_device_ops *ops, const char *dir)
 {
     enum { KiB = 1024, BUDGET = 1024 * KiB };
@@ -165,6 +203,7 @@ int main(void)
     round_trip(ops, (1u << 20) + 13, 7, true);
     round_trip(ops, (3u << 20) + 1, 3, false);
     check(ops->to_device(ops->ctx, NULL, NULL, 0) == 0, "zero-byte copy is a no-op", sp_last_error());
+    register_checks(ops);
 
     char dir[] = "/tmp/sp-gpu-tier-XXXXXX";
     if (!mkdtemp(dir)) {

@@ -467,3 +467,149 @@ Test(tier, disk_full_is_named_with_the_dir_and_the_keys)
     cr_assert_eq(sp_tiers_nvme_probe(ts), 0, "%s", sp_last_error());
     sp_tiers_free(ts);
 }
+
+/* ---- the pinned pool on the GPU's NUMA node ---- */
+
+/* A fake device pinner that records what the pool asks of it. */
+static struct {
+    int alloc_calls, free_calls, reg_calls, unreg_calls, reg_rc;
+    void *reg_p, *unreg_p;
+    size_t reg_n;
+} fk;
+
+static void *fake_alloc(void *user, size_t n)
+{
+    (void)user;
+    fk.alloc_calls++;
+    void *p = aligned_alloc(4096, (n + 4095) / 4096 * 4096);
+    return p;
+}
+static void fake_free(void *user, void *p)
+{
+    (void)user;
+    fk.free_calls++;
+    free(p);
+}
+static int fake_register(void *user, void *p, size_t n)
+{
+    (void)user;
+    fk.reg_calls++;
+    fk.reg_p = p;
+    fk.reg_n = n;
+    if (fk.reg_rc)
+        return sp_error(-fk.reg_rc, "fake register refused");
+    return 0;
+}
+static void fake_unregister(void *user, void *p)
+{
+    (void)user;
+    fk.unreg_calls++;
+    fk.unreg_p = p;
+}
+
+Test(tier, pinned_pool_binds_then_registers)
+{
+    sp_topology_t *t = sp_topo_create(NULL);
+    cr_assert(t, "%s", sp_last_error());
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    void *probe = aligned_alloc(page, page);
+    bool can_bind = sp_topo_bind_memory(t, probe, page) == 0;
+    free(probe);
+    static const sp_host_pinner pin = {NULL, fake_alloc, fake_free, fake_register, fake_unregister};
+    sp_host_pool_set_pinner(&pin);
+    memset(&fk, 0, sizeof fk);
+
+    /* with a topology: the pool's own mapping, bound (where the OS allows), zeroed, registered */
+    sp_host_buf b;
+    cr_assert_eq(sp_host_pool_alloc(&b, 100000, t), 0, "%s", sp_last_error());
+    cr_assert_eq(fk.reg_calls, 1);
+    cr_assert_eq(fk.alloc_calls, 0, "the driver's allocation ignores the NUMA node");
+    cr_assert_eq(fk.reg_p, b.ptr);
+    cr_assert_eq(fk.reg_n, b.mapped);
+    cr_assert(b.flags & SP_HOST_REGISTERED && b.flags & SP_HOST_CUDA && b.flags & SP_HOST_LOCKED);
+    cr_assert_eq(!!(b.flags & SP_HOST_BOUND), can_bind, "bound %d, binding possible %d", !!(b.flags & SP_HOST_BOUND),
+                 can_bind);
+    for (size_t i = 0; i < b.size; i++)
+        cr_assert_eq(((uint8_t *)b.ptr)[i], 0);
+    void *p = b.ptr;
+    sp_host_pool_free(&b);
+    cr_assert_eq(fk.unreg_calls, 1);
+    cr_assert_eq(fk.unreg_p, p);
+    cr_assert_eq(fk.free_calls, 0);
+
+    /* without one: the pinner's own allocation, freed by it */
+    cr_assert_eq(sp_host_pool_alloc(&b, 5000, NULL), 0, "%s", sp_last_error());
+    cr_assert_eq(fk.alloc_calls, 1);
+    cr_assert(b.flags & SP_HOST_CUDA && !(b.flags & SP_HOST_REGISTERED));
+    sp_host_pool_free(&b);
+    cr_assert_eq(fk.free_calls, 1);
+
+    /* registration refused: the pinner's allocation still gives pinned memory */
+    fk.reg_rc = -ENOMEM;
+    cr_assert_eq(sp_host_pool_alloc(&b, 5000, t), 0, "%s", sp_last_error());
+    cr_assert_eq(fk.reg_calls, 2);
+    cr_assert_eq(fk.alloc_calls, 2);
+    cr_assert(b.flags & SP_HOST_CUDA && !(b.flags & SP_HOST_REGISTERED));
+    sp_host_pool_free(&b);
+    cr_assert_eq(fk.free_calls, 2);
+    sp_host_pool_set_pinner(NULL);
+    sp_topo_free(t);
+}
+
+/* Two packages with a NUMA node each, an NVIDIA GPU (3D controller) behind a bridge on node 1. */
+static const char two_node_xml[] =
+    "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<!DOCTYPE topology SYSTEM \"hwloc2.dtd\">\n"
+    "<topology version=\"2.0\">\n"
+    "<object type=\"Machine\" os_index=\"0\" cpuset=\"0x0000000f\" complete_cpuset=\"0x0000000f\" "
+    "allowed_cpuset=\"0x0000000f\" nodeset=\"0x00000003\" complete_nodeset=\"0x00000003\" "
+    "allowed_nodeset=\"0x00000003\" gp_index=\"1\">\n"
+    " <object type=\"Package\" os_index=\"0\" cpuset=\"0x00000003\" complete_cpuset=\"0x00000003\" "
+    "nodeset=\"0x00000001\" complete_nodeset=\"0x00000001\" gp_index=\"6\">\n"
+    "  <object type=\"NUMANode\" os_index=\"0\" cpuset=\"0x00000003\" complete_cpuset=\"0x00000003\" "
+    "nodeset=\"0x00000001\" complete_nodeset=\"0x00000001\" gp_index=\"7\" local_memory=\"1073741824\"/>\n"
+    "  <object type=\"Core\" os_index=\"0\" cpuset=\"0x00000001\" complete_cpuset=\"0x00000001\" nodeset=\"0x00000001\" "
+    "complete_nodeset=\"0x00000001\" gp_index=\"3\"><object type=\"PU\" os_index=\"0\" cpuset=\"0x00000001\" "
+    "complete_cpuset=\"0x00000001\" nodeset=\"0x00000001\" complete_nodeset=\"0x00000001\" gp_index=\"2\"/></object>\n"
+    "  <object type=\"Core\" os_index=\"1\" cpuset=\"0x00000002\" complete_cpuset=\"0x00000002\" nodeset=\"0x00000001\" "
+    "complete_nodeset=\"0x00000001\" gp_index=\"5\"><object type=\"PU\" os_index=\"1\" cpuset=\"0x00000002\" "
+    "complete_cpuset=\"0x00000002\" nodeset=\"0x00000001\" complete_nodeset=\"0x00000001\" gp_index=\"4\"/></object>\n"
+    " </object>\n"
+    " <object type=\"Package\" os_index=\"1\" cpuset=\"0x0000000c\" complete_cpuset=\"0x0000000c\" "
+    "nodeset=\"0x00000002\" complete_nodeset=\"0x00000002\" gp_index=\"12\">\n"
+    "  <object type=\"NUMANode\" os_index=\"1\" cpuset=\"0x0000000c\" complete_cpuset=\"0x0000000c\" "
+    "nodeset=\"0x00000002\" complete_nodeset=\"0x00000002\" gp_index=\"13\" local_memory=\"1073741824\"/>\n"
+    "  <object type=\"Core\" os_index=\"2\" cpuset=\"0x00000004\" complete_cpuset=\"0x00000004\" nodeset=\"0x00000002\" "
+    "complete_nodeset=\"0x00000002\" gp_index=\"9\"><object type=\"PU\" os_index=\"2\" cpuset=\"0x00000004\" "
+    "complete_cpuset=\"0x00000004\" nodeset=\"0x00000002\" complete_nodeset=\"0x00000002\" gp_index=\"8\"/></object>\n"
+    "  <object type=\"Core\" os_index=\"3\" cpuset=\"0x00000008\" complete_cpuset=\"0x00000008\" nodeset=\"0x00000002\" "
+    "complete_nodeset=\"0x00000002\" gp_index=\"11\"><object type=\"PU\" os_index=\"3\" cpuset=\"0x00000008\" "
+    "complete_cpuset=\"0x00000008\" nodeset=\"0x00000002\" complete_nodeset=\"0x00000002\" gp_index=\"10\"/></object>\n"
+    "  <object type=\"Bridge\" gp_index=\"20\" bridge_type=\"0-1\" depth=\"0\" bridge_pci=\"0000:[64-65]\">\n"
+    "   <object type=\"PCIDev\" gp_index=\"21\" pci_busid=\"0000:65:00.0\" pci_type=\"0302 [10de:2335] [10de:18be] a1\"/>\n"
+    "  </object>\n"
+    " </object>\n"
+    "</object>\n"
+    "</topology>\n";
+
+Test(tier, topology_picks_the_gpus_numa_node)
+{
+    char path[] = "/tmp/spindle-topo-XXXXXX";
+    int fd = mkstemp(path);
+    cr_assert_geq(fd, 0);
+    cr_assert_eq(write(fd, two_node_xml, sizeof two_node_xml - 1), (ssize_t)(sizeof two_node_xml - 1));
+    close(fd);
+    setenv("HWLOC_XMLFILE", path, 1); /* hwloc loads this instead of the machine (this test's process only) */
+    sp_topology_t *t = sp_topo_create("0000:65:00.0");
+    sp_topology_t *other = sp_topo_create("0000:17:00.0");
+    unlink(path);
+    cr_assert(t && other, "%s", sp_last_error());
+    cr_assert_eq(sp_topo_n_numa(t), 2);
+    cr_assert(sp_topo_has_gpu(t));
+    cr_assert_eq(sp_topo_chosen_node(t), 1, "the GPU sits on node 1");
+    cr_assert(strstr(sp_topo_reason(t), "GPU"), "%s", sp_topo_reason(t));
+    /* a bus id that is not there: no GPU, the node with most allowed cores (a tie: the first) */
+    cr_assert(!sp_topo_has_gpu(other));
+    cr_assert_eq(sp_topo_chosen_node(other), 0);
+    sp_topo_free(t);
+    sp_topo_free(other);
+}

@@ -70,6 +70,7 @@ void sp_backend_free(sp_backend_t *be)
 sp_backend_kind sp_backend_get_kind(const sp_backend_t *be) { return be->kind; }
 const char *sp_backend_name(const sp_backend_t *be) { return be->name; }
 sp_numerics sp_backend_get_numerics(const sp_backend_t *be) { return be->numerics; }
+const char *sp_backend_pci_bus_id(const sp_backend_t *be) { return be->pci_bus_id; }
 void sp_backend_set_numerics(sp_backend_t *be, sp_numerics n) { be->numerics = n; }
 uint64_t sp_backend_host_syncs(const sp_backend_t *be) { return __atomic_load_n(&be->host_syncs, __ATOMIC_RELAXED); }
 

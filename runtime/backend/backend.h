@@ -99,6 +99,9 @@ sp_backend_t *sp_backend_retain(sp_backend_t *be);
 sp_backend_kind sp_backend_get_kind(const sp_backend_t *be);
 const char *sp_backend_name(const sp_backend_t *be);          /* "cpu (2 threads)", "cuda: H100" */
 sp_numerics sp_backend_get_numerics(const sp_backend_t *be);
+/* The PCI bus id of a device backend's GPU ("0000:65:00.0"; its NUMA locality, io/topology.h), or ""
+ * for a backend on the host. */
+const char *sp_backend_pci_bus_id(const sp_backend_t *be);
 /* Change the rounding between ops (the owner's choice, like a parameter). */
 void sp_backend_set_numerics(sp_backend_t *be, sp_numerics n);
 /* Host synchronisations made so far (stream/event syncs and synchronous copies issued by the

@@ -69,6 +69,7 @@ struct sp_backend {
     sp_backend_kind kind;
     sp_numerics numerics;
     char name[96];
+    char pci_bus_id[16];     /* "0000:65:00.0" of a device backend's GPU, "" when none (the CPU) */
     int refs;                /* extra owners (sp_backend_retain); freed when the last one lets go */
     unsigned long long host_syncs; /* updated with __atomic builtins (C and C++ include this) */
 };

@@ -6,6 +6,7 @@
 #include "sp_alloc.h"
 #include "sp_error.h"
 #include "tier_backend.h"
+#include "topology.h"
 
 #include <errno.h>
 #include <inttypes.h>
@@ -18,6 +19,7 @@ struct sp_kv_tiering {
     sp_tiers_t *tiers;
     sp_kv_tiered_t *kvt;
     sp_tier_backend_t *dev_ops;   /* a device backend: the device tier is its memory */
+    sp_topology_t *topo;          /* the host tier's NUMA node: the GPU's, else the compute cores' */
     uint64_t weights, scratch, tails;
     bool weights_on_device;
 };
@@ -31,6 +33,7 @@ void sp_kv_tiering_free(sp_kv_tiering_t *tg)
     sp_kv_tiered_free(tg->kvt);
     sp_tiers_free(tg->tiers);
     sp_tier_backend_free(tg->dev_ops);
+    sp_topo_free(tg->topo);
     free(tg);
 }
 
@@ -53,6 +56,10 @@ int sp_kv_tiering_attach(sp_kv_tiering_t **out, const sp_config *cfg, const sp_m
             goto fail;
         to.device_ops = sp_tier_backend_ops(tg->dev_ops);
     }
+    /* host-tier buffers (pinned bounce buffers included) go on the GPU's NUMA node */
+    if (!(tg->topo = sp_topo_create(sp_backend_pci_bus_id(sp_ctx_backend(ctx)))))
+        sp_notice("tiers: no hwloc topology (%s); host memory is not bound to a NUMA node", sp_last_error());
+    to.topo = tg->topo;
     if (!(tg->tiers = sp_tiers_create(&to)))
         goto fail;
     tg->weights = tg->weights_on_device ? sp_ctx_get_stats(ctx).weights_device_bytes
@@ -117,6 +124,8 @@ int sp_kv_tiering_report(sp_kv_tiering_t *tg, FILE *out, const char *json_path)
             fprintf(out, "device tier: %.2f MiB scratch + decode tails charged; host tier: %.2f MiB "
                          "weights (memory-mapped GGUF) charged\n",
                     (double)(tg->scratch + tg->tails) / 1048576.0, (double)tg->weights / 1048576.0);
+        if (tg->topo)
+            fprintf(out, "host tier: NUMA node %d (%s)\n", sp_topo_chosen_node(tg->topo), sp_topo_reason(tg->topo));
         sp_kv_tiered_print_stats(tg->kvt, out);
     }
     if (json_path && json_path[0]) {

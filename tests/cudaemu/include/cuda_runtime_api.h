@@ -34,6 +34,8 @@ typedef enum cudaError {
     cudaErrorNoDevice = 100,
     cudaErrorInvalidDevice = 101,
     cudaErrorInvalidResourceHandle = 400,
+    cudaErrorHostMemoryAlreadyRegistered = 712,
+    cudaErrorHostMemoryNotRegistered = 713,
     cudaErrorNotReady = 600,
     cudaErrorIllegalAddress = 700,
     cudaErrorLaunchOutOfResources = 701,
@@ -78,6 +80,7 @@ enum cudaFuncAttribute {
 #define cudaEventBlockingSync 0x01u
 #define cudaEventDisableTiming 0x02u
 #define cudaHostAllocDefault 0x00u
+#define cudaHostRegisterDefault 0x00u
 #define cudaHostAllocPortable 0x01u
 #define cudaHostAllocMapped 0x02u
 #define cudaHostAllocWriteCombined 0x04u
@@ -122,6 +125,12 @@ cudaError_t cudaFree(void *p);
 cudaError_t cudaMallocHost(void **p, size_t size);
 cudaError_t cudaHostAlloc(void **p, size_t size, unsigned flags);
 cudaError_t cudaFreeHost(void *p);
+/* Page-locks caller memory: the emulation records the range as pinned host memory (what the copy
+ * checks accept) and forgets it at unregister, never freeing it. */
+cudaError_t cudaHostRegister(void *p, size_t size, unsigned flags);
+cudaError_t cudaHostUnregister(void *p);
+/* "0000:00:00.0" unless CUDAEMU_PCI_BUS_ID names another (the emulated device sits on no bus). */
+cudaError_t cudaDeviceGetPCIBusId(char *bus_id, int len, int dev);
 cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *a, const void *p);
 cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes);
 

@@ -89,6 +89,7 @@ uint64_t seed()
 struct alloc_info {
     size_t size;
     bool device;
+    bool registered;   /* cudaHostRegister'ed caller memory: never freed here */
 };
 static std::mutex g_mem_lock;
 static std::map<uintptr_t, alloc_info> g_allocs;
@@ -142,7 +143,7 @@ static cudaError_t emu_alloc(void **out, size_t size, bool device)
         return ret(device ? cudaErrorMemoryAllocation : cudaErrorMemoryAllocation);
     memset(p, 0xFF, size);
     std::lock_guard<std::mutex> g(g_mem_lock);
-    g_allocs[(uintptr_t)p] = alloc_info{size, device};
+    g_allocs[(uintptr_t)p] = alloc_info{size, device, false};
     if (device)
         g_dev_bytes += size;
     *out = p;
@@ -158,7 +159,7 @@ static cudaError_t emu_free(void *p, bool device)
     {
         std::lock_guard<std::mutex> g(g_mem_lock);
         auto it = g_allocs.find((uintptr_t)p);
-        if (it == g_allocs.end() || it->second.device != device)
+        if (it == g_allocs.end() || it->second.device != device || it->second.registered)
             return ret(device ? cudaErrorInvalidDevicePointer : cudaErrorInvalidValue);
         size = it->second.size;
         if (device)
@@ -372,6 +373,7 @@ const char *cudaGetErrorName(cudaError_t e)
         N(cudaSuccess) N(cudaErrorInvalidValue) N(cudaErrorMemoryAllocation) N(cudaErrorInitializationError)
         N(cudaErrorInvalidConfiguration) N(cudaErrorInvalidDevicePointer) N(cudaErrorInvalidMemcpyDirection)
         N(cudaErrorNoDevice) N(cudaErrorInvalidDevice) N(cudaErrorInvalidResourceHandle) N(cudaErrorNotReady)
+        N(cudaErrorHostMemoryAlreadyRegistered) N(cudaErrorHostMemoryNotRegistered)
         N(cudaErrorIllegalAddress) N(cudaErrorLaunchOutOfResources) N(cudaErrorLaunchFailure)
         N(cudaErrorNotSupported) N(cudaErrorUnknown)
 #undef N
@@ -387,6 +389,8 @@ const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorMemoryAllocation: return "out of memory";
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevicePointer: return "invalid device pointer";
+    case cudaErrorHostMemoryAlreadyRegistered: return "part or all of the requested memory range is already mapped";
+    case cudaErrorHostMemoryNotRegistered: return "pointer does not correspond to a registered memory region";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
@@ -511,6 +515,39 @@ cudaError_t cudaHostAlloc(void **p, size_t size, unsigned flags)
     return emu_alloc(p, size, false);
 }
 cudaError_t cudaFreeHost(void *p) { return emu_free(p, false); }
+
+cudaError_t cudaHostRegister(void *p, size_t size, unsigned flags)
+{
+    (void)flags;
+    if (!p || !size)
+        return ret(cudaErrorInvalidValue);
+    std::lock_guard<std::mutex> g(g_mem_lock);
+    uintptr_t base;
+    if (find_alloc((uintptr_t)p, &base) || find_alloc((uintptr_t)p + size - 1, &base))
+        return ret(cudaErrorHostMemoryAlreadyRegistered);
+    g_allocs[(uintptr_t)p] = alloc_info{size, false, true};
+    return cudaSuccess;
+}
+
+cudaError_t cudaHostUnregister(void *p)
+{
+    drain_all();   /* queued copies may still read the range */
+    std::lock_guard<std::mutex> g(g_mem_lock);
+    auto it = g_allocs.find((uintptr_t)p);
+    if (it == g_allocs.end() || !it->second.registered)
+        return ret(cudaErrorHostMemoryNotRegistered);
+    g_allocs.erase(it);
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetPCIBusId(char *bus_id, int len, int dev)
+{
+    if (!bus_id || len < 13 || dev != 0)
+        return ret(dev != 0 ? cudaErrorInvalidDevice : cudaErrorInvalidValue);
+    const char *v = getenv("CUDAEMU_PCI_BUS_ID");
+    snprintf(bus_id, (size_t)len, "%s", v && *v ? v : "0000:00:00.0");
+    return cudaSuccess;
+}
 
 cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *a, const void *p)
 {
