@@ -65,9 +65,11 @@ int sp_weights_device_upload(sp_weights_device *w, const sp_model_t *m, sp_backe
         return sp_error(ENOMEM, "device weights: out of memory");
     w->buf = sp_backend_buffer_alloc(be, SP_MEM_DEVICE, total, budget);
     if (!w->buf) {
-        int rc = sp_error(ENOMEM, "device weights: %.1f MiB of weights do not fit on %s (%s); lower "
-                          "[model] gpu_layers or use --backend cpu", (double)total / 1048576.0, sp_backend_name(be),
-                          sp_last_error());
+        /* no split of the layers between the CPU and the device yet: name the keys that exist */
+        int rc = sp_error(ENOMEM, "device weights: %.1f MiB of weights do not fit on %s (%s); raise [tiers] "
+                          "device_budget (--set tiers.device_budget=...) if it is below the device's memory, or "
+                          "run on the CPU with --backend cpu ([runtime] backend = cpu)", (double)total / 1048576.0,
+                          sp_backend_name(be), sp_last_error());
         sp_weights_device_free(w);
         return rc;
     }
