@@ -302,6 +302,7 @@ struct sp_ctx {
     sp_kv_opts kvo;          /* the options of the current segments (or of the next compression) */
     int nwin;                /* rows of window scores the last prefill chunk emits */
     bool has_prov;
+    bool probing;            /* a byte-target probe: host segments only, nothing placed on a device */
     sp_kv_provider prov;
     int mode;                /* KV_PLAIN, KV_CAPTURE (first prefill under a policy), KV_SEG */
     int64_t l0;              /* prompt length of the compression */
@@ -1186,7 +1187,7 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
         if (rc == 0)
             rc = sp_kv_tail_init_coding(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v,
                                         o->decode_window, o->decode_coding == SP_DECODE_CODING_BATCH);
-        if (rc == 0 && c->dev)
+        if (rc == 0 && c->dev && !c->probing)
             rc = sp_kv_dev_place(c->be, &c->dl[i], &c->seg[i], &c->tail[i], !c->has_prov, NULL);
         if (rc < 0)
             goto out;
@@ -1283,8 +1284,10 @@ static int kv_compress_target(sp_ctx_t *c, const sp_kv_opts *o_in)
     sp_kv_target_result res;
     bool prov = c->has_prov;
     c->has_prov = false;
+    c->probing = true;   /* a probe measures host segments; only the chosen build goes to the device */
     int rc = sp_kv_target_search(&s, kv_probe, &pc, &res);
     c->has_prov = prov;
+    c->probing = false;
     if (rc < 0) {
         kv_drop_segments(c);
         c->mode = KV_PLAIN;
@@ -1294,6 +1297,15 @@ static int kv_compress_target(sp_ctx_t *c, const sp_kv_opts *o_in)
     if (prov || !res.last_is_best) {
         if ((rc = kv_compress(c, &pc.o)) < 0)
             return rc;
+    } else if (c->dev) {
+        /* the last probe is the build: place its segments and tails on the device now */
+        for (int i = 0; i < hp->n_layer && rc == 0; i++)
+            rc = sp_kv_dev_place(c->be, &c->dl[i], &c->seg[i], &c->tail[i], true, NULL);
+        if (rc < 0) {
+            kv_drop_segments(c);
+            c->mode = KV_PLAIN;
+            return rc;
+        }
     }
     c->kvo = *o;
     c->kv_knob = res.knob;
