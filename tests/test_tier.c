@@ -598,7 +598,10 @@ Test(tier, topology_picks_the_gpus_numa_node)
     cr_assert_geq(fd, 0);
     cr_assert_eq(write(fd, two_node_xml, sizeof two_node_xml - 1), (ssize_t)(sizeof two_node_xml - 1));
     close(fd);
-    setenv("HWLOC_XMLFILE", path, 1); /* hwloc loads this instead of the machine (this test's process only) */
+    /* hwloc loads this instead of the machine (this test's process only); a HWLOC_COMPONENTS list
+     * (CI's ASan stage sets "-pci") would make it ignore HWLOC_XMLFILE */
+    unsetenv("HWLOC_COMPONENTS");
+    setenv("HWLOC_XMLFILE", path, 1);
     sp_topology_t *t = sp_topo_create("0000:65:00.0");
     sp_topology_t *other = sp_topo_create("0000:17:00.0");
     unlink(path);
