@@ -80,14 +80,14 @@ const void *sp_kv_dev_seg_bytes(const sp_kv_dev_layer *dl)
     return dl->seg ? sp_backend_buffer_base(dl->seg) : NULL;
 }
 
-/* K (which = 0) or V of one token against the segment's codebook and the tail's entries. */
-static int code_one(sp_backend_t *be, const sp_kv_dev_layer *dl, const sp_kv_segment *seg, const uint8_t *sb,
-                    const sp_kv_tail *t, const float *x, int which)
+/* K (which = 0) or V of one token against the segment's codebook (bytes at sb) and the tail's
+ * entries, the tail's memory carved as tail->mem but based at tb, the code_meta table at meta: the
+ * backend's tail and table on a device, the host's own on the CPU. */
+static int code_one(sp_backend_t *be, const sp_kv_segment *seg, const uint8_t *sb, const sp_kv_tail *t, uint8_t *tb,
+                    const int64_t *meta, const float *x, int which)
 {
     const sp_kv_seg_header *h = seg->hdr;
     int nkv = h->n_kv_heads, d = h->head_dim;
-    uint8_t *tb = sp_backend_buffer_base(dl->tail);
-    const int64_t *meta = sp_backend_buffer_base(dl->meta);
     size_t n = (size_t)t->n, c = (size_t)t->cap;
     sp_codebook_code_desc cd = {
         .x = x, .n_vec = nkv, .d = d, .ldx = d,
@@ -115,7 +115,10 @@ int sp_kv_dev_append(sp_backend_t *be, sp_kv_dev_layer *dl, const sp_kv_segment 
         return rc;
     if (t->coded) {
         /* a tail entry per token and head at most: n < cap keeps every head's count below cap */
-        if ((rc = code_one(be, dl, seg, seg_bytes, t, k, 0)) < 0 || (rc = code_one(be, dl, seg, seg_bytes, t, v, 1)) < 0)
+        uint8_t *tb = sp_backend_buffer_base(dl->tail);
+        const int64_t *meta = sp_backend_buffer_base(dl->meta);
+        if ((rc = code_one(be, seg, seg_bytes, t, tb, meta, k, 0)) < 0 ||
+            (rc = code_one(be, seg, seg_bytes, t, tb, meta, v, 1)) < 0)
             return rc;
     } else {
         uint8_t *tb = sp_backend_buffer_base(dl->tail);
@@ -149,26 +152,13 @@ int sp_kv_tail_append_op(sp_backend_t *be, const sp_kv_segment *seg, sp_kv_tail 
     if (t->n >= t->cap)
         return sp_error(ENOSPC, "kv tail: full (%lld tokens); fold it into the segment or give it more capacity",
                         (long long)t->cap);
-    const sp_kv_seg_header *h = seg->hdr;
-    int nkv = h->n_kv_heads, d = h->head_dim;
     int64_t meta[4 * SP_KV_SEG_MAX_KV_HEADS];
     code_meta(seg, meta);
-    size_t n = (size_t)t->n, c = (size_t)t->cap;
-    for (int which = 0; which < 2; which++) {
-        sp_codebook_code_desc cd = {
-            .x = which ? v : k, .n_vec = nkv, .d = d, .ldx = d,
-            .seg_cb = (const uint16_t *)((const uint8_t *)seg->buf + h->sec_off[which ? SP_KV_SEC_VCB : SP_KV_SEC_KCB]),
-            .seg_off = meta + (which ? 2 : 0) * nkv, .seg_n = meta + (which ? 3 : 1) * nkv,
-            .tail_ent = which ? t->v_ent : t->k_ent, .tail_stride = (int64_t)(c * d),
-            .tail_n = which ? t->n_new_v : t->n_new_k, .tail_cap = (int64_t)c,
-            .theta = which ? t->theta_v : t->theta_k,
-            .idx = (which ? t->v_idx : t->k_idx) + n, .mag = (which ? t->v_mag : t->k_mag) + n,
-            .out_stride = (int64_t)c,
-        };
-        int rc = sp_backend_codebook_code(be, &cd);
-        if (rc < 0)
-            return rc;
-    }
+    int rc;
+    if ((rc = code_one(be, seg, seg->buf, t, t->mem, meta, k, 0)) < 0 ||
+        (rc = code_one(be, seg, seg->buf, t, t->mem, meta, v, 1)) < 0)
+        return rc;
+    size_t n = (size_t)t->n;
     t->pos[n] = pos;
     t->n++;
     return 0;
