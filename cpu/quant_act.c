@@ -214,6 +214,9 @@ bool sp_dot_rows_isa(sp_qa_isa isa, uint32_t type, const void *w, int64_t nb, co
     case SP_TYPE_Q5_0: rows_q5_0(w, nb, tiles, nt, out, out_stride); return true;
     case SP_TYPE_Q5_1: rows_q5_1(w, nb, tiles, nt, out, out_stride); return true;
     case SP_TYPE_Q8_0: rows_q8_0(w, nb, tiles, nt, out, out_stride); return true;
+    case SP_TYPE_Q4_K: case SP_TYPE_Q5_K: case SP_TYPE_Q6_K:
+        sp_dot_rows_k(type, w, nb, tiles, nt, out, out_stride);
+        return true;
     default: return false;
     }
 }

@@ -18,11 +18,14 @@ sp_qa_isa sp_qa_isa_active(void);
 /* Whether this build contains the VNNI kernels and this CPU can run them. */
 bool sp_qa_isa_vnni_available(void);
 
-/* sp_dot_rows for the 32-element types on a given ISA (tests compare the two; VNNI must be
+/* sp_dot_rows for the block types with integer kernels (32-element and K-quants) on a given ISA (tests compare the two; VNNI must be
  * available). Returns false for a type without a kernel here. */
 bool sp_dot_rows_isa(sp_qa_isa isa, uint32_t type, const void *w, int64_t nb, const void *tiles, int nt, float *out,
                      size_t out_stride);
-/* The VNNI entry point (quant_act_vnni.c). */
+/* The VNNI entry points: the 32-element types (quant_act_vnni.c) and the K-quants (quant_k_vnni.c);
+ * each returns false for a type it has no kernel for. */
+bool sp_dot_rows_k_vnni(uint32_t type, const void *w, int64_t nb, const void *tiles, int nt, float *out,
+                        size_t out_stride);
 bool sp_dot_rows_vnni(uint32_t type, const void *w, int64_t nb, const void *tiles, int nt, float *out,
                       size_t out_stride);
 

@@ -33,7 +33,7 @@ bool sp_dot_rows_vnni(uint32_t type, const void *w, int64_t nb, const void *tile
     case SP_TYPE_Q5_0: rows_q5_0_vnni(w, nb, tiles, nt, out, out_stride); return true;
     case SP_TYPE_Q5_1: rows_q5_1_vnni(w, nb, tiles, nt, out, out_stride); return true;
     case SP_TYPE_Q8_0: rows_q8_0_vnni(w, nb, tiles, nt, out, out_stride); return true;
-    default: return false;
+    default: return sp_dot_rows_k_vnni(type, w, nb, tiles, nt, out, out_stride);
     }
 }
 #else

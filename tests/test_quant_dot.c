@@ -382,25 +382,26 @@ Test(quant_dot, matmul_ggml_numerics_equal_the_row_products)
 }
 
 /* The AVX-512 VNNI kernels (chosen at run time where the CPU has them) give the baseline's results
- * bit for bit, on every 32-element type, one row and full/partial tiles. */
+ * bit for bit, on every type with an integer kernel (32-element blocks and K-quant super-blocks),
+ * one row and full/partial tiles. */
 Test(quant_dot, vnni_kernels_equal_the_baseline)
 {
     if (!sp_qa_isa_vnni_available()) {
         test_note("skipped: this CPU (or build) has no AVX-512 VNNI");
         return;
     }
-    static const uint32_t types[] = { SP_TYPE_Q4_0, SP_TYPE_Q4_1, SP_TYPE_Q5_0, SP_TYPE_Q5_1, SP_TYPE_Q8_0 };
     enum { ROWS = 11 };
-    for (int ti = 0; ti < 5; ti++)
+    for (int ti = 0; ti < N_TYPES; ti++)
         for (int nb = 1; nb <= 29; nb += 14) {
-            uint32_t type = types[ti];
+            uint32_t type = all_types[ti];
             sp_act_type at = sp_act_type_for(type);
+            int64_t cols = (at == SP_ACT_Q8_K ? 256 : 32) * (int64_t)nb;
             rng_seed(7000 + 31 * ti + nb);
             size_t rb, tb;
-            uint8_t *w = make_weights(type, 1, 32 * nb, &rb);
-            float *x = malloc(sizeof(float) * 32 * (size_t)nb * ROWS);
-            make_input(x, 32 * (int64_t)nb * ROWS);
-            uint8_t *tiles = quant_tiles(at, x, 32 * nb, ROWS, &tb);
+            uint8_t *w = make_weights(type, 1, cols, &rb);
+            float *x = malloc(sizeof(float) * (size_t)cols * ROWS);
+            make_input(x, cols * ROWS);
+            uint8_t *tiles = quant_tiles(at, x, cols, ROWS, &tb);
             for (int nt = 1; nt <= ROWS; nt += 5) {
                 float base[ROWS], vnni[ROWS];
                 cr_assert(sp_dot_rows_isa(SP_QA_ISA_BASE, type, w, nb, tiles, nt, base, 1));
