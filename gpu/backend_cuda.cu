@@ -5,8 +5,11 @@
  *   (timing off). Ops run on the compute stream and never synchronize.
  * - Buffers: cudaMalloc (device) or cudaHostAlloc (pinned). The backend also registers
  *   cudaHostAlloc as the host pool's pinner while it lives, so the host tier is DMA-able.
- * - Every slot is filled. matmul: the GEMV kernel over blocks of SP_GPU_GEMV_MAX_N tokens on the
- *   stored (quantized) weights, every type the loader reads; biases and swiglu afterwards. Attention and codebook scratch is device memory owned by the
+ * - Every slot is filled. matmul: decode (and chunks under MATMUL_GEMM_MIN_N tokens) runs the GEMV
+ *   kernel over blocks of SP_GPU_GEMV_MAX_N tokens on the stored (quantized) weights, every type the
+ *   loader reads; prefill chunks dequantize row blocks to fp32 in the scratch and run cublasSgemm,
+ *   the CPU's exact prefill algorithm (no resident fp16 copy of the weights: it would double their
+ *   device bytes); biases and swiglu afterwards. Attention and codebook scratch is device memory owned by the
  *   backend, grown when a larger shape comes (at prefill; a decode step reuses it).
  */
 #include "gpu_common.cuh" /* gpu.h, sp_error.h (C headers, in extern "C") */
@@ -211,13 +214,57 @@ bool cu_supports(const sp_backend_t *be, sp_op op, const void *desc)
     }
 }
 
-/* Every row block of at most SP_GPU_GEMV_MAX_N tokens through the GEMV on the stored weights (prefill
- * too: no fp16 weight copy; a GEMM path for long prefill chunks is future work), then the biases. */
+enum {
+    /* from this many tokens a product dequantizes row blocks and runs cublasSgemm (prefill chunks);
+     * below it the GEMV reads the stored blocks, each weight byte once per SP_GPU_GEMV_MAX_N tokens */
+    MATMUL_GEMM_MIN_N = 16,
+};
+/* fp32 floats of the dequantized row block (16 MiB: 7281 rows of 576 columns, 468 of 8960) */
+const size_t MATMUL_DQ_FLOATS = (size_t)4 << 20;
+
+/* One matrix of a prefill chunk: dequantized row blocks times the chunk, in the backend's scratch. */
+int matmul_gemm(sp_backend_t *be, const sp_matmul_desc *d, int i)
+{
+    cuda_ctx *c = ctx_of(be);
+    const sp_wmat *w = d->w[i];
+    size_t whole = (size_t)w->rows * (size_t)w->cols;
+    size_t floats = whole < MATMUL_DQ_FLOATS ? whole : MATMUL_DQ_FLOATS;
+    if (floats < (size_t)w->cols)
+        floats = (size_t)w->cols;
+    int rc;
+    if (!c->blas && !(c->blas = sp_gpu_blas_create()))
+        return -ENOMEM;
+    if ((rc = scratch_reserve(be, floats * sizeof(float))) < 0)
+        return rc;
+    sp_gpu_matmul_dq_desc g = {};
+    g.w_type = w->type;
+    g.rows = w->rows;
+    g.cols = w->cols;
+    g.w = w->data;
+    g.w_row_bytes = w->row_bytes;
+    g.n = d->n;
+    g.x = d->x;
+    g.ldx = d->ldx;
+    g.y = d->y[i];
+    g.ldy = d->ldy[i];
+    g.accumulate = d->accumulate;
+    g.scratch = static_cast<float *>(c->scratch);
+    g.scratch_floats = floats;
+    return sp_gpu_matmul_dq(c->blas, stream_of(be, SP_STREAM_COMPUTE), g);
+}
+
+/* A chunk of at least MATMUL_GEMM_MIN_N tokens through matmul_gemm; fewer, every row block of at most
+ * SP_GPU_GEMV_MAX_N tokens through the GEMV on the stored weights; then the biases. */
 int cu_matmul(sp_backend_t *be, const sp_matmul_desc *d)
 {
     void *s = stream_of(be, SP_STREAM_COMPUTE);
     for (int i = 0; i < d->nw; i++) {
-        for (int t0 = 0; t0 < d->n; t0 += SP_GPU_GEMV_MAX_N) {
+        if (d->n >= MATMUL_GEMM_MIN_N) {
+            int rc = matmul_gemm(be, d, i);
+            if (rc < 0)
+                return rc;
+        }
+        for (int t0 = 0; d->n < MATMUL_GEMM_MIN_N && t0 < d->n; t0 += SP_GPU_GEMV_MAX_N) {
             sp_gpu_gemv_desc g = {};
             g.w_type = d->w[i]->type;
             g.rows = d->w[i]->rows;

@@ -1,5 +1,5 @@
 /* gpu_matmul.cu - matrix products against weight matrices: prefill GEMM through cuBLAS on fp16
- * weights (fp32 accumulation), and decode GEMV kernels that read the stored rows directly (fp16,
+ * weights (fp32 accumulation) or on fp32 row blocks dequantized from the stored ones, and decode GEMV kernels that read the stored rows directly (fp16,
  * fp32, or the Q8_0 / Q4_1 blocks of the GGUF file, never dequantized to memory).
  *
  * DESIGN (GEMV): decode is bound by weight bandwidth, so each weight byte is read once per call:
@@ -118,6 +118,46 @@ extern "C" int sp_gpu_gemm(sp_gpu_blas *b, void *stream, sp_gpu_gemm_desc d)
                                       (int)d.ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     int rc2 = SP_CUBLAS_CHECK(cublasSetPointerMode(b->h, CUBLAS_POINTER_MODE_HOST));
     return rc ? rc : rc2;
+}
+
+/* ---- prefill on dequantized row blocks ---- */
+
+extern "C" int sp_gpu_matmul_dq(sp_gpu_blas *b, void *stream, sp_gpu_matmul_dq_desc d)
+{
+    int64_t block_rows = d.cols > 0 ? (int64_t)(d.scratch_floats / (size_t)d.cols) : 0;
+    if (!b || !sp_gpu_dequant_supported(d.w_type) || d.rows <= 0 || d.cols <= 0 || d.n < 0 || d.ldx < d.cols ||
+        d.ldy < d.rows || d.cols % sp_type_block_elems(d.w_type) || d.w_row_bytes < sp_type_row_bytes(d.w_type, d.cols) ||
+        d.rows > INT32_MAX || d.cols > INT32_MAX || d.ldx > INT32_MAX || d.ldy > INT32_MAX || block_rows < 1 ||
+        !d.w || !d.x || !d.y || !d.scratch)
+        return sp_error(EINVAL, "gpu matmul_dq: bad descriptor (%s W %lld x %lld, row %zu bytes, n %d, ldx %lld, ldy %lld, "
+                        "scratch %zu floats)", sp_ggml_type_name(d.w_type), (long long)d.rows, (long long)d.cols,
+                        d.w_row_bytes, d.n, (long long)d.ldx, (long long)d.ldy, d.scratch_floats);
+    if (d.n == 0)
+        return 0;
+    cudaStream_t s = sp_stream(stream);
+    int rc;
+    if ((rc = SP_CUBLAS_CHECK(cublasSetStream(b->h, s))))
+        return rc;
+    const float alpha = 1.0f, beta = d.accumulate ? 1.0f : 0.0f;
+    for (int64_t r0 = 0; r0 < d.rows; r0 += block_rows) {
+        int64_t nr = d.rows - r0 < block_rows ? d.rows - r0 : block_rows;
+        sp_gpu_dequant_desc q = {};
+        q.type = d.w_type;
+        q.rows = nr;
+        q.cols = d.cols;
+        q.src = (const uint8_t *)d.w + (size_t)r0 * d.w_row_bytes;
+        q.src_row_bytes = d.w_row_bytes;
+        q.dst = d.scratch;
+        q.dst_ld = d.cols;
+        q.dst_type = SP_GPU_F32;
+        if ((rc = sp_gpu_dequant(stream, q)) < 0)
+            return rc;
+        /* column-major: Y^T block (nr x n, ld ldy) = (W block, cols x nr col-major)^T * X^T (cols x n) */
+        if ((rc = SP_CUBLAS_CHECK(cublasSgemm(b->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, d.n, (int)d.cols, &alpha,
+                                              d.scratch, (int)d.cols, d.x, (int)d.ldx, &beta, d.y + r0, (int)d.ldy))))
+            return rc;
+    }
+    return 0;
 }
 
 /* ---- GEMV ---- */

@@ -538,6 +538,64 @@ done:
     free(got);
 }
 
+/* The prefill product on dequantized row blocks: scratch_rows rows per block (several blocks and a
+ * short last one when it does not divide rows). */
+static void case_matmul_dq(sp_gpu_blas *blas, uint32_t type, int64_t rows, int64_t cols, int n, int64_t scratch_rows,
+                           bool accumulate)
+{
+    char op[32], shape[128];
+    int64_t be = sp_type_block_elems(type);
+    cols = (cols + be - 1) / be * be;
+    snprintf(op, sizeof op, "matmul_dq_%s", sp_ggml_type_name(type));
+    snprintf(shape, sizeof shape, "W[%lld x %lld] x %d tok, %lld rows a block%s", (long long)rows, (long long)cols, n,
+             (long long)scratch_rows, accumulate ? ", y +=" : "");
+    if (!gh_selected(op))
+        return;
+    cmp c = {0};
+    dbuf w = {0}, x = {0}, y = {0}, scr = {0};
+    size_t row_bytes = sp_type_row_bytes(type, cols), nx = (size_t)n * cols, ny = (size_t)n * rows;
+    size_t scratch_floats = (size_t)(scratch_rows * cols);
+    uint8_t *hw = malloc((size_t)rows * row_bytes);
+    float *hx = malloc(4 * nx), *y0 = malloc(4 * ny), *ref = malloc(4 * ny), *mag = malloc(4 * ny), *got = malloc(4 * ny);
+    int rc = -ENOMEM;
+    if (!hw || !hx || !y0 || !ref || !mag || !got)
+        goto done;
+    fill_weights(type, hw, rows, cols, row_bytes);
+    fill_normal(hx, nx, 1.0f);
+    fill_normal(y0, ny, 1.0f);
+    sp_wmat wm = {.type = type, .rows = rows, .cols = cols, .row_bytes = row_bytes, .data = hw};
+    if ((rc = matmul_ref(&wm, hx, n, ref, mag)))
+        goto done;
+    if (accumulate)
+        for (size_t i = 0; i < ny; i++) {
+            ref[i] += y0[i];
+            mag[i] += fabsf(y0[i]);
+        }
+    if ((rc = dbuf_upload(&w, hw, (size_t)rows * row_bytes)) || (rc = dbuf_upload(&x, hx, 4 * nx)) ||
+        (rc = accumulate ? dbuf_upload(&y, y0, 4 * ny) : dbuf_new(&y, 4 * ny, 0xFF)) ||
+        (rc = dbuf_new(&scr, 4 * scratch_floats, 0xFF)))
+        goto done;
+    sp_gpu_matmul_dq_desc d = {.w_type = type, .rows = rows, .cols = cols, .w = dptr(&w), .w_row_bytes = row_bytes,
+                               .n = n, .x = dptr(&x), .ldx = cols, .y = dptr(&y), .ldy = rows,
+                               .accumulate = accumulate, .scratch = dptr(&scr), .scratch_floats = scratch_floats};
+    if ((rc = sp_gpu_matmul_dq(blas, gh_stream, d)) || (rc = dbuf_download(&y, got, "y")) ||
+        (rc = dbuf_download(&scr, NULL, "scratch")))
+        goto done;
+    compare(&c, "y", got, ref, mag, NULL, (int64_t)ny, 1e-6, 1e-4);
+done:
+    report(op, shape, rc, &c, "1e-6 + 1e-4 x sum|w x|");
+    dbuf_free(&w);
+    dbuf_free(&x);
+    dbuf_free(&y);
+    dbuf_free(&scr);
+    free(hw);
+    free(hx);
+    free(y0);
+    free(ref);
+    free(mag);
+    free(got);
+}
+
 /* ---- attention ---- */
 
 #define ATT_ATOL 2e-5
@@ -755,6 +813,14 @@ int main(int argc, char **argv)
     }
     if (!gh_dead)
         case_gemv(SP_TYPE_F16, 33, 200, 3, 0, false);  /* cols % 8 != 0: scalar path */
+
+    static const uint32_t dq_types[] = {SP_TYPE_F16, SP_TYPE_BF16, SP_TYPE_F32, SP_TYPE_Q4_0, SP_TYPE_Q4_1,
+                                        SP_TYPE_Q5_0, SP_TYPE_Q5_1, SP_TYPE_Q8_0, SP_TYPE_Q4_K, SP_TYPE_Q5_K,
+                                        SP_TYPE_Q6_K};
+    for (size_t i = 0; i < sizeof dq_types / sizeof dq_types[0] && !gh_dead; i++) {
+        case_matmul_dq(blas, dq_types[i], 200, 512, 16, 64, false);   /* 4 blocks, the last of 8 rows */
+        case_matmul_dq(blas, dq_types[i], 96, 768, 33, 96, true);     /* one block, y += */
+    }
 
     struct { int n_q, pos0, h, hkv, d, win; float qs; int pad; } at[] = {
         {37, 0, 9, 3, 64, 0, 1.0f, 0},
