@@ -267,6 +267,43 @@ Test(model_kv, recompress_equals_fresh_compression)
     free(f);
 }
 
+/* keep_own_scores_only (spindle bench): the same policy rebuilds bit for bit; a policy whose extra
+ * score pass was skipped is refused with a message instead of compressing from zero scores. */
+Test(model_kv, own_scores_only_recompresses_its_policy_and_refuses_others)
+{
+    int V = sp_model_hparams(g_model)->n_vocab;
+    size_t bytes = sizeof(float) * (STEPS + 1) * (size_t)V;
+    float *a = new_logits(), *b = new_logits();
+    sp_kv_opts o = opts_of("policy=spindle ratio=0.3");
+    sp_ctx_params p = sp_ctx_default_params();
+    p.n_ctx = NCTX;
+    p.n_threads = 2;
+    p.chunk = 128;
+    p.kv_opts = &o;
+    p.keep_prefill_state = true;
+    p.keep_own_scores_only = true;
+    p.numerics = SP_NUMERICS_EXACT;
+    sp_ctx_t *c = sp_ctx_new(g_model, &p);
+    cr_assert_not_null(c, "%s", sp_last_error());
+    run(c, a, NULL);
+    cr_assert_eq(sp_ctx_recompress(c, &o), 0, "%s", sp_last_error());
+    for (int s = 0; s < STEPS; s++)
+        cr_assert_eq(sp_ctx_decode(c, g_ids[PROMPT + s], b + (size_t)(s + 1) * V), 0, "%s", sp_last_error());
+    cr_assert_eq(memcmp(a + V, b + V, bytes - sizeof(float) * V), 0, "recompress != first compression");
+    static const char *refused[] = { "policy=h2o ratio=0.25", "policy=pyramidinfer ratio=0.3" };
+    for (size_t k = 0; k < 2; k++) {
+        sp_kv_opts r = opts_of(refused[k]);
+        cr_assert_eq(sp_ctx_recompress(c, &r), -EINVAL, "%s", refused[k]);
+        cr_assert(strstr(sp_last_error(), "not retained"), "%s", sp_last_error());
+    }
+    sp_kv_opts snap = opts_of("policy=snapkv ratio=0.2"), full = opts_of("policy=full");
+    cr_assert_eq(sp_ctx_recompress(c, &snap), 0, "%s", sp_last_error());
+    cr_assert_eq(sp_ctx_recompress(c, &full), 0, "%s", sp_last_error());
+    sp_ctx_free(c);
+    free(a);
+    free(b);
+}
+
 /* ---- (e) accounting and the provider seam ------------------------------------------------------ */
 
 typedef struct test_prov {

@@ -314,6 +314,7 @@ struct sp_ctx {
     float *sc_win;           /* [n_layer][n_head][st_cap] window scores */
     float *sc_col;           /* [n_layer][n_head][st_cap] full causal column sums (h2o) or NULL */
     float *sc_pinf;          /* [n_layer][st_cap] PyramidInfer scores or NULL */
+    sp_policy_kind st_policy; /* the policy the state was captured under */
     /* segments */
     sp_kv_segment *seg;      /* [n_layer]: owned (no provider) or views on acquired bytes */
     sp_kv_tail *tail;        /* [n_layer] decode tails, capacity n_ctx - l0 */
@@ -1084,8 +1085,9 @@ static int kv_capture_begin(sp_ctx_t *c, int64_t l)
     int rc = kv_ensure_cache(c);
     if (rc)
         return rc;
-    bool col = c->kvo.policy == SP_POLICY_H2O || c->p.keep_prefill_state;
-    bool pinf = c->kvo.policy == SP_POLICY_PYRAMIDINFER || c->p.keep_prefill_state;
+    bool all = c->p.keep_prefill_state && !c->p.keep_own_scores_only;
+    bool col = c->kvo.policy == SP_POLICY_H2O || all;
+    bool pinf = c->kvo.policy == SP_POLICY_PYRAMIDINFER || all;
     size_t kpre_bytes = L * hp->n_kv_head * n * hp->head_dim * sizeof *c->kpre;
     if (c->dev && !(c->kpre_buf = sp_backend_buffer_alloc(c->be, SP_MEM_DEVICE, kpre_bytes, NULL)))
         return -ENOMEM;
@@ -1099,6 +1101,7 @@ static int kv_capture_begin(sp_ctx_t *c, int64_t l)
     }
     c->st_cap = l;
     c->st_window = (int)c->kvo.window;
+    c->st_policy = c->kvo.policy;
     c->scores_s = 0;
     return 0;
 }
@@ -1379,6 +1382,10 @@ int sp_ctx_recompress(sp_ctx_t *c, const sp_kv_opts *o)
     if (o->policy != SP_POLICY_FULL && o->window != c->st_window)
         return sp_error(EINVAL, "context: recompress with window %lld, but the retained window scores are over the "
                         "last %d prompt tokens (the window cannot change)", (long long)o->window, c->st_window);
+    if ((o->policy == SP_POLICY_H2O && !c->sc_col) || (o->policy == SP_POLICY_PYRAMIDINFER && !c->sc_pinf))
+        return sp_error(EINVAL, "context: recompress with policy %s, but its prefill scores were not retained "
+                        "(keep_own_scores_only kept only the %s policy's)", sp_kv_policy_name(o->policy),
+                        sp_kv_policy_name(c->st_policy));
     if (o->policy == SP_POLICY_FULL) {
         /* The retained cache holds the prompt untouched (compressed decode never writes it). */
         kv_drop_segments(c);

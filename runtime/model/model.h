@@ -90,6 +90,11 @@ typedef struct sp_ctx_params {
      * (2·n_head + 1)·n_layer·l floats of scores (SmolLM2-135M at l = 8192: ~280 MiB + ~68 MiB).
      * Off (default): the full cache is freed right after compression. */
     bool keep_prefill_state;
+    /* With keep_prefill_state: retain only the scores the context's own policy reads (window scores
+     * always), not the extra full-causal and PyramidInfer passes every policy would need - those
+     * double the prefill's attention. sp_ctx_recompress then accepts policies whose scores were kept
+     * (and full). spindle bench sets it. */
+    bool keep_own_scores_only;
 } sp_ctx_params;
 
 typedef struct sp_ctx_stats {
