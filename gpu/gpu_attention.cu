@@ -3,12 +3,15 @@
  * Contract: sp_attn_desc in cpu/ops.h (the CPU reference), restated in gpu.h.
  *
  * DESIGN
- * - Prefill: a block owns one query head x BQ queries and walks the keys in tiles of BK = 32 (one
- *   key per lane): S = Q K^T for its rows, causal mask, running max m / sum l per row, then
- *   O = O*exp(m_old - m_new) + P V. Only BQ x BK scores exist at a time (never n_q x n_keys).
- *   K/V tiles are converted to fp32 in shared memory (K padded to D+1 floats per row, so lane j
- *   reading key j's row hits distinct banks). Blocks with the latest queries (most keys) start first.
- *   The rows of the last n_window queries also store lse = m + log(l).
+ * - Prefill: a block owns one query head x BQ = 64 queries, one query per thread, and walks the
+ *   keys in tiles of BK = 32 converted to fp32 in shared memory: each thread computes its row's
+ *   BK scores (causal mask), the tile max, running max m / sum l, then O = O*exp(m_old - m_new)
+ *   + P V for its row. Only BK scores per thread exist at a time (never n_q x n_keys), and no warp
+ *   collective is needed (a lane-per-key layout needed a max and a sum reduction per row and tile;
+ *   they dominated, and under the CPU emulation each costs a fiber switch per lane). All threads
+ *   read the same key at once (broadcast); Q and O rows are padded to D+1 floats so the threads'
+ *   own rows hit distinct banks. Blocks with the latest queries (most keys) start first. The rows
+ *   of the last n_window queries also store lse = m + log(l).
  * - Window scores: a second kernel, one block per (head, tile of WK keys), one thread per key,
  *   recomputes the window queries' scores with the same dot-product order and sums exp(s - lse)
  *   over the window: exactly the fp32 softmax probabilities, with no n_window x n_keys buffer and
@@ -24,9 +27,9 @@
 #include "gpu_common.cuh"
 
 enum {
-    ATT_BQ = 16,        /* queries per prefill block */
-    ATT_BK = 32,        /* keys per tile = warp size */
-    ATT_THREADS = 128,
+    ATT_BQ = 64,        /* queries per prefill block, one per thread */
+    ATT_BK = 32,        /* keys per tile */
+    ATT_THREADS = ATT_BQ,
     WIN_WK = 64,        /* keys per window-score block (one thread each) */
     WIN_WQ = 16,        /* window queries staged in shared memory at a time */
     DEC_SPLIT = 256,    /* keys per decode block */
@@ -36,94 +39,87 @@ enum {
 
 static size_t prefill_smem_floats(int D)
 {
-    return (size_t)ATT_BQ * D * 2 + (size_t)ATT_BK * (D + 1) + (size_t)ATT_BK * D + ATT_BQ * ATT_BK + 3 * ATT_BQ;
+    return (size_t)ATT_BQ * (D + 1) * 2 + (size_t)ATT_BK * D * 2 + ATT_BQ;
 }
 
 static __global__ void attn_prefill_kernel(sp_attn_desc a, float *lse)
 {
     SP_DYNAMIC_SHARED(float, sm);
-    const int D = a.head_dim, G = a.n_head / a.n_kv_head;
-    float *Qs = sm;                          /* [BQ][D], pre-scaled */
-    float *O = Qs + ATT_BQ * D;              /* [BQ][D] */
-    float *Ks = O + ATT_BQ * D;              /* [BK][D+1] */
-    float *Vs = Ks + ATT_BK * (D + 1);       /* [BK][D] */
-    float *P = Vs + ATT_BK * D;              /* [BQ][BK] */
-    float *mrow = P + ATT_BQ * ATT_BK, *lrow = mrow + ATT_BQ, *corr = lrow + ATT_BQ;
+    const int D = a.head_dim, DP = D + 1, G = a.n_head / a.n_kv_head;
+    float *Qs = sm;                          /* [BQ][D+1], pre-scaled; row i read by thread i only */
+    float *O = Qs + ATT_BQ * DP;             /* [BQ][D+1], thread i's output row */
+    float *Ks = O + ATT_BQ * DP;             /* [BK][D]: all threads read the same key (broadcast) */
+    float *Vs = Ks + ATT_BK * D;             /* [BK][D] */
+    float *lrow = Vs + ATT_BK * D;           /* [BQ] softmax denominators, for the coalesced store */
 
     const int n_qt = (a.n_q + ATT_BQ - 1) / ATT_BQ;
     const int qt = n_qt - 1 - (int)blockIdx.x;   /* heaviest tiles first */
     const int h = blockIdx.y, g = h / G;
     const int q0 = qt * ATT_BQ, bq = min(ATT_BQ, a.n_q - q0);
-    const int tid = threadIdx.x, lane = tid & 31, warp = tid / 32, n_warps = blockDim.x / 32;
+    const int tid = threadIdx.x;
     const __half *kh = (const __half *)a.k + (size_t)g * a.kv_head_stride;
     const __half *vh = (const __half *)a.v + (size_t)g * a.kv_head_stride;
 
     for (int idx = tid; idx < ATT_BQ * D; idx += blockDim.x) {
         int i = idx / D, d = idx % D;
-        Qs[idx] = i < bq ? a.q[(size_t)(q0 + i) * a.ldq + (size_t)h * D + d] * a.scale : 0.0f;
-        O[idx] = 0.0f;
+        Qs[i * DP + d] = i < bq ? a.q[(size_t)(q0 + i) * a.ldq + (size_t)h * D + d] * a.scale : 0.0f;
+        O[i * DP + d] = 0.0f;
     }
-    if (tid < ATT_BQ) {
-        mrow[tid] = -INFINITY;
-        lrow[tid] = 0.0f;
-        corr[tid] = 1.0f;
-    }
-    const int pos_first = a.q_pos0 + q0, kend = pos_first + bq;
+    const bool mine = tid < bq;                  /* this thread owns query q0 + tid */
+    const int pos = a.q_pos0 + q0 + tid;
+    const float *qi = Qs + tid * DP;
+    float *oi = O + tid * DP;
+    float m = -INFINITY, l = 0.0f, s[ATT_BK];
+    const int kend = a.q_pos0 + q0 + bq;
     for (int kb = 0; kb < kend; kb += ATT_BK) {
         const int nk = min(ATT_BK, kend - kb);
-        __syncthreads();   /* previous tile's P V done before K/V/P are overwritten */
+        __syncthreads();   /* Q/O staged; the previous tile consumed before K/V are overwritten */
         for (int idx = tid; idx < nk * D; idx += blockDim.x) {
             int j = idx / D, d = idx % D;
-            Ks[j * (D + 1) + d] = __half2float(kh[(size_t)(kb + j) * D + d]);
+            Ks[j * D + d] = __half2float(kh[(size_t)(kb + j) * D + d]);
             Vs[j * D + d] = __half2float(vh[(size_t)(kb + j) * D + d]);
         }
         __syncthreads();
-        for (int i = warp; i < bq; i += n_warps) {
-            const int pos = pos_first + i;
-            const bool valid = lane < nk && kb + lane <= pos;
-            float s = -INFINITY;
-            if (valid) {
-                const float *qi = Qs + i * D, *kj = Ks + lane * (D + 1);
-                float acc = 0.0f;
-                for (int d = 0; d < D; d++)
-                    acc = fmaf(qi[d], kj[d], acc);
-                s = acc;
-            }
-            const float m_old = mrow[i];
-            const float m_new = fmaxf(m_old, sp_warp_max(s));
-            float p = 0.0f, c = 1.0f;
-            if (m_new != -INFINITY) {      /* some key of this tile (or earlier) is visible */
-                p = valid ? expf(s - m_new) : 0.0f;
-                c = expf(m_old - m_new);   /* 0 on the row's first visible tile */
-            }
-            const float sum = sp_warp_sum(p);
-            P[i * ATT_BK + lane] = p;
-            __syncwarp();   /* every lane has read mrow[i] before lane 0 replaces it */
-            if (lane == 0) {
-                lrow[i] = lrow[i] * c + sum;
-                mrow[i] = m_new;
-                corr[i] = c;
-            }
+        const int nv = mine ? min(nk, pos - kb + 1) : 0;   /* causal: keys kb .. kb+nv-1 are visible */
+        if (nv <= 0)
+            continue;
+        float tmax = -INFINITY;
+        for (int j = 0; j < nv; j++) {
+            const float *kj = Ks + j * D;
+            float acc = 0.0f;
+            for (int d = 0; d < D; d++)
+                acc = fmaf(qi[d], kj[d], acc);
+            s[j] = acc;
+            tmax = fmaxf(tmax, acc);
         }
-        __syncthreads();
-        for (int idx = tid; idx < bq * D; idx += blockDim.x) {
-            const int i = idx / D, d = idx % D;
-            const float *pi = P + i * ATT_BK;
-            float o = O[idx] * corr[i];
-            for (int j = 0; j < nk; j++)
-                o = fmaf(pi[j], Vs[j * D + d], o);
-            O[idx] = o;
+        const float m_new = fmaxf(m, tmax);
+        const float c = expf(m - m_new);   /* 0 on the row's first visible tile */
+        float sum = 0.0f;
+        for (int j = 0; j < nv; j++) {
+            s[j] = expf(s[j] - m_new);
+            sum += s[j];
+        }
+        l = l * c + sum;
+        m = m_new;
+        for (int d = 0; d < D; d++) {
+            float o = oi[d] * c;
+            for (int j = 0; j < nv; j++)
+                o = fmaf(s[j], Vs[j * D + d], o);
+            oi[d] = o;
+        }
+    }
+    if (mine) {
+        lrow[tid] = l;
+        if (a.n_window > 0) {
+            const int wi = q0 + tid - (a.n_q - a.n_window);
+            if (wi >= 0)
+                lse[(size_t)h * a.n_window + wi] = m + logf(l);
         }
     }
     __syncthreads();
     for (int idx = tid; idx < bq * D; idx += blockDim.x) {
         const int i = idx / D, d = idx % D;
-        a.out[(size_t)(q0 + i) * a.ldo + (size_t)h * D + d] = O[idx] / lrow[i];
-    }
-    if (a.n_window > 0 && tid < bq) {
-        const int wi = q0 + tid - (a.n_q - a.n_window);
-        if (wi >= 0)
-            lse[(size_t)h * a.n_window + wi] = mrow[tid] + logf(lrow[tid]);
+        a.out[(size_t)(q0 + i) * a.ldo + (size_t)h * D + d] = O[i * DP + d] / lrow[i];
     }
 }
 

@@ -32,6 +32,17 @@ static inline int sp_cuda_check(cudaError_t e, const char *expr, const char *fil
 
 static inline cudaStream_t sp_stream(void *s) { return (cudaStream_t)s; }
 
+/* Blocks of 256 threads for a grid-stride loop over `total` elements: enough to fill an H100/H200
+ * (132 SMs x 8 resident blocks of 256 threads), no more. More blocks only repeat the index set-up
+ * on a GPU, and under the CPU emulation every block costs a set-up of its own (its threads, its
+ * shared memory refill), which made those launches ~10x slower there. */
+static const int64_t SP_GRID_STRIDE_MAX_BLOCKS = 132 * 8;
+static inline unsigned sp_grid_stride_blocks(int64_t total)
+{
+    int64_t b = (total + 255) / 256;
+    return (unsigned)(b < 1 ? 1 : b > SP_GRID_STRIDE_MAX_BLOCKS ? SP_GRID_STRIDE_MAX_BLOCKS : b);
+}
+
 /* Kernel launches and dynamic shared memory, spelled so that the host compiler can build these
  * files against the CPU emulation of CUDA (tests/cudaemu, which defines CUDAEMU; SPINDLE_CUDA_EMU):
  * SP_LAUNCH(grid, block, shmem, stream, kernel)(args...) is kernel<<<grid, block, shmem, stream>>>

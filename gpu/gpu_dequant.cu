@@ -115,10 +115,7 @@ static __global__ void dequant_kernel(const uint8_t *src, size_t src_row_bytes, 
 template <uint32_t T>
 static int launch_t(cudaStream_t s, const sp_gpu_dequant_desc &d)
 {
-    const int64_t total = d.rows * d.cols;
-    int64_t blocks = (total + 255) / 256;
-    if (blocks > (1 << 22))
-        blocks = 1 << 22;   /* grid-stride beyond this */
+    const unsigned blocks = sp_grid_stride_blocks(d.rows * d.cols);
     const uint8_t *src = (const uint8_t *)d.src;
     if (d.dst_type == SP_GPU_F16)
         SP_LAUNCH((unsigned)blocks, 256, 0, s, dequant_kernel<T, __half>)(src, d.src_row_bytes, d.rows, d.cols,
@@ -184,9 +181,7 @@ template <uint32_t T>
 static int get_rows_t(cudaStream_t s, const sp_gpu_get_rows_desc &d)
 {
     const sp_wmat *w = d.w;
-    int64_t blocks = ((int64_t)d.n * w->cols + 255) / 256;
-    if (blocks > (1 << 20))
-        blocks = 1 << 20;
+    const unsigned blocks = sp_grid_stride_blocks((int64_t)d.n * w->cols);
     SP_LAUNCH((unsigned)blocks, 256, 0, s, get_rows_kernel<T>)((const uint8_t *)w->data, w->row_bytes, w->rows, w->cols,
                                                            d.ids, d.n, d.out, d.ldo);
     return SP_CUDA_LAUNCHED("get_rows_kernel");

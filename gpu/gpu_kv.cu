@@ -44,9 +44,7 @@ extern "C" int sp_gpu_kv_scores_prepare(void *stream, sp_gpu_kv_prepare_desc d)
         return 0;
     if (!d.raw || !d.out)
         return sp_error(EINVAL, "gpu kv prepare: NULL input or output");
-    int64_t blocks = (total + 255) / 256;
-    if (blocks > (1 << 20))
-        blocks = 1 << 20;
+    const unsigned blocks = sp_grid_stride_blocks(total);
     SP_LAUNCH((unsigned)blocks, 256, 0, sp_stream(stream), kv_prepare_kernel)(d.raw, d.n_heads, d.l, lc, d.kernel,
                                                                          d.pool_type, d.divide_by_l_minus_a, d.out);
     return SP_CUDA_LAUNCHED("kv_prepare_kernel");

@@ -101,9 +101,7 @@ extern "C" int sp_gpu_gemm(sp_gpu_blas *b, void *stream, sp_gpu_gemm_desc d)
                                             CUDA_R_32F, (int)d.ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     float *scal = (float *)d.x16;
     __half *x16 = (__half *)((uint8_t *)d.x16 + SP_GPU_GEMM_X16_HEAD);
-    int64_t total = (int64_t)d.n * d.cols, blocks = (total + 255) / 256;
-    if (blocks > (1 << 20))
-        blocks = 1 << 20;
+    const unsigned blocks = sp_grid_stride_blocks((int64_t)d.n * d.cols);
     SP_LAUNCH(1, SCALE_THREADS, 0, s, x16_scale_kernel)((const float *)d.x, d.ldx, d.n, d.cols, beta, scal);
     if ((rc = SP_CUDA_LAUNCHED("x16_scale_kernel")))
         return rc;

@@ -90,9 +90,7 @@ extern "C" int sp_gpu_rope(void *stream, sp_gpu_rope_desc d)
     int64_t total = (int64_t)d.n_tok * d.n_heads * (d.head_dim / 2);
     if (total == 0)
         return 0;
-    int64_t blocks = (total + 255) / 256;
-    if (blocks > (1 << 20))
-        blocks = 1 << 20;
+    const unsigned blocks = sp_grid_stride_blocks(total);
     SP_LAUNCH((unsigned)blocks, 256, 0, sp_stream(stream), rope_kernel)(d.x, d.n_tok, d.n_heads, d.head_dim, d.ld, d.pos,
                                                                    d.table, d.n_pos, d.base, d.mode);
     return SP_CUDA_LAUNCHED("rope_kernel");
@@ -114,9 +112,7 @@ extern "C" int sp_gpu_swiglu(void *stream, sp_gpu_swiglu_desc d)
         return sp_error(EINVAL, "gpu swiglu: bad descriptor (n=%lld)", (long long)d.n);
     if (d.n == 0)
         return 0;
-    int64_t blocks = (d.n + 255) / 256;
-    if (blocks > (1 << 20))
-        blocks = 1 << 20;
+    const unsigned blocks = sp_grid_stride_blocks(d.n);
     SP_LAUNCH((unsigned)blocks, 256, 0, sp_stream(stream), swiglu_kernel)(d.n, d.gate, d.up, d.out);
     return SP_CUDA_LAUNCHED("swiglu_kernel");
 }
@@ -187,11 +183,10 @@ extern "C" int sp_gpu_add_bias(void *stream, float *y, int64_t ldy, int n, int64
 {
     if (n < 0 || rows < 1 || ldy < rows || (n > 0 && (!y || !bias)))
         return sp_error(EINVAL, "gpu bias: bad shape (%d x %lld, ldy %lld)", n, (long long)rows, (long long)ldy);
-    int64_t total = (int64_t)n * rows, blocks = (total + 255) / 256;
+    int64_t total = (int64_t)n * rows;
+    const unsigned blocks = sp_grid_stride_blocks(total);
     if (total == 0)
         return 0;
-    if (blocks > (1 << 20))
-        blocks = 1 << 20;
     SP_LAUNCH((unsigned)blocks, 256, 0, sp_stream(stream), add_bias_kernel)(y, ldy, n, rows, bias);
     return SP_CUDA_LAUNCHED("add_bias_kernel");
 }
@@ -217,11 +212,10 @@ static __global__ void kv_store_kernel(const float *src, int ld, int n, int pos0
 
 extern "C" int sp_gpu_kv_store(void *stream, const sp_kv_store_desc *d)
 {
-    int64_t total = (int64_t)d->n * d->n_kv_head * d->head_dim, blocks = (total + 255) / 256;
+    int64_t total = (int64_t)d->n * d->n_kv_head * d->head_dim;
+    const unsigned blocks = sp_grid_stride_blocks(total);
     if (total == 0)
         return 0;
-    if (blocks > (1 << 20))
-        blocks = 1 << 20;
     bool f16 = d->kv_type == SP_KV_F16;
     cudaStream_t s = sp_stream(stream);
     SP_LAUNCH((unsigned)blocks, 256, 0, s, kv_store_kernel)(d->k, d->ldk, d->n, d->pos0, d->n_kv_head, d->head_dim,

@@ -475,6 +475,14 @@ static void fill_weights(uint32_t type, uint8_t *w, int64_t rows, int64_t cols, 
                 memcpy(row + 4 * b, &f, 4);
                 break;
             }
+            case SP_TYPE_BF16: {   /* random bytes would span every exponent and overflow the sums */
+                float f = gh_rng_normal() * 0.05f;
+                uint32_t u;
+                memcpy(&u, &f, 4);
+                uint16_t h = (uint16_t)(u >> 16);
+                memcpy(row + 2 * b, &h, 2);
+                break;
+            }
             case SP_TYPE_Q8_0: memcpy(row + 34 * b, &d, 2); break;
             case SP_TYPE_Q4_0: memcpy(row + 18 * b, &d, 2); break;
             case SP_TYPE_Q4_1:

@@ -281,6 +281,8 @@ struct sp_ctx {
     sp_event_t *stage_ev;    /* dev: the last copy out of (or into) stage has completed */
     int32_t *ids;            /* dev: [chunk] token ids, device */
     float *logits_dev;       /* dev: [n_vocab], the last row's logits */
+    sp_buffer_t *logits_rows_buf; /* dev: [logits_rows][n_vocab], made on the first logits_all request */
+    int logits_rows;
     /* One allocation, carved: */
     float *mem;
     size_t mem_floats;
@@ -591,6 +593,7 @@ void sp_ctx_free(sp_ctx_t *c)
     free(c->lst);
     kv_cache_release(c);
     if (c->dev) {
+        sp_backend_buffer_free(c->logits_rows_buf);
         sp_backend_buffer_free(c->mem_buf);
         sp_backend_buffer_free(c->stage);
         sp_backend_event_free(c->stage_ev);
@@ -881,23 +884,62 @@ static int check_finite(const float *v, int n, const char *what, int pos)
 }
 
 /* On a device the last row's logits always go to logits_dev (sp_ctx_sample reads them there); the
- * host gets logits only when it asks, each row copied back and waited for (not the decode hot path
- * of a sampling run, which passes NULL). */
+ * host gets logits only when it asks (not the decode hot path of a sampling run, which passes
+ * NULL). logits_all goes a block of rows at a time through one matmul (the prefill GEMM, which
+ * dequantizes the output matrix once per call: per row it was a GEMV each) into a buffer made on
+ * the first such request - a whole chunk's rows, at most LOGITS_BLOCK_BYTES, at least 16 rows -
+ * each block copied back and waited for; the last row is copied on the device into logits_dev, so
+ * sampling sees the same numbers. */
+static const size_t LOGITS_BLOCK_BYTES = (size_t)64 << 20;
+
+static int device_logits_all(sp_ctx_t *c, int n, float *logits_all)
+{
+    const sp_hparams *hp = &c->m->hp;
+    int E = hp->n_embd, V = hp->n_vocab, rc;
+    size_t row_bytes = sizeof(float) * (size_t)V;
+    if (!c->logits_rows_buf) {
+        size_t fit = LOGITS_BLOCK_BYTES / row_bytes;
+        c->logits_rows = fit < 16 ? 16 : fit > (size_t)c->p.chunk ? c->p.chunk : (int)fit;
+        if (!(c->logits_rows_buf = sp_backend_buffer_alloc(c->be, SP_MEM_DEVICE, c->logits_rows * row_bytes, NULL)))
+            return -ENOMEM;
+    }
+    float *rows = sp_backend_buffer_base(c->logits_rows_buf);
+    for (int t0 = 0; t0 < n; t0 += c->logits_rows) {
+        int nb = n - t0 < c->logits_rows ? n - t0 : c->logits_rows;
+        if ((rc = matmul(c, c->output, c->xn + (size_t)t0 * E, nb, rows, false)) != 0 ||
+            (rc = sp_backend_copy_d2h(c->be, SP_STREAM_COMPUTE, logits_all + (size_t)t0 * V, c->logits_rows_buf, 0,
+                                      nb * row_bytes)) < 0)
+            return rc;
+        if (t0 + nb == n) {
+            size_t lg_off = (size_t)((char *)c->logits_dev - (char *)c->mem);
+            if ((rc = sp_backend_copy_d2d(c->be, SP_STREAM_COMPUTE, c->mem_buf, lg_off, c->logits_rows_buf,
+                                          (size_t)(nb - 1) * row_bytes, row_bytes)) < 0)
+                return rc;
+        }
+        if ((rc = sp_backend_stream_sync(c->be, SP_STREAM_COMPUTE)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
 static int device_logits(sp_ctx_t *c, int n, float *logits_last, float *logits_all)
 {
     const sp_hparams *hp = &c->m->hp;
     int E = hp->n_embd, V = hp->n_vocab, rc;
     size_t lg_off = (size_t)((char *)c->logits_dev - (char *)c->mem);
-    for (int t = logits_all ? 0 : n - 1; t < n; t++) {
-        if ((rc = matmul(c, c->output, c->xn + (size_t)t * E, 1, c->logits_dev, false)) != 0)
+    if (logits_all) {
+        if ((rc = device_logits_all(c, n, logits_all)) != 0)
             return rc;
-        float *dst = logits_all ? logits_all + (size_t)t * V : t == n - 1 ? logits_last : NULL;
-        if (dst && ((rc = sp_backend_copy_d2h(c->be, SP_STREAM_COMPUTE, dst, c->mem_buf, lg_off, sizeof(float) * V)) < 0 ||
-                    (rc = sp_backend_stream_sync(c->be, SP_STREAM_COMPUTE)) < 0))
+        if (logits_last)
+            memcpy(logits_last, logits_all + (size_t)(n - 1) * V, sizeof(float) * V);
+    } else {
+        if ((rc = matmul(c, c->output, c->xn + (size_t)(n - 1) * E, 1, c->logits_dev, false)) != 0)
+            return rc;
+        if (logits_last &&
+            ((rc = sp_backend_copy_d2h(c->be, SP_STREAM_COMPUTE, logits_last, c->mem_buf, lg_off, sizeof(float) * V)) < 0 ||
+             (rc = sp_backend_stream_sync(c->be, SP_STREAM_COMPUTE)) < 0))
             return rc;
     }
-    if (logits_all && logits_last)
-        memcpy(logits_last, logits_all + (size_t)(n - 1) * V, sizeof(float) * V);
     if (logits_last && (rc = check_finite(logits_last, V, "logit", c->n_past + n - 1)) != 0)
         return rc;
     return 0;
