@@ -124,6 +124,7 @@ static void spilled_equals_resident(const sp_model_t *m)
 {
     sp_kv_opts o;
     sp_kv_opts_defaults(&o);
+    o.code_fallback = false;   /* these runs test the device codebook path */
     o.window = 4;
     o.ratio = 0.5;
     o.target = SP_TARGET_TOKENS;
@@ -213,6 +214,7 @@ static void refuse_decode_window(const sp_model_t *m)
 {
     sp_kv_opts o;
     sp_kv_opts_defaults(&o);
+    o.code_fallback = false;   /* these runs test the device codebook path */
     o.window = 4;
     o.ratio = 0.5;
     o.target = SP_TARGET_TOKENS;
@@ -264,6 +266,7 @@ int main(void)
     for (size_t i = 0; i < sizeof runs / sizeof runs[0]; i++) {
         sp_kv_opts o;
         sp_kv_opts_defaults(&o);
+        o.code_fallback = false;   /* these runs test the device codebook path */
         o.policy = runs[i].policy;
         o.target = runs[i].target;
         o.window = 4;

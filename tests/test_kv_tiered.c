@@ -363,6 +363,35 @@ Test(kvt, policy_placement_follows_the_plan_within_budgets)
     sp_kv_tiered_free(t);
     check_released(ts);
     sp_tiers_free(ts);
+    /* room for the slot and some deep layers, not all 5 asked: fewer are pinned, with a notice that
+     * names the key (the segments exist only after a long prefill: not thrown away) */
+    ts = make_tiers(4 * biggest, 0, 0, NULL, 0);
+    t = make_kvt(ts, 6, 0, 5, SP_SPILL_SHALLOW_FIRST, NULL);
+    notice_capture nc;
+    notice_capture_start(&nc);
+    rc = 0;
+    for (int l = 0; l < 6 && rc == 0; l++)
+        rc = sp_kv_tiered_place(t, l, ls.seg[l].buf, sizes[l]);
+    if (rc == 0)
+        rc = sp_kv_tiered_finalize(t);
+    notice_capture_stop();
+    cr_assert_eq(rc, 0, "%s", sp_last_error());
+    cr_assert_eq(nc.count, 1);
+    cr_assert(strstr(nc.last, "resident_deep_layers") && strstr(nc.last, "pinned the"), "%s", nc.last);
+    char *text = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&text, &len);
+    sp_kv_tiered_stats_json(t, f);
+    fclose(f);
+    int pinned = -1;
+    const char *k = strstr(text, "\"resident_deep_layers\":");
+    cr_assert(k, "%s", text);
+    pinned = atoi(k + strlen("\"resident_deep_layers\":"));
+    cr_assert(pinned >= 1 && pinned < 5, "pinned %d: %s", pinned, nc.last);
+    free(text);
+    sp_kv_tiered_free(t);
+    check_released(ts);
+    sp_tiers_free(ts);
     free_layers(&ls);
 }
 

@@ -21,6 +21,7 @@
 #include "model.h"
 #include "support/alloc_counter.h"
 #include "support/model_fixture.h"
+#include "support/test_note.h"
 #include "sampler.h"
 #include "sp_error.h"
 #include "tokenizer.h"
@@ -147,7 +148,7 @@ Test(model_kv, spindle_ratio1_theta_above1_equals_full_within_fp16)
     int V = sp_model_hparams(g_model)->n_vocab;
     float *a = new_logits(), *b = new_logits();
     sp_ctx_t *ca = new_ctx(NULL, false);
-    sp_kv_opts o = opts_of("policy=spindle ratio=1 theta_k=1.5 theta_v=1.5");
+    sp_kv_opts o = opts_of("policy=spindle ratio=1 theta_k=1.5 theta_v=1.5 code_fallback=off");
     sp_ctx_t *cb = new_ctx(&o, false);
     run(ca, a, NULL);
     run(cb, b, NULL);
@@ -265,6 +266,47 @@ Test(model_kv, recompress_equals_fresh_compression)
     free(a);
     free(b);
     free(f);
+}
+
+/* code_fallback: with thresholds above 1 nothing merges, so a coded layer would cost an entry, an
+ * index and a magnitude per token - more than raw; the fallback stores every such layer raw and
+ * the cache gets smaller. At the default thresholds it never makes the cache larger. */
+static uint64_t kv_bytes_of(const char *knobs, int *coded_layers)
+{
+    float *lg = new_logits();
+    sp_kv_opts o = opts_of(knobs);
+    sp_ctx_t *c = new_ctx(&o, false);
+    run(c, lg, NULL);
+    sp_kv_stats st;
+    cr_assert_eq(sp_ctx_kv_stats(c, &st), 0);
+    cr_assert(st.compressed, "%s", knobs);
+    *coded_layers = 0;
+    for (int i = 0; i < st.n_layer; i++)
+        *coded_layers += st.layer[i].coded;
+    uint64_t b = st.bytes;
+    sp_ctx_free(c);
+    free(lg);
+    return b;
+}
+
+Test(model_kv, code_fallback_stores_unprofitable_layers_raw)
+{
+    int n_layer = sp_model_hparams(g_model)->n_layer, coded_off, coded_on;
+    uint64_t off = kv_bytes_of("policy=spindle target=tokens ratio=0.3 theta_k=1.5 theta_v=1.5 code_fallback=off",
+                               &coded_off);
+    uint64_t on = kv_bytes_of("policy=spindle target=tokens ratio=0.3 theta_k=1.5 theta_v=1.5 code_fallback=on",
+                              &coded_on);
+    cr_assert_eq(coded_off, n_layer, "without the fallback every layer is coded");
+    cr_assert_eq(coded_on, 0, "nothing merges: every layer is cheaper raw (%d still coded)", coded_on);
+    cr_assert_lt(on, off, "raw layers must be smaller: %llu vs %llu", (unsigned long long)on,
+                 (unsigned long long)off);
+    uint64_t def_off = kv_bytes_of("policy=spindle target=tokens ratio=0.3 code_fallback=off", &coded_off);
+    uint64_t def_on = kv_bytes_of("policy=spindle target=tokens ratio=0.3", &coded_on);
+    cr_assert_leq(def_on, def_off, "the fallback made the cache larger: %llu vs %llu", (unsigned long long)def_on,
+                  (unsigned long long)def_off);
+    cr_assert_leq(coded_on, coded_off);
+    test_note("code_fallback at theta 0.98/0.95: %d of %d layers stay coded, %llu vs %llu bytes", coded_on, n_layer,
+              (unsigned long long)def_on, (unsigned long long)def_off);
 }
 
 /* keep_own_scores_only (spindle bench): the same policy rebuilds bit for bit; a policy whose extra

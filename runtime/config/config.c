@@ -69,7 +69,7 @@ static const char *const paper_preset[][2] = {
     {"compression.gqa_mode", "query_head"},   {"compression.evict_layers", "all"},
     {"compression.codebook_layers", "all"},   {"compression.codebook", "true"},
     {"compression.decode_window", "0"},       {"compression.decode_coding", "append"},
-    {"compression.entry", "first"},
+    {"compression.entry", "first"},           {"compression.code_fallback", "false"},
 };
 static const char *const order_names[] = {"shallow-first", "deep-first", NULL};
 static const char *const direct_names[] = {"auto", "on", "off", NULL};
@@ -137,6 +137,9 @@ static const key_def keys[] = {
      .help = "layers that use the codebook: all, none, or a list like 0-3,7,20-"},
     {"compression", "codebook", KT_BOOL, OFF(compression.codebook), 0, .def = "true",
      .help = "codebook replacement stage on/off"},
+    {"compression", "code_fallback", KT_BOOL, OFF(compression.code_fallback), 0, .def = "true",
+     .help = "a coded layer whose segment would not be smaller than its kept tokens stored raw fp16 is "
+             "stored raw (lossless and never larger; beyond the paper, which codes every layer)"},
     {"compression", "decode_window", KT_INT, OFF(compression.decode_window), 0, .imin = 0,
      .imax = 1 << 20, .def = "0",
      .help = "coded layers: the last N decode tokens stay raw, older ones are coded as they leave "

@@ -78,6 +78,7 @@ typedef struct sp_config {
         sp_gqa_mode gqa_mode;
         char evict_layers[SP_CONFIG_MASK_MAX];    /* layer mask, see sp_config_mask_expand */
         char codebook_layers[SP_CONFIG_MASK_MAX]; /* layer mask */
+        bool code_fallback;             /* a coded layer not smaller than raw is stored raw */
         bool codebook;                  /* codebook stage on/off */
         int64_t decode_window;          /* coded layers: last N decode tokens raw (0 = coded at once) */
         sp_decode_coding decode_coding; /* append | batch (batch needs decode_window >= 1) */

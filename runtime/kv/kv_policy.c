@@ -35,6 +35,7 @@ void sp_kv_opts_defaults(sp_kv_opts *o)
     snprintf(o->evict_layers, sizeof o->evict_layers, "all");
     snprintf(o->codebook_layers, sizeof o->codebook_layers, "all");
     o->codebook = true;
+    o->code_fallback = true;
     o->sinks = 4;
     o->pyramidkv_beta = 20;
     o->zigzag_tau = 0.9;
@@ -60,6 +61,7 @@ void sp_kv_opts_from_config(sp_kv_opts *o, const sp_config *cfg)
     snprintf(o->evict_layers, sizeof o->evict_layers, "%s", c->evict_layers);
     snprintf(o->codebook_layers, sizeof o->codebook_layers, "%s", c->codebook_layers);
     o->codebook = c->codebook;
+    o->code_fallback = c->code_fallback;
     o->decode_window = c->decode_window;
     o->decode_coding = c->decode_coding;
     o->entry_centroid = c->entry == SP_ENTRY_CENTROID;
@@ -215,6 +217,8 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
     }
     if (!strcmp(key, "codebook"))
         return parse_bool(key, v, &o->codebook);
+    if (!strcmp(key, "code_fallback"))
+        return parse_bool(key, v, &o->code_fallback);
     if (!strcmp(key, "decode_window"))
         return parse_int(key, v, &o->decode_window);
     if (!strcmp(key, "entry")) {
@@ -238,7 +242,7 @@ int sp_kv_opts_set(sp_kv_opts *o, const char *assignment)
     return sp_error(EINVAL, "unknown kv option '%s'; allowed: policy, allocator, ratio, target, "
                             "budget_tokens, window, pool_kernel, pool_type, divide_by_l_minus_a, "
                             "beta, theta_k, theta_v, gqa_mode, evict_layers, codebook_layers, "
-                            "codebook, decode_window, decode_coding, entry, sinks, pyramidkv_beta, zigzag_tau", key);
+                            "codebook, code_fallback, decode_window, decode_coding, entry, sinks, pyramidkv_beta, zigzag_tau", key);
 }
 
 int sp_kv_opts_parse(sp_kv_opts *o, const char *list)

@@ -38,6 +38,7 @@ typedef struct sp_kv_opts {
     char evict_layers[SP_KV_MASK_MAX];    /* layer mask: "all", "none", "0-15,20", "3-" */
     char codebook_layers[SP_KV_MASK_MAX]; /* layer mask for the codebook stage */
     bool codebook;                   /* codebook stage on/off (default on) */
+    bool code_fallback;              /* coded layer not smaller than raw: stored raw (default on) */
     int64_t decode_window;           /* coded layers: last N decode tokens raw (0: coded at append) */
     sp_decode_coding decode_coding;  /* append (default) or batch (Algorithm 1 per batch) */
     bool entry_centroid;             /* codebook entries = members' mean direction (default off) */

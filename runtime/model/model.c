@@ -1148,6 +1148,30 @@ static int kv_capture_begin(sp_ctx_t *c, int64_t l)
     return 0;
 }
 
+/* compression.code_fallback: a coded segment that is not smaller than the same selection stored raw
+ * (few merges: every entry costs its fp16 vector plus an index and a magnitude per token) is
+ * replaced by the raw one, which is exact. Counted in true bytes, the tail empty. */
+static int kv_code_fallback(sp_backend_t *be, sp_kv_segment *seg, int layer, const float *kf, const float *vf, int D,
+                            const sp_kv_selection *sel, const sp_kv_code_opts *co)
+{
+    sp_kv_code_opts raw_co = *co;
+    raw_co.coded = false;
+    sp_kv_segment raw = {0};
+    int rc = sp_kv_segment_build_opts(be, &raw, layer, kf, vf, D, sel, &raw_co, NULL);
+    if (rc < 0)
+        return rc;
+    sp_kv_seg_stats sc, sr;
+    sp_kv_segment_stats(seg, NULL, &sc);
+    sp_kv_segment_stats(&raw, NULL, &sr);
+    if (sr.bytes_content <= sc.bytes_content) {
+        sp_kv_segment_free(seg);
+        *seg = raw;
+    } else {
+        sp_kv_segment_free(&raw);
+    }
+    return 0;
+}
+
 /* Build every layer's segment (and an empty tail) from the captured state under o. */
 static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
 {
@@ -1229,6 +1253,8 @@ static int kv_compress(sp_ctx_t *c, const sp_kv_opts *o)
         sp_kv_code_opts co = {.coded = evict[L + i], .theta_k = (float)o->theta_k, .theta_v = (float)o->theta_v,
                               .centroid = o->entry_centroid};
         rc = sp_kv_segment_build_opts(be_sel, &c->seg[i], i, kf, vf, D, &sel, &co, NULL);
+        if (rc == 0 && co.coded && o->code_fallback)
+            rc = kv_code_fallback(be_sel, &c->seg[i], i, kf, vf, D, &sel, &co);
         if (rc == 0)
             rc = sp_kv_tail_init_coding(&c->tail[i], &c->seg[i], tcap, (float)o->theta_k, (float)o->theta_v,
                                         o->decode_window, o->decode_coding == SP_DECODE_CODING_BATCH);

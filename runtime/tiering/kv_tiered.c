@@ -420,6 +420,22 @@ static int make_plan(sp_kv_tiered_t *t)
     p->seg_bytes = sizes;
     sp_placement_summary sum;
     int rc = sp_placement_plan(p, t->plan, &sum);
+    /* The segment sizes are known only after a prefill that may have taken an hour: when the deep
+     * layers asked to stay resident do not fit the device, pin fewer (a notice names the key)
+     * instead of throwing the prefill away. Refused only when not even the streaming slots fit. */
+    if (rc == -ENOSPC && p->resident_deep_layers > 0) {
+        const int asked = p->resident_deep_layers;
+        while (rc == -ENOSPC && p->resident_deep_layers > 0) {
+            p->resident_deep_layers--;
+            rc = sp_placement_plan(p, t->plan, &sum);
+        }
+        if (rc == 0) {
+            sp_notice("placement: the %d deepest layers ([tiers] resident_deep_layers) do not fit the device "
+                      "tier's budget with the streaming slots; pinned the %d deepest instead (raise [tiers] "
+                      "device_budget to pin them all)", asked, p->resident_deep_layers);
+            t->o.resident_deep_layers = p->resident_deep_layers;
+        }
+    }
     p->seg_bytes = NULL;
     free(sizes);
     return rc;
