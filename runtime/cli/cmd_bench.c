@@ -50,6 +50,7 @@ static void usage(FILE *out)
           "  --kv-ratio R          also time decode with the cache compressed to R true bytes by the\n"
           "                        [compression] policy (default spindle), beside the full cache of the\n"
           "                        same depth fill (see the header of runtime/cli/cmd_bench.c)\n"
+          "  --llama-repeats N     llama-bench's repeats (default: -r; each of its repeats refills the depth)\n"
           "  --llama-bench PATH    llama.cpp's llama-bench for the side-by-side figures\n"
           "                        (default $SPINDLE_LLAMA_BENCH, then ~/.cache/spindle/llama.cpp-build/bin/llama-bench;\n"
           "                        'none' to skip)\n"
@@ -145,7 +146,7 @@ static int run_llama_bench(const char *exe, const char *model, int threads, int 
 }
 
 static void write_json(FILE *f, const char *model, const char *backend, int threads, int pp, int tg, int reps,
-                       const bench_row *rows, int nd, const char *llama, const sp_kv_opts *kvo)
+                       const bench_row *rows, int nd, const char *llama, int llama_reps, const sp_kv_opts *kvo)
 {
     struct utsname un;
     uname(&un);
@@ -165,7 +166,8 @@ static void write_json(FILE *f, const char *model, const char *backend, int thre
         fprintf(f, "  \"compressed\": {\"policy\": \"%s\", \"ratio\": %.4f, \"target\": \"%s\", \"note\": "
                 "\"ctg = decode on the compressed cache; tg from the same depth fill (recompress full)\"},\n",
                 sp_kv_policy_name(kvo->policy), kvo->ratio, kvo->target == SP_TARGET_TOKENS ? "tokens" : "bytes");
-    fprintf(f, "  \"llama_bench\": \"%s\",\n  \"llama_kv\": \"f16 (full cache)\",\n  \"rows\": [\n", llama ? llama : "");
+    fprintf(f, "  \"llama_bench\": \"%s\",\n  \"llama_repeats\": %d,\n  \"llama_kv\": \"f16 (full cache)\",\n  \"rows\": [\n",
+            llama ? llama : "", llama_reps);
     for (int i = 0; i < nd; i++) {
         const bench_row *r = &rows[i];
         fprintf(f,
@@ -241,7 +243,7 @@ int sp_cmd_bench(int argc, char **argv)
     sp_cli_common_init(&c);
     sp_config_set(&c.cfg, "runtime.threads=2", "spindle bench default");
     int depths[MAX_DEPTHS] = {512, 2048, 8192}, nd = 3;
-    int64_t pp = 512, tg = 64, reps = 3;
+    int64_t pp = 512, tg = 64, reps = 3, llama_reps = 0;
     double kv_ratio = -1;
     const char *json = NULL, *llama = getenv("SPINDLE_LLAMA_BENCH"), *v;
     static char llama_default[1024];
@@ -278,6 +280,9 @@ int sp_cmd_bench(int argc, char **argv)
                 return SP_EXIT_USAGE;
         } else if (!strcmp(a, "--kv-ratio")) {
             if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_float(a, v, 0.001, 1.0, &kv_ratio))
+                return SP_EXIT_USAGE;
+        } else if (!strcmp(a, "--llama-repeats")) {
+            if (!(v = sp_cli_value(argc, argv, &i)) || !sp_cli_int(a, v, 1, MAX_REPEATS, &llama_reps))
                 return SP_EXIT_USAGE;
         } else if (!strcmp(a, "--llama-bench")) {
             if (!(v = sp_cli_value(argc, argv, &i)))
@@ -416,7 +421,8 @@ int sp_cmd_bench(int argc, char **argv)
     sp_ctx_free(ctx);
     sp_ctx_free(cctx);
     ctx = cctx = NULL;
-    if (llama && run_llama_bench(llama, c.cfg.model.path, threads, (int)pp, (int)tg, (int)reps, rows, nd) < 0)
+    if (llama && run_llama_bench(llama, c.cfg.model.path, threads, (int)pp, (int)tg,
+                                 (int)(llama_reps ? llama_reps : reps), rows, nd) < 0)
         llama = NULL;
 
     printf("backend %s; pp and tg: full fp16 cache", be_name);
@@ -453,7 +459,7 @@ int sp_cmd_bench(int argc, char **argv)
             goto out;
         }
         write_json(f, c.cfg.model.path, be_name, threads, (int)pp, (int)tg, (int)reps,
-                   rows, nd, llama, kv_ratio > 0 ? &kvo : NULL);
+                   rows, nd, llama, (int)(llama_reps ? llama_reps : reps), kv_ratio > 0 ? &kvo : NULL);
         fclose(f);
         fprintf(stderr, "spindle bench: wrote %s\n", json);
     }
