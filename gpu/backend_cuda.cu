@@ -223,6 +223,24 @@ enum {
 const size_t MATMUL_DQ_FLOATS = (size_t)4 << 20;
 
 /* One matrix of a prefill chunk: dequantized row blocks times the chunk, in the backend's scratch. */
+/* Tokens t0 .. t0+n-1 of matrix i of d, as the device products take them. */
+sp_gpu_gemv_desc product_desc(const sp_matmul_desc *d, int i, int t0, int n)
+{
+    sp_gpu_gemv_desc g = {};
+    g.w_type = d->w[i]->type;
+    g.rows = d->w[i]->rows;
+    g.cols = d->w[i]->cols;
+    g.w = d->w[i]->data;
+    g.w_row_bytes = d->w[i]->row_bytes;
+    g.n = n;
+    g.x = d->x + (size_t)t0 * (size_t)d->ldx;
+    g.ldx = d->ldx;
+    g.y = d->y[i] + (size_t)t0 * (size_t)d->ldy[i];
+    g.ldy = d->ldy[i];
+    g.accumulate = d->accumulate;
+    return g;
+}
+
 int matmul_gemm(sp_backend_t *be, const sp_matmul_desc *d, int i)
 {
     cuda_ctx *c = ctx_of(be);
@@ -237,17 +255,7 @@ int matmul_gemm(sp_backend_t *be, const sp_matmul_desc *d, int i)
     if ((rc = scratch_reserve(be, floats * sizeof(float))) < 0)
         return rc;
     sp_gpu_matmul_dq_desc g = {};
-    g.w_type = w->type;
-    g.rows = w->rows;
-    g.cols = w->cols;
-    g.w = w->data;
-    g.w_row_bytes = w->row_bytes;
-    g.n = d->n;
-    g.x = d->x;
-    g.ldx = d->ldx;
-    g.y = d->y[i];
-    g.ldy = d->ldy[i];
-    g.accumulate = d->accumulate;
+    g.p = product_desc(d, i, 0, d->n);
     g.scratch = static_cast<float *>(c->scratch);
     g.scratch_floats = floats;
     return sp_gpu_matmul_dq(c->blas, stream_of(be, SP_STREAM_COMPUTE), g);
@@ -265,18 +273,7 @@ int cu_matmul(sp_backend_t *be, const sp_matmul_desc *d)
                 return rc;
         }
         for (int t0 = 0; d->n < MATMUL_GEMM_MIN_N && t0 < d->n; t0 += SP_GPU_GEMV_MAX_N) {
-            sp_gpu_gemv_desc g = {};
-            g.w_type = d->w[i]->type;
-            g.rows = d->w[i]->rows;
-            g.cols = d->w[i]->cols;
-            g.w = d->w[i]->data;
-            g.w_row_bytes = d->w[i]->row_bytes;
-            g.n = d->n - t0 < SP_GPU_GEMV_MAX_N ? d->n - t0 : SP_GPU_GEMV_MAX_N;
-            g.x = d->x + (size_t)t0 * (size_t)d->ldx;
-            g.ldx = d->ldx;
-            g.y = d->y[i] + (size_t)t0 * (size_t)d->ldy[i];
-            g.ldy = d->ldy[i];
-            g.accumulate = d->accumulate;
+            sp_gpu_gemv_desc g = product_desc(d, i, t0, d->n - t0 < SP_GPU_GEMV_MAX_N ? d->n - t0 : SP_GPU_GEMV_MAX_N);
             int rc = sp_gpu_gemv(s, g);
             if (rc < 0)
                 return rc;

@@ -164,26 +164,6 @@ typedef struct sp_gpu_gemm_desc {
 enum { SP_GPU_GEMM_X16_HEAD = 256 };
 int sp_gpu_gemm(sp_gpu_blas *b, void *stream, sp_gpu_gemm_desc d);
 
-/* Prefill product on the stored weights, any sp_gpu_dequant_supported type: blocks of rows are
- * dequantized to fp32 in `scratch` and multiplied with cublasSgemm (fp32 throughout, the CPU's
- * EXACT prefill algorithm: dequantize, then sgemm), y = x W^T (or y += with accumulate). Each block
- * has at most scratch_floats / cols rows (at least one row must fit). The scratch must stay
- * untouched until the stream passes this work. */
-typedef struct sp_gpu_matmul_dq_desc {
-    uint32_t w_type;         /* sp_ggml_type */
-    int64_t rows, cols;
-    const void *w;           /* row r at w + r*w_row_bytes */
-    size_t w_row_bytes;
-    int n;
-    const float *x;          /* [n][ldx] */
-    int64_t ldx;
-    float *y;                /* [n][ldy] */
-    int64_t ldy;
-    bool accumulate;
-    float *scratch;          /* device, scratch_floats */
-    size_t scratch_floats;
-} sp_gpu_matmul_dq_desc;
-int sp_gpu_matmul_dq(sp_gpu_blas *b, void *stream, sp_gpu_matmul_dq_desc d);
 
 /* Decode GEMV straight on the stored weights: one warp per output row, fp32 accumulation, for
  * n (<= SP_GPU_GEMV_MAX_N) vectors. Weight types: F16, F32, Q8_0, Q4_1 (sp_gpu_gemv_supported);
@@ -203,6 +183,19 @@ typedef struct sp_gpu_gemv_desc {
 } sp_gpu_gemv_desc;
 bool sp_gpu_gemv_supported(uint32_t w_type);
 int sp_gpu_gemv(void *stream, sp_gpu_gemv_desc d);
+
+/* Prefill product on the stored weights, any sp_gpu_dequant_supported type: blocks of rows are
+ * dequantized to fp32 in `scratch` and multiplied with cublasSgemm (fp32 throughout, the CPU's
+ * EXACT prefill algorithm: dequantize, then sgemm), y = x W^T (or y += with accumulate). The
+ * product is described as for the GEMV, with any n. Each block has at most scratch_floats / cols
+ * rows (at least one row must fit). The scratch must stay untouched until the stream passes this
+ * work. */
+typedef struct sp_gpu_matmul_dq_desc {
+    sp_gpu_gemv_desc p;      /* weights, x, y, accumulate; n unbounded */
+    float *scratch;          /* device, scratch_floats */
+    size_t scratch_floats;
+} sp_gpu_matmul_dq_desc;
+int sp_gpu_matmul_dq(sp_gpu_blas *b, void *stream, sp_gpu_matmul_dq_desc d);
 /* The GEMV for the weight types without a block kernel of their own in gpu_matmul.cu (Q4_0, Q5_0,
  * Q5_1, Q4_K, Q5_K, Q6_K, BF16): each value read through the dequantizer of gpu_dequant.cu, fp32
  * accumulation, same descriptor and checks as sp_gpu_gemv (which calls it). */

@@ -120,16 +120,17 @@ extern "C" int sp_gpu_gemm(sp_gpu_blas *b, void *stream, sp_gpu_gemm_desc d)
 
 /* ---- prefill on dequantized row blocks ---- */
 
-extern "C" int sp_gpu_matmul_dq(sp_gpu_blas *b, void *stream, sp_gpu_matmul_dq_desc d)
+extern "C" int sp_gpu_matmul_dq(sp_gpu_blas *b, void *stream, sp_gpu_matmul_dq_desc dq)
 {
-    int64_t block_rows = d.cols > 0 ? (int64_t)(d.scratch_floats / (size_t)d.cols) : 0;
+    const sp_gpu_gemv_desc &d = dq.p;
+    int64_t block_rows = d.cols > 0 ? (int64_t)(dq.scratch_floats / (size_t)d.cols) : 0;
     if (!b || !sp_gpu_dequant_supported(d.w_type) || d.rows <= 0 || d.cols <= 0 || d.n < 0 || d.ldx < d.cols ||
         d.ldy < d.rows || d.cols % sp_type_block_elems(d.w_type) || d.w_row_bytes < sp_type_row_bytes(d.w_type, d.cols) ||
         d.rows > INT32_MAX || d.cols > INT32_MAX || d.ldx > INT32_MAX || d.ldy > INT32_MAX || block_rows < 1 ||
-        !d.w || !d.x || !d.y || !d.scratch)
+        !d.w || !d.x || !d.y || !dq.scratch)
         return sp_error(EINVAL, "gpu matmul_dq: bad descriptor (%s W %lld x %lld, row %zu bytes, n %d, ldx %lld, ldy %lld, "
                         "scratch %zu floats)", sp_ggml_type_name(d.w_type), (long long)d.rows, (long long)d.cols,
-                        d.w_row_bytes, d.n, (long long)d.ldx, (long long)d.ldy, d.scratch_floats);
+                        d.w_row_bytes, d.n, (long long)d.ldx, (long long)d.ldy, dq.scratch_floats);
     if (d.n == 0)
         return 0;
     cudaStream_t s = sp_stream(stream);
@@ -145,14 +146,14 @@ extern "C" int sp_gpu_matmul_dq(sp_gpu_blas *b, void *stream, sp_gpu_matmul_dq_d
         q.cols = d.cols;
         q.src = (const uint8_t *)d.w + (size_t)r0 * d.w_row_bytes;
         q.src_row_bytes = d.w_row_bytes;
-        q.dst = d.scratch;
+        q.dst = dq.scratch;
         q.dst_ld = d.cols;
         q.dst_type = SP_GPU_F32;
         if ((rc = sp_gpu_dequant(stream, q)) < 0)
             return rc;
         /* column-major: Y^T block (nr x n, ld ldy) = (W block, cols x nr col-major)^T * X^T (cols x n) */
         if ((rc = SP_CUBLAS_CHECK(cublasSgemm(b->h, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, d.n, (int)d.cols, &alpha,
-                                              d.scratch, (int)d.cols, d.x, (int)d.ldx, &beta, d.y + r0, (int)d.ldy))))
+                                              dq.scratch, (int)d.cols, d.x, (int)d.ldx, &beta, d.y + r0, (int)d.ldy))))
             return rc;
     }
     return 0;

@@ -496,6 +496,76 @@ static void fill_weights(uint32_t type, uint8_t *w, int64_t rows, int64_t cols, 
     }
 }
 
+/* One product y (+)= W x of n vectors, host and device sides, shared by the GEMV and the
+ * dequantize-then-SGEMM cases: seeded weights and activations, the CPU reference with its
+ * magnitude bound, and the operands uploaded (y as given, or NaN fill when not accumulating). */
+typedef struct mm_case {
+    int64_t rows, cols;
+    int n;
+    size_t row_bytes, nx, ny;
+    uint8_t *hw;
+    float *hx, *y0, *ref, *mag, *got;
+    dbuf w, x, y;
+} mm_case;
+
+static int mm_case_make(mm_case *m, uint32_t type, int64_t rows, int64_t cols, int n, size_t row_bytes,
+                        bool accumulate)
+{
+    memset(m, 0, sizeof *m);
+    m->rows = rows;
+    m->cols = cols;
+    m->n = n;
+    m->row_bytes = row_bytes;
+    m->nx = (size_t)n * cols;
+    m->ny = (size_t)n * rows;
+    m->hw = malloc((size_t)rows * row_bytes);
+    m->hx = malloc(4 * m->nx);
+    m->y0 = malloc(4 * m->ny);
+    m->ref = malloc(4 * m->ny);
+    m->mag = malloc(4 * m->ny);
+    m->got = malloc(4 * m->ny);
+    if (!m->hw || !m->hx || !m->y0 || !m->ref || !m->mag || !m->got)
+        return -ENOMEM;
+    fill_weights(type, m->hw, rows, cols, row_bytes);
+    fill_normal(m->hx, m->nx, 1.0f);
+    fill_normal(m->y0, m->ny, 1.0f);
+    sp_wmat wm = {.type = type, .rows = rows, .cols = cols, .row_bytes = row_bytes, .data = m->hw};
+    int rc = matmul_ref(&wm, m->hx, n, m->ref, m->mag);
+    if (rc)
+        return rc;
+    if (accumulate)
+        for (size_t i = 0; i < m->ny; i++) {
+            m->ref[i] += m->y0[i];
+            m->mag[i] += fabsf(m->y0[i]);
+        }
+    if ((rc = dbuf_upload(&m->w, m->hw, (size_t)rows * row_bytes)) || (rc = dbuf_upload(&m->x, m->hx, 4 * m->nx)) ||
+        (rc = accumulate ? dbuf_upload(&m->y, m->y0, 4 * m->ny) : dbuf_new(&m->y, 4 * m->ny, 0xFF)))
+        return rc;
+    return 0;
+}
+
+/* Download y and compare it with the reference. */
+static int mm_case_check(mm_case *m, cmp *c)
+{
+    int rc = dbuf_download(&m->y, m->got, "y");
+    if (rc == 0)
+        compare(c, "y", m->got, m->ref, m->mag, NULL, (int64_t)m->ny, 1e-6, 1e-4);
+    return rc;
+}
+
+static void mm_case_free(mm_case *m)
+{
+    dbuf_free(&m->w);
+    dbuf_free(&m->x);
+    dbuf_free(&m->y);
+    free(m->hw);
+    free(m->hx);
+    free(m->y0);
+    free(m->ref);
+    free(m->mag);
+    free(m->got);
+}
+
 static void case_gemv(uint32_t type, int64_t rows, int64_t cols, int n, int row_pad, bool accumulate)
 {
     char op[32], shape[128];
@@ -507,43 +577,18 @@ static void case_gemv(uint32_t type, int64_t rows, int64_t cols, int n, int row_
     if (!gh_selected(op))
         return;
     cmp c = {0};
-    dbuf w = {0}, x = {0}, y = {0};
-    size_t row_bytes = sp_type_row_bytes(type, cols) + (size_t)row_pad, nx = (size_t)n * cols, ny = (size_t)n * rows;
-    uint8_t *hw = malloc((size_t)rows * row_bytes);
-    float *hx = malloc(4 * nx), *y0 = malloc(4 * ny), *ref = malloc(4 * ny), *mag = malloc(4 * ny), *got = malloc(4 * ny);
-    int rc = -ENOMEM;
-    if (!hw || !hx || !y0 || !ref || !mag || !got)
-        goto done;
-    fill_weights(type, hw, rows, cols, row_bytes);
-    fill_normal(hx, nx, 1.0f);
-    fill_normal(y0, ny, 1.0f);
-    sp_wmat wm = {.type = type, .rows = rows, .cols = cols, .row_bytes = row_bytes, .data = hw};
-    if ((rc = matmul_ref(&wm, hx, n, ref, mag)))
-        goto done;
-    if (accumulate)
-        for (size_t i = 0; i < ny; i++) {
-            ref[i] += y0[i];
-            mag[i] += fabsf(y0[i]);
-        }
-    if ((rc = dbuf_upload(&w, hw, (size_t)rows * row_bytes)) || (rc = dbuf_upload(&x, hx, 4 * nx)) ||
-        (rc = accumulate ? dbuf_upload(&y, y0, 4 * ny) : dbuf_new(&y, 4 * ny, 0xFF)))
-        goto done;
-    sp_gpu_gemv_desc d = {.w_type = type, .rows = rows, .cols = cols, .w = dptr(&w), .w_row_bytes = row_bytes, .n = n,
-                          .x = dptr(&x), .ldx = cols, .y = dptr(&y), .ldy = rows, .accumulate = accumulate};
-    if ((rc = sp_gpu_gemv(gh_stream, d)) || (rc = dbuf_download(&y, got, "y")))
-        goto done;
-    compare(&c, "y", got, ref, mag, NULL, (int64_t)ny, 1e-6, 1e-4);
-done:
+    mm_case m;
+    size_t row_bytes = sp_type_row_bytes(type, cols) + (size_t)row_pad;
+    int rc = mm_case_make(&m, type, rows, cols, n, row_bytes, accumulate);
+    if (rc == 0) {
+        sp_gpu_gemv_desc d = {.w_type = type, .rows = rows, .cols = cols, .w = dptr(&m.w), .w_row_bytes = row_bytes,
+                              .n = n, .x = dptr(&m.x), .ldx = cols, .y = dptr(&m.y), .ldy = rows,
+                              .accumulate = accumulate};
+        if ((rc = sp_gpu_gemv(gh_stream, d)) == 0)
+            rc = mm_case_check(&m, &c);
+    }
     report(op, shape, rc, &c, "1e-6 + 1e-4 x sum|w x|");
-    dbuf_free(&w);
-    dbuf_free(&x);
-    dbuf_free(&y);
-    free(hw);
-    free(hx);
-    free(y0);
-    free(ref);
-    free(mag);
-    free(got);
+    mm_case_free(&m);
 }
 
 /* The prefill product on dequantized row blocks: scratch_rows rows per block (several blocks and a
@@ -560,48 +605,23 @@ static void case_matmul_dq(sp_gpu_blas *blas, uint32_t type, int64_t rows, int64
     if (!gh_selected(op))
         return;
     cmp c = {0};
-    dbuf w = {0}, x = {0}, y = {0}, scr = {0};
-    size_t row_bytes = sp_type_row_bytes(type, cols), nx = (size_t)n * cols, ny = (size_t)n * rows;
-    size_t scratch_floats = (size_t)(scratch_rows * cols);
-    uint8_t *hw = malloc((size_t)rows * row_bytes);
-    float *hx = malloc(4 * nx), *y0 = malloc(4 * ny), *ref = malloc(4 * ny), *mag = malloc(4 * ny), *got = malloc(4 * ny);
-    int rc = -ENOMEM;
-    if (!hw || !hx || !y0 || !ref || !mag || !got)
-        goto done;
-    fill_weights(type, hw, rows, cols, row_bytes);
-    fill_normal(hx, nx, 1.0f);
-    fill_normal(y0, ny, 1.0f);
-    sp_wmat wm = {.type = type, .rows = rows, .cols = cols, .row_bytes = row_bytes, .data = hw};
-    if ((rc = matmul_ref(&wm, hx, n, ref, mag)))
-        goto done;
-    if (accumulate)
-        for (size_t i = 0; i < ny; i++) {
-            ref[i] += y0[i];
-            mag[i] += fabsf(y0[i]);
-        }
-    if ((rc = dbuf_upload(&w, hw, (size_t)rows * row_bytes)) || (rc = dbuf_upload(&x, hx, 4 * nx)) ||
-        (rc = accumulate ? dbuf_upload(&y, y0, 4 * ny) : dbuf_new(&y, 4 * ny, 0xFF)) ||
-        (rc = dbuf_new(&scr, 4 * scratch_floats, 0xFF)))
-        goto done;
-    sp_gpu_matmul_dq_desc d = {.w_type = type, .rows = rows, .cols = cols, .w = dptr(&w), .w_row_bytes = row_bytes,
-                               .n = n, .x = dptr(&x), .ldx = cols, .y = dptr(&y), .ldy = rows,
-                               .accumulate = accumulate, .scratch = dptr(&scr), .scratch_floats = scratch_floats};
-    if ((rc = sp_gpu_matmul_dq(blas, gh_stream, d)) || (rc = dbuf_download(&y, got, "y")) ||
-        (rc = dbuf_download(&scr, NULL, "scratch")))
-        goto done;
-    compare(&c, "y", got, ref, mag, NULL, (int64_t)ny, 1e-6, 1e-4);
-done:
+    mm_case m;
+    dbuf scr = {0};
+    size_t row_bytes = sp_type_row_bytes(type, cols), scratch_floats = (size_t)(scratch_rows * cols);
+    int rc = mm_case_make(&m, type, rows, cols, n, row_bytes, accumulate);
+    if (rc == 0)
+        rc = dbuf_new(&scr, 4 * scratch_floats, 0xFF);
+    if (rc == 0) {
+        sp_gpu_matmul_dq_desc d = {.p = {.w_type = type, .rows = rows, .cols = cols, .w = dptr(&m.w),
+                                         .w_row_bytes = row_bytes, .n = n, .x = dptr(&m.x), .ldx = cols,
+                                         .y = dptr(&m.y), .ldy = rows, .accumulate = accumulate},
+                                   .scratch = dptr(&scr), .scratch_floats = scratch_floats};
+        if ((rc = sp_gpu_matmul_dq(blas, gh_stream, d)) == 0 && (rc = mm_case_check(&m, &c)) == 0)
+            rc = dbuf_download(&scr, NULL, "scratch");
+    }
     report(op, shape, rc, &c, "1e-6 + 1e-4 x sum|w x|");
-    dbuf_free(&w);
-    dbuf_free(&x);
-    dbuf_free(&y);
     dbuf_free(&scr);
-    free(hw);
-    free(hx);
-    free(y0);
-    free(ref);
-    free(mag);
-    free(got);
+    mm_case_free(&m);
 }
 
 /* ---- attention ---- */
