@@ -222,7 +222,6 @@ enum {
 /* fp32 floats of the dequantized row block (16 MiB: 7281 rows of 576 columns, 468 of 8960) */
 const size_t MATMUL_DQ_FLOATS = (size_t)4 << 20;
 
-/* One matrix of a prefill chunk: dequantized row blocks times the chunk, in the backend's scratch. */
 /* Tokens t0 .. t0+n-1 of matrix i of d, as the device products take them. */
 sp_gpu_gemv_desc product_desc(const sp_matmul_desc *d, int i, int t0, int n)
 {
@@ -241,6 +240,7 @@ sp_gpu_gemv_desc product_desc(const sp_matmul_desc *d, int i, int t0, int n)
     return g;
 }
 
+/* One matrix of a prefill chunk: dequantized row blocks times the chunk, in the backend's scratch. */
 int matmul_gemm(sp_backend_t *be, const sp_matmul_desc *d, int i)
 {
     cuda_ctx *c = ctx_of(be);

@@ -192,6 +192,17 @@ static void write_json(FILE *f, const char *model, const char *backend, int thre
     fprintf(f, "  ]\n}\n");
 }
 
+/* Decode tok[0..tg) one at a time; *tps = tokens per second. */
+static int time_decode(sp_ctx_t *c, const int32_t *tok, int tg, float *logits, double *tps)
+{
+    double t0 = sp_now_s();
+    for (int i = 0; i < tg; i++)
+        if (sp_ctx_decode(c, tok[i], logits) < 0)
+            return -1;
+    *tps = tg / (sp_now_s() - t0);
+    return 0;
+}
+
 /* Compressed decode figures of one depth (see the file header): prefill d once under the policy,
  * then per repeat: rebuild the compressed cache and time tg steps, rebuild the full cache and
  * time tg steps. Fills row->ctg_*, row->tg_* (full, same prefill) and the cache sizes. */
@@ -219,18 +230,9 @@ static int bench_compressed(sp_ctx_t *cc, const sp_kv_opts *kvo, const int32_t *
         /* The first repeat decodes the compression the prefill made; later ones rebuild it. */
         if (r > 0 && sp_ctx_recompress(cc, kvo) < 0)
             return -1;
-        double t0 = sp_now_s();
-        for (int i = 0; i < tg; i++)
-            if (sp_ctx_decode(cc, tok[d + i], logits) < 0)
-                return -1;
-        ctgv[r] = tg / (sp_now_s() - t0);
-        if (sp_ctx_recompress(cc, &full) < 0)
+        if (time_decode(cc, tok + d, tg, logits, &ctgv[r]) < 0 || sp_ctx_recompress(cc, &full) < 0 ||
+            time_decode(cc, tok + d, tg, logits, &tgv[r]) < 0)
             return -1;
-        t0 = sp_now_s();
-        for (int i = 0; i < tg; i++)
-            if (sp_ctx_decode(cc, tok[d + i], logits) < 0)
-                return -1;
-        tgv[r] = tg / (sp_now_s() - t0);
     }
     sp_mean_sd(ctgv, reps, &row->ctg_mean, &row->ctg_sd);
     sp_mean_sd(tgv, reps, &row->tg_mean, &row->tg_sd);
@@ -407,11 +409,8 @@ int sp_cmd_bench(int argc, char **argv)
             sp_ctx_reset(ctx);
             if (d && sp_ctx_prefill(ctx, tok, d, NULL, NULL) < 0)
                 goto fail;
-            double t0 = sp_now_s();
-            for (int i = 0; i < tg; i++)
-                if (sp_ctx_decode(ctx, tok[d + i], logits) < 0)
-                    goto fail;
-            tgv[r] = tg / (sp_now_s() - t0);
+            if (time_decode(ctx, tok + d, (int)tg, logits, &tgv[r]) < 0)
+                goto fail;
         }
         sp_mean_sd(tgv, (int)reps, &row->tg_mean, &row->tg_sd);
     }
